@@ -1,0 +1,227 @@
+//! Command-line interface: argument parsing and one function per command. Each command
+//! validates its configuration before any network or storage I/O.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+
+use crate::config::Pipeline;
+use crate::error::Error;
+use crate::generate::{generate, GenSpec};
+use crate::pipeline::{run, RunOptions};
+use crate::query::Format;
+use crate::snapshot::Location;
+
+#[derive(Debug, Parser)]
+#[command(name = "quotaflow", version, about = "Streaming sales-performance analytics: Kafka events → DataFusion SQL → exactly-once Parquet snapshots.",
+    long_about = "quotaflow reads sales activity and deal events from Kafka, folds them into state, computes quota attainment \
+and the other metric tables of METRICS.md with SQL, and writes Parquet snapshots to object storage (file://, s3://, gs://, az://).\n\n\
+Start with `quotaflow demo`: it needs no Kafka and no configuration.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: consume the topics, snapshot every trigger interval, resume from `_latest`.
+    Run {
+        /// Pipeline file [default: pipelines/default.toml, else the built-in copy of it]
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Kafka bootstrap servers, e.g. 127.0.0.1:9092 [default: source.brokers of the pipeline file]
+        #[arg(long, env = "QUOTAFLOW_BROKERS")]
+        brokers: Option<String>,
+        /// Where snapshots go: a directory, file://, s3://bucket/prefix, gs://, az:// [default: snapshot.output of the pipeline file]
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: Option<String>,
+        /// Read every topic up to the end offsets found at start, write a final snapshot, exit 0
+        #[arg(long)]
+        once: bool,
+        /// Stop after this many messages (with a final snapshot), e.g. to replay in chunks
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
+    /// Generate deterministic synthetic events for every topic, into Kafka or JSONL files.
+    Generate {
+        /// Number of reps (8 per team, teams spread over five regions)
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+        /// Days of history
+        #[arg(long, default_value_t = 91)]
+        days: u32,
+        /// Random seed: the same flags give the same events
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// First day (YYYY-MM-DD) [default: today minus --days, so no event lies in the future]
+        #[arg(long)]
+        start: Option<NaiveDate>,
+        /// Produce to these Kafka brokers (topics are created if missing)
+        #[arg(long, env = "QUOTAFLOW_BROKERS", conflicts_with = "out_dir", required_unless_present = "out_dir")]
+        brokers: Option<String>,
+        /// Write one JSONL file per topic (<topic>.jsonl, one message value per line) instead
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Partitions of topics that do not exist yet
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Pipeline file whose topic names are used
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
+    /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name.
+    Sql {
+        /// Snapshot location (as for `run`)
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: String,
+        /// Snapshot id [default: the one `_latest` names]
+        #[arg(long)]
+        snapshot: Option<u64>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The query, e.g. "SELECT * FROM attainment WHERE level = 'team'"
+        query: String,
+    },
+    /// Check a pipeline file and its SQL without touching the network.
+    Validate {
+        /// Pipeline file [default: pipelines/default.toml, else the built-in copy of it]
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
+    /// Run the whole pipeline on an in-process Kafka cluster with synthetic data; no setup needed.
+    Demo {
+        /// Directory for the demo's snapshots (emptied first)
+        #[arg(long, default_value = "quotaflow-demo")]
+        dir: String,
+    },
+}
+
+/// Runs a parsed command; returns what to print on stdout.
+pub async fn execute(cli: Cli) -> Result<String, Error> {
+    match cli.command {
+        Command::Run { pipeline, brokers, output, once, max_events } => {
+            let pipeline = Arc::new(Pipeline::load(pipeline.as_deref())?);
+            let brokers = brokers.or_else(|| pipeline.brokers.clone()).ok_or_else(|| {
+                Error::Usage("no Kafka brokers: pass --brokers, set QUOTAFLOW_BROKERS or source.brokers in the pipeline file".into())
+            })?;
+            let output = output.or_else(|| pipeline.output.clone()).ok_or_else(|| {
+                Error::Usage("no output: pass --output, set QUOTAFLOW_OUTPUT or snapshot.output in the pipeline file".into())
+            })?;
+            Location::parse(&output)?;
+            crate::engine::Engine::new(Arc::clone(&pipeline)).check().await?;
+            let opts = RunOptions { brokers, output, once, max_events };
+            let report = run(pipeline, opts, shutdown_signal()).await?;
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            let last = report.last.as_ref();
+            Ok(format!(
+                "read {} messages ({:.1} MB) in {:.2} s: {:.0} messages/s; {} snapshot(s), latest {} as of {}",
+                report.messages,
+                report.bytes as f64 / 1e6,
+                secs,
+                report.messages as f64 / secs,
+                report.snapshots,
+                last.map_or("-".to_string(), |m| m.snapshot_id.to_string()),
+                last.and_then(|m| m.as_of.clone()).unwrap_or_else(|| "-".into()),
+            ))
+        }
+        Command::Generate { reps, days, seed, start, brokers, out_dir, partitions, pipeline } => {
+            let pipeline = Pipeline::load(pipeline.as_deref())?;
+            if reps == 0 || days == 0 {
+                return Err(Error::Usage("--reps and --days must be at least 1".into()));
+            }
+            let start = start.unwrap_or_else(|| chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days)));
+            let spec = GenSpec { reps, days, seed, start };
+            if let Some(dir) = out_dir {
+                write_jsonl(&spec, &pipeline, &dir)
+            } else {
+                let brokers = brokers.ok_or_else(|| Error::Usage("pass --brokers or --out-dir".into()))?;
+                let topics: Vec<&str> = pipeline.topics.values().map(String::as_str).collect();
+                crate::source::kafka::ensure_topics(&brokers, &pipeline, &topics, partitions).await?;
+                let started = std::time::Instant::now();
+                let n = tokio::task::spawn_blocking(move || {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
+                    let topics = pipeline.topics.clone();
+                    std::thread::spawn(move || generate(&spec, |g| {
+                        let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
+                    }));
+                    crate::source::kafka::produce_all(&brokers, rx, |n| eprintln!("generate: {n} messages produced"))
+                })
+                .await
+                .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??;
+                Ok(format!("produced {n} messages in {:.1} s (start {start})", started.elapsed().as_secs_f64()))
+            }
+        }
+        Command::Sql { output, snapshot, format, query } => {
+            let location = Location::parse(&output)?;
+            let manifest = crate::query::manifest(&location, snapshot).await?;
+            let ctx = crate::query::session(&location, &manifest).await?;
+            let batches = crate::query::query(&ctx, &query).await?;
+            crate::query::render(&batches, format)
+        }
+        Command::Validate { pipeline } => {
+            let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
+            let tables = crate::engine::Engine::new(Arc::clone(&p)).check().await?;
+            let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+            Ok(format!("{}: pipeline `{}` is valid; snapshots will hold {} tables: {}", p.file, p.name, names.len(), names.join(", ")))
+        }
+        Command::Demo { dir } => crate::demo::demo(&dir).await,
+    }
+}
+
+fn write_jsonl(spec: &GenSpec, pipeline: &Pipeline, dir: &std::path::Path) -> Result<String, Error> {
+    use std::io::Write;
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = std::collections::BTreeMap::new();
+    for (t, topic) in &pipeline.topics {
+        let path = dir.join(format!("{topic}.jsonl"));
+        let f = std::fs::File::create(&path).map_err(io(&path))?;
+        files.insert(*t, (path, std::io::BufWriter::new(f)));
+    }
+    let mut n = 0u64;
+    let mut failure = None;
+    generate(spec, |g| {
+        if failure.is_some() {
+            return;
+        }
+        if let Some((path, w)) = files.get_mut(&g.event_type) {
+            if let Err(e) = writeln!(w, "{}", g.value) {
+                failure = Some(io(path)(e));
+            }
+            n += 1;
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for (path, mut w) in files.into_values() {
+        w.flush().map_err(io(&path))?;
+    }
+    Ok(format!("wrote {n} messages to {} (one <topic>.jsonl per topic; start {})", dir.display(), spec.start))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: writing a last snapshot");
+}

@@ -1,0 +1,418 @@
+//! The pipeline file (`pipelines/*.toml`): parsed with unknown keys refused, then validated in
+//! one pure step before any network or storage I/O. Every error names the file, the key and
+//! what is wrong. The SQL files a pipeline names are read here too, so a `Pipeline` is
+//! complete: nothing later goes back to the file system for configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::calendar::Calendar;
+use crate::event::Stage;
+use crate::source::decode::DecodeLimits;
+use crate::source::schema::EventType;
+
+/// The default pipeline and its SQL, compiled in so that `quotaflow demo` needs no files.
+const BUILTIN_PIPELINE: &str = include_str!("../pipelines/default.toml");
+const BUILTIN_SQL: &[(&str, &str)] = &[
+    ("reps.sql", include_str!("../sql/reps.sql")),
+    ("rep_levels.sql", include_str!("../sql/rep_levels.sql")),
+    ("rep_daily.sql", include_str!("../sql/rep_daily.sql")),
+    ("deals_current.sql", include_str!("../sql/deals_current.sql")),
+    ("quota_parts.sql", include_str!("../sql/quota_parts.sql")),
+    ("attainment.sql", include_str!("../sql/attainment.sql")),
+    ("data_quality.sql", include_str!("../sql/data_quality.sql")),
+    ("dead_letters.sql", include_str!("../sql/dead_letters.sql")),
+];
+const DEFAULT_PIPELINE_PATH: &str = "pipelines/default.toml";
+
+/// A pipeline-file problem a user can fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    #[serde(default)]
+    source: RawSource,
+    #[serde(default)]
+    calendar: RawCalendar,
+    #[serde(default)]
+    snapshot: RawSnapshot,
+    #[serde(default)]
+    stages: BTreeMap<String, RawStage>,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSource {
+    brokers: Option<String>,
+    max_message_bytes: usize,
+    max_clock_skew: String,
+    dedup_horizon: String,
+    dead_letter_topic: String,
+    dead_letter_rows: usize,
+    topics: BTreeMap<String, String>,
+    kafka: BTreeMap<String, String>,
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        RawSource {
+            brokers: None,
+            max_message_bytes: 1 << 20,
+            max_clock_skew: "1d".into(),
+            dedup_horizon: "30d".into(),
+            dead_letter_topic: "spm.dead_letters".into(),
+            dead_letter_rows: 10_000,
+            topics: BTreeMap::new(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCalendar {
+    timezone: String,
+    fiscal_year_start_month: i64,
+    corporate_currency: String,
+}
+
+impl Default for RawCalendar {
+    fn default() -> Self {
+        RawCalendar { timezone: "UTC".into(), fiscal_year_start_month: 1, corporate_currency: "USD".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSnapshot {
+    output: Option<String>,
+    trigger_interval: String,
+    trigger_events: u64,
+    retention: usize,
+}
+
+impl Default for RawSnapshot {
+    fn default() -> Self {
+        RawSnapshot { output: None, trigger_interval: "5s".into(), trigger_events: 0, retention: 20 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    probability: f64,
+    forecast_category: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    sql: String,
+    #[serde(default = "yes")]
+    publish: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Default probability and forecast category of a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRule {
+    pub stage: Stage,
+    pub probability: f64,
+    pub forecast_category: String,
+}
+
+/// One SQL file of the pipeline: a metric table (published in every snapshot) or a helper view.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    /// Where the SQL came from, for error messages.
+    pub origin: String,
+    pub sql: String,
+    pub publish: bool,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The pipeline file (or `<built-in default>`).
+    pub file: String,
+    pub brokers: Option<String>,
+    pub output: Option<String>,
+    /// Topic of each event type.
+    pub topics: BTreeMap<EventType, String>,
+    pub dead_letter_topic: String,
+    pub dead_letter_rows: usize,
+    pub limits: DecodeLimits,
+    pub dedup_horizon: Duration,
+    pub kafka: BTreeMap<String, String>,
+    pub calendar: Calendar,
+    pub corporate_currency: String,
+    pub trigger_interval: Duration,
+    /// Snapshot after this many events as well as on the interval (0 = off).
+    pub trigger_events: u64,
+    pub retention: usize,
+    pub stages: Vec<StageRule>,
+    pub tables: Vec<TableSpec>,
+}
+
+/// Names of tables the engine provides from state; pipeline tables may not reuse them.
+pub const STATE_TABLES: &[&str] =
+    &["activity_days", "deals", "quotas", "roster", "fx_rates", "surveys", "quality_counts", "dead_letter_log", "clock", "calendar", "stages", "topics", "period_types"];
+
+impl Pipeline {
+    /// Loads `path`, or `pipelines/default.toml` if it exists, or the built-in default.
+    pub fn load(path: Option<&Path>) -> Result<Pipeline, ConfigError> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_PIPELINE_PATH)).filter(|p| p.exists()),
+        };
+        match path {
+            Some(p) => {
+                let file = p.display().to_string();
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+                let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                Pipeline::parse(&text, &file, &|rel: &str| {
+                    let sql_path = dir.join(rel);
+                    std::fs::read_to_string(&sql_path).map_err(|e| format!("cannot read {}: {e}", sql_path.display()))
+                })
+            }
+            None => Pipeline::builtin(),
+        }
+    }
+
+    /// The compiled-in default pipeline (identical to `pipelines/default.toml`).
+    pub fn builtin() -> Result<Pipeline, ConfigError> {
+        Pipeline::parse(BUILTIN_PIPELINE, "<built-in pipelines/default.toml>", &|rel: &str| {
+            let name = Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or(rel);
+            BUILTIN_SQL
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, text)| text.to_string())
+                .ok_or_else(|| format!("no built-in SQL file named {name}"))
+        })
+    }
+
+    /// Parses and validates pipeline text; `read_sql` resolves a table's `sql` path.
+    pub fn parse(text: &str, file: &str, read_sql: &dyn Fn(&str) -> Result<String, String>) -> Result<Pipeline, ConfigError> {
+        let raw: RawPipeline =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_string(), message: e.to_string().trim_end().to_string() })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message };
+
+        if !is_identifier(&raw.name) {
+            return Err(invalid("name", format!("`{}` must be lower-case letters, digits, '_' or '-'", raw.name)));
+        }
+        let s = &raw.source;
+        if s.max_message_bytes == 0 {
+            return Err(invalid("source.max_message_bytes", "must be at least 1".into()));
+        }
+        let max_clock_skew = parse_duration(&s.max_clock_skew).map_err(|m| invalid("source.max_clock_skew", m))?;
+        let dedup_horizon = parse_duration(&s.dedup_horizon).map_err(|m| invalid("source.dedup_horizon", m))?;
+        let mut topics = BTreeMap::new();
+        for (key, topic) in &s.topics {
+            let t = EventType::ALL
+                .into_iter()
+                .find(|t| t.name() == key)
+                .ok_or_else(|| invalid(&format!("source.topics.{key}"), "not an event type (activity, deal, quota, rep, survey, fx_rate)".into()))?;
+            if !is_topic(topic) {
+                return Err(invalid(&format!("source.topics.{key}"), format!("`{topic}` is not a valid Kafka topic name")));
+            }
+            topics.insert(t, topic.clone());
+        }
+        for t in EventType::ALL {
+            if !topics.contains_key(&t) {
+                let default = crate::source::schema::Schema::builtin(t)
+                    .map(|s| s.default_topic)
+                    .map_err(|e| invalid("source.topics", e.to_string()))?;
+                topics.insert(t, default);
+            }
+        }
+        let mut seen: Vec<&String> = topics.values().collect();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != topics.len() {
+            return Err(invalid("source.topics", "two event types share a topic".into()));
+        }
+        if !is_topic(&s.dead_letter_topic) || topics.values().any(|t| *t == s.dead_letter_topic) {
+            return Err(invalid("source.dead_letter_topic", format!("`{}` must be a valid topic distinct from the input topics", s.dead_letter_topic)));
+        }
+        for key in s.kafka.keys() {
+            if matches!(key.as_str(), "bootstrap.servers" | "group.id" | "enable.auto.commit" | "enable.auto.offset.store") {
+                return Err(invalid(&format!("source.kafka.\"{key}\""), "is set by quotaflow itself (use --brokers for bootstrap.servers)".into()));
+            }
+        }
+
+        let c = &raw.calendar;
+        let timezone: chrono_tz::Tz = c
+            .timezone
+            .parse()
+            .map_err(|_| invalid("calendar.timezone", format!("`{}` is not an IANA time zone such as `Europe/Berlin`", c.timezone)))?;
+        if !(1..=12).contains(&c.fiscal_year_start_month) {
+            return Err(invalid("calendar.fiscal_year_start_month", format!("{} is not a month 1..12", c.fiscal_year_start_month)));
+        }
+        if c.corporate_currency.len() != 3 || !c.corporate_currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("calendar.corporate_currency", format!("`{}` is not three upper-case letters", c.corporate_currency)));
+        }
+
+        let sn = &raw.snapshot;
+        let trigger_interval = parse_duration(&sn.trigger_interval).map_err(|m| invalid("snapshot.trigger_interval", m))?;
+        if trigger_interval.is_zero() {
+            return Err(invalid("snapshot.trigger_interval", "must be longer than 0".into()));
+        }
+        if sn.retention == 0 {
+            return Err(invalid("snapshot.retention", "must keep at least 1 snapshot".into()));
+        }
+
+        let mut stages = default_stages();
+        for (key, rule) in &raw.stages {
+            let stage = Stage::parse(key).ok_or_else(|| invalid(&format!("stages.{key}"), "not a stage of EVENTS.md".into()))?;
+            if !(0.0..=1.0).contains(&rule.probability) {
+                return Err(invalid(&format!("stages.{key}.probability"), format!("{} is outside 0..1", rule.probability)));
+            }
+            if !FORECAST_CATEGORIES.contains(&rule.forecast_category.as_str()) {
+                return Err(invalid(&format!("stages.{key}.forecast_category"), format!("`{}` is not one of {}", rule.forecast_category, FORECAST_CATEGORIES.join(", "))));
+            }
+            if let Some(s) = stages.iter_mut().find(|s| s.stage == stage) {
+                s.probability = rule.probability;
+                s.forecast_category = rule.forecast_category.clone();
+            }
+        }
+
+        if raw.tables.is_empty() {
+            return Err(invalid("tables", "names no SQL file: a pipeline needs at least one table".into()));
+        }
+        let mut tables: Vec<TableSpec> = Vec::new();
+        for (i, t) in raw.tables.iter().enumerate() {
+            let key = format!("tables[{i}]");
+            if !is_identifier(&t.name) || t.name.contains('-') {
+                return Err(invalid(&format!("{key}.name"), format!("`{}` must be lower-case letters, digits and '_'", t.name)));
+            }
+            if STATE_TABLES.contains(&t.name.as_str()) || tables.iter().any(|o| o.name == t.name) {
+                return Err(invalid(&format!("{key}.name"), format!("`{}` is already a table name", t.name)));
+            }
+            let sql = read_sql(&t.sql).map_err(|m| invalid(&format!("{key}.sql"), m))?;
+            tables.push(TableSpec { name: t.name.clone(), origin: t.sql.clone(), sql, publish: t.publish });
+        }
+
+        Ok(Pipeline {
+            name: raw.name,
+            file: file.to_string(),
+            brokers: s.brokers.clone(),
+            output: sn.output.clone(),
+            topics,
+            dead_letter_topic: s.dead_letter_topic.clone(),
+            dead_letter_rows: s.dead_letter_rows,
+            limits: DecodeLimits {
+                max_message_bytes: s.max_message_bytes,
+                max_clock_skew_micros: i64::try_from(max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+            },
+            dedup_horizon,
+            kafka: s.kafka.clone(),
+            calendar: Calendar { fiscal_year_start_month: c.fiscal_year_start_month as u32, timezone },
+            corporate_currency: c.corporate_currency.clone(),
+            trigger_interval,
+            trigger_events: sn.trigger_events,
+            retention: sn.retention,
+            stages,
+            tables,
+        })
+    }
+
+    /// The event type read from `topic`, if it is one of the pipeline's.
+    pub fn event_type_of(&self, topic: &str) -> Option<EventType> {
+        self.topics.iter().find(|(_, t)| t.as_str() == topic).map(|(e, _)| *e)
+    }
+}
+
+const FORECAST_CATEGORIES: &[&str] = &["pipeline", "best_case", "commit", "closed", "omitted"];
+
+/// The stage table of EVENTS.md.
+pub fn default_stages() -> Vec<StageRule> {
+    let rule = |stage, probability, cat: &str| StageRule { stage, probability, forecast_category: cat.to_string() };
+    vec![
+        rule(Stage::Prospecting, 0.10, "pipeline"),
+        rule(Stage::Qualification, 0.25, "pipeline"),
+        rule(Stage::Proposal, 0.50, "best_case"),
+        rule(Stage::Negotiation, 0.75, "commit"),
+        rule(Stage::ClosedWon, 1.00, "closed"),
+        rule(Stage::ClosedLost, 0.00, "omitted"),
+    ]
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !s.starts_with('-')
+}
+
+fn is_topic(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 249 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Parses `250ms`, `5s`, `10m`, `1h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 250ms, 5s, 10m, 1h or 30d"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86_400)),
+        _ => Err(format!("`{s}` has no unit: write 250ms, 5s, 10m, 1h or 30d")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_pipeline_is_valid() {
+        let p = Pipeline::builtin().unwrap();
+        assert_eq!(p.topics[&EventType::Deal], "spm.deals");
+        assert_eq!(p.trigger_interval, Duration::from_secs(5));
+        assert_eq!(p.retention, 20);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let text = BUILTIN_PIPELINE.replace("fiscal_year_start_month = 1", "fiscal_year_start_month = 13");
+        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into())).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml: key `calendar.fiscal_year_start_month`"), "{err}");
+        let text = format!("{BUILTIN_PIPELINE}\n[snapshot.extra]\nx = 1\n");
+        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into())).unwrap_err().to_string();
+        assert!(err.contains("p.toml") && err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("five s").is_err());
+    }
+}

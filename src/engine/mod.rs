@@ -1,0 +1,132 @@
+//! The metric engine: a DataFusion session over the state tables, evaluating the pipeline's
+//! SQL files in order. Each file's result is registered under its name, so later files can
+//! build on earlier ones (helper views have `publish = false`); every published table gets the
+//! snapshot-wide columns `snapshot_id` and `as_of`. The engine owns no state between calls.
+
+pub mod udf;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::Pipeline;
+use crate::state::State;
+use udf::{FxTable, UdfContext};
+
+/// A metric table a snapshot holds.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// A failure of the SQL stage, naming the table (and so the SQL file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("table `{table}` ({origin}): {source}")]
+    Sql { table: String, origin: String, source: DataFusionError },
+    #[error("building state table `{table}`: {source}")]
+    State { table: String, source: DataFusionError },
+}
+
+/// Evaluates a pipeline's SQL over a state.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pipeline: Arc<Pipeline>,
+}
+
+/// Threads a snapshot's SQL may use: bounded, so the consumer keeps a core.
+const TARGET_PARTITIONS: usize = 2;
+
+impl Engine {
+    pub fn new(pipeline: Arc<Pipeline>) -> Engine {
+        Engine { pipeline }
+    }
+
+    /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and
+    /// functions without any I/O (`quotaflow validate`).
+    pub async fn check(&self) -> Result<Vec<Table>, EngineError> {
+        self.compute(&State::default(), 0).await
+    }
+
+    /// Computes every published table for `state` as snapshot `snapshot_id`.
+    pub async fn compute(&self, state: &State, snapshot_id: u64) -> Result<Vec<Table>, EngineError> {
+        let ctx = self.session(state, snapshot_id)?;
+        let as_of = state.as_of;
+        let mut out = Vec::new();
+        for spec in &self.pipeline.tables {
+            let sql_err = |source| EngineError::Sql { table: spec.name.clone(), origin: spec.origin.clone(), source };
+            let df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(sql_err)?;
+            let mem = MemTable::try_new(Arc::clone(&schema), vec![batches.clone()]).map_err(sql_err)?;
+            ctx.register_table(spec.name.as_str(), Arc::new(mem)).map_err(sql_err)?;
+            if spec.publish {
+                let (schema, batches) = with_snapshot_columns(&schema, batches, snapshot_id, as_of).map_err(sql_err)?;
+                out.push(Table { name: spec.name.clone(), schema, batches });
+            }
+        }
+        Ok(out)
+    }
+
+    fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
+        let p = &self.pipeline;
+        let config = SessionConfig::new().with_target_partitions(TARGET_PARTITIONS).with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
+        for f in state.fx.values().map(|v| &v.latest) {
+            let mut r = f.rate_to_corporate;
+            r.rescale(crate::source::decode::RATE_SCALE);
+            rates.entry(f.currency.clone()).or_default().push((f.effective_date, r.mantissa()));
+        }
+        rates.values_mut().for_each(|v| v.sort_unstable());
+        let udf_ctx = Arc::new(UdfContext { calendar: p.calendar, fx: FxTable { corporate: p.corporate_currency.clone(), rates } });
+        for f in udf::all(udf_ctx) {
+            ctx.register_udf(f);
+        }
+        let tables = crate::state::tables::build(state, p, snapshot_id)
+            .map_err(|e| EngineError::State { table: "*".into(), source: e.into() })?;
+        for (name, batch) in tables {
+            let state_err = |source| EngineError::State { table: name.to_string(), source };
+            let mem = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(state_err)?;
+            ctx.register_table(name, Arc::new(mem)).map_err(state_err)?;
+        }
+        Ok(ctx)
+    }
+}
+
+/// Appends `snapshot_id` (BIGINT) and `as_of` (TIMESTAMP UTC) to every row.
+fn with_snapshot_columns(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    snapshot_id: u64,
+    as_of: Option<i64>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), DataFusionError> {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("snapshot_id", DataType::Int64, false));
+    fields.push(Field::new("as_of", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+    let out_schema = Arc::new(Schema::new(fields));
+    let out = batches
+        .into_iter()
+        .map(|b| {
+            let n = b.num_rows();
+            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+            cols.push(Arc::new(Int64Array::from(vec![snapshot_id as i64; n])));
+            cols.push(Arc::new(TimestampMicrosecondArray::from(vec![as_of; n]).with_timezone("UTC")));
+            RecordBatch::try_new(Arc::clone(&out_schema), cols).map_err(DataFusionError::from)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((out_schema, out))
+}

@@ -1,0 +1,279 @@
+//! Scalar functions the SQL files call where plain SQL cannot be exact or does not know the
+//! pipeline's calendar: money rounding (half-even), exact proration, fx conversion at the rate
+//! in force, fiscal periods and days in the pipeline's time zone.
+//!
+//! | function | returns | what |
+//! |---|---|---|
+//! | `money(x)` | DECIMAL(18,2) | any decimal or integer rounded half-even to cents |
+//! | `prorate(x, num, den)` | DECIMAL(38,12) | x × num / den, exact to 12 decimals; NULL when den = 0 |
+//! | `to_corporate(amount, currency, day)` | DECIMAL(18,2) | amount × rate in force on day, half-even to cents; NULL without a rate |
+//! | `fiscal_period_start(period_type, day)` | DATE | first day of the fiscal month/quarter/year containing day |
+//! | `day_of(ts)` | DATE | the date of an instant in the pipeline's time zone |
+//! | `days_between(a, b)` | BIGINT | b − a in days |
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use datafusion::common::{exec_err, DataFusionError, Result};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+
+use crate::calendar::{Calendar, PeriodType};
+use crate::event::Day;
+use crate::source::decode::RATE_SCALE;
+
+/// fx rates by currency, sorted by effective date: what `to_corporate` looks up.
+#[derive(Debug, Default)]
+pub struct FxTable {
+    pub corporate: String,
+    /// currency → [(effective_date, rate mantissa at RATE_SCALE)], ascending.
+    pub rates: HashMap<String, Vec<(Day, i128)>>,
+}
+
+impl FxTable {
+    /// The rate in force on `day` (latest effective_date <= day), at `RATE_SCALE`.
+    pub fn rate(&self, currency: &str, day: Day) -> Option<i128> {
+        if currency == self.corporate {
+            return Some(10i128.pow(RATE_SCALE));
+        }
+        let v = self.rates.get(currency)?;
+        let i = v.partition_point(|(d, _)| *d <= day);
+        i.checked_sub(1).map(|i| v[i].1)
+    }
+}
+
+/// What a UDF needs to know of the pipeline.
+#[derive(Debug)]
+pub struct UdfContext {
+    pub calendar: Calendar,
+    pub fx: FxTable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Money,
+    Prorate,
+    ToCorporate,
+    FiscalPeriodStart,
+    DayOf,
+    DaysBetween,
+}
+
+#[derive(Debug)]
+struct Udf {
+    kind: Kind,
+    signature: Signature,
+    ctx: Arc<UdfContext>,
+}
+
+impl PartialEq for Udf {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && Arc::ptr_eq(&self.ctx, &other.ctx)
+    }
+}
+impl Eq for Udf {}
+impl Hash for Udf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        (Arc::as_ptr(&self.ctx) as usize).hash(state);
+    }
+}
+
+/// All functions of this module, bound to one snapshot's calendar and fx rates.
+pub fn all(ctx: Arc<UdfContext>) -> Vec<ScalarUDF> {
+    let udf = |kind, n| ScalarUDF::new_from_impl(Udf { kind, signature: Signature::any(n, Volatility::Immutable), ctx: Arc::clone(&ctx) });
+    vec![
+        udf(Kind::Money, 1),
+        udf(Kind::Prorate, 3),
+        udf(Kind::ToCorporate, 3),
+        udf(Kind::FiscalPeriodStart, 2),
+        udf(Kind::DayOf, 1),
+        udf(Kind::DaysBetween, 2),
+    ]
+}
+
+const PRORATE_SCALE: i8 = 12;
+
+impl ScalarUDFImpl for Udf {
+    fn name(&self) -> &str {
+        match self.kind {
+            Kind::Money => "money",
+            Kind::Prorate => "prorate",
+            Kind::ToCorporate => "to_corporate",
+            Kind::FiscalPeriodStart => "fiscal_period_start",
+            Kind::DayOf => "day_of",
+            Kind::DaysBetween => "days_between",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(match self.kind {
+            Kind::Money | Kind::ToCorporate => DataType::Decimal128(18, 2),
+            Kind::Prorate => DataType::Decimal128(38, PRORATE_SCALE),
+            Kind::FiscalPeriodStart | Kind::DayOf => DataType::Date32,
+            Kind::DaysBetween => DataType::Int64,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays = args.args.iter().map(|a| a.to_array(n)).collect::<Result<Vec<_>>>()?;
+        let out: ArrayRef = match self.kind {
+            Kind::Money => {
+                let (x, s) = decimals(self.name(), &arrays[0])?;
+                money_array(x.into_iter().map(|v| v.map(|v| rescale(v, s, 2))))?
+            }
+            Kind::Prorate => {
+                let (x, s) = decimals(self.name(), &arrays[0])?;
+                let (num, _) = decimals(self.name(), &arrays[1])?;
+                let (den, _) = decimals(self.name(), &arrays[2])?;
+                let v = (0..n).map(|i| match (x[i], num[i], den[i]) {
+                    (Some(x), Some(a), Some(b)) if b != 0 => {
+                        let scaled = x.checked_mul(a)?.checked_mul(10i128.checked_pow((PRORATE_SCALE as i32 - s as i32).max(0) as u32)?)?;
+                        Some(div_half_even(scaled, b))
+                    }
+                    _ => None,
+                });
+                Arc::new(v.collect::<Decimal128Array>().with_precision_and_scale(38, PRORATE_SCALE)?)
+            }
+            Kind::ToCorporate => {
+                let (amount, s) = decimals(self.name(), &arrays[0])?;
+                let currency = arrays[1].as_string_opt::<i32>().ok_or_else(|| type_err(self.name(), &arrays[1]))?;
+                let day = dates(self.name(), &arrays[2])?;
+                let v = (0..n).map(|i| {
+                    let (a, d) = (amount[i]?, day.is_valid(i).then(|| day.value(i))?);
+                    if currency.is_null(i) {
+                        return None;
+                    }
+                    let rate = self.ctx.fx.rate(currency.value(i), d)?;
+                    Some(rescale(a.checked_mul(rate)?, s + RATE_SCALE as i8, 2))
+                });
+                money_array(v)?
+            }
+            Kind::FiscalPeriodStart => {
+                let pt = arrays[0].as_string_opt::<i32>().ok_or_else(|| type_err(self.name(), &arrays[0]))?;
+                let day = dates(self.name(), &arrays[1])?;
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    if pt.is_null(i) || day.is_null(i) {
+                        out.push(None);
+                        continue;
+                    }
+                    let Some(p) = PeriodType::parse(pt.value(i)) else {
+                        return exec_err!("fiscal_period_start: `{}` is not month, quarter or year", pt.value(i));
+                    };
+                    out.push(Some(self.ctx.calendar.period_start(p, day.value(i))));
+                }
+                Arc::new(Date32Array::from(out))
+            }
+            Kind::DayOf => {
+                let ts = arrays[0]
+                    .as_primitive_opt::<TimestampMicrosecondType>()
+                    .ok_or_else(|| type_err(self.name(), &arrays[0]))?;
+                Arc::new(ts.iter().map(|t| t.map(|t| self.ctx.calendar.day_of(t))).collect::<Date32Array>())
+            }
+            Kind::DaysBetween => {
+                let (a, b) = (dates(self.name(), &arrays[0])?, dates(self.name(), &arrays[1])?);
+                Arc::new(a.iter().zip(b.iter()).map(|(a, b)| Some(i64::from(b? - a?))).collect::<Int64Array>())
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+fn type_err(name: &str, a: &ArrayRef) -> DataFusionError {
+    DataFusionError::Execution(format!("{name}: unsupported argument type {}", a.data_type()))
+}
+
+/// Values of a decimal or integer column as i128 mantissas with their scale.
+fn decimals(name: &str, a: &ArrayRef) -> Result<(Vec<Option<i128>>, i8)> {
+    Ok(match a.data_type() {
+        DataType::Decimal128(_, s) => (a.as_primitive::<Decimal128Type>().iter().collect(), *s),
+        DataType::Int64 => (a.as_primitive::<Int64Type>().iter().map(|v| v.map(i128::from)).collect(), 0),
+        DataType::Int32 => (a.as_primitive::<Int32Type>().iter().map(|v| v.map(i128::from)).collect(), 0),
+        DataType::Null => (vec![None; a.len()], 0),
+        _ => return Err(type_err(name, a)),
+    })
+}
+
+fn dates(name: &str, a: &ArrayRef) -> Result<Date32Array> {
+    match a.data_type() {
+        DataType::Date32 => Ok(a.as_primitive::<Date32Type>().clone()),
+        DataType::Null => Ok(Date32Array::from(vec![None; a.len()])),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Err(DataFusionError::Execution(format!(
+            "{name}: got a timestamp where a date is needed; wrap it in day_of(...)"
+        ))),
+        _ => Err(type_err(name, a)),
+    }
+}
+
+fn money_array(v: impl Iterator<Item = Option<i128>>) -> Result<ArrayRef> {
+    const LIMIT: i128 = 1_000_000_000_000_000_000; // 10^18: DECIMAL(18,2)
+    let vals: Vec<Option<i128>> = v.collect();
+    if let Some(big) = vals.iter().flatten().find(|x| x.abs() >= LIMIT) {
+        return exec_err!("money: {big} cents does not fit DECIMAL(18,2)");
+    }
+    Ok(Arc::new(Decimal128Array::from(vals).with_precision_and_scale(18, 2)?))
+}
+
+/// `v` at scale `from` re-expressed at scale `to`, rounding half-even when digits are dropped.
+pub fn rescale(v: i128, from: i8, to: i8) -> i128 {
+    if from <= to {
+        v * 10i128.pow((to - from) as u32)
+    } else {
+        div_half_even(v, 10i128.pow((from - to) as u32))
+    }
+}
+
+/// `a / b` rounded half-even (b != 0).
+pub fn div_half_even(a: i128, b: i128) -> i128 {
+    let (q, r) = (a / b, a % b);
+    if r == 0 {
+        return q;
+    }
+    let twice = (r.abs() * 2).cmp(&b.abs());
+    let away = match twice {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => q % 2 != 0,
+    };
+    if !away {
+        q
+    } else if (a < 0) != (b < 0) {
+        q - 1
+    } else {
+        q + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_even() {
+        assert_eq!(div_half_even(25, 10), 2);
+        assert_eq!(div_half_even(35, 10), 4);
+        assert_eq!(div_half_even(-25, 10), -2);
+        assert_eq!(div_half_even(26, 10), 3);
+        assert_eq!(rescale(12345, 3, 2), 1234);
+        assert_eq!(rescale(12355, 3, 2), 1236);
+        assert_eq!(rescale(5, 0, 2), 500);
+    }
+
+    #[test]
+    fn fx_rate_in_force() {
+        let fx = FxTable { corporate: "USD".into(), rates: HashMap::from([("EUR".into(), vec![(10, 1), (20, 2)])]) };
+        assert_eq!(fx.rate("EUR", 9), None);
+        assert_eq!(fx.rate("EUR", 10), Some(1));
+        assert_eq!(fx.rate("EUR", 19), Some(1));
+        assert_eq!(fx.rate("EUR", 25), Some(2));
+        assert_eq!(fx.rate("USD", 0), Some(10i128.pow(RATE_SCALE)));
+    }
+}

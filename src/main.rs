@@ -1,0 +1,26 @@
+//! The `quotaflow` binary: parse arguments, set up logging, hand over to the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUOTAFLOW_LOG").unwrap_or_else(|_| "quotaflow=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = quotaflow::cli::Cli::parse();
+    match quotaflow::cli::execute(cli).await {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Kafka I/O with rdkafka: a consumer assigned to every partition of the pipeline's topics at
+//! the offsets a snapshot recorded, and a producer for dead letters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Pipeline;
+use crate::state::{DeadLetter, State};
+
+/// A Kafka problem, with the brokers or topic it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaIoError {
+    #[error("cannot reach the Kafka brokers `{brokers}`: {source}")]
+    Connect { brokers: String, source: KafkaError },
+    #[error("topic `{topic}`: {source}")]
+    Topic { topic: String, source: KafkaError },
+    #[error("dead-letter topic `{topic}`: delivery failed: {source}")]
+    DeadLetter { topic: String, source: KafkaError },
+    #[error("{failed} messages were not acknowledged by the brokers")]
+    Undelivered { failed: u64 },
+    #[error("Kafka client: {0}")]
+    Client(#[from] KafkaError),
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_config(brokers: &str, pipeline: &Pipeline) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &pipeline.kafka {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+/// A topic-partition.
+pub type Tp = (String, i32);
+
+/// The consumer side of a run.
+pub struct KafkaSource {
+    pub consumer: StreamConsumer,
+    /// Every assigned partition with the offset reading starts at.
+    pub assigned: BTreeMap<Tp, i64>,
+}
+
+impl KafkaSource {
+    /// Connects, discovers the partitions of the pipeline's topics and assigns them at the
+    /// offsets `state` recorded (the beginning for partitions never read).
+    pub fn connect(brokers: &str, pipeline: &Pipeline, state: &State) -> Result<KafkaSource, KafkaIoError> {
+        let mut cfg = client_config(brokers, pipeline);
+        cfg.set("group.id", format!("quotaflow-{}", pipeline.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true");
+        let consumer: StreamConsumer = cfg.create()?;
+        let connect = |source| KafkaIoError::Connect { brokers: brokers.to_string(), source };
+        // One metadata call for the whole cluster: proves the brokers answer.
+        let md = consumer.fetch_metadata(None, METADATA_TIMEOUT).map_err(connect)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut assigned = BTreeMap::new();
+        for topic in pipeline.topics.values() {
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                tracing::warn!(topic, "topic does not exist; nothing to read from it");
+                continue;
+            };
+            for p in t.partitions() {
+                let start = state.next_offset(topic, p.id());
+                let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(topic, p.id(), offset).map_err(|source| KafkaIoError::Topic { topic: topic.clone(), source })?;
+                assigned.insert((topic.clone(), p.id()), start.unwrap_or(0));
+            }
+        }
+        consumer.assign(&tpl)?;
+        Ok(KafkaSource { consumer, assigned })
+    }
+
+    /// The current end (high watermark) and log start of every assigned partition.
+    pub fn watermarks(&self) -> Result<BTreeMap<Tp, (i64, i64)>, KafkaIoError> {
+        let mut out = BTreeMap::new();
+        for (topic, p) in self.assigned.keys() {
+            let (lo, hi) = self
+                .consumer
+                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+                .map_err(|source| KafkaIoError::Topic { topic: topic.clone(), source })?;
+            out.insert((topic.clone(), *p), (lo, hi));
+        }
+        Ok(out)
+    }
+
+    /// Partitions whose read position has reached `end`.
+    pub fn positions(&self) -> Result<BTreeMap<Tp, i64>, KafkaIoError> {
+        let tpl = self.consumer.position()?;
+        Ok(tpl
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Advisory commit of the offsets a durable snapshot holds (for lag monitoring tools).
+    pub fn commit(&self, state: &State) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &state.offsets {
+            for (p, o) in parts {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "advisory offset commit failed");
+            }
+        }
+    }
+}
+
+/// Sends dead letters as JSON to the dead-letter topic, keyed `topic/partition/offset`, so a
+/// receiver can drop the repeats an at-least-once replay may send.
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: String,
+    pipeline: String,
+    max_payload: usize,
+}
+
+impl DeadLetterSink {
+    pub fn connect(brokers: &str, pipeline: &Pipeline) -> Result<DeadLetterSink, KafkaIoError> {
+        let mut cfg = client_config(brokers, pipeline);
+        // Consumer-only properties make the producer warn; keep the ones both understand.
+        for k in ["fetch.wait.max.ms", "max.partition.fetch.bytes", "fetch.max.bytes", "queued.max.messages.kbytes"] {
+            cfg.remove(k);
+        }
+        cfg.set("linger.ms", "5").set("message.timeout.ms", "30000");
+        Ok(DeadLetterSink {
+            producer: cfg.create()?,
+            topic: pipeline.dead_letter_topic.clone(),
+            pipeline: pipeline.name.clone(),
+            max_payload: pipeline.limits.max_message_bytes,
+        })
+    }
+
+    /// Creates the dead-letter topic when it does not exist. Best effort: where the broker
+    /// refuses, its auto-creation may still make the topic, and a failed delivery later stops
+    /// the snapshot that would move past the dead letter, so nothing is lost either way.
+    pub async fn ensure_topic(&self, brokers: &str, pipeline: &Pipeline) {
+        if let Err(e) = ensure_topics(brokers, pipeline, &[self.topic.as_str()], 1).await {
+            tracing::warn!(topic = self.topic, error = %e, "could not create the dead-letter topic");
+        }
+    }
+
+    /// Delivers `letters` and waits for every acknowledgement.
+    pub async fn deliver(&self, letters: &[(DeadLetter, Vec<u8>)]) -> Result<(), KafkaIoError> {
+        let mut pending = Vec::with_capacity(letters.len());
+        for (dl, full_payload) in letters {
+            let truncated = full_payload.len() > self.max_payload;
+            let (payload, encoding) = super::payload_text(&full_payload[..full_payload.len().min(self.max_payload)]);
+            let body = serde_json::json!({
+                "pipeline": self.pipeline,
+                "topic": dl.topic,
+                "partition": dl.partition,
+                "offset": dl.offset,
+                "reason": dl.reason,
+                "detail": dl.detail,
+                "payload": payload,
+                "payload_encoding": encoding,
+                "payload_truncated": truncated,
+            })
+            .to_string();
+            let key = format!("{}/{}/{}", dl.topic, dl.partition, dl.offset);
+            pending.push(async move {
+                let rec = FutureRecord::to(&self.topic).key(&key).payload(&body);
+                self.producer.send(rec, Duration::from_secs(30)).await
+            });
+        }
+        for r in futures::future::join_all(pending).await {
+            r.map_err(|(source, _)| KafkaIoError::DeadLetter { topic: self.topic.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the topics that do not exist yet (an existing one is left as it is).
+pub async fn ensure_topics(brokers: &str, pipeline: &Pipeline, topics: &[&str], partitions: i32) -> Result<(), KafkaIoError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, pipeline).create()?;
+    let probe: BaseConsumer = client_config(brokers, pipeline).create()?;
+    let md = probe
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .map_err(|source| KafkaIoError::Connect { brokers: brokers.to_string(), source })?;
+    let missing: Vec<NewTopic> = topics
+        .iter()
+        .filter(|t| !md.topics().iter().any(|m| m.name() == **t && !m.partitions().is_empty()))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT));
+    let results = admin.create_topics(missing.iter(), &options).await?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaIoError::Topic { topic, source: KafkaError::AdminOp(code) }),
+        }
+    }
+    Ok(())
+}
+
+/// Produces `messages` (topic, key, value) and waits until every one is acknowledged.
+/// Used by `quotaflow generate` and the demo; tuned for throughput, not latency.
+pub fn produce_all(
+    brokers: &str,
+    messages: impl IntoIterator<Item = (String, String, String)>,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, KafkaIoError> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    struct Ctx(Arc<AtomicU64>);
+    impl rdkafka::ClientContext for Ctx {}
+    impl rdkafka::producer::ProducerContext for Ctx {
+        type DeliveryOpaque = ();
+        fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+            if r.is_err() {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let failed = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Ctx(Arc::clone(&failed)))?;
+    let mut n = 0u64;
+    for (topic, key, value) in messages {
+        let mut rec = BaseRecord::to(&topic).key(&key).payload(&value);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(KafkaIoError::Topic { topic: topic.clone(), source: e }),
+            }
+        }
+        n += 1;
+        if n % 100_000 == 0 {
+            progress(n);
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(KafkaIoError::Undelivered { failed });
+    }
+    Ok(n)
+}

@@ -1,0 +1,271 @@
+//! Pipeline state: everything a snapshot needs to resume, bounded by keys × days.
+//!
+//! Facts fold into the rep × day grain on arrival (`daily`), entities keep their latest version
+//! plus the set of versions seen (for duplicates and `stage_entered_at`), fact ids are kept for
+//! the dedup horizon only. The state owns the event clock (`as_of`), the next offset of every
+//! topic-partition, the data-quality counters and a bounded log of recent dead letters.
+//! It never does I/O; `tables` turns it into Arrow record batches for the SQL engine.
+
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::Calendar;
+use crate::event::{Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
+
+/// Activity counters of one rep on one day: the `rep_daily` grain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyCounts {
+    pub calls: i64,
+    pub emails: i64,
+    pub meetings: i64,
+    pub webinars: i64,
+    pub demos: i64,
+    pub tasks: i64,
+    pub activities: i64,
+    pub call_seconds: i64,
+    pub connected_calls: i64,
+    pub replied_emails: i64,
+    pub meetings_held: i64,
+}
+
+impl DailyCounts {
+    fn add(&mut self, a: &Activity) {
+        let outcome = a.outcome.as_deref();
+        self.activities += 1;
+        match a.activity_type {
+            ActivityType::Call => {
+                self.calls += 1;
+                self.call_seconds += a.duration_s.unwrap_or(0);
+                self.connected_calls += i64::from(outcome == Some("connected"));
+            }
+            ActivityType::Email => {
+                self.emails += 1;
+                self.replied_emails += i64::from(outcome == Some("replied"));
+            }
+            ActivityType::Meeting => {
+                self.meetings += 1;
+                self.meetings_held += i64::from(outcome == Some("held"));
+            }
+            ActivityType::Demo => {
+                self.demos += 1;
+                self.meetings_held += i64::from(outcome == Some("held"));
+            }
+            ActivityType::Webinar => self.webinars += 1,
+            ActivityType::Task => self.tasks += 1,
+        }
+    }
+}
+
+/// What folding one valid event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    Ok,
+    Duplicate,
+}
+
+impl Folded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folded::Ok => "ok",
+            Folded::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// An entity with its winning (highest-version) after-image and every version received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versioned<T, H = ()> {
+    pub latest: T,
+    pub latest_version: i64,
+    /// Every version received, with what the metrics need of it.
+    pub history: BTreeMap<i64, H>,
+}
+
+/// Stage and time of one deal version: enough for `stage_entered_at` and stage conversion.
+pub type DealVersion = (Stage, Micros);
+
+/// A refused message, kept in the bounded dead-letter log of the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+    pub detail: String,
+    /// The raw payload, cut to `DEAD_LETTER_PAYLOAD_BYTES` in the log (the topic gets all of it).
+    pub payload: Vec<u8>,
+}
+
+/// Bytes of payload kept per dead letter in the snapshot's log.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
+
+/// The whole resumable state of a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Id of the last snapshot written from (or restored into) this state; 0 before the first.
+    pub snapshot_id: u64,
+    /// Highest `occurred_at` of accepted, non-duplicate events.
+    pub as_of: Option<Micros>,
+    /// topic → partition → next offset to read.
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub daily: HashMap<(String, Day), DailyCounts>,
+    pub deals: HashMap<String, Versioned<Deal, DealVersion>>,
+    /// Latest `occurred_at` of an activity naming the deal.
+    pub deal_last_activity: HashMap<String, Micros>,
+    pub quotas: HashMap<(String, Day), Versioned<Quota>>,
+    pub roster: HashMap<String, Versioned<Rep>>,
+    pub fx: HashMap<(String, Day), Versioned<FxRate>>,
+    pub surveys: HashMap<String, Survey>,
+    /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
+    pub seen_activities: HashMap<u128, Micros>,
+    /// (topic, outcome or reason) → messages.
+    pub quality: BTreeMap<(String, String), u64>,
+    pub dead_letters: VecDeque<DeadLetter>,
+}
+
+impl State {
+    /// Folds a valid event; `horizon` is the dedup horizon in microseconds.
+    pub fn fold(&mut self, event: Event, cal: &Calendar, horizon: i64) -> Folded {
+        let t = event.occurred_at();
+        let folded = match event {
+            Event::Activity(a) => self.fold_activity(a, cal, horizon),
+            Event::Deal(d) => {
+                let key = d.deal_id.clone();
+                let h = (d.stage, d.occurred_at);
+                fold_entity(&mut self.deals, key, d.version, d, h)
+            }
+            Event::Quota(q) => fold_entity(&mut self.quotas, (q.rep_id.clone(), q.period_start), q.version, q, ()),
+            Event::Rep(r) => fold_entity(&mut self.roster, r.rep_id.clone(), r.version, r, ()),
+            Event::FxRate(f) => fold_entity(&mut self.fx, (f.currency.clone(), f.effective_date), f.version, f, ()),
+            Event::Survey(s) => {
+                if self.surveys.contains_key(&s.response_id) {
+                    Folded::Duplicate
+                } else {
+                    self.surveys.insert(s.response_id.clone(), s);
+                    Folded::Ok
+                }
+            }
+        };
+        if folded == Folded::Ok {
+            self.as_of = Some(self.as_of.map_or(t, |c| c.max(t)));
+        }
+        folded
+    }
+
+    fn fold_activity(&mut self, a: Activity, cal: &Calendar, horizon: i64) -> Folded {
+        let id = xxhash_rust::xxh3::xxh3_128(a.event_id.as_bytes());
+        let floor = self.as_of.unwrap_or(i64::MIN).saturating_sub(horizon);
+        // An id remembered at or after the horizon's floor is a duplicate; older memories no
+        // longer count, whether or not they were pruned yet (so pruning never changes results).
+        if self.seen_activities.get(&id).is_some_and(|seen| *seen >= floor) {
+            return Folded::Duplicate;
+        }
+        self.seen_activities.insert(id, a.occurred_at);
+        if let Some(deal) = &a.deal_id {
+            let last = self.deal_last_activity.entry(deal.clone()).or_insert(a.occurred_at);
+            *last = (*last).max(a.occurred_at);
+        }
+        let day = cal.day_of(a.occurred_at);
+        self.daily.entry((a.rep_id.clone(), day)).or_default().add(&a);
+        Folded::Ok
+    }
+
+    /// Counts one message outcome for `topic`.
+    pub fn count(&mut self, topic: &str, outcome: &str) {
+        *self.quality.entry((topic.to_string(), outcome.to_string())).or_default() += 1;
+    }
+
+    /// Records a refused message in the bounded log (`keep` most recent).
+    pub fn log_dead_letter(&mut self, mut dl: DeadLetter, keep: usize) {
+        dl.payload.truncate(DEAD_LETTER_PAYLOAD_BYTES);
+        self.dead_letters.push_back(dl);
+        while self.dead_letters.len() > keep {
+            self.dead_letters.pop_front();
+        }
+    }
+
+    /// Records that `offset` of `topic`/`partition` has been folded.
+    pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
+        let next = self.offsets.entry(topic.to_string()).or_default().entry(partition).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+
+    /// The next offset to read of a topic-partition, if any was read.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(topic)?.get(&partition).copied()
+    }
+
+    /// Forgets activity ids older than the dedup horizon, so memory stays flat.
+    pub fn prune(&mut self, horizon: i64) {
+        let floor = self.as_of.unwrap_or(i64::MIN).saturating_sub(horizon);
+        self.seen_activities.retain(|_, t| *t >= floor);
+    }
+
+    /// Number of keys held, for logs and metrics.
+    pub fn size(&self) -> usize {
+        self.daily.len() + self.deals.len() + self.quotas.len() + self.roster.len() + self.fx.len() + self.surveys.len() + self.seen_activities.len()
+    }
+}
+
+/// Folds version `v` of an entity; the first arrival of an (entity, version) wins, the
+/// highest version is the after-image.
+fn fold_entity<K: std::hash::Hash + Eq, T, H>(map: &mut HashMap<K, Versioned<T, H>>, key: K, v: i64, item: T, h: H) -> Folded {
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Occupied(mut o) => {
+            let e = o.get_mut();
+            if e.history.contains_key(&v) {
+                return Folded::Duplicate;
+            }
+            e.history.insert(v, h);
+            if v > e.latest_version {
+                e.latest = item;
+                e.latest_version = v;
+            }
+            Folded::Ok
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(Versioned { latest: item, latest_version: v, history: BTreeMap::from([(v, h)]) });
+            Folded::Ok
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn deal(v: i64, stage: Stage, t: Micros) -> Event {
+        Event::Deal(Deal {
+            deal_id: "d1".into(),
+            version: v,
+            occurred_at: t,
+            rep_id: "r1".into(),
+            account_id: None,
+            stage,
+            amount: Decimal::new(100, 2),
+            currency: "USD".into(),
+            close_date: 0,
+            forecast_category: None,
+            probability: None,
+            created_at: 0,
+        })
+    }
+
+    #[test]
+    fn highest_version_wins_whatever_the_order() {
+        let mut s = State::default();
+        let cal = Calendar::default();
+        assert_eq!(s.fold(deal(2, Stage::Proposal, 20), &cal, 0), Folded::Ok);
+        assert_eq!(s.fold(deal(1, Stage::Prospecting, 10), &cal, 0), Folded::Ok);
+        assert_eq!(s.fold(deal(2, Stage::Negotiation, 30), &cal, 0), Folded::Duplicate);
+        let d = &s.deals["d1"];
+        assert_eq!(d.latest.stage, Stage::Proposal);
+        assert_eq!(d.history.len(), 2);
+        assert_eq!(s.as_of, Some(20));
+    }
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary (modules below), so tests link once.
+//!
+//! Tests marked `#[ignore = "needs services ..."]` use the real broker, S3 server and Python
+//! readers that `scripts/test` starts; `scripts/test` runs them with the rest.
+
+mod common;
+mod contract;
+mod external;
+mod golden;
+mod pipeline_mock;
+mod properties;
