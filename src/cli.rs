@@ -67,6 +67,9 @@ pub enum Command {
         /// Partitions of topics that do not exist yet
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// Messages per producer batch (Kafka record batch)
+        #[arg(long, default_value_t = 10_000)]
+        batch_messages: usize,
         /// Pipeline file whose topic names are used
         #[arg(long)]
         pipeline: Option<PathBuf>,
@@ -127,7 +130,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 last.and_then(|m| m.as_of.clone()).unwrap_or_else(|| "-".into()),
             ))
         }
-        Command::Generate { reps, days, seed, start, brokers, out_dir, partitions, pipeline } => {
+        Command::Generate { reps, days, seed, start, brokers, out_dir, partitions, batch_messages, pipeline } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             if reps == 0 || days == 0 {
                 return Err(Error::Usage("--reps and --days must be at least 1".into()));
@@ -147,7 +150,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                     std::thread::spawn(move || generate(&spec, |g| {
                         let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
                     }));
-                    crate::source::kafka::produce_all(&brokers, rx, |n| eprintln!("generate: {n} messages produced"))
+                    crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| eprintln!("generate: {n} messages produced"))
                 })
                 .await
                 .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??;

@@ -41,7 +41,7 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     generate(&spec, |g| messages.push((pipeline.topics[&g.event_type].clone(), g.key, g.value)));
     let produced = {
         let brokers = brokers.clone();
-        tokio::task::spawn_blocking(move || crate::source::kafka::produce_all(&brokers, messages, |_| {}))
+        tokio::task::spawn_blocking(move || crate::source::kafka::produce_all(&brokers, 10_000, messages, |_| {}))
             .await
             .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??
     };

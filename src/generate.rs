@@ -92,11 +92,12 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
         out.push((at, Generated { event_type: t, key: key.to_string(), value: v.to_string() }));
     };
 
-    // Day 0: fx in force from a week before, the roster, and every quarter's quota.
-    let first_monday = spec.start - Duration::days(i64::from(spec.start.weekday().num_days_from_monday()) + 7);
+    // Day 0: fx in force from the first quarter's start (quotas convert on period_start), the
+    // roster, and every quarter's quota.
+    let first_quarter = NaiveDate::from_ymd_opt(spec.start.year(), (spec.start.month0() / 3) * 3 + 1, 1).unwrap_or(spec.start);
     for (c, r) in &rates {
         push(&mut out, instant(spec.start, 1), EventType::FxRate, c, json!({
-            "currency": c, "effective_date": first_monday.to_string(), "rate_to_corporate": format!("{r:.6}"),
+            "currency": c, "effective_date": first_quarter.to_string(), "rate_to_corporate": format!("{r:.6}"),
             "version": 1, "occurred_at": instant(spec.start, 1)}));
     }
     for r in &reps {
@@ -104,7 +105,7 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             "rep_id": r.id, "version": 1, "occurred_at": instant(spec.start, 2), "name": format!("Rep {}", &r.id[4..]),
             "team_id": r.team, "region": r.region, "manager_id": format!("mgr-{}", r.team), "role": "AE",
             "hired_on": (spec.start - Duration::days(400)).to_string(), "active": true}));
-        let mut q = NaiveDate::from_ymd_opt(spec.start.year(), (spec.start.month0() / 3) * 3 + 1, 1).unwrap_or(spec.start);
+        let mut q = first_quarter;
         while q < end {
             let q_end = q.checked_add_months(chrono::Months::new(3)).unwrap_or(q) - Duration::days(1);
             let usd = rng.gen_range(120.0..240.0_f64).round() * 1000.0;

@@ -5,7 +5,7 @@
 //! inside the state, so whatever the snapshot holds is exactly what its offsets say was read:
 //! a restart resumes from `_latest` and reads on from there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,13 +93,10 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions, shutdown: impl Futur
             }
         }
     }
-    let ends: BTreeMap<Tp, i64> = marks.iter().map(|(tp, (_, hi))| (tp.clone(), *hi)).collect();
-    let mut done: BTreeSet<Tp> = source
-        .assigned
-        .iter()
-        .filter(|(tp, start)| ends.get(*tp).is_some_and(|end| **start >= *end))
-        .map(|(tp, _)| tp.clone())
-        .collect();
+    // `--once` stops when every partition is at its end as the broker reports it in fetch
+    // responses (librdkafka's end-of-partition event), not at ListOffsets results: some
+    // Kafka-protocol brokers (tansu 0.6) answer ListOffsets with stale offsets.
+    let mut done: BTreeSet<Tp> = BTreeSet::new();
 
     let mut r = Runner {
         engine: Engine::new(Arc::clone(&pipeline)),
@@ -144,17 +141,6 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions, shutdown: impl Futur
             m = r.source.consumer.recv() => match m {
                 Ok(msg) => {
                     let topic = msg.topic();
-                    let tp = (topic.to_string(), msg.partition());
-                    if opts.once {
-                        let end = ends.get(&tp).copied().unwrap_or(i64::MAX);
-                        if msg.offset() >= end {
-                            done.insert(tp);
-                            continue;
-                        }
-                        if msg.offset() + 1 >= end {
-                            done.insert(tp.clone());
-                        }
-                    }
                     let payload = msg.payload().unwrap_or_default();
                     r.report.messages += 1;
                     r.report.bytes += payload.len() as u64;
@@ -186,11 +172,7 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions, shutdown: impl Futur
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
                     if opts.once {
-                        for (tp, pos) in r.source.positions()? {
-                            if ends.get(&tp).is_some_and(|end| pos >= *end) {
-                                done.insert(tp);
-                            }
-                        }
+                        done.extend(r.source.at_end(&r.state)?);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),

@@ -80,7 +80,7 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 1);
-    produce_all(&brokers, msgs.clone(), |_| {}).unwrap();
+    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
 
@@ -128,7 +128,7 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 2);
-    produce_all(&brokers, msgs.clone(), |_| {}).unwrap();
+    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
     let whole = tempfile::tempdir().unwrap();
     let pieces = tempfile::tempdir().unwrap();
     let (whole, pieces) = (whole.path().to_str().unwrap(), pieces.path().to_str().unwrap());
@@ -164,7 +164,7 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 3);
-    produce_all(&brokers, msgs.clone(), |_| {}).unwrap();
+    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
     let out = format!("memory://retention-{}", std::process::id());
     let r = run(Arc::clone(&p), opts(&brokers, &out), std::future::pending()).await.unwrap();
     assert!(r.snapshots as usize >= msgs.len() / 200, "a snapshot per 200 events: {}", r.snapshots);

@@ -96,17 +96,42 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// Partitions whose read position has reached `end`.
-    pub fn positions(&self) -> Result<BTreeMap<Tp, i64>, KafkaIoError> {
-        let tpl = self.consumer.position()?;
-        Ok(tpl
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                _ => None,
-            })
-            .collect())
+    /// Partitions whose read position has reached the high watermark of their latest fetch.
+    /// A partition not consumed from yet is at the offset `state` recorded for it.
+    pub fn at_end(&self, state: &State) -> Result<Vec<Tp>, KafkaIoError> {
+        let positions = self.consumer.position()?;
+        let mut out = Vec::new();
+        for ((topic, p), start) in &self.assigned {
+            let pos = match positions.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => state.next_offset(topic, *p).unwrap_or(*start),
+            };
+            let high = self.fetched_high_watermark(topic, *p);
+            tracing::trace!(topic, partition = p, pos, ?high, "end check");
+            if high.is_some_and(|high| pos >= high) {
+                out.push((topic.clone(), *p));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The high watermark of the latest fetch response for a partition (librdkafka's cached
+    /// value; no request is sent). `None` before the first fetch.
+    fn fetched_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; the call only copies
+        // librdkafka's cached offsets into the two out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
     }
 
     /// Advisory commit of the offsets a durable snapshot holds (for lag monitoring tools).
@@ -217,10 +242,11 @@ pub async fn ensure_topics(brokers: &str, pipeline: &Pipeline, topics: &[&str], 
     Ok(())
 }
 
-/// Produces `messages` (topic, key, value) and waits until every one is acknowledged.
-/// Used by `quotaflow generate` and the demo; tuned for throughput, not latency.
+/// Produces `messages` (topic, key, value) in batches of up to `batch_messages` and waits
+/// until every one is acknowledged. Used by `quotaflow generate`, the demo and the tests.
 pub fn produce_all(
     brokers: &str,
+    batch_messages: usize,
     messages: impl IntoIterator<Item = (String, String, String)>,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, KafkaIoError> {
@@ -242,7 +268,7 @@ pub fn produce_all(
     let producer: ThreadedProducer<Ctx> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
+        .set("batch.num.messages", batch_messages.max(1).to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "60000")
         .create_with_context(Ctx(Arc::clone(&failed)))?;
