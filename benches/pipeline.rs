@@ -14,13 +14,22 @@ use quotaflow::state::State;
 
 fn messages(reps: usize, days: u32) -> Vec<Generated> {
     let mut out = Vec::new();
-    let spec = GenSpec { reps, days, seed: 1, start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default() };
+    let spec = GenSpec {
+        reps,
+        days,
+        seed: 1,
+        start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default(),
+    };
     generate(&spec, |g| out.push(g));
     out
 }
 
 fn decoder() -> Decoder {
-    Decoder::new(DecodeLimits { max_message_bytes: 1 << 20, max_clock_skew_micros: i64::MAX / 4 }).unwrap_or_else(|e| panic!("{e}"))
+    Decoder::new(DecodeLimits {
+        max_message_bytes: 1 << 20,
+        max_clock_skew_micros: i64::MAX / 4,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fold(p: &Pipeline, msgs: &[Generated]) -> State {
@@ -43,7 +52,11 @@ fn decode_and_fold(c: &mut Criterion) {
     let mut g = c.benchmark_group("source");
     g.throughput(Throughput::Elements(msgs.len() as u64));
     g.bench_function("decode", |b| {
-        b.iter(|| msgs.iter().filter(|m| dec.decode(m.event_type, m.value.as_bytes(), 0).is_ok()).count())
+        b.iter(|| {
+            msgs.iter()
+                .filter(|m| dec.decode(m.event_type, m.value.as_bytes(), 0).is_ok())
+                .count()
+        })
     });
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("decode_and_fold", |b| b.iter(|| fold(&p, &msgs).size()));
@@ -58,9 +71,17 @@ fn snapshot_tables(c: &mut Criterion) {
     for (reps, days) in [(100usize, 91u32), (1000, 91)] {
         let state = fold(&p, &messages(reps, days));
         let engine = Engine::new(Arc::clone(&p));
-        g.bench_with_input(BenchmarkId::new("all_tables", format!("{reps}reps_{days}days")), &state, |b, s| {
-            b.iter(|| rt.block_on(engine.compute(s, 1)).map(|t| t.len()).unwrap_or(0))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("all_tables", format!("{reps}reps_{days}days")),
+            &state,
+            |b, s| {
+                b.iter(|| {
+                    rt.block_on(engine.compute(s, 1))
+                        .map(|t| t.len())
+                        .unwrap_or(0)
+                })
+            },
+        );
     }
     g.finish();
 }

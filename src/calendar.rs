@@ -63,7 +63,10 @@ pub struct Calendar {
 
 impl Default for Calendar {
     fn default() -> Self {
-        Calendar { fiscal_year_start_month: 1, timezone: Tz::UTC }
+        Calendar {
+            fiscal_year_start_month: 1,
+            timezone: Tz::UTC,
+        }
     }
 }
 
@@ -71,7 +74,11 @@ impl Calendar {
     /// The date of an instant in the pipeline's time zone.
     pub fn day_of(&self, t: Micros) -> Day {
         let utc = chrono::DateTime::from_timestamp_micros(t).unwrap_or_default();
-        day_number(self.timezone.from_utc_datetime(&utc.naive_utc()).date_naive())
+        day_number(
+            self.timezone
+                .from_utc_datetime(&utc.naive_utc())
+                .date_naive(),
+        )
     }
 
     /// First day of the fiscal period of type `p` that contains `day`.
@@ -81,7 +88,9 @@ impl Calendar {
         let into_year = (d.month() + 12 - self.fiscal_year_start_month) % 12;
         let back = into_year % p.months(); // months back to the start of the period
         let first_of_month = d.with_day(1).unwrap_or(d);
-        let start = first_of_month.checked_sub_months(Months::new(back)).unwrap_or(first_of_month);
+        let start = first_of_month
+            .checked_sub_months(Months::new(back))
+            .unwrap_or(first_of_month);
         day_number(start)
     }
 
@@ -104,22 +113,54 @@ mod tests {
     #[test]
     fn fiscal_periods_follow_the_start_month() {
         let jan = Calendar::default();
-        assert_eq!(jan.period_start(PeriodType::Quarter, d("2026-05-17")), d("2026-04-01"));
-        assert_eq!(jan.period_start(PeriodType::Year, d("2026-05-17")), d("2026-01-01"));
-        assert_eq!(jan.period_end(PeriodType::Quarter, d("2026-04-01")), d("2026-06-30"));
-        let feb = Calendar { fiscal_year_start_month: 2, ..Calendar::default() };
-        assert_eq!(feb.period_start(PeriodType::Quarter, d("2026-01-31")), d("2025-11-01"));
-        assert_eq!(feb.period_start(PeriodType::Year, d("2026-01-31")), d("2025-02-01"));
-        assert_eq!(feb.period_start(PeriodType::Year, d("2026-02-01")), d("2026-02-01"));
-        assert_eq!(feb.period_start(PeriodType::Month, d("2026-02-28")), d("2026-02-01"));
-        assert_eq!(feb.period_end(PeriodType::Year, d("2026-02-01")), d("2027-01-31"));
+        assert_eq!(
+            jan.period_start(PeriodType::Quarter, d("2026-05-17")),
+            d("2026-04-01")
+        );
+        assert_eq!(
+            jan.period_start(PeriodType::Year, d("2026-05-17")),
+            d("2026-01-01")
+        );
+        assert_eq!(
+            jan.period_end(PeriodType::Quarter, d("2026-04-01")),
+            d("2026-06-30")
+        );
+        let feb = Calendar {
+            fiscal_year_start_month: 2,
+            ..Calendar::default()
+        };
+        assert_eq!(
+            feb.period_start(PeriodType::Quarter, d("2026-01-31")),
+            d("2025-11-01")
+        );
+        assert_eq!(
+            feb.period_start(PeriodType::Year, d("2026-01-31")),
+            d("2025-02-01")
+        );
+        assert_eq!(
+            feb.period_start(PeriodType::Year, d("2026-02-01")),
+            d("2026-02-01")
+        );
+        assert_eq!(
+            feb.period_start(PeriodType::Month, d("2026-02-28")),
+            d("2026-02-01")
+        );
+        assert_eq!(
+            feb.period_end(PeriodType::Year, d("2026-02-01")),
+            d("2027-01-31")
+        );
     }
 
     #[test]
     fn day_of_uses_the_time_zone() {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-10-05T23:30:00Z").unwrap().timestamp_micros();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-10-05T23:30:00Z")
+            .unwrap()
+            .timestamp_micros();
         assert_eq!(Calendar::default().day_of(t), d("2026-10-05"));
-        let berlin = Calendar { timezone: chrono_tz::Europe::Berlin, ..Calendar::default() };
+        let berlin = Calendar {
+            timezone: chrono_tz::Europe::Berlin,
+            ..Calendar::default()
+        };
         assert_eq!(berlin.day_of(t), d("2026-10-06"));
     }
 }

@@ -15,10 +15,14 @@ use crate::query::Format;
 use crate::snapshot::Location;
 
 #[derive(Debug, Parser)]
-#[command(name = "quotaflow", version, about = "Streaming sales-performance analytics: Kafka events → DataFusion SQL → exactly-once Parquet snapshots.",
+#[command(
+    name = "quotaflow",
+    version,
+    about = "Streaming sales-performance analytics: Kafka events → DataFusion SQL → exactly-once Parquet snapshots.",
     long_about = "quotaflow reads sales activity and deal events from Kafka, folds them into state, computes quota attainment \
 and the other metric tables of METRICS.md with SQL, and writes Parquet snapshots to object storage (file://, s3://, gs://, az://).\n\n\
-Start with `quotaflow demo`: it needs no Kafka and no configuration.")]
+Start with `quotaflow demo`: it needs no Kafka and no configuration."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -59,7 +63,12 @@ pub enum Command {
         #[arg(long)]
         start: Option<NaiveDate>,
         /// Produce to these Kafka brokers (topics are created if missing)
-        #[arg(long, env = "QUOTAFLOW_BROKERS", conflicts_with = "out_dir", required_unless_present = "out_dir")]
+        #[arg(
+            long,
+            env = "QUOTAFLOW_BROKERS",
+            conflicts_with = "out_dir",
+            required_unless_present = "out_dir"
+        )]
         brokers: Option<String>,
         /// Write one JSONL file per topic (<topic>.jsonl, one message value per line) instead
         #[arg(long)]
@@ -105,7 +114,13 @@ pub enum Command {
 /// Runs a parsed command; returns what to print on stdout.
 pub async fn execute(cli: Cli) -> Result<String, Error> {
     match cli.command {
-        Command::Run { pipeline, brokers, output, once, max_events } => {
+        Command::Run {
+            pipeline,
+            brokers,
+            output,
+            once,
+            max_events,
+        } => {
             let pipeline = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let brokers = brokers.or_else(|| pipeline.brokers.clone()).ok_or_else(|| {
                 Error::Usage("no Kafka brokers: pass --brokers, set QUOTAFLOW_BROKERS or source.brokers in the pipeline file".into())
@@ -114,8 +129,15 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 Error::Usage("no output: pass --output, set QUOTAFLOW_OUTPUT or snapshot.output in the pipeline file".into())
             })?;
             Location::parse(&output)?;
-            crate::engine::Engine::new(Arc::clone(&pipeline)).check().await?;
-            let opts = RunOptions { brokers, output, once, max_events };
+            crate::engine::Engine::new(Arc::clone(&pipeline))
+                .check()
+                .await?;
+            let opts = RunOptions {
+                brokers,
+                output,
+                once,
+                max_events,
+            };
             let report = run(pipeline, opts, shutdown_signal()).await?;
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             let last = report.last.as_ref();
@@ -130,34 +152,65 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 last.and_then(|m| m.as_of.clone()).unwrap_or_else(|| "-".into()),
             ))
         }
-        Command::Generate { reps, days, seed, start, brokers, out_dir, partitions, batch_messages, pipeline } => {
+        Command::Generate {
+            reps,
+            days,
+            seed,
+            start,
+            brokers,
+            out_dir,
+            partitions,
+            batch_messages,
+            pipeline,
+        } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             if reps == 0 || days == 0 {
                 return Err(Error::Usage("--reps and --days must be at least 1".into()));
             }
-            let start = start.unwrap_or_else(|| chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days)));
-            let spec = GenSpec { reps, days, seed, start };
+            let start = start.unwrap_or_else(|| {
+                chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days))
+            });
+            let spec = GenSpec {
+                reps,
+                days,
+                seed,
+                start,
+            };
             if let Some(dir) = out_dir {
                 write_jsonl(&spec, &pipeline, &dir)
             } else {
-                let brokers = brokers.ok_or_else(|| Error::Usage("pass --brokers or --out-dir".into()))?;
+                let brokers =
+                    brokers.ok_or_else(|| Error::Usage("pass --brokers or --out-dir".into()))?;
                 let topics: Vec<&str> = pipeline.topics.values().map(String::as_str).collect();
-                crate::source::kafka::ensure_topics(&brokers, &pipeline, &topics, partitions).await?;
+                crate::source::kafka::ensure_topics(&brokers, &pipeline, &topics, partitions)
+                    .await?;
                 let started = std::time::Instant::now();
                 let n = tokio::task::spawn_blocking(move || {
                     let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
                     let topics = pipeline.topics.clone();
-                    std::thread::spawn(move || generate(&spec, |g| {
-                        let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
-                    }));
-                    crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| eprintln!("generate: {n} messages produced"))
+                    std::thread::spawn(move || {
+                        generate(&spec, |g| {
+                            let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
+                        })
+                    });
+                    crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| {
+                        eprintln!("generate: {n} messages produced")
+                    })
                 })
                 .await
                 .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??;
-                Ok(format!("produced {n} messages in {:.1} s (start {start})", started.elapsed().as_secs_f64()))
+                Ok(format!(
+                    "produced {n} messages in {:.1} s (start {start})",
+                    started.elapsed().as_secs_f64()
+                ))
             }
         }
-        Command::Sql { output, snapshot, format, query } => {
+        Command::Sql {
+            output,
+            snapshot,
+            format,
+            query,
+        } => {
             let location = Location::parse(&output)?;
             let manifest = crate::query::manifest(&location, snapshot).await?;
             let ctx = crate::query::session(&location, &manifest).await?;
@@ -168,13 +221,23 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let tables = crate::engine::Engine::new(Arc::clone(&p)).check().await?;
             let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-            Ok(format!("{}: pipeline `{}` is valid; snapshots will hold {} tables: {}", p.file, p.name, names.len(), names.join(", ")))
+            Ok(format!(
+                "{}: pipeline `{}` is valid; snapshots will hold {} tables: {}",
+                p.file,
+                p.name,
+                names.len(),
+                names.join(", ")
+            ))
         }
         Command::Demo { dir } => crate::demo::demo(&dir).await,
     }
 }
 
-fn write_jsonl(spec: &GenSpec, pipeline: &Pipeline, dir: &std::path::Path) -> Result<String, Error> {
+fn write_jsonl(
+    spec: &GenSpec,
+    pipeline: &Pipeline,
+    dir: &std::path::Path,
+) -> Result<String, Error> {
     use std::io::Write;
     let io = |path: &std::path::Path| {
         let path = path.display().to_string();
@@ -206,17 +269,22 @@ fn write_jsonl(spec: &GenSpec, pipeline: &Pipeline, dir: &std::path::Path) -> Re
     for (path, mut w) in files.into_values() {
         w.flush().map_err(io(&path))?;
     }
-    Ok(format!("wrote {n} messages to {} (one <topic>.jsonl per topic; start {})", dir.display(), spec.start))
+    Ok(format!(
+        "wrote {n} messages to {} (one <topic>.jsonl per topic; start {})",
+        dir.display(),
+        spec.start
+    ))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

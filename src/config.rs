@@ -20,7 +20,10 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
     ("reps.sql", include_str!("../sql/reps.sql")),
     ("rep_levels.sql", include_str!("../sql/rep_levels.sql")),
     ("rep_daily.sql", include_str!("../sql/rep_daily.sql")),
-    ("deals_current.sql", include_str!("../sql/deals_current.sql")),
+    (
+        "deals_current.sql",
+        include_str!("../sql/deals_current.sql"),
+    ),
     ("quota_parts.sql", include_str!("../sql/quota_parts.sql")),
     ("attainment.sql", include_str!("../sql/attainment.sql")),
     ("data_quality.sql", include_str!("../sql/data_quality.sql")),
@@ -32,11 +35,18 @@ const DEFAULT_PIPELINE_PATH: &str = "pipelines/default.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
     #[error("{file}: key `{key}`: {message}")]
-    Invalid { file: String, key: String, message: String },
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +103,11 @@ struct RawCalendar {
 
 impl Default for RawCalendar {
     fn default() -> Self {
-        RawCalendar { timezone: "UTC".into(), fiscal_year_start_month: 1, corporate_currency: "USD".into() }
+        RawCalendar {
+            timezone: "UTC".into(),
+            fiscal_year_start_month: 1,
+            corporate_currency: "USD".into(),
+        }
     }
 }
 
@@ -108,7 +122,12 @@ struct RawSnapshot {
 
 impl Default for RawSnapshot {
     fn default() -> Self {
-        RawSnapshot { output: None, trigger_interval: "5s".into(), trigger_events: 0, retention: 20 }
+        RawSnapshot {
+            output: None,
+            trigger_interval: "5s".into(),
+            trigger_events: 0,
+            retention: 20,
+        }
     }
 }
 
@@ -176,8 +195,21 @@ pub struct Pipeline {
 }
 
 /// Names of tables the engine provides from state; pipeline tables may not reuse them.
-pub const STATE_TABLES: &[&str] =
-    &["activity_days", "deals", "quotas", "roster", "fx_rates", "surveys", "quality_counts", "dead_letter_log", "clock", "calendar", "stages", "topics", "period_types"];
+pub const STATE_TABLES: &[&str] = &[
+    "activity_days",
+    "deals",
+    "quotas",
+    "roster",
+    "fx_rates",
+    "surveys",
+    "quality_counts",
+    "dead_letter_log",
+    "clock",
+    "calendar",
+    "stages",
+    "topics",
+    "period_types",
+];
 
 impl Pipeline {
     /// Loads `path`, or `pipelines/default.toml` if it exists, or the built-in default.
@@ -189,11 +221,15 @@ impl Pipeline {
         match path {
             Some(p) => {
                 let file = p.display().to_string();
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
                 let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
                 Pipeline::parse(&text, &file, &|rel: &str| {
                     let sql_path = dir.join(rel);
-                    std::fs::read_to_string(&sql_path).map_err(|e| format!("cannot read {}: {e}", sql_path.display()))
+                    std::fs::read_to_string(&sql_path)
+                        .map_err(|e| format!("cannot read {}: {e}", sql_path.display()))
                 })
             }
             None => Pipeline::builtin(),
@@ -202,94 +238,179 @@ impl Pipeline {
 
     /// The compiled-in default pipeline (identical to `pipelines/default.toml`).
     pub fn builtin() -> Result<Pipeline, ConfigError> {
-        Pipeline::parse(BUILTIN_PIPELINE, "<built-in pipelines/default.toml>", &|rel: &str| {
-            let name = Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or(rel);
-            BUILTIN_SQL
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, text)| text.to_string())
-                .ok_or_else(|| format!("no built-in SQL file named {name}"))
-        })
+        Pipeline::parse(
+            BUILTIN_PIPELINE,
+            "<built-in pipelines/default.toml>",
+            &|rel: &str| {
+                let name = Path::new(rel)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(rel);
+                BUILTIN_SQL
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, text)| text.to_string())
+                    .ok_or_else(|| format!("no built-in SQL file named {name}"))
+            },
+        )
     }
 
     /// Parses and validates pipeline text; `read_sql` resolves a table's `sql` path.
-    pub fn parse(text: &str, file: &str, read_sql: &dyn Fn(&str) -> Result<String, String>) -> Result<Pipeline, ConfigError> {
-        let raw: RawPipeline =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_string(), message: e.to_string().trim_end().to_string() })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid { file: file.to_string(), key: key.to_string(), message };
+    pub fn parse(
+        text: &str,
+        file: &str,
+        read_sql: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<Pipeline, ConfigError> {
+        let raw: RawPipeline = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
 
         if !is_identifier(&raw.name) {
-            return Err(invalid("name", format!("`{}` must be lower-case letters, digits, '_' or '-'", raw.name)));
+            return Err(invalid(
+                "name",
+                format!(
+                    "`{}` must be lower-case letters, digits, '_' or '-'",
+                    raw.name
+                ),
+            ));
         }
         let s = &raw.source;
         if s.max_message_bytes == 0 {
-            return Err(invalid("source.max_message_bytes", "must be at least 1".into()));
+            return Err(invalid(
+                "source.max_message_bytes",
+                "must be at least 1".into(),
+            ));
         }
-        let max_clock_skew = parse_duration(&s.max_clock_skew).map_err(|m| invalid("source.max_clock_skew", m))?;
-        let dedup_horizon = parse_duration(&s.dedup_horizon).map_err(|m| invalid("source.dedup_horizon", m))?;
+        let max_clock_skew =
+            parse_duration(&s.max_clock_skew).map_err(|m| invalid("source.max_clock_skew", m))?;
+        let dedup_horizon =
+            parse_duration(&s.dedup_horizon).map_err(|m| invalid("source.dedup_horizon", m))?;
         let mut topics = BTreeMap::new();
         for (key, topic) in &s.topics {
             let t = EventType::ALL
                 .into_iter()
                 .find(|t| t.name() == key)
-                .ok_or_else(|| invalid(&format!("source.topics.{key}"), "not an event type (activity, deal, quota, rep, survey, fx_rate)".into()))?;
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("source.topics.{key}"),
+                        "not an event type (activity, deal, quota, rep, survey, fx_rate)".into(),
+                    )
+                })?;
             if !is_topic(topic) {
-                return Err(invalid(&format!("source.topics.{key}"), format!("`{topic}` is not a valid Kafka topic name")));
+                return Err(invalid(
+                    &format!("source.topics.{key}"),
+                    format!("`{topic}` is not a valid Kafka topic name"),
+                ));
             }
             topics.insert(t, topic.clone());
         }
         for t in EventType::ALL {
-            if !topics.contains_key(&t) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = topics.entry(t) {
                 let default = crate::source::schema::Schema::builtin(t)
-                    .map(|s| s.default_topic)
                     .map_err(|e| invalid("source.topics", e.to_string()))?;
-                topics.insert(t, default);
+                slot.insert(default.default_topic);
             }
         }
         let mut seen: Vec<&String> = topics.values().collect();
         seen.sort();
         seen.dedup();
         if seen.len() != topics.len() {
-            return Err(invalid("source.topics", "two event types share a topic".into()));
+            return Err(invalid(
+                "source.topics",
+                "two event types share a topic".into(),
+            ));
         }
         if !is_topic(&s.dead_letter_topic) || topics.values().any(|t| *t == s.dead_letter_topic) {
-            return Err(invalid("source.dead_letter_topic", format!("`{}` must be a valid topic distinct from the input topics", s.dead_letter_topic)));
+            return Err(invalid(
+                "source.dead_letter_topic",
+                format!(
+                    "`{}` must be a valid topic distinct from the input topics",
+                    s.dead_letter_topic
+                ),
+            ));
         }
         for key in s.kafka.keys() {
-            if matches!(key.as_str(), "bootstrap.servers" | "group.id" | "enable.auto.commit" | "enable.auto.offset.store") {
-                return Err(invalid(&format!("source.kafka.\"{key}\""), "is set by quotaflow itself (use --brokers for bootstrap.servers)".into()));
+            if matches!(
+                key.as_str(),
+                "bootstrap.servers"
+                    | "group.id"
+                    | "enable.auto.commit"
+                    | "enable.auto.offset.store"
+            ) {
+                return Err(invalid(
+                    &format!("source.kafka.\"{key}\""),
+                    "is set by quotaflow itself (use --brokers for bootstrap.servers)".into(),
+                ));
             }
         }
 
         let c = &raw.calendar;
-        let timezone: chrono_tz::Tz = c
-            .timezone
-            .parse()
-            .map_err(|_| invalid("calendar.timezone", format!("`{}` is not an IANA time zone such as `Europe/Berlin`", c.timezone)))?;
+        let timezone: chrono_tz::Tz = c.timezone.parse().map_err(|_| {
+            invalid(
+                "calendar.timezone",
+                format!(
+                    "`{}` is not an IANA time zone such as `Europe/Berlin`",
+                    c.timezone
+                ),
+            )
+        })?;
         if !(1..=12).contains(&c.fiscal_year_start_month) {
-            return Err(invalid("calendar.fiscal_year_start_month", format!("{} is not a month 1..12", c.fiscal_year_start_month)));
+            return Err(invalid(
+                "calendar.fiscal_year_start_month",
+                format!("{} is not a month 1..12", c.fiscal_year_start_month),
+            ));
         }
-        if c.corporate_currency.len() != 3 || !c.corporate_currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(invalid("calendar.corporate_currency", format!("`{}` is not three upper-case letters", c.corporate_currency)));
+        if c.corporate_currency.len() != 3
+            || !c.corporate_currency.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "calendar.corporate_currency",
+                format!("`{}` is not three upper-case letters", c.corporate_currency),
+            ));
         }
 
         let sn = &raw.snapshot;
-        let trigger_interval = parse_duration(&sn.trigger_interval).map_err(|m| invalid("snapshot.trigger_interval", m))?;
+        let trigger_interval = parse_duration(&sn.trigger_interval)
+            .map_err(|m| invalid("snapshot.trigger_interval", m))?;
         if trigger_interval.is_zero() {
-            return Err(invalid("snapshot.trigger_interval", "must be longer than 0".into()));
+            return Err(invalid(
+                "snapshot.trigger_interval",
+                "must be longer than 0".into(),
+            ));
         }
         if sn.retention == 0 {
-            return Err(invalid("snapshot.retention", "must keep at least 1 snapshot".into()));
+            return Err(invalid(
+                "snapshot.retention",
+                "must keep at least 1 snapshot".into(),
+            ));
         }
 
         let mut stages = default_stages();
         for (key, rule) in &raw.stages {
-            let stage = Stage::parse(key).ok_or_else(|| invalid(&format!("stages.{key}"), "not a stage of EVENTS.md".into()))?;
+            let stage = Stage::parse(key).ok_or_else(|| {
+                invalid(&format!("stages.{key}"), "not a stage of EVENTS.md".into())
+            })?;
             if !(0.0..=1.0).contains(&rule.probability) {
-                return Err(invalid(&format!("stages.{key}.probability"), format!("{} is outside 0..1", rule.probability)));
+                return Err(invalid(
+                    &format!("stages.{key}.probability"),
+                    format!("{} is outside 0..1", rule.probability),
+                ));
             }
             if !FORECAST_CATEGORIES.contains(&rule.forecast_category.as_str()) {
-                return Err(invalid(&format!("stages.{key}.forecast_category"), format!("`{}` is not one of {}", rule.forecast_category, FORECAST_CATEGORIES.join(", "))));
+                return Err(invalid(
+                    &format!("stages.{key}.forecast_category"),
+                    format!(
+                        "`{}` is not one of {}",
+                        rule.forecast_category,
+                        FORECAST_CATEGORIES.join(", ")
+                    ),
+                ));
             }
             if let Some(s) = stages.iter_mut().find(|s| s.stage == stage) {
                 s.probability = rule.probability;
@@ -298,19 +419,33 @@ impl Pipeline {
         }
 
         if raw.tables.is_empty() {
-            return Err(invalid("tables", "names no SQL file: a pipeline needs at least one table".into()));
+            return Err(invalid(
+                "tables",
+                "names no SQL file: a pipeline needs at least one table".into(),
+            ));
         }
         let mut tables: Vec<TableSpec> = Vec::new();
         for (i, t) in raw.tables.iter().enumerate() {
             let key = format!("tables[{i}]");
             if !is_identifier(&t.name) || t.name.contains('-') {
-                return Err(invalid(&format!("{key}.name"), format!("`{}` must be lower-case letters, digits and '_'", t.name)));
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` must be lower-case letters, digits and '_'", t.name),
+                ));
             }
             if STATE_TABLES.contains(&t.name.as_str()) || tables.iter().any(|o| o.name == t.name) {
-                return Err(invalid(&format!("{key}.name"), format!("`{}` is already a table name", t.name)));
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` is already a table name", t.name),
+                ));
             }
             let sql = read_sql(&t.sql).map_err(|m| invalid(&format!("{key}.sql"), m))?;
-            tables.push(TableSpec { name: t.name.clone(), origin: t.sql.clone(), sql, publish: t.publish });
+            tables.push(TableSpec {
+                name: t.name.clone(),
+                origin: t.sql.clone(),
+                sql,
+                publish: t.publish,
+            });
         }
 
         Ok(Pipeline {
@@ -323,11 +458,15 @@ impl Pipeline {
             dead_letter_rows: s.dead_letter_rows,
             limits: DecodeLimits {
                 max_message_bytes: s.max_message_bytes,
-                max_clock_skew_micros: i64::try_from(max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+                max_clock_skew_micros: i64::try_from(max_clock_skew.as_micros())
+                    .unwrap_or(i64::MAX),
             },
             dedup_horizon,
             kafka: s.kafka.clone(),
-            calendar: Calendar { fiscal_year_start_month: c.fiscal_year_start_month as u32, timezone },
+            calendar: Calendar {
+                fiscal_year_start_month: c.fiscal_year_start_month as u32,
+                timezone,
+            },
             corporate_currency: c.corporate_currency.clone(),
             trigger_interval,
             trigger_events: sn.trigger_events,
@@ -339,7 +478,10 @@ impl Pipeline {
 
     /// The event type read from `topic`, if it is one of the pipeline's.
     pub fn event_type_of(&self, topic: &str) -> Option<EventType> {
-        self.topics.iter().find(|(_, t)| t.as_str() == topic).map(|(e, _)| *e)
+        self.topics
+            .iter()
+            .find(|(_, t)| t.as_str() == topic)
+            .map(|(e, _)| *e)
     }
 }
 
@@ -347,7 +489,11 @@ const FORECAST_CATEGORIES: &[&str] = &["pipeline", "best_case", "commit", "close
 
 /// The stage table of EVENTS.md.
 pub fn default_stages() -> Vec<StageRule> {
-    let rule = |stage, probability, cat: &str| StageRule { stage, probability, forecast_category: cat.to_string() };
+    let rule = |stage, probability, cat: &str| StageRule {
+        stage,
+        probability,
+        forecast_category: cat.to_string(),
+    };
     vec![
         rule(Stage::Prospecting, 0.10, "pipeline"),
         rule(Stage::Qualification, 0.25, "pipeline"),
@@ -361,12 +507,16 @@ pub fn default_stages() -> Vec<StageRule> {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         && !s.starts_with('-')
 }
 
 fn is_topic(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 249 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 249
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Parses `250ms`, `5s`, `10m`, `1h`, `30d`.
@@ -374,7 +524,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 250ms, 5s, 10m, 1h or 30d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 250ms, 5s, 10m, 1h or 30d"))?;
     let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -382,7 +534,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(secs(60)),
         "h" => Ok(secs(3600)),
         "d" => Ok(secs(86_400)),
-        _ => Err(format!("`{s}` has no unit: write 250ms, 5s, 10m, 1h or 30d")),
+        _ => Err(format!(
+            "`{s}` has no unit: write 250ms, 5s, 10m, 1h or 30d"
+        )),
     }
 }
 
@@ -400,12 +554,25 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let text = BUILTIN_PIPELINE.replace("fiscal_year_start_month = 1", "fiscal_year_start_month = 13");
-        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into())).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml: key `calendar.fiscal_year_start_month`"), "{err}");
+        let text = BUILTIN_PIPELINE.replace(
+            "fiscal_year_start_month = 1",
+            "fiscal_year_start_month = 13",
+        );
+        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml: key `calendar.fiscal_year_start_month`"),
+            "{err}"
+        );
         let text = format!("{BUILTIN_PIPELINE}\n[snapshot.extra]\nx = 1\n");
-        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into())).unwrap_err().to_string();
-        assert!(err.contains("p.toml") && err.contains("unknown field"), "{err}");
+        let err = Pipeline::parse(&text, "p.toml", &|_| Ok("SELECT 1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p.toml") && err.contains("unknown field"),
+            "{err}"
+        );
     }
 
     #[test]

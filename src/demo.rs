@@ -25,28 +25,59 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(Error::Io { path: dir.to_string(), source }),
+        Err(source) => {
+            return Err(Error::Io {
+                path: dir.to_string(),
+                source,
+            })
+        }
     }
-    let cluster = MockCluster::new(1).map_err(|e| Error::Usage(format!("cannot start the in-process Kafka mock cluster: {e}")))?;
-    for topic in pipeline.topics.values().chain([&pipeline.dead_letter_topic]) {
+    let cluster = MockCluster::new(1).map_err(|e| {
+        Error::Usage(format!(
+            "cannot start the in-process Kafka mock cluster: {e}"
+        ))
+    })?;
+    for topic in pipeline
+        .topics
+        .values()
+        .chain([&pipeline.dead_letter_topic])
+    {
         cluster
             .create_topic(topic, DEMO_PARTITIONS, 1)
             .map_err(|e| Error::Usage(format!("mock cluster: cannot create topic {topic}: {e}")))?;
     }
     let brokers = cluster.bootstrap_servers();
-    let start = NaiveDate::from_ymd_opt(2026, 8, 1).ok_or_else(|| Error::Usage("bad demo start".into()))?;
-    let spec = GenSpec { reps: DEMO_REPS, days: DEMO_DAYS, seed: DEMO_SEED, start };
-    eprintln!("demo: generating {} days of events for {} reps into the in-process Kafka cluster ...", spec.days, spec.reps);
+    let start =
+        NaiveDate::from_ymd_opt(2026, 8, 1).ok_or_else(|| Error::Usage("bad demo start".into()))?;
+    let spec = GenSpec {
+        reps: DEMO_REPS,
+        days: DEMO_DAYS,
+        seed: DEMO_SEED,
+        start,
+    };
+    eprintln!(
+        "demo: generating {} days of events for {} reps into the in-process Kafka cluster ...",
+        spec.days, spec.reps
+    );
     let mut messages = Vec::new();
-    generate(&spec, |g| messages.push((pipeline.topics[&g.event_type].clone(), g.key, g.value)));
+    generate(&spec, |g| {
+        messages.push((pipeline.topics[&g.event_type].clone(), g.key, g.value))
+    });
     let produced = {
         let brokers = brokers.clone();
-        tokio::task::spawn_blocking(move || crate::source::kafka::produce_all(&brokers, 10_000, messages, |_| {}))
-            .await
-            .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            crate::source::kafka::produce_all(&brokers, 10_000, messages, |_| {})
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??
     };
     eprintln!("demo: {produced} events produced; running the pipeline (quotaflow run --once) ...");
-    let opts = RunOptions { brokers, output: dir.to_string(), once: true, max_events: None };
+    let opts = RunOptions {
+        brokers,
+        output: dir.to_string(),
+        once: true,
+        max_events: None,
+    };
     let report = run(Arc::clone(&pipeline), opts, std::future::pending()).await?;
     drop(cluster);
 
@@ -61,7 +92,11 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
          ORDER BY attainment DESC NULLS LAST, team",
     )
     .await?;
-    let quality = crate::query::query(&ctx, "SELECT topic, reason, \"count\" FROM data_quality ORDER BY topic, reason").await?;
+    let quality = crate::query::query(
+        &ctx,
+        "SELECT topic, reason, \"count\" FROM data_quality ORDER BY topic, reason",
+    )
+    .await?;
     let secs = report.elapsed.as_secs_f64();
     let mut out = String::new();
     out.push_str(&format!(
@@ -75,7 +110,10 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     out.push_str("Current quarter by team:\n");
     out.push_str(&crate::query::render(&teams, crate::query::Format::Table)?);
     out.push_str("\n\nData quality:\n");
-    out.push_str(&crate::query::render(&quality, crate::query::Format::Table)?);
+    out.push_str(&crate::query::render(
+        &quality,
+        crate::query::Format::Table,
+    )?);
     out.push_str(&format!(
         "\n\nSnapshots are in {dir}/snapshots/, the newest named by {dir}/_latest. Explore them:\n\
          \x20 quotaflow sql --output {dir} \"SELECT * FROM attainment WHERE level = 'rep' AND is_current ORDER BY attainment DESC LIMIT 10\"\n\

@@ -15,7 +15,9 @@ pub struct InternalError {
 
 impl InternalError {
     pub fn new(message: impl Into<String>) -> InternalError {
-        InternalError { message: message.into() }
+        InternalError {
+            message: message.into(),
+        }
     }
 }
 
@@ -35,5 +37,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }

@@ -31,7 +31,13 @@ pub struct Generated {
     pub value: String,
 }
 
-const REGIONS: &[(&str, &str)] = &[("NA", "USD"), ("EMEA", "EUR"), ("UKI", "GBP"), ("APAC", "JPY"), ("LATAM", "USD")];
+const REGIONS: &[(&str, &str)] = &[
+    ("NA", "USD"),
+    ("EMEA", "EUR"),
+    ("UKI", "GBP"),
+    ("APAC", "JPY"),
+    ("LATAM", "USD"),
+];
 const TEAM_SIZE: usize = 8;
 const STAGES: &[&str] = &["prospecting", "qualification", "proposal", "negotiation"];
 
@@ -86,33 +92,67 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
         })
         .collect();
     let mut rates: Vec<(&str, f64)> = vec![("EUR", 1.08), ("GBP", 1.27), ("JPY", 0.0067)];
-    let rate_of = |rates: &[(&str, f64)], c: &str| rates.iter().find(|(k, _)| *k == c).map_or(1.0, |(_, r)| *r);
+    let rate_of = |rates: &[(&str, f64)], c: &str| {
+        rates.iter().find(|(k, _)| *k == c).map_or(1.0, |(_, r)| *r)
+    };
     let mut out: Vec<(String, Generated)> = Vec::new();
-    let push = |out: &mut Vec<(String, Generated)>, at: String, t: EventType, key: &str, v: serde_json::Value| {
-        out.push((at, Generated { event_type: t, key: key.to_string(), value: v.to_string() }));
+    let push = |out: &mut Vec<(String, Generated)>,
+                at: String,
+                t: EventType,
+                key: &str,
+                v: serde_json::Value| {
+        out.push((
+            at,
+            Generated {
+                event_type: t,
+                key: key.to_string(),
+                value: v.to_string(),
+            },
+        ));
     };
 
     // Day 0: fx in force from the first quarter's start (quotas convert on period_start), the
     // roster, and every quarter's quota.
-    let first_quarter = NaiveDate::from_ymd_opt(spec.start.year(), (spec.start.month0() / 3) * 3 + 1, 1).unwrap_or(spec.start);
+    let first_quarter =
+        NaiveDate::from_ymd_opt(spec.start.year(), (spec.start.month0() / 3) * 3 + 1, 1)
+            .unwrap_or(spec.start);
     for (c, r) in &rates {
-        push(&mut out, instant(spec.start, 1), EventType::FxRate, c, json!({
+        push(
+            &mut out,
+            instant(spec.start, 1),
+            EventType::FxRate,
+            c,
+            json!({
             "currency": c, "effective_date": first_quarter.to_string(), "rate_to_corporate": format!("{r:.6}"),
-            "version": 1, "occurred_at": instant(spec.start, 1)}));
+            "version": 1, "occurred_at": instant(spec.start, 1)}),
+        );
     }
     for r in &reps {
-        push(&mut out, instant(spec.start, 2), EventType::Rep, &r.id, json!({
+        push(
+            &mut out,
+            instant(spec.start, 2),
+            EventType::Rep,
+            &r.id,
+            json!({
             "rep_id": r.id, "version": 1, "occurred_at": instant(spec.start, 2), "name": format!("Rep {}", &r.id[4..]),
             "team_id": r.team, "region": r.region, "manager_id": format!("mgr-{}", r.team), "role": "AE",
-            "hired_on": (spec.start - Duration::days(400)).to_string(), "active": true}));
+            "hired_on": (spec.start - Duration::days(400)).to_string(), "active": true}),
+        );
         let mut q = first_quarter;
         while q < end {
-            let q_end = q.checked_add_months(chrono::Months::new(3)).unwrap_or(q) - Duration::days(1);
+            let q_end =
+                q.checked_add_months(chrono::Months::new(3)).unwrap_or(q) - Duration::days(1);
             let usd = rng.gen_range(120.0..240.0_f64).round() * 1000.0;
-            push(&mut out, instant(spec.start, 3), EventType::Quota, &r.id, json!({
+            push(
+                &mut out,
+                instant(spec.start, 3),
+                EventType::Quota,
+                &r.id,
+                json!({
                 "rep_id": r.id, "period_start": q.to_string(), "period_end": q_end.to_string(),
                 "amount": money(usd, rate_of(&rates, r.currency), r.currency), "currency": r.currency,
-                "version": 1, "occurred_at": instant(spec.start, 3)}));
+                "version": 1, "occurred_at": instant(spec.start, 3)}),
+            );
             q = q_end + Duration::days(1);
         }
     }
@@ -127,32 +167,73 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
         if day.weekday() == Weekday::Mon {
             for (c, r) in rates.iter_mut() {
                 *r *= rng.gen_range(0.99..1.01);
-                push(&mut out, instant(day, 60), EventType::FxRate, c, json!({
+                push(
+                    &mut out,
+                    instant(day, 60),
+                    EventType::FxRate,
+                    c,
+                    json!({
                     "currency": c, "effective_date": day.to_string(), "rate_to_corporate": format!("{r:.6}"),
-                    "version": 1, "occurred_at": instant(day, 60)}));
+                    "version": 1, "occurred_at": instant(day, 60)}),
+                );
             }
         }
         for (ri, rep) in reps.iter().enumerate() {
             // A few reps move team once, half-way through.
             if day == spec.start + Duration::days(i64::from(spec.days / 2)) && ri % 17 == 5 {
                 let to = &reps[(ri + TEAM_SIZE) % reps.len()];
-                push(&mut out, instant(day, 120), EventType::Rep, &rep.id, json!({
+                push(
+                    &mut out,
+                    instant(day, 120),
+                    EventType::Rep,
+                    &rep.id,
+                    json!({
                     "rep_id": rep.id, "version": 2, "occurred_at": instant(day, 120), "name": format!("Rep {}", &rep.id[4..]),
                     "team_id": to.team, "region": to.region, "manager_id": format!("mgr-{}", to.team), "role": "AE",
-                    "active": true}));
+                    "active": true}),
+                );
             }
             if !weekday {
                 continue;
             }
-            let open: Vec<String> = deals.iter().filter(|d| d.rep == ri).map(|d| d.id.clone()).collect();
-            let mut activity = |kind: &str, rng: &mut StdRng, out: &mut Vec<(String, Generated)>| {
+            let open: Vec<String> = deals
+                .iter()
+                .filter(|d| d.rep == ri)
+                .map(|d| d.id.clone())
+                .collect();
+            let mut activity = |kind: &str,
+                                rng: &mut StdRng,
+                                out: &mut Vec<(String, Generated)>| {
                 n_act += 1;
                 let at = instant(day, rng.gen_range(8 * 3600..18 * 3600));
                 let (outcome, duration) = match kind {
-                    "call" => (if rng.gen_bool((0.25 * rep.skill).min(0.9)) { "connected" } else if rng.gen_bool(0.5) { "voicemail" } else { "no_answer" }, Some(rng.gen_range(20..900))),
-                    "email" => (if rng.gen_bool((0.1 * rep.skill).min(0.9)) { "replied" } else { "sent" }, None),
+                    "call" => (
+                        if rng.gen_bool((0.25 * rep.skill).min(0.9)) {
+                            "connected"
+                        } else if rng.gen_bool(0.5) {
+                            "voicemail"
+                        } else {
+                            "no_answer"
+                        },
+                        Some(rng.gen_range(20..900)),
+                    ),
+                    "email" => (
+                        if rng.gen_bool((0.1 * rep.skill).min(0.9)) {
+                            "replied"
+                        } else {
+                            "sent"
+                        },
+                        None,
+                    ),
                     "task" => ("", None),
-                    _ => (if rng.gen_bool((0.8 * rep.skill).min(0.97)) { "held" } else { "no_show" }, Some(rng.gen_range(900..3600))),
+                    _ => (
+                        if rng.gen_bool((0.8 * rep.skill).min(0.97)) {
+                            "held"
+                        } else {
+                            "no_show"
+                        },
+                        Some(rng.gen_range(900..3600)),
+                    ),
                 };
                 let mut v = json!({"event_id": format!("act-{}-{n_act}", spec.seed), "occurred_at": at, "rep_id": rep.id, "activity_type": kind});
                 if !outcome.is_empty() {
@@ -164,7 +245,14 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
                 if !open.is_empty() && kind != "email" && rng.gen_bool(0.4) {
                     v["deal_id"] = json!(open[rng.gen_range(0..open.len())]);
                 }
-                out.push((at, Generated { event_type: EventType::Activity, key: rep.id.clone(), value: v.to_string() }));
+                out.push((
+                    at,
+                    Generated {
+                        event_type: EventType::Activity,
+                        key: rep.id.clone(),
+                        value: v.to_string(),
+                    },
+                ));
                 v
             };
             let counts = [
@@ -186,7 +274,14 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             // A resent activity: same event_id, a duplicate by the contract.
             if let Some(v) = last_activity.take() {
                 let at = v["occurred_at"].as_str().unwrap_or_default().to_string();
-                out.push((at, Generated { event_type: EventType::Activity, key: rep.id.clone(), value: v.to_string() }));
+                out.push((
+                    at,
+                    Generated {
+                        event_type: EventType::Activity,
+                        key: rep.id.clone(),
+                        value: v.to_string(),
+                    },
+                ));
             }
             // New deals.
             if rng.gen_bool(0.22) {
@@ -202,17 +297,31 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
                     close: day + Duration::days(rng.gen_range(30..90)),
                     next_change: day + Duration::days(rng.gen_range(3..12)),
                 };
-                push(&mut out, created_at.clone(), EventType::Deal, &d.id, deal_json(&d, STAGES[0], rep, &rates, &created_at));
+                push(
+                    &mut out,
+                    created_at.clone(),
+                    EventType::Deal,
+                    &d.id,
+                    deal_json(&d, STAGES[0], rep, &rates, &created_at),
+                );
                 deals.push(d);
             }
             // Monthly pulse survey.
             if day.day() <= 7 && day.weekday() == Weekday::Wed && rng.gen_bool(0.8) {
                 n_resp += 1;
-                let score = ((rep.skill * 6.0) + rng.gen_range(-2.0..3.5_f64)).round().clamp(0.0, 10.0) as i64;
+                let score = ((rep.skill * 6.0) + rng.gen_range(-2.0..3.5_f64))
+                    .round()
+                    .clamp(0.0, 10.0) as i64;
                 let at = instant(day, 15 * 3600);
-                push(&mut out, at.clone(), EventType::Survey, &rep.id, json!({
+                push(
+                    &mut out,
+                    at.clone(),
+                    EventType::Survey,
+                    &rep.id,
+                    json!({
                     "response_id": format!("resp-{}-{n_resp}", spec.seed), "occurred_at": at, "rep_id": rep.id,
-                    "survey": format!("pulse-{}", day.format("%Y-%m")), "score": score}));
+                    "survey": format!("pulse-{}", day.format("%Y-%m")), "score": score}),
+                );
             }
         }
         // Deals move on.
@@ -232,17 +341,35 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             if advance && d.stage + 1 < STAGES.len() {
                 d.stage += 1;
                 d.next_change = day + Duration::days(rng.gen_range(3..15));
-                push(&mut out, at.clone(), EventType::Deal, &d.id, deal_json(&d, STAGES[d.stage], rep, &rates, &at));
+                push(
+                    &mut out,
+                    at.clone(),
+                    EventType::Deal,
+                    &d.id,
+                    deal_json(&d, STAGES[d.stage], rep, &rates, &at),
+                );
                 still_open.push(d);
             } else if advance || rng.gen_bool(0.35) {
                 let stage = if advance { "closed_won" } else { "closed_lost" };
                 d.close = day;
-                push(&mut out, at.clone(), EventType::Deal, &d.id, deal_json(&d, stage, rep, &rates, &at));
+                push(
+                    &mut out,
+                    at.clone(),
+                    EventType::Deal,
+                    &d.id,
+                    deal_json(&d, stage, rep, &rates, &at),
+                );
             } else {
                 // Stalls a while: same stage, a revision (close date pushed out).
                 d.close = d.close.max(day) + Duration::days(rng.gen_range(5..20));
                 d.next_change = day + Duration::days(rng.gen_range(5..20));
-                push(&mut out, at.clone(), EventType::Deal, &d.id, deal_json(&d, STAGES[d.stage], rep, &rates, &at));
+                push(
+                    &mut out,
+                    at.clone(),
+                    EventType::Deal,
+                    &d.id,
+                    deal_json(&d, STAGES[d.stage], rep, &rates, &at),
+                );
                 still_open.push(d);
             }
         }
@@ -255,8 +382,17 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
     }
 }
 
-fn deal_json(d: &OpenDeal, stage: &str, rep: &RepInfo, rates: &[(&str, f64)], at: &str) -> serde_json::Value {
-    let rate = rates.iter().find(|(k, _)| *k == rep.currency).map_or(1.0, |(_, r)| *r);
+fn deal_json(
+    d: &OpenDeal,
+    stage: &str,
+    rep: &RepInfo,
+    rates: &[(&str, f64)],
+    at: &str,
+) -> serde_json::Value {
+    let rate = rates
+        .iter()
+        .find(|(k, _)| *k == rep.currency)
+        .map_or(1.0, |(_, r)| *r);
     json!({
         "deal_id": d.id, "version": d.version, "occurred_at": at, "rep_id": rep.id,
         "account_id": format!("acct-{}", &d.id[d.id.len() - 4..]), "stage": stage,
@@ -271,7 +407,12 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_every_message_is_valid() {
-        let spec = GenSpec { reps: 10, days: 20, seed: 7, start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap() };
+        let spec = GenSpec {
+            reps: 10,
+            days: 20,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap(),
+        };
         let mut a = Vec::new();
         generate(&spec, |g| a.push(g));
         let mut b = Vec::new();
@@ -283,7 +424,8 @@ mod tests {
         })
         .unwrap();
         for g in &a {
-            dec.decode(g.event_type, g.value.as_bytes(), 0).unwrap_or_else(|e| panic!("{e:?}: {}", g.value));
+            dec.decode(g.event_type, g.value.as_bytes(), 0)
+                .unwrap_or_else(|e| panic!("{e:?}: {}", g.value));
         }
         for t in EventType::ALL {
             assert!(a.iter().any(|g| g.event_type == t), "no {t:?} generated");

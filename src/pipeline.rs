@@ -45,7 +45,9 @@ pub struct RunReport {
 
 /// Restores the state `_latest` names, or an empty one.
 pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<State, Error> {
-    let Some(latest) = location.latest().await? else { return Ok(State::default()) };
+    let Some(latest) = location.latest().await? else {
+        return Ok(State::default());
+    };
     let manifest = location.manifest(latest.snapshot_id).await?;
     if manifest.pipeline != pipeline.name {
         return Err(Error::Usage(format!(
@@ -74,7 +76,11 @@ struct Runner {
 const SNAPSHOT_ATTEMPTS: u32 = 4;
 
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end offsets).
-pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<RunReport, Error> {
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, Error> {
     let started = Instant::now();
     let location = Location::parse(&opts.output)?;
     let state = restore(&location, &pipeline).await?;
@@ -107,7 +113,14 @@ pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions, shutdown: impl Futur
         state,
         pending: Vec::new(),
         since_snapshot: 0,
-        report: RunReport { restored_from, messages: 0, bytes: 0, snapshots: 0, elapsed: Duration::ZERO, last: None },
+        report: RunReport {
+            restored_from,
+            messages: 0,
+            bytes: 0,
+            snapshots: 0,
+            elapsed: Duration::ZERO,
+            last: None,
+        },
     };
     let cal = pipeline.calendar;
     let horizon = i64::try_from(pipeline.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
@@ -220,8 +233,15 @@ impl Runner {
         let horizon = i64::try_from(self.pipeline.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
         self.state.prune(horizon);
         let written = async {
-            let tables = self.engine.compute(&self.state, self.state.snapshot_id).await?;
-            Ok::<_, Error>(self.location.write(&self.state, &tables, &self.pipeline.name).await?)
+            let tables = self
+                .engine
+                .compute(&self.state, self.state.snapshot_id)
+                .await?;
+            Ok::<_, Error>(
+                self.location
+                    .write(&self.state, &tables, &self.pipeline.name)
+                    .await?,
+            )
         }
         .await;
         let manifest = match written {
@@ -233,10 +253,16 @@ impl Runner {
             }
         };
         self.source.commit(&self.state);
-        match self.location.retain(self.pipeline.retention, manifest.snapshot_id).await {
+        match self
+            .location
+            .retain(self.pipeline.retention, manifest.snapshot_id)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "retention"),
-            Err(e) => tracing::warn!(error = %e, "retention failed; old snapshots stay until the next one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention failed; old snapshots stay until the next one")
+            }
         }
         tracing::info!(
             snapshot_id = manifest.snapshot_id,

@@ -23,11 +23,18 @@ pub enum Format {
 pub async fn manifest(location: &Location, id: Option<u64>) -> Result<Manifest, Error> {
     let id = match id {
         Some(id) => id,
-        None => location
-            .latest()
-            .await?
-            .ok_or_else(|| Error::Usage(format!("no snapshot under `{}` yet: run the pipeline first", location.url)))?
-            .snapshot_id,
+        None => {
+            location
+                .latest()
+                .await?
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no snapshot under `{}` yet: run the pipeline first",
+                        location.url
+                    ))
+                })?
+                .snapshot_id
+        }
     };
     Ok(location.manifest(id).await?)
 }
@@ -37,27 +44,41 @@ pub async fn session(location: &Location, m: &Manifest) -> Result<SessionContext
     let ctx = SessionContext::new();
     for t in &m.tables {
         let (schema, batches) = location.read_table(m, &t.name).await?;
-        let mem = MemTable::try_new(schema, vec![batches]).map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
-        ctx.register_table(t.name.as_str(), Arc::new(mem)).map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
+        let mem = MemTable::try_new(schema, vec![batches])
+            .map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
+        ctx.register_table(t.name.as_str(), Arc::new(mem))
+            .map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
     }
     Ok(ctx)
 }
 
 /// Runs one read-only query.
 pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, Error> {
-    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = ctx
-        .sql_with_options(sql, options)
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await.map_err(|e| {
+        Error::Usage(format!(
+            "query refused or invalid (quotaflow sql is read-only): {e}"
+        ))
+    })?;
+    df.collect()
         .await
-        .map_err(|e| Error::Usage(format!("query refused or invalid (quotaflow sql is read-only): {e}")))?;
-    df.collect().await.map_err(|e| Error::Usage(format!("query failed: {e}")))
+        .map_err(|e| Error::Usage(format!("query failed: {e}")))
 }
 
 /// Renders batches in `format`.
 pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, Error> {
-    let fail = |e: datafusion::arrow::error::ArrowError| Error::Usage(format!("cannot render the result: {e}"));
+    let fail = |e: datafusion::arrow::error::ArrowError| {
+        Error::Usage(format!("cannot render the result: {e}"))
+    };
     match format {
-        Format::Table => Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches).map_err(fail)?.to_string()),
+        Format::Table => Ok(
+            datafusion::arrow::util::pretty::pretty_format_batches(batches)
+                .map_err(fail)?
+                .to_string(),
+        ),
         Format::Csv => {
             let mut buf = Vec::new();
             {

@@ -15,7 +15,11 @@ use quotaflow::state::State;
 pub const FAR_FUTURE: i64 = 4_000_000_000_000_000;
 
 pub fn decoder() -> Decoder {
-    Decoder::new(DecodeLimits { max_message_bytes: 1 << 20, max_clock_skew_micros: 86_400_000_000 }).unwrap()
+    Decoder::new(DecodeLimits {
+        max_message_bytes: 1 << 20,
+        max_clock_skew_micros: 86_400_000_000,
+    })
+    .unwrap()
 }
 
 pub fn decode(t: EventType, json: &str) -> Result<Event, BadInput> {
@@ -68,13 +72,19 @@ pub fn canonical(tables: &[(String, Vec<RecordBatch>)]) -> BTreeMap<String, Vec<
         .map(|(name, batches)| {
             let mut rows = Vec::new();
             for b in batches {
-                let keep: Vec<usize> =
-                    (0..b.num_columns()).filter(|i| b.schema().field(*i).name() != "snapshot_id").collect();
+                let keep: Vec<usize> = (0..b.num_columns())
+                    .filter(|i| b.schema().field(*i).name() != "snapshot_id")
+                    .collect();
                 let b = b.project(&keep).unwrap();
                 let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
                 w.write(&b).unwrap();
                 w.finish().unwrap();
-                rows.extend(String::from_utf8(w.into_inner()).unwrap().lines().map(str::to_string));
+                rows.extend(
+                    String::from_utf8(w.into_inner())
+                        .unwrap()
+                        .lines()
+                        .map(str::to_string),
+                );
             }
             rows.sort();
             (name.clone(), rows)
@@ -83,12 +93,20 @@ pub fn canonical(tables: &[(String, Vec<RecordBatch>)]) -> BTreeMap<String, Vec<
 }
 
 pub fn canonical_tables(tables: &[Table]) -> BTreeMap<String, Vec<String>> {
-    canonical(&tables.iter().map(|t| (t.name.clone(), t.batches.clone())).collect::<Vec<_>>())
+    canonical(
+        &tables
+            .iter()
+            .map(|t| (t.name.clone(), t.batches.clone()))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Rows of `table` as JSON objects.
 pub fn rows(tables: &[Table], table: &str) -> Vec<serde_json::Value> {
-    let t = tables.iter().find(|t| t.name == table).unwrap_or_else(|| panic!("no table {table}"));
+    let t = tables
+        .iter()
+        .find(|t| t.name == table)
+        .unwrap_or_else(|| panic!("no table {table}"));
     let mut w = datafusion::arrow::json::ArrayWriter::new(Vec::new());
     for b in &t.batches {
         w.write(&decimals_as_text(b)).unwrap();

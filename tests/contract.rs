@@ -26,18 +26,37 @@ fn reason(t: EventType, json: &str) -> Option<Reason> {
 
 #[test]
 fn the_examples_of_the_contract_decode() {
-    let Event::Deal(d) = decode(Deal, DEAL).unwrap() else { panic!() };
+    let Event::Deal(d) = decode(Deal, DEAL).unwrap() else {
+        panic!()
+    };
     assert_eq!(d.amount.to_string(), "48000.00");
     // 16:03 at +02:00 is 14:03 UTC.
-    let utc = chrono::DateTime::parse_from_rfc3339("2026-10-05T14:03:00Z").unwrap().timestamp_micros();
+    let utc = chrono::DateTime::parse_from_rfc3339("2026-10-05T14:03:00Z")
+        .unwrap()
+        .timestamp_micros();
     assert_eq!(d.occurred_at, utc);
     assert_eq!(d.forecast_category, None);
     let ok = [
-        (Activity, r#"{"event_id":"e1","occurred_at":"2026-10-05T14:03:00Z","rep_id":"r","activity_type":"call","duration_s":0,"outcome":"connected","extra":[1,2]}"#),
-        (Quota, r#"{"rep_id":"r","period_start":"2026-10-01","period_end":"2026-12-31","amount":"250000.00","currency":"USD","version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#),
-        (Rep, r#"{"rep_id":"r","version":1,"occurred_at":"2026-10-01T00:00:00Z","name":"","team_id":"t","region":"","active":false,"manager_id":null}"#),
-        (Survey, r#"{"response_id":"s","occurred_at":"2026-10-01T00:00:00Z","rep_id":"r","survey":"pulse-2026-q4","score":10}"#),
-        (FxRate, r#"{"currency":"JPY","effective_date":"2026-10-01","rate_to_corporate":"0.0067","version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#),
+        (
+            Activity,
+            r#"{"event_id":"e1","occurred_at":"2026-10-05T14:03:00Z","rep_id":"r","activity_type":"call","duration_s":0,"outcome":"connected","extra":[1,2]}"#,
+        ),
+        (
+            Quota,
+            r#"{"rep_id":"r","period_start":"2026-10-01","period_end":"2026-12-31","amount":"250000.00","currency":"USD","version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#,
+        ),
+        (
+            Rep,
+            r#"{"rep_id":"r","version":1,"occurred_at":"2026-10-01T00:00:00Z","name":"","team_id":"t","region":"","active":false,"manager_id":null}"#,
+        ),
+        (
+            Survey,
+            r#"{"response_id":"s","occurred_at":"2026-10-01T00:00:00Z","rep_id":"r","survey":"pulse-2026-q4","score":10}"#,
+        ),
+        (
+            FxRate,
+            r#"{"currency":"JPY","effective_date":"2026-10-01","rate_to_corporate":"0.0067","version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#,
+        ),
     ];
     for (t, json) in ok {
         decode(t, json).unwrap_or_else(|e| panic!("{t:?} {json}: {e:?}"));
@@ -48,50 +67,126 @@ fn the_examples_of_the_contract_decode() {
 fn each_rule_gives_its_reason() {
     use serde_json::json;
     let cases: Vec<(String, Option<Reason>)> = vec![
-        (with(DEAL, "amount", json!(48000.0)), Some(Reason::WrongType)),
+        (
+            with(DEAL, "amount", json!(48000.0)),
+            Some(Reason::WrongType),
+        ),
         (with(DEAL, "amount", json!(48000)), Some(Reason::WrongType)),
-        (with(DEAL, "amount", json!("4.8e4")), Some(Reason::WrongType)),
-        (with(DEAL, "amount", json!("+1.00")), Some(Reason::WrongType)),
-        (with(DEAL, "amount", json!("1 000.00")), Some(Reason::WrongType)),
-        (with(DEAL, "amount", json!("-1.00")), Some(Reason::NegativeAmount)),
+        (
+            with(DEAL, "amount", json!("4.8e4")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "amount", json!("+1.00")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "amount", json!("1 000.00")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "amount", json!("-1.00")),
+            Some(Reason::NegativeAmount),
+        ),
         (with(DEAL, "amount", json!("-0.00")), None),
-        (with(DEAL, "amount", json!("12345678901234567.00")), Some(Reason::OutOfRange)),
-        (with(DEAL, "amount", json!("1234567890123456789012345678901234567890")), Some(Reason::OutOfRange)),
+        (
+            with(DEAL, "amount", json!("12345678901234567.00")),
+            Some(Reason::OutOfRange),
+        ),
+        (
+            with(
+                DEAL,
+                "amount",
+                json!("1234567890123456789012345678901234567890"),
+            ),
+            Some(Reason::OutOfRange),
+        ),
         (with(DEAL, "amount", json!("1.005")), None),
         (with(DEAL, "version", json!(0)), Some(Reason::OutOfRange)),
         (with(DEAL, "version", json!("3")), Some(Reason::WrongType)),
         (with(DEAL, "version", json!(3.5)), Some(Reason::WrongType)),
         (with(DEAL, "stage", json!("won")), Some(Reason::UnknownEnum)),
-        (with(DEAL, "currency", json!("eur")), Some(Reason::BadCurrency)),
-        (with(DEAL, "currency", json!("EURO")), Some(Reason::BadCurrency)),
+        (
+            with(DEAL, "currency", json!("eur")),
+            Some(Reason::BadCurrency),
+        ),
+        (
+            with(DEAL, "currency", json!("EURO")),
+            Some(Reason::BadCurrency),
+        ),
         (with(DEAL, "currency", json!(978)), Some(Reason::WrongType)),
         (with(DEAL, "deal_id", json!("")), Some(Reason::EmptyId)),
         (with(DEAL, "account_id", json!("")), Some(Reason::EmptyId)),
         (with(DEAL, "account_id", json!(null)), None),
-        (with(DEAL, "-stage", json!(null)), Some(Reason::MissingField)),
+        (
+            with(DEAL, "-stage", json!(null)),
+            Some(Reason::MissingField),
+        ),
         (with(DEAL, "stage", json!(null)), Some(Reason::MissingField)),
-        (with(DEAL, "close_date", json!("2026-02-30")), Some(Reason::WrongType)),
-        (with(DEAL, "close_date", json!("2026/11/30")), Some(Reason::WrongType)),
-        (with(DEAL, "occurred_at", json!("2026-10-05T14:03:00")), Some(Reason::WrongType)),
-        (with(DEAL, "occurred_at", json!("9999-01-01T00:00:00Z")), Some(Reason::OutOfRange)),
-        (with(DEAL, "probability", json!(1.5)), Some(Reason::OutOfRange)),
-        (with(DEAL, "probability", json!("0.5")), Some(Reason::WrongType)),
-        (with(DEAL, "forecast_category", json!("maybe")), Some(Reason::UnknownEnum)),
+        (
+            with(DEAL, "close_date", json!("2026-02-30")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "close_date", json!("2026/11/30")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "occurred_at", json!("2026-10-05T14:03:00")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "occurred_at", json!("9999-01-01T00:00:00Z")),
+            Some(Reason::OutOfRange),
+        ),
+        (
+            with(DEAL, "probability", json!(1.5)),
+            Some(Reason::OutOfRange),
+        ),
+        (
+            with(DEAL, "probability", json!("0.5")),
+            Some(Reason::WrongType),
+        ),
+        (
+            with(DEAL, "forecast_category", json!("maybe")),
+            Some(Reason::UnknownEnum),
+        ),
     ];
     for (json, want) in cases {
         assert_eq!(reason(Deal, &json), want, "{json}");
     }
     let act = r#"{"event_id":"e1","occurred_at":"2026-10-05T14:03:00Z","rep_id":"r","activity_type":"call"}"#;
-    assert_eq!(reason(Activity, &with(act, "duration_s", json!(-1))), Some(Reason::OutOfRange));
-    assert_eq!(reason(Activity, &with(act, "outcome", json!("replied"))), None, "outcomes are checked against the union");
-    assert_eq!(reason(Activity, &with(act, "outcome", json!("great"))), Some(Reason::UnknownEnum));
-    assert_eq!(reason(Activity, &with(act, "activity_type", json!("lunch"))), Some(Reason::UnknownEnum));
+    assert_eq!(
+        reason(Activity, &with(act, "duration_s", json!(-1))),
+        Some(Reason::OutOfRange)
+    );
+    assert_eq!(
+        reason(Activity, &with(act, "outcome", json!("replied"))),
+        None,
+        "outcomes are checked against the union"
+    );
+    assert_eq!(
+        reason(Activity, &with(act, "outcome", json!("great"))),
+        Some(Reason::UnknownEnum)
+    );
+    assert_eq!(
+        reason(Activity, &with(act, "activity_type", json!("lunch"))),
+        Some(Reason::UnknownEnum)
+    );
     let survey = r#"{"response_id":"s","occurred_at":"2026-10-01T00:00:00Z","rep_id":"r","survey":"p","score":11}"#;
     assert_eq!(reason(Survey, survey), Some(Reason::OutOfRange));
     let quota = r#"{"rep_id":"r","period_start":"2026-10-01","period_end":"2026-09-30","amount":"1.00","currency":"USD","version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#;
-    assert_eq!(reason(Quota, quota), Some(Reason::OutOfRange), "period_end before period_start");
+    assert_eq!(
+        reason(Quota, quota),
+        Some(Reason::OutOfRange),
+        "period_end before period_start"
+    );
     let fx = r#"{"currency":"EUR","effective_date":"2026-10-01","rate_to_corporate":-1,"version":1,"occurred_at":"2026-10-01T00:00:00Z"}"#;
-    assert_eq!(reason(FxRate, fx), Some(Reason::WrongType), "a rate given as a JSON number");
+    assert_eq!(
+        reason(FxRate, fx),
+        Some(Reason::WrongType),
+        "a rate given as a JSON number"
+    );
     let fx = fx.replace(":-1,", ":\"-1.1\",");
     assert_eq!(reason(FxRate, &fx), Some(Reason::NegativeAmount));
 }
@@ -99,7 +194,10 @@ fn each_rule_gives_its_reason() {
 #[test]
 fn message_level_reasons_come_first() {
     assert_eq!(reason(Deal, ""), Some(Reason::InvalidJson));
-    assert_eq!(reason(Deal, "{\"deal_id\": NaN}"), Some(Reason::InvalidJson));
+    assert_eq!(
+        reason(Deal, "{\"deal_id\": NaN}"),
+        Some(Reason::InvalidJson)
+    );
     assert_eq!(reason(Deal, "{\"a\": Infinity}"), Some(Reason::InvalidJson));
     assert_eq!(reason(Deal, &DEAL[..40]), Some(Reason::InvalidJson));
     assert_eq!(decoder_err(Deal, &[0xff, 0xfe, b'{']), Reason::InvalidJson);
@@ -107,13 +205,22 @@ fn message_level_reasons_come_first() {
     assert_eq!(reason(Deal, "\"deal\""), Some(Reason::WrongType));
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert_eq!(reason(Deal, &deep), Some(Reason::InvalidJson));
-    let small = Decoder::new(DecodeLimits { max_message_bytes: 100, max_clock_skew_micros: 0 }).unwrap();
-    let err = small.decode(Deal, "x".repeat(101).as_bytes(), FAR_FUTURE).unwrap_err();
+    let small = Decoder::new(DecodeLimits {
+        max_message_bytes: 100,
+        max_clock_skew_micros: 0,
+    })
+    .unwrap();
+    let err = small
+        .decode(Deal, "x".repeat(101).as_bytes(), FAR_FUTURE)
+        .unwrap_err();
     assert_eq!(err.reason, Reason::TooLarge);
 }
 
 fn decoder_err(t: EventType, bytes: &[u8]) -> Reason {
-    crate::common::decoder().decode(t, bytes, FAR_FUTURE).unwrap_err().reason
+    crate::common::decoder()
+        .decode(t, bytes, FAR_FUTURE)
+        .unwrap_err()
+        .reason
 }
 
 #[test]
@@ -129,7 +236,10 @@ fn precedence_missing_then_fields_in_table_order() {
     let j = with(&with(DEAL, "amount", json!("-5")), "rep_id", json!(""));
     assert_eq!(reason(Deal, &j), Some(Reason::EmptyId));
     // Within a field, the first problem: wrong_type before anything else.
-    assert_eq!(reason(Deal, &with(DEAL, "currency", json!(""))), Some(Reason::BadCurrency));
+    assert_eq!(
+        reason(Deal, &with(DEAL, "currency", json!(""))),
+        Some(Reason::BadCurrency)
+    );
 }
 
 #[test]
@@ -141,12 +251,51 @@ fn every_reason_has_a_detail_naming_the_field() {
 #[test]
 fn schemas_list_the_fields_of_the_contract_in_order() {
     let names = |t| {
-        quotaflow::source::schema::Schema::builtin(t).unwrap().fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()
+        quotaflow::source::schema::Schema::builtin(t)
+            .unwrap()
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .collect::<Vec<_>>()
     };
     assert_eq!(
         names(Deal),
-        ["deal_id", "version", "occurred_at", "rep_id", "account_id", "stage", "amount", "currency", "close_date", "forecast_category", "probability", "created_at"]
+        [
+            "deal_id",
+            "version",
+            "occurred_at",
+            "rep_id",
+            "account_id",
+            "stage",
+            "amount",
+            "currency",
+            "close_date",
+            "forecast_category",
+            "probability",
+            "created_at"
+        ]
     );
-    assert_eq!(names(FxRate), ["currency", "effective_date", "rate_to_corporate", "version", "occurred_at"]);
-    assert_eq!(names(Activity), ["event_id", "occurred_at", "rep_id", "activity_type", "duration_s", "outcome", "deal_id", "account_id"]);
+    assert_eq!(
+        names(FxRate),
+        [
+            "currency",
+            "effective_date",
+            "rate_to_corporate",
+            "version",
+            "occurred_at"
+        ]
+    );
+    assert_eq!(
+        names(Activity),
+        [
+            "event_id",
+            "occurred_at",
+            "rep_id",
+            "activity_type",
+            "duration_s",
+            "outcome",
+            "deal_id",
+            "account_id"
+        ]
+    );
 }

@@ -15,7 +15,8 @@ use crate::common::canonical;
 use crate::pipeline_mock::{batch_tables, latest_tables, messages};
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this test through scripts/test"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run this test through scripts/test"))
 }
 
 fn bin() -> PathBuf {
@@ -28,10 +29,27 @@ fn pipeline_file(dir: &Path, tag: &str, snapshot: &str) -> (PathBuf, Arc<Pipelin
     let text = std::fs::read_to_string(root.join("pipelines/default.toml"))
         .unwrap()
         .replace("= \"spm.", &format!("= \"{tag}.spm."))
-        .replace("sql = \"../sql/", &format!("sql = \"{}/sql/", root.display()))
+        .replace(
+            "sql = \"../sql/",
+            &format!("sql = \"{}/sql/", root.display()),
+        )
         .replace("[snapshot]\n", &format!("[snapshot]\n{snapshot}\n"))
-        .replace("trigger_interval = \"5s\"", if snapshot.contains("trigger_interval") { "" } else { "trigger_interval = \"5s\"" })
-        .replace("trigger_events = 0", if snapshot.contains("trigger_events") { "" } else { "trigger_events = 0" });
+        .replace(
+            "trigger_interval = \"5s\"",
+            if snapshot.contains("trigger_interval") {
+                ""
+            } else {
+                "trigger_interval = \"5s\""
+            },
+        )
+        .replace(
+            "trigger_events = 0",
+            if snapshot.contains("trigger_events") {
+                ""
+            } else {
+                "trigger_events = 0"
+            },
+        );
     let path = dir.join(format!("{tag}.toml"));
     std::fs::write(&path, text).unwrap();
     let p = Arc::new(Pipeline::load(Some(&path)).unwrap());
@@ -39,7 +57,11 @@ fn pipeline_file(dir: &Path, tag: &str, snapshot: &str) -> (PathBuf, Arc<Pipelin
 }
 
 fn tag(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() % 1_000_000)
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() % 1_000_000
+    )
 }
 
 /// Produces the test messages, renamed to the pipeline's topics, with a real client, in record
@@ -49,7 +71,13 @@ async fn produce(p: &Pipeline, seed: u64, batch: usize) -> Vec<(String, String, 
     let default = Pipeline::builtin().unwrap();
     let msgs: Vec<_> = messages(&default, seed)
         .into_iter()
-        .map(|(topic, k, v)| (p.topics[&default.event_type_of(&topic).unwrap()].clone(), k, v))
+        .map(|(topic, k, v)| {
+            (
+                p.topics[&default.event_type_of(&topic).unwrap()].clone(),
+                k,
+                v,
+            )
+        })
         .collect();
     let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
     ensure_topics(&brokers, p, &topics, 3).await.unwrap();
@@ -61,18 +89,33 @@ fn run_once(pipeline: &Path, output: &str) -> String {
     let out = Command::new(bin())
         .args(["run", "--once", "--pipeline"])
         .arg(pipeline)
-        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", output])
+        .args([
+            "--brokers",
+            &env("QUOTAFLOW_TEST_BROKERS"),
+            "--output",
+            output,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn messages_read(stdout: &str) -> u64 {
-    stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count in {stdout:?}"))
+    stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout:?}"))
 }
 
-fn without_dead_letters(mut t: std::collections::BTreeMap<String, Vec<String>>) -> std::collections::BTreeMap<String, Vec<String>> {
+fn without_dead_letters(
+    mut t: std::collections::BTreeMap<String, Vec<String>>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     t.remove("dead_letters");
     t
 }
@@ -91,8 +134,18 @@ async fn real_broker_once_process_equals_batch_and_readers_agree() {
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 
-    let check = Command::new("python3").arg("scripts/check_readers.py").arg(bin()).arg(out).output().unwrap();
-    assert!(check.status.success(), "readers disagree:\n{}\n{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let check = Command::new("python3")
+        .arg("scripts/check_readers.py")
+        .arg(bin())
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "readers disagree:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(String::from_utf8_lossy(&check.stdout).contains("readers agree"));
 }
 
@@ -111,14 +164,31 @@ async fn snapshots_on_the_s3_server() {
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
     let q = Command::new(bin())
-        .args(["sql", "--output", &output, "--format", "csv", "SELECT COUNT(*) AS n FROM deals_current"])
+        .args([
+            "sql",
+            "--output",
+            &output,
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS n FROM deals_current",
+        ])
         .output()
         .unwrap();
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
-    let deals = msgs.iter().filter(|(t, _, v)| t.ends_with("spm.deals") && !v.contains("-5.00")).map(|(_, k, _)| k).collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(String::from_utf8_lossy(&q.stdout).trim(), format!("n\n{}", deals.len()));
+    let deals = msgs
+        .iter()
+        .filter(|(t, _, v)| t.ends_with("spm.deals") && !v.contains("-5.00"))
+        .map(|(_, k, _)| k)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        format!("n\n{}", deals.len())
+    );
     // Read-only: DDL and DML are refused.
-    let q = Command::new(bin()).args(["sql", "--output", &output, "DROP TABLE attainment"]).output().unwrap();
+    let q = Command::new(bin())
+        .args(["sql", "--output", &output, "DROP TABLE attainment"])
+        .output()
+        .unwrap();
     assert!(!q.status.success());
     assert!(String::from_utf8_lossy(&q.stderr).contains("read-only"));
 }
@@ -128,7 +198,11 @@ async fn snapshots_on_the_s3_server() {
 async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let t = tag("kill");
-    let (file, p) = pipeline_file(dir.path(), &t, "trigger_events = 300\ntrigger_interval = \"100ms\"");
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &t,
+        "trigger_events = 300\ntrigger_interval = \"100ms\"",
+    );
     // One message per record batch: tansu 0.6 returns nothing to a fetch that starts inside a
     // batch, which a restart after a kill does (Apache Kafka serves it; see README).
     produce(&p, 13, 1).await;
@@ -140,7 +214,12 @@ async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
     let mut child = Command::new(bin())
         .args(["run", "--once", "--pipeline"])
         .arg(&file)
-        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", killed])
+        .args([
+            "--brokers",
+            &env("QUOTAFLOW_TEST_BROKERS"),
+            "--output",
+            killed,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -149,16 +228,31 @@ async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
     let loc = Location::parse(killed).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if loc.latest().await.ok().flatten().is_some_and(|l| l.snapshot_id >= 3) {
+        if loc
+            .latest()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.snapshot_id >= 3)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no snapshot within 120 s");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let resumed = run_once(&file, killed);
-    assert!(messages_read(&resumed) > 0, "the kill came after the end: nothing was tested");
-    assert_eq!(canonical(&latest_tables(whole).await), canonical(&latest_tables(killed).await));
+    assert!(
+        messages_read(&resumed) > 0,
+        "the kill came after the end: nothing was tested"
+    );
+    assert_eq!(
+        canonical(&latest_tables(whole).await),
+        canonical(&latest_tables(killed).await)
+    );
 }

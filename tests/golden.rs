@@ -9,20 +9,53 @@ use crate::common::{compute, ev, fold_all, pipeline, rows};
 
 fn events() -> Vec<quotaflow::event::Event> {
     let fx = |cur: &str, eff: &str, rate: &str| {
-        ev(FxRate, &format!(r#"{{"currency":"{cur}","effective_date":"{eff}","rate_to_corporate":"{rate}","version":1,"occurred_at":"2026-01-01T00:00:00Z"}}"#))
+        ev(
+            FxRate,
+            &format!(
+                r#"{{"currency":"{cur}","effective_date":"{eff}","rate_to_corporate":"{rate}","version":1,"occurred_at":"2026-01-01T00:00:00Z"}}"#
+            ),
+        )
     };
     let rep = |id: &str, v: i64, team: &str, region: &str| {
-        ev(Rep, &format!(r#"{{"rep_id":"{id}","version":{v},"occurred_at":"2026-01-01T00:00:0{v}Z","name":"{id}","team_id":"{team}","region":"{region}","active":true}}"#))
+        ev(
+            Rep,
+            &format!(
+                r#"{{"rep_id":"{id}","version":{v},"occurred_at":"2026-01-01T00:00:0{v}Z","name":"{id}","team_id":"{team}","region":"{region}","active":true}}"#
+            ),
+        )
     };
     let quota = |id: &str, amount: &str| {
-        ev(Quota, &format!(r#"{{"rep_id":"{id}","period_start":"2026-01-01","period_end":"2026-03-31","amount":"{amount}","currency":"USD","version":1,"occurred_at":"2026-01-01T00:00:00Z"}}"#))
+        ev(
+            Quota,
+            &format!(
+                r#"{{"rep_id":"{id}","period_start":"2026-01-01","period_end":"2026-03-31","amount":"{amount}","currency":"USD","version":1,"occurred_at":"2026-01-01T00:00:00Z"}}"#
+            ),
+        )
     };
     #[allow(clippy::too_many_arguments)]
-    let deal = |id: &str, v: i64, rep: &str, stage: &str, amount: &str, cur: &str, close: &str, at: &str, created: &str| {
-        ev(Deal, &format!(r#"{{"deal_id":"{id}","version":{v},"occurred_at":"{at}","rep_id":"{rep}","stage":"{stage}","amount":"{amount}","currency":"{cur}","close_date":"{close}","created_at":"{created}"}}"#))
+    let deal = |id: &str,
+                v: i64,
+                rep: &str,
+                stage: &str,
+                amount: &str,
+                cur: &str,
+                close: &str,
+                at: &str,
+                created: &str| {
+        ev(
+            Deal,
+            &format!(
+                r#"{{"deal_id":"{id}","version":{v},"occurred_at":"{at}","rep_id":"{rep}","stage":"{stage}","amount":"{amount}","currency":"{cur}","close_date":"{close}","created_at":"{created}"}}"#
+            ),
+        )
     };
     let act = |id: &str, kind: &str, outcome: &str, at: &str, extra: &str| {
-        ev(Activity, &format!(r#"{{"event_id":"{id}","occurred_at":"{at}","rep_id":"rep-a","activity_type":"{kind}","outcome":"{outcome}"{extra}}}"#))
+        ev(
+            Activity,
+            &format!(
+                r#"{{"event_id":"{id}","occurred_at":"{at}","rep_id":"rep-a","activity_type":"{kind}","outcome":"{outcome}"{extra}}}"#
+            ),
+        )
     };
     vec![
         fx("EUR", "2026-01-01", "1.10"),
@@ -36,28 +69,143 @@ fn events() -> Vec<quotaflow::event::Event> {
         quota("rep-b", "0.00"),
         quota("rep-d", "10000.00"),
         // deal-1 arrives out of order: v3, v1, v2. EUR 10,000 closing 2026-02-20 at 1.20.
-        deal("deal-1", 3, "rep-a", "closed_won", "10000.00", "EUR", "2026-02-20", "2026-02-20T10:00:00Z", "2026-01-05T10:00:00Z"),
-        deal("deal-1", 1, "rep-a", "prospecting", "10000.00", "EUR", "2026-03-15", "2026-01-05T10:00:00Z", "2026-01-05T10:00:00Z"),
-        deal("deal-1", 2, "rep-a", "negotiation", "10000.00", "EUR", "2026-03-15", "2026-02-01T10:00:00Z", "2026-01-05T10:00:00Z"),
+        deal(
+            "deal-1",
+            3,
+            "rep-a",
+            "closed_won",
+            "10000.00",
+            "EUR",
+            "2026-02-20",
+            "2026-02-20T10:00:00Z",
+            "2026-01-05T10:00:00Z",
+        ),
+        deal(
+            "deal-1",
+            1,
+            "rep-a",
+            "prospecting",
+            "10000.00",
+            "EUR",
+            "2026-03-15",
+            "2026-01-05T10:00:00Z",
+            "2026-01-05T10:00:00Z",
+        ),
+        deal(
+            "deal-1",
+            2,
+            "rep-a",
+            "negotiation",
+            "10000.00",
+            "EUR",
+            "2026-03-15",
+            "2026-02-01T10:00:00Z",
+            "2026-01-05T10:00:00Z",
+        ),
         // EUR 1,000 closing 2026-01-10, at 1.10.
-        deal("deal-3", 1, "rep-a", "closed_won", "1000.00", "EUR", "2026-01-10", "2026-01-10T09:00:00Z", "2026-01-02T09:00:00Z"),
-        deal("deal-2", 1, "rep-c", "closed_won", "5000.00", "USD", "2026-03-10", "2026-03-10T12:00:00Z", "2026-02-01T12:00:00Z"),
-        deal("deal-4", 1, "rep-d", "closed_won", "12000.00", "USD", "2026-03-01", "2026-03-01T12:00:00Z", "2026-02-01T12:00:00Z"),
+        deal(
+            "deal-3",
+            1,
+            "rep-a",
+            "closed_won",
+            "1000.00",
+            "EUR",
+            "2026-01-10",
+            "2026-01-10T09:00:00Z",
+            "2026-01-02T09:00:00Z",
+        ),
+        deal(
+            "deal-2",
+            1,
+            "rep-c",
+            "closed_won",
+            "5000.00",
+            "USD",
+            "2026-03-10",
+            "2026-03-10T12:00:00Z",
+            "2026-02-01T12:00:00Z",
+        ),
+        deal(
+            "deal-4",
+            1,
+            "rep-d",
+            "closed_won",
+            "12000.00",
+            "USD",
+            "2026-03-01",
+            "2026-03-01T12:00:00Z",
+            "2026-02-01T12:00:00Z",
+        ),
         // deal-5 stays in proposal through three versions, arriving v3, v1, v2.
-        deal("deal-5", 3, "rep-b", "proposal", "7000.00", "USD", "2026-04-30", "2026-03-20T00:00:00Z", "2026-02-15T00:00:00Z"),
-        deal("deal-5", 1, "rep-b", "proposal", "6000.00", "USD", "2026-04-30", "2026-03-01T00:00:00Z", "2026-02-15T00:00:00Z"),
-        deal("deal-5", 2, "rep-b", "proposal", "6500.00", "USD", "2026-04-30", "2026-03-10T00:00:00Z", "2026-02-15T00:00:00Z"),
+        deal(
+            "deal-5",
+            3,
+            "rep-b",
+            "proposal",
+            "7000.00",
+            "USD",
+            "2026-04-30",
+            "2026-03-20T00:00:00Z",
+            "2026-02-15T00:00:00Z",
+        ),
+        deal(
+            "deal-5",
+            1,
+            "rep-b",
+            "proposal",
+            "6000.00",
+            "USD",
+            "2026-04-30",
+            "2026-03-01T00:00:00Z",
+            "2026-02-15T00:00:00Z",
+        ),
+        deal(
+            "deal-5",
+            2,
+            "rep-b",
+            "proposal",
+            "6500.00",
+            "USD",
+            "2026-04-30",
+            "2026-03-10T00:00:00Z",
+            "2026-02-15T00:00:00Z",
+        ),
         // GBP has no rate: unconverted.
-        deal("deal-6", 1, "rep-b", "qualification", "3000.00", "GBP", "2026-05-31", "2026-03-05T00:00:00Z", "2026-03-05T00:00:00Z"),
-        act("act-1", "call", "connected", "2026-03-31T12:00:00Z", r#","duration_s":60,"deal_id":"deal-5""#),
-        act("act-1", "call", "connected", "2026-03-31T12:00:00Z", r#","duration_s":60,"deal_id":"deal-5""#),
+        deal(
+            "deal-6",
+            1,
+            "rep-b",
+            "qualification",
+            "3000.00",
+            "GBP",
+            "2026-05-31",
+            "2026-03-05T00:00:00Z",
+            "2026-03-05T00:00:00Z",
+        ),
+        act(
+            "act-1",
+            "call",
+            "connected",
+            "2026-03-31T12:00:00Z",
+            r#","duration_s":60,"deal_id":"deal-5""#,
+        ),
+        act(
+            "act-1",
+            "call",
+            "connected",
+            "2026-03-31T12:00:00Z",
+            r#","duration_s":60,"deal_id":"deal-5""#,
+        ),
         act("act-2", "email", "replied", "2026-03-31T08:00:00Z", ""),
         act("act-3", "demo", "held", "2026-03-30T09:00:00Z", ""),
     ]
 }
 
 fn find<'a>(rows: &'a [Value], keys: &[(&str, &str)]) -> &'a Value {
-    let hits: Vec<&Value> = rows.iter().filter(|r| keys.iter().all(|(k, v)| r[*k].as_str() == Some(*v))).collect();
+    let hits: Vec<&Value> = rows
+        .iter()
+        .filter(|r| keys.iter().all(|(k, v)| r[*k].as_str() == Some(*v)))
+        .collect();
     assert_eq!(hits.len(), 1, "rows matching {keys:?}: {hits:?}");
     hits[0]
 }
@@ -80,7 +228,17 @@ async fn attainment_by_hand() {
     let p = pipeline();
     let tables = compute(&p, &fold_all(&p, events())).await;
     let att = rows(&tables, "attainment");
-    let q = |level: &str, id: &str| find(&att, &[("level", level), ("entity_id", id), ("period_type", "quarter"), ("period_start", "2026-01-01")]);
+    let q = |level: &str, id: &str| {
+        find(
+            &att,
+            &[
+                ("level", level),
+                ("entity_id", id),
+                ("period_type", "quarter"),
+                ("period_start", "2026-01-01"),
+            ],
+        )
+    };
 
     // rep-a: quota 100,000.00; won 12,000.00 (EUR 10,000 × 1.20) + 1,100.00 (EUR 1,000 × 1.10).
     let a = q("rep", "rep-a");
@@ -88,7 +246,11 @@ async fn attainment_by_hand() {
     assert_eq!(s(&a["closed_won"]), "13100.00");
     assert_eq!(f(&a["attainment"]), Some(0.131));
     assert_eq!(s(&a["gap_to_quota"]), "86900.00");
-    assert_eq!(s(&a["required_per_day"]), "null", "no days remain on the quarter");
+    assert_eq!(
+        s(&a["required_per_day"]),
+        "null",
+        "no days remain on the quarter"
+    );
     assert_eq!(s(&a["attainment_band"]), "below_50");
     assert_eq!(a["elapsed_days"], 90);
     assert_eq!(a["is_current"], true);
@@ -117,18 +279,46 @@ async fn attainment_by_hand() {
     assert_eq!(s(&all["closed_won"]), "30100.00");
 
     // A quarterly quota prorated into months by days: 100,000 × 31/90 = 34,444.44; × 28/90 = 31,111.11.
-    let m = |id: &str, start: &str| find(&att, &[("level", "rep"), ("entity_id", id), ("period_type", "month"), ("period_start", start)]);
+    let m = |id: &str, start: &str| {
+        find(
+            &att,
+            &[
+                ("level", "rep"),
+                ("entity_id", id),
+                ("period_type", "month"),
+                ("period_start", start),
+            ],
+        )
+    };
     assert_eq!(s(&m("rep-a", "2026-01-01")["quota"]), "34444.44");
     assert_eq!(s(&m("rep-a", "2026-02-01")["quota"]), "31111.11");
-    assert_eq!(s(&m("rep-a", "2026-02-01")["closed_won"]), "12000.00", "EUR converted at the rate in force on close_date");
+    assert_eq!(
+        s(&m("rep-a", "2026-02-01")["closed_won"]),
+        "12000.00",
+        "EUR converted at the rate in force on close_date"
+    );
     assert_eq!(s(&m("rep-a", "2026-01-01")["closed_won"]), "1100.00");
     // The company's January quota is the rounded exact sum, 34,444.444… + 3,444.444… = 37,888.89,
     // not 34,444.44 + 3,444.44 = 37,888.88.
-    let jan = find(&att, &[("level", "company"), ("period_type", "month"), ("period_start", "2026-01-01")]);
+    let jan = find(
+        &att,
+        &[
+            ("level", "company"),
+            ("period_type", "month"),
+            ("period_start", "2026-01-01"),
+        ],
+    );
     assert_eq!(s(&jan["quota"]), "37888.89");
 
     // The year so far: 90 of 365 days elapsed.
-    let y = find(&att, &[("level", "rep"), ("entity_id", "rep-a"), ("period_type", "year")]);
+    let y = find(
+        &att,
+        &[
+            ("level", "rep"),
+            ("entity_id", "rep-a"),
+            ("period_type", "year"),
+        ],
+    );
     assert_eq!(y["period_end"], "2026-12-31");
     assert_eq!(y["remaining_days"], 275);
     assert_eq!(s(&y["expected_to_date"]), "24657.53"); // 100,000 × 90 / 365
@@ -137,8 +327,12 @@ async fn attainment_by_hand() {
     let pacing = f(&y["pacing"]).unwrap();
     assert!((pacing - 0.131 / (90.0 / 365.0)).abs() < 1e-12);
     // No period starts after as_of_date, and every row carries the snapshot columns.
-    assert!(att.iter().all(|r| s(&r["period_start"]).as_str() <= "2026-03-31"));
-    assert!(att.iter().all(|r| r["snapshot_id"] == 1 && s(&r["as_of"]).starts_with("2026-03-31T12:00:00")));
+    assert!(att
+        .iter()
+        .all(|r| s(&r["period_start"]).as_str() <= "2026-03-31"));
+    assert!(att
+        .iter()
+        .all(|r| r["snapshot_id"] == 1 && s(&r["as_of"]).starts_with("2026-03-31T12:00:00")));
 }
 
 #[tokio::test]
@@ -156,13 +350,19 @@ async fn deals_current_by_hand() {
     assert_eq!(d1["age_days"], 46); // 2026-02-20 − 2026-01-05
     let d5 = find(&deals, &[("deal_id", "deal-5")]);
     assert_eq!(s(&d5["amount"]), "7000.00");
-    assert!(s(&d5["stage_entered_at"]).starts_with("2026-03-01T00:00:00"), "the run of proposal versions starts at v1");
+    assert!(
+        s(&d5["stage_entered_at"]).starts_with("2026-03-01T00:00:00"),
+        "the run of proposal versions starts at v1"
+    );
     assert_eq!(d5["days_in_stage"], 30);
     assert_eq!(d5["age_days"], 44); // 2026-03-31 − 2026-02-15
     assert_eq!(f(&d5["probability"]), Some(0.5));
     assert_eq!(d5["is_closed"], false);
     assert!(s(&d5["last_activity_at"]).starts_with("2026-03-31T12:00:00"));
-    assert_eq!(s(&find(&deals, &[("deal_id", "deal-6")])["amount_corporate"]), "null");
+    assert_eq!(
+        s(&find(&deals, &[("deal_id", "deal-6")])["amount_corporate"]),
+        "null"
+    );
 }
 
 #[tokio::test]
@@ -172,13 +372,38 @@ async fn rep_daily_and_data_quality_by_hand() {
     let daily = rows(&tables, "rep_daily");
     assert_eq!(daily.len(), 2);
     let d = find(&daily, &[("rep_id", "rep-a"), ("day", "2026-03-31")]);
-    assert_eq!((d["calls"].clone(), d["emails"].clone(), d["activities"].clone()), (1.into(), 1.into(), 2.into()));
-    assert_eq!((d["call_seconds"].clone(), d["connected_calls"].clone(), d["replied_emails"].clone()), (60.into(), 1.into(), 1.into()));
+    assert_eq!(
+        (
+            d["calls"].clone(),
+            d["emails"].clone(),
+            d["activities"].clone()
+        ),
+        (1.into(), 1.into(), 2.into())
+    );
+    assert_eq!(
+        (
+            d["call_seconds"].clone(),
+            d["connected_calls"].clone(),
+            d["replied_emails"].clone()
+        ),
+        (60.into(), 1.into(), 1.into())
+    );
     let d = find(&daily, &[("rep_id", "rep-a"), ("day", "2026-03-30")]);
-    assert_eq!((d["demos"].clone(), d["meetings_held"].clone(), d["meetings"].clone()), (1.into(), 1.into(), 0.into()));
+    assert_eq!(
+        (
+            d["demos"].clone(),
+            d["meetings_held"].clone(),
+            d["meetings"].clone()
+        ),
+        (1.into(), 1.into(), 0.into())
+    );
 
     let dq = rows(&tables, "data_quality");
-    let count = |topic: &str, reason: &str| find(&dq, &[("topic", topic), ("reason", reason)])["count"].as_i64().unwrap();
+    let count = |topic: &str, reason: &str| {
+        find(&dq, &[("topic", topic), ("reason", reason)])["count"]
+            .as_i64()
+            .unwrap()
+    };
     assert_eq!(count("spm.activities", "ok"), 3);
     assert_eq!(count("spm.activities", "duplicate"), 1);
     assert_eq!(count("spm.deals", "ok"), 10);
@@ -186,7 +411,10 @@ async fn rep_daily_and_data_quality_by_hand() {
     assert_eq!(count("spm.quotas", "ok"), 3);
     assert_eq!(count("spm.roster", "ok"), 4);
     assert_eq!(count("spm.fx_rates", "ok"), 2);
-    assert!(dq.iter().all(|r| r["count"].as_i64().unwrap() > 0), "rows with count 0 are not written");
+    assert!(
+        dq.iter().all(|r| r["count"].as_i64().unwrap() > 0),
+        "rows with count 0 are not written"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +424,10 @@ async fn fiscal_year_and_time_zone_move_periods_and_days() {
         .replace("fiscal_year_start_month = 1", "fiscal_year_start_month = 2")
         .replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"");
     let p = std::sync::Arc::new(
-        quotaflow::config::Pipeline::parse(&text, "test.toml", &|rel| std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())).unwrap(),
+        quotaflow::config::Pipeline::parse(&text, "test.toml", &|rel| {
+            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+        })
+        .unwrap(),
     );
     let tables = compute(&p, &fold_all(&p, events())).await;
     let daily = rows(&tables, "rep_daily");
@@ -204,15 +435,39 @@ async fn fiscal_year_and_time_zone_move_periods_and_days() {
     assert!(daily.iter().any(|r| r["day"] == "2026-03-31"));
     let att = rows(&tables, "attainment");
     // With a February fiscal year, Q1 starts 2026-02-01 (Feb-Apr) and the year 2025-02-01.
-    let q = find(&att, &[("level", "rep"), ("entity_id", "rep-a"), ("period_type", "quarter"), ("period_start", "2026-02-01")]);
+    let q = find(
+        &att,
+        &[
+            ("level", "rep"),
+            ("entity_id", "rep-a"),
+            ("period_type", "quarter"),
+            ("period_start", "2026-02-01"),
+        ],
+    );
     // Quota overlap: Feb 1 – Mar 31 = 59 of 90 days → 65,555.555… → 65,555.56.
     assert_eq!(s(&q["quota"]), "65555.56");
     // Fiscal year 2025 (2025-02-01 .. 2026-01-31) holds January: 31/90 of the quota and deal-3.
-    let fy25 = find(&att, &[("level", "rep"), ("entity_id", "rep-a"), ("period_type", "year"), ("period_start", "2025-02-01")]);
+    let fy25 = find(
+        &att,
+        &[
+            ("level", "rep"),
+            ("entity_id", "rep-a"),
+            ("period_type", "year"),
+            ("period_start", "2025-02-01"),
+        ],
+    );
     assert_eq!(s(&fy25["quota"]), "34444.44");
     assert_eq!(s(&fy25["closed_won"]), "1100.00");
     assert_eq!(fy25["is_current"], false);
-    let fy26 = find(&att, &[("level", "rep"), ("entity_id", "rep-a"), ("period_type", "year"), ("period_start", "2026-02-01")]);
+    let fy26 = find(
+        &att,
+        &[
+            ("level", "rep"),
+            ("entity_id", "rep-a"),
+            ("period_type", "year"),
+            ("period_start", "2026-02-01"),
+        ],
+    );
     assert_eq!(s(&fy26["quota"]), "65555.56");
     assert_eq!(fy26["elapsed_days"], 59);
 }

@@ -1,8 +1,10 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The one integration-test binary (modules below), so tests link once.
 //!
 //! Tests marked `#[ignore = "needs services ..."]` use the real broker, S3 server and Python
 //! readers that `scripts/test` starts; `scripts/test` runs them with the rest.
 
+mod cli;
 mod common;
 mod contract;
 mod external;

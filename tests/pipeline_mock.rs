@@ -18,14 +18,28 @@ use quotaflow::source::kafka::produce_all;
 use crate::common::{canonical, compute, decoder, fold_one, FAR_FUTURE};
 
 pub fn spec(seed: u64) -> GenSpec {
-    GenSpec { reps: 12, days: 24, seed, start: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap() }
+    GenSpec {
+        reps: 12,
+        days: 24,
+        seed,
+        start: NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+    }
 }
 
 /// Generated messages plus a few bad ones: (topic, key, value).
 pub fn messages(p: &Pipeline, seed: u64) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    generate(&spec(seed), |g| out.push((p.topics[&g.event_type].clone(), g.key, g.value)));
-    out.insert(10, ("spm.activities".into(), "rep-00001".into(), "{not json".into()));
+    generate(&spec(seed), |g| {
+        out.push((p.topics[&g.event_type].clone(), g.key, g.value))
+    });
+    out.insert(
+        10,
+        (
+            "spm.activities".into(),
+            "rep-00001".into(),
+            "{not json".into(),
+        ),
+    );
     out.insert(20, ("spm.deals".into(), "deal-x".into(), r#"{"deal_id":"deal-x","version":1,"occurred_at":"2026-03-02T10:00:00Z","rep_id":"rep-00001","stage":"prospecting","amount":"-5.00","currency":"USD","close_date":"2026-04-01","created_at":"2026-03-02T10:00:00Z"}"#.into()));
     out
 }
@@ -40,7 +54,9 @@ pub fn cluster(p: &Pipeline) -> MockCluster<'static, DefaultProducerContext> {
 }
 
 /// Every table of the latest snapshot under `output`, as (name, batches).
-pub async fn latest_tables(output: &str) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
+pub async fn latest_tables(
+    output: &str,
+) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
     let loc = Location::parse(output).unwrap();
     let id = loc.latest().await.unwrap().expect("a snapshot").snapshot_id;
     let m = loc.manifest(id).await.unwrap();
@@ -52,7 +68,10 @@ pub async fn latest_tables(output: &str) -> Vec<(String, Vec<datafusion::arrow::
 }
 
 /// The same events folded in one batch, without Kafka: what the stream must equal.
-pub async fn batch_tables(p: &Arc<Pipeline>, msgs: &[(String, String, String)]) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
+pub async fn batch_tables(
+    p: &Arc<Pipeline>,
+    msgs: &[(String, String, String)],
+) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
     let dec = decoder();
     let mut state = quotaflow::state::State::default();
     for (topic, _, value) in msgs {
@@ -62,14 +81,26 @@ pub async fn batch_tables(p: &Arc<Pipeline>, msgs: &[(String, String, String)]) 
             Err(bad) => state.count(topic, bad.reason.as_str()),
         }
     }
-    compute(p, &state).await.into_iter().map(|t| (t.name, t.batches)).collect()
+    compute(p, &state)
+        .await
+        .into_iter()
+        .map(|t| (t.name, t.batches))
+        .collect()
 }
 
 fn opts(brokers: &str, output: &str) -> RunOptions {
-    RunOptions { brokers: brokers.to_string(), output: output.to_string(), once: true, max_events: None }
+    RunOptions {
+        brokers: brokers.to_string(),
+        output: output.to_string(),
+        once: true,
+        max_events: None,
+    }
 }
 
-fn without(mut t: std::collections::BTreeMap<String, Vec<String>>, name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+fn without(
+    mut t: std::collections::BTreeMap<String, Vec<String>>,
+    name: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     t.remove(name);
     t
 }
@@ -84,18 +115,30 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
 
-    let report = run(Arc::clone(&p), opts(&brokers, out), std::future::pending()).await.unwrap();
+    let report = run(Arc::clone(&p), opts(&brokers, out), std::future::pending())
+        .await
+        .unwrap();
     assert_eq!(report.messages, msgs.len() as u64);
 
     let streamed = canonical(&latest_tables(out).await);
     let batch = canonical(&batch_tables(&p, &msgs).await);
-    assert_eq!(without(streamed.clone(), "dead_letters"), without(batch, "dead_letters"));
-    assert!(streamed["attainment"].len() > 20, "the generated quarter yields attainment rows");
+    assert_eq!(
+        without(streamed.clone(), "dead_letters"),
+        without(batch, "dead_letters")
+    );
+    assert!(
+        streamed["attainment"].len() > 20,
+        "the generated quarter yields attainment rows"
+    );
 
     let dl = &streamed["dead_letters"];
     assert_eq!(dl.len(), 2);
-    assert!(dl.iter().any(|r| r.contains("\"reason\":\"invalid_json\"") && r.contains("{not json")));
-    assert!(dl.iter().any(|r| r.contains("\"reason\":\"negative_amount\"")));
+    assert!(dl
+        .iter()
+        .any(|r| r.contains("\"reason\":\"invalid_json\"") && r.contains("{not json")));
+    assert!(dl
+        .iter()
+        .any(|r| r.contains("\"reason\":\"negative_amount\"")));
 
     // The dead-letter topic got both, as JSON with their coordinates.
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -131,25 +174,62 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
     let whole = tempfile::tempdir().unwrap();
     let pieces = tempfile::tempdir().unwrap();
-    let (whole, pieces) = (whole.path().to_str().unwrap(), pieces.path().to_str().unwrap());
+    let (whole, pieces) = (
+        whole.path().to_str().unwrap(),
+        pieces.path().to_str().unwrap(),
+    );
 
-    run(Arc::clone(&p), opts(&brokers, whole), std::future::pending()).await.unwrap();
+    run(
+        Arc::clone(&p),
+        opts(&brokers, whole),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     // Stop three times part-way (each stop writes a snapshot), then finish.
     let mut read = 0;
     for chunk in [msgs.len() as u64 / 5, msgs.len() as u64 / 3, 7] {
-        let r = run(Arc::clone(&p), RunOptions { max_events: Some(chunk), ..opts(&brokers, pieces) }, std::future::pending()).await.unwrap();
+        let r = run(
+            Arc::clone(&p),
+            RunOptions {
+                max_events: Some(chunk),
+                ..opts(&brokers, pieces)
+            },
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.messages, chunk);
         assert_eq!(r.restored_from.is_some(), read > 0);
         read += chunk;
     }
-    let last = run(Arc::clone(&p), opts(&brokers, pieces), std::future::pending()).await.unwrap();
-    assert_eq!(read + last.messages, msgs.len() as u64, "every message read exactly once over the runs");
-    assert_eq!(canonical(&latest_tables(whole).await), canonical(&latest_tables(pieces).await));
+    let last = run(
+        Arc::clone(&p),
+        opts(&brokers, pieces),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read + last.messages,
+        msgs.len() as u64,
+        "every message read exactly once over the runs"
+    );
+    assert_eq!(
+        canonical(&latest_tables(whole).await),
+        canonical(&latest_tables(pieces).await)
+    );
 
     // Nothing new: a further --once run reads nothing and leaves _latest where it was.
     let loc = Location::parse(pieces).unwrap();
     let before = loc.latest().await.unwrap();
-    let again = run(Arc::clone(&p), opts(&brokers, pieces), std::future::pending()).await.unwrap();
+    let again = run(
+        Arc::clone(&p),
+        opts(&brokers, pieces),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.messages, 0);
     assert_eq!(loc.latest().await.unwrap(), before);
 }
@@ -160,14 +240,25 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
         .unwrap()
         .replace("trigger_events = 0", "trigger_events = 200")
         .replace("retention = 20", "retention = 3");
-    let p = Arc::new(Pipeline::parse(&text, "t.toml", &|rel| std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())).unwrap());
+    let p = Arc::new(
+        Pipeline::parse(&text, "t.toml", &|rel| {
+            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+        })
+        .unwrap(),
+    );
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 3);
     produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
     let out = format!("memory://retention-{}", std::process::id());
-    let r = run(Arc::clone(&p), opts(&brokers, &out), std::future::pending()).await.unwrap();
-    assert!(r.snapshots as usize >= msgs.len() / 200, "a snapshot per 200 events: {}", r.snapshots);
+    let r = run(Arc::clone(&p), opts(&brokers, &out), std::future::pending())
+        .await
+        .unwrap();
+    assert!(
+        r.snapshots as usize >= msgs.len() / 200,
+        "a snapshot per 200 events: {}",
+        r.snapshots
+    );
     let loc = Location::parse(&out).unwrap();
     let ids = loc.snapshot_ids().await.unwrap();
     let latest = loc.latest().await.unwrap().unwrap().snapshot_id;
@@ -178,5 +269,8 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     let m = loc.manifest(latest).await.unwrap();
     let total: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
     assert_eq!(total as usize, msgs.len());
-    assert!(m.tables.iter().any(|t| t.name == "attainment" && t.rows > 0));
+    assert!(m
+        .tables
+        .iter()
+        .any(|t| t.name == "attainment" && t.rows > 0));
 }

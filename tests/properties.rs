@@ -16,7 +16,14 @@ use quotaflow::state::State;
 
 use crate::common::{canonical_tables, compute, ev, fold_one, pipeline};
 
-const STAGES: &[&str] = &["prospecting", "qualification", "proposal", "negotiation", "closed_won", "closed_lost"];
+const STAGES: &[&str] = &[
+    "prospecting",
+    "qualification",
+    "proposal",
+    "negotiation",
+    "closed_won",
+    "closed_lost",
+];
 
 /// Random events over 20 days. The content of an (entity, version) or a fact id is a function
 /// of that key, so a repeat is a true duplicate and arrival order cannot change the result.

@@ -36,9 +36,16 @@ impl Table {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("table `{table}` ({origin}): {source}")]
-    Sql { table: String, origin: String, source: DataFusionError },
+    Sql {
+        table: String,
+        origin: String,
+        source: DataFusionError,
+    },
     #[error("building state table `{table}`: {source}")]
-    State { table: String, source: DataFusionError },
+    State {
+        table: String,
+        source: DataFusionError,
+    },
 }
 
 /// Evaluates a pipeline's SQL over a state.
@@ -62,20 +69,35 @@ impl Engine {
     }
 
     /// Computes every published table for `state` as snapshot `snapshot_id`.
-    pub async fn compute(&self, state: &State, snapshot_id: u64) -> Result<Vec<Table>, EngineError> {
+    pub async fn compute(
+        &self,
+        state: &State,
+        snapshot_id: u64,
+    ) -> Result<Vec<Table>, EngineError> {
         let ctx = self.session(state, snapshot_id)?;
         let as_of = state.as_of;
         let mut out = Vec::new();
         for spec in &self.pipeline.tables {
-            let sql_err = |source| EngineError::Sql { table: spec.name.clone(), origin: spec.origin.clone(), source };
+            let sql_err = |source| EngineError::Sql {
+                table: spec.name.clone(),
+                origin: spec.origin.clone(),
+                source,
+            };
             let df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(sql_err)?;
-            let mem = MemTable::try_new(Arc::clone(&schema), vec![batches.clone()]).map_err(sql_err)?;
-            ctx.register_table(spec.name.as_str(), Arc::new(mem)).map_err(sql_err)?;
+            let mem =
+                MemTable::try_new(Arc::clone(&schema), vec![batches.clone()]).map_err(sql_err)?;
+            ctx.register_table(spec.name.as_str(), Arc::new(mem))
+                .map_err(sql_err)?;
             if spec.publish {
-                let (schema, batches) = with_snapshot_columns(&schema, batches, snapshot_id, as_of).map_err(sql_err)?;
-                out.push(Table { name: spec.name.clone(), schema, batches });
+                let (schema, batches) =
+                    with_snapshot_columns(&schema, batches, snapshot_id, as_of).map_err(sql_err)?;
+                out.push(Table {
+                    name: spec.name.clone(),
+                    schema,
+                    batches,
+                });
             }
         }
         Ok(out)
@@ -83,23 +105,40 @@ impl Engine {
 
     fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
         let p = &self.pipeline;
-        let config = SessionConfig::new().with_target_partitions(TARGET_PARTITIONS).with_information_schema(false);
+        let config = SessionConfig::new()
+            .with_target_partitions(TARGET_PARTITIONS)
+            .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
         let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
         for f in state.fx.values().map(|v| &v.latest) {
             let mut r = f.rate_to_corporate;
             r.rescale(crate::source::decode::RATE_SCALE);
-            rates.entry(f.currency.clone()).or_default().push((f.effective_date, r.mantissa()));
+            rates
+                .entry(f.currency.clone())
+                .or_default()
+                .push((f.effective_date, r.mantissa()));
         }
         rates.values_mut().for_each(|v| v.sort_unstable());
-        let udf_ctx = Arc::new(UdfContext { calendar: p.calendar, fx: FxTable { corporate: p.corporate_currency.clone(), rates } });
+        let udf_ctx = Arc::new(UdfContext {
+            calendar: p.calendar,
+            fx: FxTable {
+                corporate: p.corporate_currency.clone(),
+                rates,
+            },
+        });
         for f in udf::all(udf_ctx) {
             ctx.register_udf(f);
         }
-        let tables = crate::state::tables::build(state, p, snapshot_id)
-            .map_err(|e| EngineError::State { table: "*".into(), source: e.into() })?;
+        let tables =
+            crate::state::tables::build(state, p, snapshot_id).map_err(|e| EngineError::State {
+                table: "*".into(),
+                source: e.into(),
+            })?;
         for (name, batch) in tables {
-            let state_err = |source| EngineError::State { table: name.to_string(), source };
+            let state_err = |source| EngineError::State {
+                table: name.to_string(),
+                source,
+            };
             let mem = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(state_err)?;
             ctx.register_table(name, Arc::new(mem)).map_err(state_err)?;
         }
@@ -116,7 +155,11 @@ fn with_snapshot_columns(
 ) -> Result<(SchemaRef, Vec<RecordBatch>), DataFusionError> {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("snapshot_id", DataType::Int64, false));
-    fields.push(Field::new("as_of", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+    fields.push(Field::new(
+        "as_of",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
     let out_schema = Arc::new(Schema::new(fields));
     let out = batches
         .into_iter()
@@ -124,7 +167,9 @@ fn with_snapshot_columns(
             let n = b.num_rows();
             let mut cols: Vec<ArrayRef> = b.columns().to_vec();
             cols.push(Arc::new(Int64Array::from(vec![snapshot_id as i64; n])));
-            cols.push(Arc::new(TimestampMicrosecondArray::from(vec![as_of; n]).with_timezone("UTC")));
+            cols.push(Arc::new(
+                TimestampMicrosecondArray::from(vec![as_of; n]).with_timezone("UTC"),
+            ));
             RecordBatch::try_new(Arc::clone(&out_schema), cols).map_err(DataFusionError::from)
         })
         .collect::<Result<Vec<_>, _>>()?;

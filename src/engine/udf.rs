@@ -15,10 +15,16 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Int64Array};
-use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Int64Array,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use datafusion::common::{exec_err, DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::Day;
@@ -83,7 +89,13 @@ impl Hash for Udf {
 
 /// All functions of this module, bound to one snapshot's calendar and fx rates.
 pub fn all(ctx: Arc<UdfContext>) -> Vec<ScalarUDF> {
-    let udf = |kind, n| ScalarUDF::new_from_impl(Udf { kind, signature: Signature::any(n, Volatility::Immutable), ctx: Arc::clone(&ctx) });
+    let udf = |kind, n| {
+        ScalarUDF::new_from_impl(Udf {
+            kind,
+            signature: Signature::any(n, Volatility::Immutable),
+            ctx: Arc::clone(&ctx),
+        })
+    };
     vec![
         udf(Kind::Money, 1),
         udf(Kind::Prorate, 3),
@@ -123,7 +135,11 @@ impl ScalarUDFImpl for Udf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let arrays = args.args.iter().map(|a| a.to_array(n)).collect::<Result<Vec<_>>>()?;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<Result<Vec<_>>>()?;
         let out: ArrayRef = match self.kind {
             Kind::Money => {
                 let (x, s) = decimals(self.name(), &arrays[0])?;
@@ -135,16 +151,25 @@ impl ScalarUDFImpl for Udf {
                 let (den, _) = decimals(self.name(), &arrays[2])?;
                 let v = (0..n).map(|i| match (x[i], num[i], den[i]) {
                     (Some(x), Some(a), Some(b)) if b != 0 => {
-                        let scaled = x.checked_mul(a)?.checked_mul(10i128.checked_pow((PRORATE_SCALE as i32 - s as i32).max(0) as u32)?)?;
+                        let scaled =
+                            x.checked_mul(a)?
+                                .checked_mul(10i128.checked_pow(
+                                    (PRORATE_SCALE as i32 - s as i32).max(0) as u32,
+                                )?)?;
                         Some(div_half_even(scaled, b))
                     }
                     _ => None,
                 });
-                Arc::new(v.collect::<Decimal128Array>().with_precision_and_scale(38, PRORATE_SCALE)?)
+                Arc::new(
+                    v.collect::<Decimal128Array>()
+                        .with_precision_and_scale(38, PRORATE_SCALE)?,
+                )
             }
             Kind::ToCorporate => {
                 let (amount, s) = decimals(self.name(), &arrays[0])?;
-                let currency = arrays[1].as_string_opt::<i32>().ok_or_else(|| type_err(self.name(), &arrays[1]))?;
+                let currency = arrays[1]
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| type_err(self.name(), &arrays[1]))?;
                 let day = dates(self.name(), &arrays[2])?;
                 let v = (0..n).map(|i| {
                     let (a, d) = (amount[i]?, day.is_valid(i).then(|| day.value(i))?);
@@ -157,7 +182,9 @@ impl ScalarUDFImpl for Udf {
                 money_array(v)?
             }
             Kind::FiscalPeriodStart => {
-                let pt = arrays[0].as_string_opt::<i32>().ok_or_else(|| type_err(self.name(), &arrays[0]))?;
+                let pt = arrays[0]
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| type_err(self.name(), &arrays[0]))?;
                 let day = dates(self.name(), &arrays[1])?;
                 let mut out = Vec::with_capacity(n);
                 for i in 0..n {
@@ -166,7 +193,10 @@ impl ScalarUDFImpl for Udf {
                         continue;
                     }
                     let Some(p) = PeriodType::parse(pt.value(i)) else {
-                        return exec_err!("fiscal_period_start: `{}` is not month, quarter or year", pt.value(i));
+                        return exec_err!(
+                            "fiscal_period_start: `{}` is not month, quarter or year",
+                            pt.value(i)
+                        );
                     };
                     out.push(Some(self.ctx.calendar.period_start(p, day.value(i))));
                 }
@@ -176,11 +206,23 @@ impl ScalarUDFImpl for Udf {
                 let ts = arrays[0]
                     .as_primitive_opt::<TimestampMicrosecondType>()
                     .ok_or_else(|| type_err(self.name(), &arrays[0]))?;
-                Arc::new(ts.iter().map(|t| t.map(|t| self.ctx.calendar.day_of(t))).collect::<Date32Array>())
+                Arc::new(
+                    ts.iter()
+                        .map(|t| t.map(|t| self.ctx.calendar.day_of(t)))
+                        .collect::<Date32Array>(),
+                )
             }
             Kind::DaysBetween => {
-                let (a, b) = (dates(self.name(), &arrays[0])?, dates(self.name(), &arrays[1])?);
-                Arc::new(a.iter().zip(b.iter()).map(|(a, b)| Some(i64::from(b? - a?))).collect::<Int64Array>())
+                let (a, b) = (
+                    dates(self.name(), &arrays[0])?,
+                    dates(self.name(), &arrays[1])?,
+                );
+                Arc::new(
+                    a.iter()
+                        .zip(b.iter())
+                        .map(|(a, b)| Some(i64::from(b? - a?)))
+                        .collect::<Int64Array>(),
+                )
             }
         };
         Ok(ColumnarValue::Array(out))
@@ -188,15 +230,30 @@ impl ScalarUDFImpl for Udf {
 }
 
 fn type_err(name: &str, a: &ArrayRef) -> DataFusionError {
-    DataFusionError::Execution(format!("{name}: unsupported argument type {}", a.data_type()))
+    DataFusionError::Execution(format!(
+        "{name}: unsupported argument type {}",
+        a.data_type()
+    ))
 }
 
 /// Values of a decimal or integer column as i128 mantissas with their scale.
 fn decimals(name: &str, a: &ArrayRef) -> Result<(Vec<Option<i128>>, i8)> {
     Ok(match a.data_type() {
         DataType::Decimal128(_, s) => (a.as_primitive::<Decimal128Type>().iter().collect(), *s),
-        DataType::Int64 => (a.as_primitive::<Int64Type>().iter().map(|v| v.map(i128::from)).collect(), 0),
-        DataType::Int32 => (a.as_primitive::<Int32Type>().iter().map(|v| v.map(i128::from)).collect(), 0),
+        DataType::Int64 => (
+            a.as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.map(i128::from))
+                .collect(),
+            0,
+        ),
+        DataType::Int32 => (
+            a.as_primitive::<Int32Type>()
+                .iter()
+                .map(|v| v.map(i128::from))
+                .collect(),
+            0,
+        ),
         DataType::Null => (vec![None; a.len()], 0),
         _ => return Err(type_err(name, a)),
     })
@@ -219,7 +276,9 @@ fn money_array(v: impl Iterator<Item = Option<i128>>) -> Result<ArrayRef> {
     if let Some(big) = vals.iter().flatten().find(|x| x.abs() >= LIMIT) {
         return exec_err!("money: {big} cents does not fit DECIMAL(18,2)");
     }
-    Ok(Arc::new(Decimal128Array::from(vals).with_precision_and_scale(18, 2)?))
+    Ok(Arc::new(
+        Decimal128Array::from(vals).with_precision_and_scale(18, 2)?,
+    ))
 }
 
 /// `v` at scale `from` re-expressed at scale `to`, rounding half-even when digits are dropped.
@@ -269,7 +328,10 @@ mod tests {
 
     #[test]
     fn fx_rate_in_force() {
-        let fx = FxTable { corporate: "USD".into(), rates: HashMap::from([("EUR".into(), vec![(10, 1), (20, 2)])]) };
+        let fx = FxTable {
+            corporate: "USD".into(),
+            rates: HashMap::from([("EUR".into(), vec![(10, 1), (20, 2)])]),
+        };
         assert_eq!(fx.rate("EUR", 9), None);
         assert_eq!(fx.rate("EUR", 10), Some(1));
         assert_eq!(fx.rate("EUR", 19), Some(1));

@@ -37,17 +37,28 @@ pub enum SnapshotError {
     #[error("output `{url}`: {message}")]
     Url { url: String, message: String },
     #[error("{path}: {source}")]
-    Store { path: String, source: object_store::Error },
+    Store {
+        path: String,
+        source: object_store::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
 }
 
-fn store_err(path: &object_store::path::Path) -> impl FnOnce(object_store::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Store { path: path.to_string(), source }
+fn store_err(
+    path: &object_store::path::Path,
+) -> impl FnOnce(object_store::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Store {
+        path: path.to_string(),
+        source,
+    }
 }
 
 fn format_err(path: &object_store::path::Path, e: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Format { path: path.to_string(), message: e.to_string() }
+    SnapshotError::Format {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// The `_latest` pointer.
@@ -97,7 +108,10 @@ pub fn dir(id: u64) -> String {
 impl Location {
     async fn put(&self, rel: &str, data: Vec<u8>) -> Result<(), SnapshotError> {
         let path = self.path(rel);
-        self.store.put(&path, PutPayload::from(data)).await.map_err(store_err(&path))?;
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map_err(store_err(&path))?;
         Ok(())
     }
 
@@ -112,14 +126,21 @@ impl Location {
 
     /// The `_latest` pointer, if a snapshot was ever written.
     pub async fn latest(&self) -> Result<Option<Latest>, SnapshotError> {
-        let Some(bytes) = self.get("_latest").await? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| format_err(&self.path("_latest"), e))
+        let Some(bytes) = self.get("_latest").await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format_err(&self.path("_latest"), e))
     }
 
     /// The manifest of snapshot `id`.
     pub async fn manifest(&self, id: u64) -> Result<Manifest, SnapshotError> {
         let rel = format!("{}/_manifest.json", dir(id));
-        let bytes = self.get(&rel).await?.ok_or_else(|| format_err(&self.path(&rel), "no such snapshot"))?;
+        let bytes = self
+            .get(&rel)
+            .await?
+            .ok_or_else(|| format_err(&self.path(&rel), "no such snapshot"))?;
         serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
     }
 
@@ -128,35 +149,65 @@ impl Location {
         let rel = format!("{}/{}", dir(m.snapshot_id), m.state);
         let path = self.path(&rel);
         if m.state_format != STATE_FORMAT {
-            return Err(format_err(&path, format!("state format {} is not {STATE_FORMAT}: written by another quotaflow version", m.state_format)));
+            return Err(format_err(
+                &path,
+                format!(
+                    "state format {} is not {STATE_FORMAT}: written by another quotaflow version",
+                    m.state_format
+                ),
+            ));
         }
-        let bytes = self.get(&rel).await?.ok_or_else(|| format_err(&path, "missing"))?;
+        let bytes = self
+            .get(&rel)
+            .await?
+            .ok_or_else(|| format_err(&path, "missing"))?;
         bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))
     }
 
     /// Reads one table of a snapshot.
-    pub async fn read_table(&self, m: &Manifest, name: &str) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
+    pub async fn read_table(
+        &self,
+        m: &Manifest,
+        name: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
         let entry = m.tables.iter().find(|t| t.name == name).ok_or_else(|| {
-            format_err(&self.path(&dir(m.snapshot_id)), format!("snapshot has no table `{name}`"))
+            format_err(
+                &self.path(&dir(m.snapshot_id)),
+                format!("snapshot has no table `{name}`"),
+            )
         })?;
         let mut schema = None;
         let mut out = Vec::new();
         for f in &entry.files {
             let rel = format!("{}/{f}", dir(m.snapshot_id));
             let path = self.path(&rel);
-            let bytes = self.get(&rel).await?.ok_or_else(|| format_err(&path, "missing"))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| format_err(&path, e))?;
+            let bytes = self
+                .get(&rel)
+                .await?
+                .ok_or_else(|| format_err(&path, "missing"))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                .map_err(|e| format_err(&path, e))?;
             schema.get_or_insert_with(|| reader.schema().clone());
             for b in reader.build().map_err(|e| format_err(&path, e))? {
                 out.push(b.map_err(|e| format_err(&path, e))?);
             }
         }
-        let schema = schema.ok_or_else(|| format_err(&self.path(&dir(m.snapshot_id)), format!("table `{name}` has no files")))?;
+        let schema = schema.ok_or_else(|| {
+            format_err(
+                &self.path(&dir(m.snapshot_id)),
+                format!("table `{name}` has no files"),
+            )
+        })?;
         Ok((schema, out))
     }
 
     /// Writes snapshot `state.snapshot_id` with `tables`, then moves `_latest` to it.
-    pub async fn write(&self, state: &State, tables: &[Table], pipeline: &str) -> Result<Manifest, SnapshotError> {
+    pub async fn write(
+        &self,
+        state: &State,
+        tables: &[Table],
+        pipeline: &str,
+    ) -> Result<Manifest, SnapshotError> {
         let id = state.snapshot_id;
         let base = dir(id);
         let mut entries = Vec::with_capacity(tables.len());
@@ -165,17 +216,28 @@ impl Location {
             for (n, chunk) in chunks(t).into_iter().enumerate() {
                 let rel = format!("{}/part-{n}.parquet", t.name);
                 let path = self.path(&format!("{base}/{rel}"));
-                self.put(&format!("{base}/{rel}"), parquet_bytes(&t.schema, &chunk).map_err(|e| format_err(&path, e))?).await?;
+                self.put(
+                    &format!("{base}/{rel}"),
+                    parquet_bytes(&t.schema, &chunk).map_err(|e| format_err(&path, e))?,
+                )
+                .await?;
                 files.push(rel);
             }
-            entries.push(TableEntry { name: t.name.clone(), files, rows: t.num_rows() as u64 });
+            entries.push(TableEntry {
+                name: t.name.clone(),
+                files,
+                rows: t.num_rows() as u64,
+            });
         }
         let state_rel = "_state.bin".to_string();
         let bytes = bincode::serialize(state).map_err(|e| format_err(&self.path(&base), e))?;
         self.put(&format!("{base}/{state_rel}"), bytes).await?;
         let manifest = Manifest {
             snapshot_id: id,
-            as_of: state.as_of.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            as_of: state
+                .as_of
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             pipeline: pipeline.to_string(),
             quotaflow_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -185,9 +247,13 @@ impl Location {
             state_format: STATE_FORMAT,
         };
         let manifest_rel = format!("{base}/_manifest.json");
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| format_err(&self.path(&manifest_rel), e))?;
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| format_err(&self.path(&manifest_rel), e))?;
         self.put(&manifest_rel, json).await?;
-        let latest = Latest { snapshot_id: id, manifest: manifest_rel };
+        let latest = Latest {
+            snapshot_id: id,
+            manifest: manifest_rel,
+        };
         let json = serde_json::to_vec(&latest).map_err(|e| format_err(&self.path("_latest"), e))?;
         self.put("_latest", json).await?;
         Ok(manifest)
@@ -196,9 +262,16 @@ impl Location {
     /// Ids of every snapshot directory under the output, ascending.
     pub async fn snapshot_ids(&self) -> Result<Vec<u64>, SnapshotError> {
         let root = self.path("snapshots");
-        let listing = self.store.list_with_delimiter(Some(&root)).await.map_err(store_err(&root))?;
-        let mut ids: Vec<u64> =
-            listing.common_prefixes.iter().filter_map(|p| p.filename().and_then(|f| f.parse().ok())).collect();
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(store_err(&root))?;
+        let mut ids: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|f| f.parse().ok()))
+            .collect();
         ids.sort_unstable();
         Ok(ids)
     }
@@ -207,10 +280,21 @@ impl Location {
     /// Returns how many were deleted.
     pub async fn retain(&self, keep: usize, latest: u64) -> Result<usize, SnapshotError> {
         let ids = self.snapshot_ids().await?;
-        let doomed: Vec<u64> = ids.iter().rev().skip(keep).copied().filter(|id| *id != latest).collect();
+        let doomed: Vec<u64> = ids
+            .iter()
+            .rev()
+            .skip(keep)
+            .copied()
+            .filter(|id| *id != latest)
+            .collect();
         for id in &doomed {
             let prefix = self.path(&dir(*id));
-            let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(store_err(&prefix))?;
+            let objects: Vec<_> = self
+                .store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(store_err(&prefix))?;
             // The manifest goes first, so a half-deleted snapshot is never taken for a whole one.
             let mut paths: Vec<_> = objects.into_iter().map(|o| o.location).collect();
             paths.sort_by_key(|p| p.filename() != Some("_manifest.json"));
@@ -242,8 +326,13 @@ fn chunks(t: &Table) -> Vec<Vec<RecordBatch>> {
     parts
 }
 
-fn parquet_bytes(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+fn parquet_bytes(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
     for b in batches {

@@ -29,12 +29,16 @@ impl Location {
     /// Parses an output URL (or a local path) and builds its store. A local directory is
     /// created if missing; nothing else touches the network here.
     pub fn parse(output: &str) -> Result<Location, SnapshotError> {
-        let bad = |message: String| SnapshotError::Url { url: output.to_string(), message };
+        let bad = |message: String| SnapshotError::Url {
+            url: output.to_string(),
+            message,
+        };
         let url = match Url::parse(output) {
             Ok(u) if u.scheme().len() > 1 => u,
             _ => {
                 // A plain path (no scheme, or a Windows drive letter).
-                std::fs::create_dir_all(output).map_err(|e| bad(format!("cannot create directory: {e}")))?;
+                std::fs::create_dir_all(output)
+                    .map_err(|e| bad(format!("cannot create directory: {e}")))?;
                 let abs = std::fs::canonicalize(output).map_err(|e| bad(e.to_string()))?;
                 Url::from_directory_path(&abs).map_err(|_| bad("not an absolute path".into()))?
             }
@@ -42,17 +46,28 @@ impl Location {
         let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
-                let dir = url.to_file_path().map_err(|_| bad("not a local path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
+                let dir = url
+                    .to_file_path()
+                    .map_err(|_| bad("not a local path".into()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create directory: {e}")))?;
                 Arc::new(object_store::local::LocalFileSystem::new())
             }
             "memory" => {
                 let name = url.host_str().unwrap_or("default").to_string();
-                let mut stores = memory_stores().lock().map_err(|_| bad("memory store registry poisoned".into()))?;
-                stores.entry(name).or_insert_with(|| Arc::new(InMemory::new())).clone()
+                let mut stores = memory_stores()
+                    .lock()
+                    .map_err(|_| bad("memory store registry poisoned".into()))?;
+                stores
+                    .entry(name)
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone()
             }
             "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str()).build().map_err(|e| bad(e.to_string()))?,
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
             ),
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -66,7 +81,11 @@ impl Location {
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
-            other => return Err(bad(format!("unsupported scheme `{other}` (file, memory, s3, gs, az)"))),
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme `{other}` (file, memory, s3, gs, az)"
+                )))
+            }
         };
         // For file:// the store is rooted at `/`, so the prefix is the whole path; for buckets
         // the URL's path is the prefix inside the bucket.
@@ -75,6 +94,8 @@ impl Location {
 
     /// `prefix/rel`.
     pub fn path(&self, rel: &str) -> Path {
-        rel.split('/').filter(|p| !p.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
     }
 }

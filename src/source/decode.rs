@@ -11,10 +11,14 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::schema::{EventType, FieldKind, Schema};
-use crate::event::{Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
+use crate::event::{
+    Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
+};
 
 /// Why a message was refused (or set aside): the `reason` of a dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Reason {
     TooLarge,
     InvalidJson,
@@ -53,7 +57,10 @@ pub struct BadInput {
 }
 
 fn bad(reason: Reason, detail: impl Into<String>) -> BadInput {
-    BadInput { reason, detail: detail.into() }
+    BadInput {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 /// Limits the decoder applies; from the pipeline file.
@@ -91,7 +98,10 @@ const MAX_INTEGER_DIGITS: usize = 16;
 
 impl Decoder {
     pub fn new(limits: DecodeLimits) -> Result<Decoder, crate::error::InternalError> {
-        let schemas = EventType::ALL.iter().map(|t| Schema::builtin(*t)).collect::<Result<_, _>>()?;
+        let schemas = EventType::ALL
+            .iter()
+            .map(|t| Schema::builtin(*t))
+            .collect::<Result<_, _>>()?;
         Ok(Decoder { schemas, limits })
     }
 
@@ -105,19 +115,35 @@ impl Decoder {
         if payload.len() > self.limits.max_message_bytes {
             return Err(bad(
                 Reason::TooLarge,
-                format!("{} bytes, more than max_message_bytes = {}", payload.len(), self.limits.max_message_bytes),
+                format!(
+                    "{} bytes, more than max_message_bytes = {}",
+                    payload.len(),
+                    self.limits.max_message_bytes
+                ),
             ));
         }
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|e| bad(Reason::InvalidJson, format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| bad(Reason::InvalidJson, format!("not JSON: {e}")))?;
         let obj = match value {
             Value::Object(o) => o,
-            other => return Err(bad(Reason::WrongType, format!("expected a JSON object, got {}", json_kind(&other)))),
+            other => {
+                return Err(bad(
+                    Reason::WrongType,
+                    format!("expected a JSON object, got {}", json_kind(&other)),
+                ))
+            }
         };
         let schema = self.schema(t);
         let present = |name: &str| obj.get(name).is_some_and(|v| !v.is_null());
-        if let Some(f) = schema.fields.iter().find(|f| f.required && !present(&f.name)) {
-            return Err(bad(Reason::MissingField, format!("required field `{}` is absent or null", f.name)));
+        if let Some(f) = schema
+            .fields
+            .iter()
+            .find(|f| f.required && !present(&f.name))
+        {
+            return Err(bad(
+                Reason::MissingField,
+                format!("required field `{}` is absent or null", f.name),
+            ));
         }
         let mut vals: Vec<Option<Val>> = Vec::with_capacity(schema.fields.len());
         for f in &schema.fields {
@@ -125,14 +151,19 @@ impl Decoder {
                 None | Some(Value::Null) => None,
                 Some(v) => {
                     let checked = self.check(&f.kind, v, now, |n| lookup(schema, &vals, n));
-                    Some(checked.map_err(|(reason, why)| bad(reason, format!("field `{}`: {why}", f.name)))?)
+                    Some(checked.map_err(|(reason, why)| {
+                        bad(reason, format!("field `{}`: {why}", f.name))
+                    })?)
                 }
             };
             vals.push(v);
         }
         build(schema, vals).map_err(|missing| {
             // The schema and `build` disagree: a bug, but still no panic and nothing lost.
-            bad(Reason::MissingField, format!("field `{missing}` could not be read"))
+            bad(
+                Reason::MissingField,
+                format!("field `{missing}` could not be read"),
+            )
         })
     }
 
@@ -144,7 +175,10 @@ impl Decoder {
         earlier: impl Fn(&str) -> Option<&'a Val>,
     ) -> Result<Val, (Reason, String)> {
         use Reason::*;
-        let as_str = |what: &str| v.as_str().ok_or_else(|| (WrongType, format!("expected {what}, got {}", json_kind(v))));
+        let as_str = |what: &str| {
+            v.as_str()
+                .ok_or_else(|| (WrongType, format!("expected {what}, got {}", json_kind(v))))
+        };
         match kind {
             FieldKind::Text => Ok(Val::Text(as_str("a string")?.to_string())),
             FieldKind::Id => {
@@ -157,37 +191,62 @@ impl Decoder {
             FieldKind::Enum(allowed) => {
                 let s = as_str("a string")?;
                 if !allowed.iter().any(|a| a == s) {
-                    return Err((UnknownEnum, format!("`{s}` is not one of {}", allowed.join(", "))));
+                    return Err((
+                        UnknownEnum,
+                        format!("`{s}` is not one of {}", allowed.join(", ")),
+                    ));
                 }
                 Ok(Val::Text(s.to_string()))
             }
             FieldKind::Currency => {
                 let s = as_str("a currency code string")?;
                 if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err((BadCurrency, format!("`{s}` is not three upper-case letters")));
+                    return Err((
+                        BadCurrency,
+                        format!("`{s}` is not three upper-case letters"),
+                    ));
                 }
                 Ok(Val::Text(s.to_string()))
             }
-            FieldKind::Money => {
-                Ok(Val::Dec(parse_decimal(as_str("a decimal string such as \"48000.00\"")?, MONEY_SCALE)?))
-            }
-            FieldKind::Rate => Ok(Val::Dec(parse_decimal(as_str("a decimal string such as \"1.0842\"")?, RATE_SCALE)?)),
+            FieldKind::Money => Ok(Val::Dec(parse_decimal(
+                as_str("a decimal string such as \"48000.00\"")?,
+                MONEY_SCALE,
+            )?)),
+            FieldKind::Rate => Ok(Val::Dec(parse_decimal(
+                as_str("a decimal string such as \"1.0842\"")?,
+                RATE_SCALE,
+            )?)),
             FieldKind::Instant => {
                 let s = as_str("an RFC 3339 instant string")?;
-                let t = DateTime::parse_from_rfc3339(s)
-                    .map_err(|e| (WrongType, format!("`{s}` is not an RFC 3339 instant with an offset ({e})")))?;
+                let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
+                    (
+                        WrongType,
+                        format!("`{s}` is not an RFC 3339 instant with an offset ({e})"),
+                    )
+                })?;
                 let micros = t.timestamp_micros();
                 if micros > now.saturating_add(self.limits.max_clock_skew_micros) {
-                    return Err((OutOfRange, format!("`{s}` is later than the wall clock plus max_clock_skew")));
+                    return Err((
+                        OutOfRange,
+                        format!("`{s}` is later than the wall clock plus max_clock_skew"),
+                    ));
                 }
                 Ok(Val::Instant(micros))
             }
             FieldKind::Date { not_before } => {
                 let s = as_str("a YYYY-MM-DD date string")?;
-                let day = parse_date(s).ok_or_else(|| (WrongType, format!("`{s}` is not an existing YYYY-MM-DD date")))?;
+                let day = parse_date(s).ok_or_else(|| {
+                    (
+                        WrongType,
+                        format!("`{s}` is not an existing YYYY-MM-DD date"),
+                    )
+                })?;
                 if let Some(Val::Date(start)) = not_before.as_deref().and_then(&earlier) {
                     if day < *start {
-                        return Err((OutOfRange, format!("{s} is before `{}`", not_before.as_deref().unwrap_or(""))));
+                        return Err((
+                            OutOfRange,
+                            format!("{s} is before `{}`", not_before.as_deref().unwrap_or("")),
+                        ));
                     }
                 }
                 Ok(Val::Date(day))
@@ -195,8 +254,15 @@ impl Decoder {
             FieldKind::Integer { min, max } => {
                 let n = match v {
                     Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default(),
-                    Value::Number(n) if n.is_u64() => return Err((OutOfRange, format!("{n} is too large"))),
-                    _ => return Err((WrongType, format!("expected an integer, got {}", json_kind(v)))),
+                    Value::Number(n) if n.is_u64() => {
+                        return Err((OutOfRange, format!("{n} is too large")))
+                    }
+                    _ => {
+                        return Err((
+                            WrongType,
+                            format!("expected an integer, got {}", json_kind(v)),
+                        ))
+                    }
                 };
                 if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
                     return Err((OutOfRange, format!("{n} is outside {}", bounds(min, max))));
@@ -204,16 +270,23 @@ impl Decoder {
                 Ok(Val::Int(n))
             }
             FieldKind::Number { min, max } => {
-                let x = v.as_f64().ok_or_else(|| (WrongType, format!("expected a number, got {}", json_kind(v))))?;
+                let x = v.as_f64().ok_or_else(|| {
+                    (
+                        WrongType,
+                        format!("expected a number, got {}", json_kind(v)),
+                    )
+                })?;
                 if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) {
                     return Err((OutOfRange, format!("{x} is outside {}", bounds(min, max))));
                 }
                 Ok(Val::Num(x))
             }
-            FieldKind::Bool => v
-                .as_bool()
-                .map(Val::Bool)
-                .ok_or_else(|| (WrongType, format!("expected true or false, got {}", json_kind(v)))),
+            FieldKind::Bool => v.as_bool().map(Val::Bool).ok_or_else(|| {
+                (
+                    WrongType,
+                    format!("expected true or false, got {}", json_kind(v)),
+                )
+            }),
         }
     }
 }
@@ -249,7 +322,9 @@ pub fn parse_date(s: &str) -> Option<Day> {
     let shape = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shape {
         return None;
     }
@@ -270,19 +345,31 @@ pub fn parse_decimal(s: &str, scale: u32) -> Result<Decimal, (Reason, String)> {
     };
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
     if !digits(int) || frac.is_some_and(|f| !digits(f)) {
-        return Err((Reason::WrongType, format!("`{s}` is not a decimal string (digits, one optional '.', optional '-')")));
+        return Err((
+            Reason::WrongType,
+            format!("`{s}` is not a decimal string (digits, one optional '.', optional '-')"),
+        ));
     }
     let frac = frac.unwrap_or("");
     if negative && s.bytes().any(|c| (b'1'..=b'9').contains(&c)) {
         return Err((Reason::NegativeAmount, format!("`{s}` is below zero")));
     }
     let int = int.trim_start_matches('0');
-    let too_big = || (Reason::OutOfRange, format!("`{s}` has more than {MAX_INTEGER_DIGITS} integer digits"));
+    let too_big = || {
+        (
+            Reason::OutOfRange,
+            format!("`{s}` has more than {MAX_INTEGER_DIGITS} integer digits"),
+        )
+    };
     if int.len() > MAX_INTEGER_DIGITS {
         return Err(too_big());
     }
     let scale_digits = scale as usize;
-    let kept: String = frac.chars().chain(std::iter::repeat('0')).take(scale_digits).collect();
+    let kept: String = frac
+        .chars()
+        .chain(std::iter::repeat('0'))
+        .take(scale_digits)
+        .collect();
     let rest = frac.get(scale_digits..).unwrap_or("");
     let mut units: i128 = format!("{int}{kept}").parse::<i128>().unwrap_or(0);
     let round_up = match rest.as_bytes().first() {
@@ -442,7 +529,10 @@ mod tests {
         assert_eq!(p("1.0050000000000000000000000000000001"), Ok("1.01".into()));
         assert_eq!(p("-0.00"), Ok("0.00".into()));
         assert_eq!(p("9999999999999999.99"), Ok("9999999999999999.99".into()));
-        assert_eq!(p("9999999999999999.995").map_err(|e| e.0), Err(Reason::OutOfRange));
+        assert_eq!(
+            p("9999999999999999.995").map_err(|e| e.0),
+            Err(Reason::OutOfRange)
+        );
         assert_eq!(p("00000000000000000001.5"), Ok("1.50".into()));
         assert_eq!(p("1e5").map_err(|e| e.0), Err(Reason::WrongType));
         assert_eq!(p("-1").map_err(|e| e.0), Err(Reason::NegativeAmount));

@@ -54,7 +54,11 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Connects, discovers the partitions of the pipeline's topics and assigns them at the
     /// offsets `state` recorded (the beginning for partitions never read).
-    pub fn connect(brokers: &str, pipeline: &Pipeline, state: &State) -> Result<KafkaSource, KafkaIoError> {
+    pub fn connect(
+        brokers: &str,
+        pipeline: &Pipeline,
+        state: &State,
+    ) -> Result<KafkaSource, KafkaIoError> {
         let mut cfg = client_config(brokers, pipeline);
         cfg.set("group.id", format!("quotaflow-{}", pipeline.name))
             .set("enable.auto.commit", "false")
@@ -62,9 +66,14 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true");
         let consumer: StreamConsumer = cfg.create()?;
-        let connect = |source| KafkaIoError::Connect { brokers: brokers.to_string(), source };
+        let connect = |source| KafkaIoError::Connect {
+            brokers: brokers.to_string(),
+            source,
+        };
         // One metadata call for the whole cluster: proves the brokers answer.
-        let md = consumer.fetch_metadata(None, METADATA_TIMEOUT).map_err(connect)?;
+        let md = consumer
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .map_err(connect)?;
         let mut tpl = TopicPartitionList::new();
         let mut assigned = BTreeMap::new();
         for topic in pipeline.topics.values() {
@@ -75,7 +84,11 @@ impl KafkaSource {
             for p in t.partitions() {
                 let start = state.next_offset(topic, p.id());
                 let offset = start.map_or(Offset::Beginning, Offset::Offset);
-                tpl.add_partition_offset(topic, p.id(), offset).map_err(|source| KafkaIoError::Topic { topic: topic.clone(), source })?;
+                tpl.add_partition_offset(topic, p.id(), offset)
+                    .map_err(|source| KafkaIoError::Topic {
+                        topic: topic.clone(),
+                        source,
+                    })?;
                 assigned.insert((topic.clone(), p.id()), start.unwrap_or(0));
             }
         }
@@ -90,7 +103,10 @@ impl KafkaSource {
             let (lo, hi) = self
                 .consumer
                 .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
-                .map_err(|source| KafkaIoError::Topic { topic: topic.clone(), source })?;
+                .map_err(|source| KafkaIoError::Topic {
+                    topic: topic.clone(),
+                    source,
+                })?;
             out.insert((topic.clone(), *p), (lo, hi));
         }
         Ok(out)
@@ -131,7 +147,8 @@ impl KafkaSource {
                 &mut high,
             )
         };
-        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     /// Advisory commit of the offsets a durable snapshot holds (for lag monitoring tools).
@@ -163,7 +180,12 @@ impl DeadLetterSink {
     pub fn connect(brokers: &str, pipeline: &Pipeline) -> Result<DeadLetterSink, KafkaIoError> {
         let mut cfg = client_config(brokers, pipeline);
         // Consumer-only properties make the producer warn; keep the ones both understand.
-        for k in ["fetch.wait.max.ms", "max.partition.fetch.bytes", "fetch.max.bytes", "queued.max.messages.kbytes"] {
+        for k in [
+            "fetch.wait.max.ms",
+            "max.partition.fetch.bytes",
+            "fetch.max.bytes",
+            "queued.max.messages.kbytes",
+        ] {
             cfg.remove(k);
         }
         cfg.set("linger.ms", "5").set("message.timeout.ms", "30000");
@@ -189,7 +211,8 @@ impl DeadLetterSink {
         let mut pending = Vec::with_capacity(letters.len());
         for (dl, full_payload) in letters {
             let truncated = full_payload.len() > self.max_payload;
-            let (payload, encoding) = super::payload_text(&full_payload[..full_payload.len().min(self.max_payload)]);
+            let (payload, encoding) =
+                super::payload_text(&full_payload[..full_payload.len().min(self.max_payload)]);
             let body = serde_json::json!({
                 "pipeline": self.pipeline,
                 "topic": dl.topic,
@@ -209,34 +232,56 @@ impl DeadLetterSink {
             });
         }
         for r in futures::future::join_all(pending).await {
-            r.map_err(|(source, _)| KafkaIoError::DeadLetter { topic: self.topic.clone(), source })?;
+            r.map_err(|(source, _)| KafkaIoError::DeadLetter {
+                topic: self.topic.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
 }
 
 /// Creates the topics that do not exist yet (an existing one is left as it is).
-pub async fn ensure_topics(brokers: &str, pipeline: &Pipeline, topics: &[&str], partitions: i32) -> Result<(), KafkaIoError> {
+pub async fn ensure_topics(
+    brokers: &str,
+    pipeline: &Pipeline,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaIoError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, pipeline).create()?;
     let probe: BaseConsumer = client_config(brokers, pipeline).create()?;
     let md = probe
         .fetch_metadata(None, METADATA_TIMEOUT)
-        .map_err(|source| KafkaIoError::Connect { brokers: brokers.to_string(), source })?;
+        .map_err(|source| KafkaIoError::Connect {
+            brokers: brokers.to_string(),
+            source,
+        })?;
     let missing: Vec<NewTopic> = topics
         .iter()
-        .filter(|t| !md.topics().iter().any(|m| m.name() == **t && !m.partitions().is_empty()))
+        .filter(|t| {
+            !md.topics()
+                .iter()
+                .any(|m| m.name() == **t && !m.partitions().is_empty())
+        })
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(METADATA_TIMEOUT));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(METADATA_TIMEOUT))
+        .request_timeout(Some(METADATA_TIMEOUT));
     let results = admin.create_topics(missing.iter(), &options).await?;
     for r in results {
         match r {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaIoError::Topic { topic, source: KafkaError::AdminOp(code) }),
+            Err((topic, code)) => {
+                return Err(KafkaIoError::Topic {
+                    topic,
+                    source: KafkaError::AdminOp(code),
+                })
+            }
         }
     }
     Ok(())
@@ -282,11 +327,16 @@ pub fn produce_all(
                     rec = back;
                     producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(KafkaIoError::Topic { topic: topic.clone(), source: e }),
+                Err((e, _)) => {
+                    return Err(KafkaIoError::Topic {
+                        topic: topic.clone(),
+                        source: e,
+                    })
+                }
             }
         }
         n += 1;
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             progress(n);
         }
     }

@@ -15,6 +15,9 @@ use base64::Engine as _;
 pub fn payload_text(bytes: &[u8]) -> (String, &'static str) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_string(), "text"),
-        Err(_) => (base64::engine::general_purpose::STANDARD.encode(bytes), "base64"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            "base64",
+        ),
     }
 }

@@ -9,7 +9,9 @@ use serde_json::Value;
 use crate::error::InternalError;
 
 /// The six event types of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum EventType {
     Activity,
     Deal,
@@ -106,21 +108,36 @@ impl Schema {
 
     /// Builds the field rules from a JSON Schema document.
     pub fn from_json(event_type: EventType, doc: &Value) -> Result<Schema, InternalError> {
-        let bad = |what: &str| InternalError::new(format!("schemas/{}.json: {what}", event_type.name()));
+        let bad =
+            |what: &str| InternalError::new(format!("schemas/{}.json: {what}", event_type.name()));
         let required: Vec<&str> = doc["required"]
             .as_array()
             .ok_or_else(|| bad("`required` is not an array"))?
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        let props = doc["properties"].as_object().ok_or_else(|| bad("`properties` is not an object"))?;
+        let props = doc["properties"]
+            .as_object()
+            .ok_or_else(|| bad("`properties` is not an object"))?;
         let mut fields = Vec::with_capacity(props.len());
         for (name, p) in props {
-            let kind = field_kind(p).ok_or_else(|| bad(&format!("field `{name}` has no kind the decoder knows")))?;
-            fields.push(FieldSpec { name: name.clone(), required: required.contains(&name.as_str()), kind });
+            let kind = field_kind(p)
+                .ok_or_else(|| bad(&format!("field `{name}` has no kind the decoder knows")))?;
+            fields.push(FieldSpec {
+                name: name.clone(),
+                required: required.contains(&name.as_str()),
+                kind,
+            });
         }
-        let default_topic = doc["x-topic"].as_str().ok_or_else(|| bad("`x-topic` is missing"))?.to_string();
-        Ok(Schema { event_type, default_topic, fields })
+        let default_topic = doc["x-topic"]
+            .as_str()
+            .ok_or_else(|| bad("`x-topic` is missing"))?
+            .to_string();
+        Ok(Schema {
+            event_type,
+            default_topic,
+            fields,
+        })
     }
 }
 
@@ -137,12 +154,19 @@ fn field_kind(p: &Value) -> Option<FieldKind> {
     match p["format"].as_str() {
         Some("date-time") => return Some(FieldKind::Instant),
         Some("date") => {
-            return Some(FieldKind::Date { not_before: p["x-not-before"].as_str().map(str::to_string) })
+            return Some(FieldKind::Date {
+                not_before: p["x-not-before"].as_str().map(str::to_string),
+            })
         }
         _ => {}
     }
     if let Some(values) = p["enum"].as_array() {
-        return Some(FieldKind::Enum(values.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()));
+        return Some(FieldKind::Enum(
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        ));
     }
     // "type" may be a string or ["string", "null"] for optional fields.
     let ty = match &p["type"] {
@@ -153,8 +177,14 @@ fn field_kind(p: &Value) -> Option<FieldKind> {
     match ty {
         "string" => Some(FieldKind::Text),
         "boolean" => Some(FieldKind::Bool),
-        "integer" => Some(FieldKind::Integer { min: p["minimum"].as_i64(), max: p["maximum"].as_i64() }),
-        "number" => Some(FieldKind::Number { min: p["minimum"].as_f64(), max: p["maximum"].as_f64() }),
+        "integer" => Some(FieldKind::Integer {
+            min: p["minimum"].as_i64(),
+            max: p["maximum"].as_i64(),
+        }),
+        "number" => Some(FieldKind::Number {
+            min: p["minimum"].as_f64(),
+            max: p["maximum"].as_f64(),
+        }),
         _ => None,
     }
 }

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::Calendar;
-use crate::event::{Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
+use crate::event::{
+    Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
+};
 
 /// Activity counters of one rep on one day: the `rep_daily` grain.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,9 +139,21 @@ impl State {
                 let h = (d.stage, d.occurred_at);
                 fold_entity(&mut self.deals, key, d.version, d, h)
             }
-            Event::Quota(q) => fold_entity(&mut self.quotas, (q.rep_id.clone(), q.period_start), q.version, q, ()),
+            Event::Quota(q) => fold_entity(
+                &mut self.quotas,
+                (q.rep_id.clone(), q.period_start),
+                q.version,
+                q,
+                (),
+            ),
             Event::Rep(r) => fold_entity(&mut self.roster, r.rep_id.clone(), r.version, r, ()),
-            Event::FxRate(f) => fold_entity(&mut self.fx, (f.currency.clone(), f.effective_date), f.version, f, ()),
+            Event::FxRate(f) => fold_entity(
+                &mut self.fx,
+                (f.currency.clone(), f.effective_date),
+                f.version,
+                f,
+                (),
+            ),
             Event::Survey(s) => {
                 if self.surveys.contains_key(&s.response_id) {
                     Folded::Duplicate
@@ -160,22 +174,35 @@ impl State {
         let floor = self.as_of.unwrap_or(i64::MIN).saturating_sub(horizon);
         // An id remembered at or after the horizon's floor is a duplicate; older memories no
         // longer count, whether or not they were pruned yet (so pruning never changes results).
-        if self.seen_activities.get(&id).is_some_and(|seen| *seen >= floor) {
+        if self
+            .seen_activities
+            .get(&id)
+            .is_some_and(|seen| *seen >= floor)
+        {
             return Folded::Duplicate;
         }
         self.seen_activities.insert(id, a.occurred_at);
         if let Some(deal) = &a.deal_id {
-            let last = self.deal_last_activity.entry(deal.clone()).or_insert(a.occurred_at);
+            let last = self
+                .deal_last_activity
+                .entry(deal.clone())
+                .or_insert(a.occurred_at);
             *last = (*last).max(a.occurred_at);
         }
         let day = cal.day_of(a.occurred_at);
-        self.daily.entry((a.rep_id.clone(), day)).or_default().add(&a);
+        self.daily
+            .entry((a.rep_id.clone(), day))
+            .or_default()
+            .add(&a);
         Folded::Ok
     }
 
     /// Counts one message outcome for `topic`.
     pub fn count(&mut self, topic: &str, outcome: &str) {
-        *self.quality.entry((topic.to_string(), outcome.to_string())).or_default() += 1;
+        *self
+            .quality
+            .entry((topic.to_string(), outcome.to_string()))
+            .or_default() += 1;
     }
 
     /// Records a refused message in the bounded log (`keep` most recent).
@@ -189,7 +216,12 @@ impl State {
 
     /// Records that `offset` of `topic`/`partition` has been folded.
     pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
-        let next = self.offsets.entry(topic.to_string()).or_default().entry(partition).or_insert(0);
+        let next = self
+            .offsets
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
+            .or_insert(0);
         *next = (*next).max(offset + 1);
     }
 
@@ -206,13 +238,25 @@ impl State {
 
     /// Number of keys held, for logs and metrics.
     pub fn size(&self) -> usize {
-        self.daily.len() + self.deals.len() + self.quotas.len() + self.roster.len() + self.fx.len() + self.surveys.len() + self.seen_activities.len()
+        self.daily.len()
+            + self.deals.len()
+            + self.quotas.len()
+            + self.roster.len()
+            + self.fx.len()
+            + self.surveys.len()
+            + self.seen_activities.len()
     }
 }
 
 /// Folds version `v` of an entity; the first arrival of an (entity, version) wins, the
 /// highest version is the after-image.
-fn fold_entity<K: std::hash::Hash + Eq, T, H>(map: &mut HashMap<K, Versioned<T, H>>, key: K, v: i64, item: T, h: H) -> Folded {
+fn fold_entity<K: std::hash::Hash + Eq, T, H>(
+    map: &mut HashMap<K, Versioned<T, H>>,
+    key: K,
+    v: i64,
+    item: T,
+    h: H,
+) -> Folded {
     use std::collections::hash_map::Entry;
     match map.entry(key) {
         Entry::Occupied(mut o) => {
@@ -228,7 +272,11 @@ fn fold_entity<K: std::hash::Hash + Eq, T, H>(map: &mut HashMap<K, Versioned<T, 
             Folded::Ok
         }
         Entry::Vacant(slot) => {
-            slot.insert(Versioned { latest: item, latest_version: v, history: BTreeMap::from([(v, h)]) });
+            slot.insert(Versioned {
+                latest: item,
+                latest_version: v,
+                history: BTreeMap::from([(v, h)]),
+            });
             Folded::Ok
         }
     }
@@ -262,7 +310,10 @@ mod tests {
         let cal = Calendar::default();
         assert_eq!(s.fold(deal(2, Stage::Proposal, 20), &cal, 0), Folded::Ok);
         assert_eq!(s.fold(deal(1, Stage::Prospecting, 10), &cal, 0), Folded::Ok);
-        assert_eq!(s.fold(deal(2, Stage::Negotiation, 30), &cal, 0), Folded::Duplicate);
+        assert_eq!(
+            s.fold(deal(2, Stage::Negotiation, 30), &cal, 0),
+            Folded::Duplicate
+        );
         let d = &s.deals["d1"];
         assert_eq!(d.latest.stage, Stage::Proposal);
         assert_eq!(d.history.len(), 2);

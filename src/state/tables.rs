@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::error::ArrowError;
 use rust_decimal::Decimal;
@@ -17,7 +17,11 @@ use crate::event::{Day, Micros, Stage};
 use crate::source::decode::RATE_SCALE;
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing.
-pub fn build(state: &State, pipeline: &Pipeline, snapshot_id: u64) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
+pub fn build(
+    state: &State,
+    pipeline: &Pipeline,
+    snapshot_id: u64,
+) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
     Ok(vec![
         ("activity_days", activity_days(state)?),
         ("deals", deals(state)?),
@@ -31,7 +35,13 @@ pub fn build(state: &State, pipeline: &Pipeline, snapshot_id: u64) -> Result<Vec
         ("calendar", calendar(state, pipeline)?),
         ("stages", stages(pipeline)?),
         ("topics", topics(pipeline)?),
-        ("period_types", batch(vec![("period_type", strs(PeriodType::ALL.iter().map(|p| p.as_str())))])?),
+        (
+            "period_types",
+            batch(vec![(
+                "period_type",
+                strs(PeriodType::ALL.iter().map(|p| p.as_str())),
+            )])?,
+        ),
     ])
 }
 
@@ -55,9 +65,16 @@ fn opt_dates(it: impl Iterator<Item = Option<Day>>) -> ArrayRef {
     Arc::new(it.collect::<Date32Array>())
 }
 fn times(it: impl Iterator<Item = Option<Micros>>) -> ArrayRef {
-    Arc::new(it.collect::<TimestampMicrosecondArray>().with_timezone("UTC"))
+    Arc::new(
+        it.collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
 }
-fn decimals(it: impl Iterator<Item = Decimal>, precision: u8, scale: u32) -> Result<ArrayRef, ArrowError> {
+fn decimals(
+    it: impl Iterator<Item = Decimal>,
+    precision: u8,
+    scale: u32,
+) -> Result<ArrayRef, ArrowError> {
     let arr = it
         .map(|mut d| {
             d.rescale(scale);
@@ -105,23 +122,74 @@ fn deals(s: &State) -> Result<RecordBatch, ArrowError> {
             at
         })
         .collect();
-    let reached: Vec<Option<i64>> = rows.iter().map(|d| d.history.values().filter_map(|(st, _)| st.funnel_rank()).max()).collect();
+    let reached: Vec<Option<i64>> = rows
+        .iter()
+        .map(|d| {
+            d.history
+                .values()
+                .filter_map(|(st, _)| st.funnel_rank())
+                .max()
+        })
+        .collect();
     batch(vec![
-        ("deal_id", strs(rows.iter().map(|d| d.latest.deal_id.as_str()))),
-        ("rep_id", strs(rows.iter().map(|d| d.latest.rep_id.as_str()))),
-        ("account_id", opt_strs(rows.iter().map(|d| d.latest.account_id.as_deref()))),
+        (
+            "deal_id",
+            strs(rows.iter().map(|d| d.latest.deal_id.as_str())),
+        ),
+        (
+            "rep_id",
+            strs(rows.iter().map(|d| d.latest.rep_id.as_str())),
+        ),
+        (
+            "account_id",
+            opt_strs(rows.iter().map(|d| d.latest.account_id.as_deref())),
+        ),
         ("stage", strs(rows.iter().map(|d| d.latest.stage.as_str()))),
-        ("amount", decimals(rows.iter().map(|d| d.latest.amount), 18, 2)?),
-        ("currency", strs(rows.iter().map(|d| d.latest.currency.as_str()))),
-        ("close_date", dates(rows.iter().map(|d| d.latest.close_date))),
-        ("forecast_category", opt_strs(rows.iter().map(|d| d.latest.forecast_category.as_deref()))),
-        ("probability", Arc::new(rows.iter().map(|d| d.latest.probability).collect::<Float64Array>())),
-        ("created_at", times(rows.iter().map(|d| Some(d.latest.created_at)))),
+        (
+            "amount",
+            decimals(rows.iter().map(|d| d.latest.amount), 18, 2)?,
+        ),
+        (
+            "currency",
+            strs(rows.iter().map(|d| d.latest.currency.as_str())),
+        ),
+        (
+            "close_date",
+            dates(rows.iter().map(|d| d.latest.close_date)),
+        ),
+        (
+            "forecast_category",
+            opt_strs(rows.iter().map(|d| d.latest.forecast_category.as_deref())),
+        ),
+        (
+            "probability",
+            Arc::new(
+                rows.iter()
+                    .map(|d| d.latest.probability)
+                    .collect::<Float64Array>(),
+            ),
+        ),
+        (
+            "created_at",
+            times(rows.iter().map(|d| Some(d.latest.created_at))),
+        ),
         ("version", i64s(rows.iter().map(|d| d.latest_version))),
-        ("updated_at", times(rows.iter().map(|d| Some(d.latest.occurred_at)))),
+        (
+            "updated_at",
+            times(rows.iter().map(|d| Some(d.latest.occurred_at))),
+        ),
         ("stage_entered_at", times(entered.into_iter().map(Some))),
-        ("last_activity_at", times(rows.iter().map(|d| s.deal_last_activity.get(&d.latest.deal_id).copied()))),
-        ("reached_rank", Arc::new(reached.into_iter().collect::<Int64Array>())),
+        (
+            "last_activity_at",
+            times(
+                rows.iter()
+                    .map(|d| s.deal_last_activity.get(&d.latest.deal_id).copied()),
+            ),
+        ),
+        (
+            "reached_rank",
+            Arc::new(reached.into_iter().collect::<Int64Array>()),
+        ),
     ])
 }
 
@@ -134,7 +202,10 @@ fn quotas(s: &State) -> Result<RecordBatch, ArrowError> {
         ("amount", decimals(rows.iter().map(|q| q.amount), 18, 2)?),
         ("currency", strs(rows.iter().map(|q| q.currency.as_str()))),
         ("version", i64s(rows.iter().map(|q| q.version))),
-        ("occurred_at", times(rows.iter().map(|q| Some(q.occurred_at)))),
+        (
+            "occurred_at",
+            times(rows.iter().map(|q| Some(q.occurred_at))),
+        ),
     ])
 }
 
@@ -143,14 +214,27 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("rep_id", strs(rows.iter().map(|r| r.rep_id.as_str()))),
         ("version", i64s(rows.iter().map(|r| r.version))),
-        ("occurred_at", times(rows.iter().map(|r| Some(r.occurred_at)))),
+        (
+            "occurred_at",
+            times(rows.iter().map(|r| Some(r.occurred_at))),
+        ),
         ("name", strs(rows.iter().map(|r| r.name.as_str()))),
         ("team_id", strs(rows.iter().map(|r| r.team_id.as_str()))),
         ("region", strs(rows.iter().map(|r| r.region.as_str()))),
-        ("manager_id", opt_strs(rows.iter().map(|r| r.manager_id.as_deref()))),
+        (
+            "manager_id",
+            opt_strs(rows.iter().map(|r| r.manager_id.as_deref())),
+        ),
         ("role", opt_strs(rows.iter().map(|r| r.role.as_deref()))),
         ("hired_on", opt_dates(rows.iter().map(|r| r.hired_on))),
-        ("active", Arc::new(rows.iter().map(|r| Some(r.active)).collect::<BooleanArray>())),
+        (
+            "active",
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(r.active))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
     ])
 }
 
@@ -158,22 +242,40 @@ fn fx_rates(s: &State) -> Result<RecordBatch, ArrowError> {
     let rows: Vec<_> = s.fx.values().map(|v| &v.latest).collect();
     batch(vec![
         ("currency", strs(rows.iter().map(|f| f.currency.as_str()))),
-        ("effective_date", dates(rows.iter().map(|f| f.effective_date))),
-        ("rate_to_corporate", decimals(rows.iter().map(|f| f.rate_to_corporate), 28, RATE_SCALE)?),
+        (
+            "effective_date",
+            dates(rows.iter().map(|f| f.effective_date)),
+        ),
+        (
+            "rate_to_corporate",
+            decimals(rows.iter().map(|f| f.rate_to_corporate), 28, RATE_SCALE)?,
+        ),
         ("version", i64s(rows.iter().map(|f| f.version))),
-        ("occurred_at", times(rows.iter().map(|f| Some(f.occurred_at)))),
+        (
+            "occurred_at",
+            times(rows.iter().map(|f| Some(f.occurred_at))),
+        ),
     ])
 }
 
 fn surveys(s: &State) -> Result<RecordBatch, ArrowError> {
     let rows: Vec<_> = s.surveys.values().collect();
     batch(vec![
-        ("response_id", strs(rows.iter().map(|r| r.response_id.as_str()))),
-        ("occurred_at", times(rows.iter().map(|r| Some(r.occurred_at)))),
+        (
+            "response_id",
+            strs(rows.iter().map(|r| r.response_id.as_str())),
+        ),
+        (
+            "occurred_at",
+            times(rows.iter().map(|r| Some(r.occurred_at))),
+        ),
         ("rep_id", strs(rows.iter().map(|r| r.rep_id.as_str()))),
         ("survey", strs(rows.iter().map(|r| r.survey.as_str()))),
         ("score", i64s(rows.iter().map(|r| r.score))),
-        ("comment", opt_strs(rows.iter().map(|r| r.comment.as_deref()))),
+        (
+            "comment",
+            opt_strs(rows.iter().map(|r| r.comment.as_deref())),
+        ),
     ])
 }
 
@@ -186,13 +288,34 @@ fn quality_counts(s: &State) -> Result<RecordBatch, ArrowError> {
 }
 
 fn dead_letter_log(s: &State) -> Result<RecordBatch, ArrowError> {
-    let payloads: Vec<(String, &str)> = s.dead_letters.iter().map(|d| crate::source::payload_text(&d.payload)).collect();
+    let payloads: Vec<(String, &str)> = s
+        .dead_letters
+        .iter()
+        .map(|d| crate::source::payload_text(&d.payload))
+        .collect();
     batch(vec![
-        ("topic", strs(s.dead_letters.iter().map(|d| d.topic.as_str()))),
-        ("partition", Arc::new(s.dead_letters.iter().map(|d| d.partition).collect::<Int32Array>())),
+        (
+            "topic",
+            strs(s.dead_letters.iter().map(|d| d.topic.as_str())),
+        ),
+        (
+            "partition",
+            Arc::new(
+                s.dead_letters
+                    .iter()
+                    .map(|d| d.partition)
+                    .collect::<Int32Array>(),
+            ),
+        ),
         ("offset", i64s(s.dead_letters.iter().map(|d| d.offset))),
-        ("reason", strs(s.dead_letters.iter().map(|d| d.reason.as_str()))),
-        ("detail", strs(s.dead_letters.iter().map(|d| d.detail.as_str()))),
+        (
+            "reason",
+            strs(s.dead_letters.iter().map(|d| d.reason.as_str())),
+        ),
+        (
+            "detail",
+            strs(s.dead_letters.iter().map(|d| d.detail.as_str())),
+        ),
         ("payload", strs(payloads.iter().map(|(p, _)| p.as_str()))),
         ("payload_encoding", strs(payloads.iter().map(|(_, e)| *e))),
     ])
@@ -202,7 +325,10 @@ fn clock(s: &State, p: &Pipeline, snapshot_id: u64) -> Result<RecordBatch, Arrow
     batch(vec![
         ("snapshot_id", i64s(std::iter::once(snapshot_id as i64))),
         ("as_of", times(std::iter::once(s.as_of))),
-        ("as_of_date", opt_dates(std::iter::once(s.as_of.map(|t| p.calendar.day_of(t))))),
+        (
+            "as_of_date",
+            opt_dates(std::iter::once(s.as_of.map(|t| p.calendar.day_of(t)))),
+        ),
     ])
 }
 
@@ -215,8 +341,16 @@ fn calendar(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
         .daily
         .keys()
         .map(|(_, d)| *d)
-        .chain(s.quotas.values().flat_map(|q| [q.latest.period_start, q.latest.period_end]))
-        .chain(s.deals.values().flat_map(|d| [d.latest.close_date, cal.day_of(d.latest.created_at)]))
+        .chain(
+            s.quotas
+                .values()
+                .flat_map(|q| [q.latest.period_start, q.latest.period_end]),
+        )
+        .chain(
+            s.deals
+                .values()
+                .flat_map(|d| [d.latest.close_date, cal.day_of(d.latest.created_at)]),
+        )
         .chain(as_of_date);
     let (lo, hi) = days.fold((Day::MAX, Day::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
     let mut rows: Vec<(PeriodType, Day, Day)> = Vec::new();
@@ -231,26 +365,79 @@ fn calendar(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
         }
     }
     let period_days = |(_, s, e): &(PeriodType, Day, Day)| i64::from(e - s + 1);
-    let elapsed = |r: &(PeriodType, Day, Day)| as_of_date.map(|a| i64::from(a - r.1 + 1).clamp(0, period_days(r)));
+    let elapsed = |r: &(PeriodType, Day, Day)| {
+        as_of_date.map(|a| i64::from(a - r.1 + 1).clamp(0, period_days(r)))
+    };
     batch(vec![
         ("period_type", strs(rows.iter().map(|r| r.0.as_str()))),
         ("period_start", dates(rows.iter().map(|r| r.1))),
         ("period_end", dates(rows.iter().map(|r| r.2))),
         ("period_days", i64s(rows.iter().map(period_days))),
-        ("is_current", Arc::new(rows.iter().map(|r| as_of_date.map(|a| r.1 <= a && a <= r.2)).collect::<BooleanArray>())),
-        ("elapsed_days", Arc::new(rows.iter().map(elapsed).collect::<Int64Array>())),
-        ("remaining_days", Arc::new(rows.iter().map(|r| elapsed(r).map(|e| period_days(r) - e)).collect::<Int64Array>())),
-        ("time_elapsed", Arc::new(rows.iter().map(|r| elapsed(r).map(|e| e as f64 / period_days(r) as f64)).collect::<Float64Array>())),
+        (
+            "is_current",
+            Arc::new(
+                rows.iter()
+                    .map(|r| as_of_date.map(|a| r.1 <= a && a <= r.2))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
+        (
+            "elapsed_days",
+            Arc::new(rows.iter().map(elapsed).collect::<Int64Array>()),
+        ),
+        (
+            "remaining_days",
+            Arc::new(
+                rows.iter()
+                    .map(|r| elapsed(r).map(|e| period_days(r) - e))
+                    .collect::<Int64Array>(),
+            ),
+        ),
+        (
+            "time_elapsed",
+            Arc::new(
+                rows.iter()
+                    .map(|r| elapsed(r).map(|e| e as f64 / period_days(r) as f64))
+                    .collect::<Float64Array>(),
+            ),
+        ),
     ])
 }
 
 fn stages(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("stage", strs(p.stages.iter().map(|s| s.stage.as_str()))),
-        ("funnel_rank", Arc::new(p.stages.iter().map(|s| s.stage.funnel_rank()).collect::<Int64Array>())),
-        ("probability", Arc::new(p.stages.iter().map(|s| Some(s.probability)).collect::<Float64Array>())),
-        ("forecast_category", strs(p.stages.iter().map(|s| s.forecast_category.as_str()))),
-        ("is_closed", Arc::new(p.stages.iter().map(|s| Some(matches!(s.stage, Stage::ClosedWon | Stage::ClosedLost))).collect::<BooleanArray>())),
+        (
+            "funnel_rank",
+            Arc::new(
+                p.stages
+                    .iter()
+                    .map(|s| s.stage.funnel_rank())
+                    .collect::<Int64Array>(),
+            ),
+        ),
+        (
+            "probability",
+            Arc::new(
+                p.stages
+                    .iter()
+                    .map(|s| Some(s.probability))
+                    .collect::<Float64Array>(),
+            ),
+        ),
+        (
+            "forecast_category",
+            strs(p.stages.iter().map(|s| s.forecast_category.as_str())),
+        ),
+        (
+            "is_closed",
+            Arc::new(
+                p.stages
+                    .iter()
+                    .map(|s| Some(matches!(s.stage, Stage::ClosedWon | Stage::ClosedLost)))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
     ])
 }
 

@@ -1,0 +1,221 @@
+//! The command line as a user meets it: help, validation errors, generate to files, read-only sql.
+
+use std::process::{Command, Output};
+
+fn quotaflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quotaflow"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["run", "generate", "sql", "validate", "demo"] {
+        let o = quotaflow(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+        assert!(text(&o).contains("Usage: quotaflow"), "{cmd}");
+    }
+    assert!(text(&quotaflow(&["run", "--help"])).contains("QUOTAFLOW_BROKERS"));
+}
+
+#[test]
+fn validate_accepts_the_default_and_names_file_key_and_problem() {
+    let o = quotaflow(&["validate", "--pipeline", "pipelines/default.toml"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("attainment"), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let default = std::fs::read_to_string("pipelines/default.toml")
+        .unwrap()
+        .replace(
+            "../sql/",
+            &format!("{}/sql/", std::env::current_dir().unwrap().display()),
+        );
+    std::fs::write(
+        &bad,
+        default.replace("timezone = \"UTC\"", "timezone = \"Mars/Olympus\""),
+    )
+    .unwrap();
+    let o = quotaflow(&["validate", "--pipeline", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("bad.toml") && t.contains("calendar.timezone") && t.contains("Mars/Olympus"),
+        "{t}"
+    );
+
+    std::fs::write(
+        &bad,
+        default.replace("[snapshot]", "[snapshot]\nretain = 3"),
+    )
+    .unwrap();
+    let t = text(&quotaflow(&[
+        "validate",
+        "--pipeline",
+        bad.to_str().unwrap(),
+    ]));
+    assert!(
+        t.contains("bad.toml") && t.contains("unknown field `retain`"),
+        "{t}"
+    );
+
+    // A typo in a SQL file is caught by planning over empty state, naming table and file.
+    let sql = dir.path().join("typo.sql");
+    std::fs::write(&sql, "SELECT rep_id, no_such_column FROM activity_days").unwrap();
+    std::fs::write(
+        &bad,
+        format!(
+            "{default}\n[[tables]]\nname = \"typo\"\nsql = \"{}\"\n",
+            sql.display()
+        ),
+    )
+    .unwrap();
+    let o = quotaflow(&["validate", "--pipeline", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("table `typo`") && t.contains("typo.sql") && t.contains("no_such_column"),
+        "{t}"
+    );
+}
+
+#[test]
+fn run_without_brokers_says_how_to_give_them() {
+    let o = Command::new(env!("CARGO_BIN_EXE_quotaflow"))
+        .args(["run", "--once", "--output", "memory://x"])
+        .env_remove("QUOTAFLOW_BROKERS")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--brokers"), "{}", text(&o));
+}
+
+#[test]
+fn generate_writes_one_jsonl_per_topic_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |d: &str| {
+        vec![
+            "generate",
+            "--reps",
+            "6",
+            "--days",
+            "10",
+            "--seed",
+            "5",
+            "--start",
+            "2026-03-02",
+            "--out-dir",
+            d,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    for d in [&a, &b] {
+        let args = args(d.to_str().unwrap());
+        let o = quotaflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let mut total = 0;
+    for topic in [
+        "spm.activities",
+        "spm.deals",
+        "spm.quotas",
+        "spm.roster",
+        "spm.surveys",
+        "spm.fx_rates",
+    ] {
+        let fa = std::fs::read_to_string(a.join(format!("{topic}.jsonl"))).unwrap();
+        assert_eq!(
+            fa,
+            std::fs::read_to_string(b.join(format!("{topic}.jsonl"))).unwrap(),
+            "{topic}"
+        );
+        assert!(fa
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+        total += fa.lines().count();
+    }
+    let mut expected = 0;
+    let spec = quotaflow::generate::GenSpec {
+        reps: 6,
+        days: 10,
+        seed: 5,
+        start: chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+    };
+    quotaflow::generate::generate(&spec, |_| expected += 1);
+    assert_eq!(total, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_a_snapshot_and_refuses_writes() {
+    let p = crate::common::pipeline();
+    let c = crate::pipeline_mock::cluster(&p);
+    let msgs = crate::pipeline_mock::messages(&p, 4);
+    quotaflow::source::kafka::produce_all(&c.bootstrap_servers(), 10_000, msgs, |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let opts = quotaflow::pipeline::RunOptions {
+        brokers: c.bootstrap_servers(),
+        output: out.into(),
+        once: true,
+        max_events: None,
+    };
+    quotaflow::pipeline::run(p, opts, std::future::pending())
+        .await
+        .unwrap();
+
+    let o = quotaflow(&[
+        "sql",
+        "--output",
+        out,
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n FROM attainment WHERE level = 'company'",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let n: usize = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 0);
+    let o = quotaflow(&[
+        "sql",
+        "--output",
+        out,
+        "--format",
+        "json",
+        "SELECT snapshot_id FROM data_quality LIMIT 1",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        r#"[{"snapshot_id":1}]"#
+    );
+    for stmt in [
+        "DROP TABLE attainment",
+        "INSERT INTO rep_daily SELECT * FROM rep_daily",
+        "COPY attainment TO '/tmp/x.csv'",
+        "CREATE TABLE t AS SELECT 1",
+    ] {
+        let o = quotaflow(&["sql", "--output", out, stmt]);
+        assert!(!o.status.success(), "{stmt} was accepted");
+        assert!(text(&o).contains("read-only"), "{stmt}: {}", text(&o));
+    }
+    let o = quotaflow(&["sql", "--output", out, "--snapshot", "99", "SELECT 1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no such snapshot"), "{}", text(&o));
+}
