@@ -1,10 +1,7 @@
 -- attainment — grain (level, entity_id, period_type, period_start).
 -- Rows: every period with a quota record or a closed-won deal, period_start <= as_of_date.
 WITH quota AS (
-    SELECT l.level, l.entity_id, p.period_type, p.period_start, money(SUM(p.quota_part)) AS quota
-    FROM quota_parts p
-    JOIN rep_levels l ON l.rep_id = p.rep_id
-    GROUP BY l.level, l.entity_id, p.period_type, p.period_start
+    SELECT * FROM quota_totals
 ),
 won AS (
     SELECT l.level, l.entity_id, t.period_type,

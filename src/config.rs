@@ -25,7 +25,19 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
         include_str!("../sql/deals_current.sql"),
     ),
     ("quota_parts.sql", include_str!("../sql/quota_parts.sql")),
+    ("quota_totals.sql", include_str!("../sql/quota_totals.sql")),
     ("attainment.sql", include_str!("../sql/attainment.sql")),
+    ("forecast.sql", include_str!("../sql/forecast.sql")),
+    ("win_rates.sql", include_str!("../sql/win_rates.sql")),
+    (
+        "activity_kpis.sql",
+        include_str!("../sql/activity_kpis.sql"),
+    ),
+    (
+        "survey_responses.sql",
+        include_str!("../sql/survey_responses.sql"),
+    ),
+    ("survey_nps.sql", include_str!("../sql/survey_nps.sql")),
     ("data_quality.sql", include_str!("../sql/data_quality.sql")),
     ("dead_letters.sql", include_str!("../sql/dead_letters.sql")),
 ];

@@ -57,6 +57,14 @@ fn events() -> Vec<quotaflow::event::Event> {
             ),
         )
     };
+    let survey = |id: &str, rep: &str, score: i64| {
+        ev(
+            Survey,
+            &format!(
+                r#"{{"response_id":"{id}","occurred_at":"2026-03-15T10:00:00Z","rep_id":"{rep}","survey":"pulse-q1","score":{score}}}"#
+            ),
+        )
+    };
     vec![
         fx("EUR", "2026-01-01", "1.10"),
         fx("EUR", "2026-02-15", "1.20"),
@@ -170,6 +178,18 @@ fn events() -> Vec<quotaflow::event::Event> {
             "2026-03-10T00:00:00Z",
             "2026-02-15T00:00:00Z",
         ),
+        // A lost deal of rep-a, created 2026-02-20, closed 2026-03-20.
+        deal(
+            "deal-7",
+            1,
+            "rep-a",
+            "closed_lost",
+            "2000.00",
+            "EUR",
+            "2026-03-20",
+            "2026-03-20T10:00:00Z",
+            "2026-02-20T10:00:00Z",
+        ),
         // GBP has no rate: unconverted.
         deal(
             "deal-6",
@@ -198,6 +218,11 @@ fn events() -> Vec<quotaflow::event::Event> {
         ),
         act("act-2", "email", "replied", "2026-03-31T08:00:00Z", ""),
         act("act-3", "demo", "held", "2026-03-30T09:00:00Z", ""),
+        survey("s1", "rep-a", 10),
+        survey("s2", "rep-a", 8),
+        survey("s3", "rep-a", 3),
+        survey("s4", "rep-b", 9),
+        survey("s4", "rep-b", 0), // a repeated response_id is a duplicate
     ]
 }
 
@@ -406,7 +431,9 @@ async fn rep_daily_and_data_quality_by_hand() {
     };
     assert_eq!(count("spm.activities", "ok"), 3);
     assert_eq!(count("spm.activities", "duplicate"), 1);
-    assert_eq!(count("spm.deals", "ok"), 10);
+    assert_eq!(count("spm.deals", "ok"), 11);
+    assert_eq!(count("spm.surveys", "ok"), 4);
+    assert_eq!(count("spm.surveys", "duplicate"), 1);
     assert_eq!(count("spm.deals", "unconverted"), 1);
     assert_eq!(count("spm.quotas", "ok"), 3);
     assert_eq!(count("spm.roster", "ok"), 4);
@@ -470,4 +497,141 @@ async fn fiscal_year_and_time_zone_move_periods_and_days() {
     );
     assert_eq!(s(&fy26["quota"]), "65555.56");
     assert_eq!(fy26["elapsed_days"], 59);
+}
+
+#[tokio::test]
+async fn forecast_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, events())).await;
+    let fc = rows(&tables, "forecast");
+    let row = |level: &str, id: &str, start: &str| {
+        find(
+            &fc,
+            &[
+                ("level", level),
+                ("entity_id", id),
+                ("period_type", "quarter"),
+                ("period_start", start),
+            ],
+        )
+    };
+    // Q2 lies after as_of but deals close in it: deal-5 (proposal → best_case, 7,000 at 0.5) and
+    // deal-6 (qualification → pipeline, GBP without a rate: left out of the sums).
+    let q2 = row("company", "all", "2026-04-01");
+    assert_eq!(s(&q2["closed_won"]), "0.00");
+    assert_eq!(s(&q2["commit"]), "0.00");
+    assert_eq!(s(&q2["best_case"]), "7000.00");
+    assert_eq!(s(&q2["pipeline"]), "0.00");
+    assert_eq!(s(&q2["best_case_forecast"]), "7000.00");
+    assert_eq!(s(&q2["open_pipeline"]), "7000.00");
+    assert_eq!(s(&q2["weighted_pipeline"]), "3500.00");
+    assert_eq!(s(&q2["weighted_forecast"]), "3500.00");
+    assert_eq!(s(&q2["quota"]), "null");
+    assert_eq!(s(&q2["coverage"]), "null");
+    // Q1: everything closed; coverage 0 over the 86,900 still to go.
+    let a = row("rep", "rep-a", "2026-01-01");
+    assert_eq!(s(&a["closed_won"]), "13100.00");
+    assert_eq!(s(&a["commit_forecast"]), "13100.00");
+    assert_eq!(f(&a["coverage"]), Some(0.0));
+    assert_eq!(f(&a["commit_vs_quota"]), Some(0.131));
+    assert_eq!(s(&a["run_rate_forecast"]), "13100.00");
+    // rep-d is over quota: no remainder, coverage NULL.
+    assert_eq!(s(&row("rep", "rep-d", "2026-01-01")["coverage"]), "null");
+}
+
+#[tokio::test]
+async fn win_rates_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, events())).await;
+    let wr = rows(&tables, "win_rates");
+    let q1 = |level: &str, id: &str| {
+        find(
+            &wr,
+            &[
+                ("level", level),
+                ("entity_id", id),
+                ("period_type", "quarter"),
+                ("period_start", "2026-01-01"),
+            ],
+        )
+    };
+    // rep-a: won deal-1 (46 days) and deal-3 (8 days), lost deal-7; no open deals.
+    let a = q1("rep", "rep-a");
+    assert_eq!(
+        (a["won_count"].as_i64(), a["lost_count"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(f(&a["win_rate"]), Some(2.0 / 3.0));
+    assert_eq!(s(&a["won_amount"]), "13100.00");
+    assert_eq!(s(&a["avg_deal_size"]), "6550.00");
+    assert_eq!(f(&a["avg_cycle_days"]), Some(27.0));
+    assert_eq!(a["open_deals"], 0);
+    assert_eq!(s(&a["pipeline_velocity"]), "0.00");
+    // Company: 4 won (30,100.00; cycles 46 + 8 + 37 + 28 = 119), 1 lost, 2 open (deal-5, deal-6):
+    // 2 × 7,525.00 × 0.8 / 29.75 = 404.705… → 404.71.
+    let c = q1("company", "all");
+    assert_eq!(f(&c["win_rate"]), Some(0.8));
+    assert_eq!(s(&c["avg_deal_size"]), "7525.00");
+    assert_eq!(f(&c["avg_cycle_days"]), Some(29.75));
+    assert_eq!(c["open_deals"], 2);
+    assert_eq!(s(&c["pipeline_velocity"]), "404.71");
+    // Only periods with a closed deal: rep-b closed nothing.
+    assert!(wr.iter().all(|r| r["entity_id"] != "rep-b"));
+}
+
+#[tokio::test]
+async fn activity_kpis_and_surveys_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, events())).await;
+    let kpi = rows(&tables, "activity_kpis");
+    let march = find(
+        &kpi,
+        &[
+            ("level", "rep"),
+            ("entity_id", "rep-a"),
+            ("period_type", "month"),
+            ("period_start", "2026-03-01"),
+        ],
+    );
+    assert_eq!(march["activities"], 3);
+    assert_eq!(f(&march["connect_rate"]), Some(1.0));
+    assert_eq!(f(&march["reply_rate"]), Some(1.0));
+    assert_eq!(f(&march["activities_per_day"]), Some(3.0 / 31.0));
+    assert_eq!(march["won_count"], 0);
+    assert_eq!(s(&march["activities_per_win"]), "null");
+    let q1 = find(
+        &kpi,
+        &[
+            ("level", "team"),
+            ("entity_id", "t2"),
+            ("period_type", "quarter"),
+            ("period_start", "2026-01-01"),
+        ],
+    );
+    assert_eq!(q1["won_count"], 2);
+    assert_eq!(f(&q1["activities_per_win"]), Some(1.5));
+    assert_eq!(f(&q1["activities_per_day"]), Some(3.0 / 90.0));
+
+    let resp = rows(&tables, "survey_responses");
+    assert_eq!(resp.len(), 4);
+    assert_eq!(find(&resp, &[("response_id", "s2")])["category"], "passive");
+    assert_eq!(
+        find(&resp, &[("response_id", "s4")])["score"],
+        9,
+        "the first arrival of s4 is kept"
+    );
+    let nps = rows(&tables, "survey_nps");
+    let n = |level: &str, id: &str| {
+        find(
+            &nps,
+            &[("survey", "pulse-q1"), ("level", level), ("entity_id", id)],
+        )
+    };
+    // rep-a: 10, 8, 3 → one promoter, one passive, one detractor: NPS 0.
+    assert_eq!(f(&n("rep", "rep-a")["nps"]), Some(0.0));
+    assert_eq!(n("rep", "rep-a")["passives"], 1);
+    assert_eq!(f(&n("team", "t1")["nps"]), Some(100.0));
+    // Company: 4 responses, 2 promoters, 1 detractor → 25.
+    assert_eq!(f(&n("company", "all")["nps"]), Some(25.0));
+    assert_eq!(n("company", "all")["responses"], 4);
 }

@@ -1,0 +1,38 @@
+-- activity_kpis — grain (level, entity_id, period_type, period_start).
+-- Rows: every period with at least one activity. Sums of rep_daily over the period.
+WITH act AS (
+    SELECT l.level, l.entity_id, t.period_type,
+           fiscal_period_start(t.period_type, r.day) AS period_start,
+           SUM(r.calls) AS calls, SUM(r.emails) AS emails, SUM(r.meetings) AS meetings,
+           SUM(r.webinars) AS webinars, SUM(r.demos) AS demos, SUM(r.tasks) AS tasks,
+           SUM(r.activities) AS activities, SUM(r.call_seconds) AS call_seconds,
+           SUM(r.connected_calls) AS connected_calls, SUM(r.replied_emails) AS replied_emails,
+           SUM(r.meetings_held) AS meetings_held
+    FROM rep_daily r
+    CROSS JOIN period_types t
+    JOIN rep_levels l ON l.rep_id = r.rep_id
+    GROUP BY l.level, l.entity_id, t.period_type, fiscal_period_start(t.period_type, r.day)
+),
+won AS (
+    SELECT l.level, l.entity_id, t.period_type,
+           fiscal_period_start(t.period_type, d.close_date) AS period_start,
+           COUNT(*) AS won_count
+    FROM deals_current d
+    CROSS JOIN period_types t
+    JOIN rep_levels l ON l.rep_id = d.rep_id
+    WHERE d.is_won
+    GROUP BY l.level, l.entity_id, t.period_type, fiscal_period_start(t.period_type, d.close_date)
+)
+SELECT a.level, a.entity_id, a.period_type, a.period_start,
+       a.calls, a.emails, a.meetings, a.webinars, a.demos, a.tasks, a.activities,
+       a.call_seconds, a.connected_calls, a.replied_emails, a.meetings_held,
+       CAST(a.connected_calls AS DOUBLE) / CAST(NULLIF(a.calls, 0) AS DOUBLE) AS connect_rate,
+       CAST(a.replied_emails AS DOUBLE) / CAST(NULLIF(a.emails, 0) AS DOUBLE) AS reply_rate,
+       CAST(a.activities AS DOUBLE) / CAST(NULLIF(c.elapsed_days, 0) AS DOUBLE) AS activities_per_day,
+       COALESCE(w.won_count, 0) AS won_count,
+       CAST(a.activities AS DOUBLE) / CAST(NULLIF(w.won_count, 0) AS DOUBLE) AS activities_per_win
+FROM act a
+JOIN calendar c ON c.period_type = a.period_type AND c.period_start = a.period_start
+LEFT JOIN won w ON w.level = a.level AND w.entity_id = a.entity_id
+               AND w.period_type = a.period_type AND w.period_start = a.period_start
+ORDER BY a.level, a.entity_id, a.period_type, a.period_start

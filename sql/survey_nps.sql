@@ -1,0 +1,17 @@
+-- survey_nps — grain (survey, level, entity_id): all responses of a survey ever received,
+-- attributed to the rep they are about and rolled up by the latest roster.
+-- nps = 100 × (promoters − detractors) / responses; passives count in the denominator.
+WITH counted AS (
+    SELECT r.survey, l.level, l.entity_id,
+           COUNT(*) AS responses,
+           SUM(CASE WHEN r.category = 'promoter' THEN 1 ELSE 0 END) AS promoters,
+           SUM(CASE WHEN r.category = 'passive' THEN 1 ELSE 0 END) AS passives,
+           SUM(CASE WHEN r.category = 'detractor' THEN 1 ELSE 0 END) AS detractors
+    FROM survey_responses r
+    JOIN rep_levels l ON l.rep_id = r.rep_id
+    GROUP BY r.survey, l.level, l.entity_id
+)
+SELECT survey, level, entity_id, responses, promoters, passives, detractors,
+       100.0 * CAST(promoters - detractors AS DOUBLE) / CAST(responses AS DOUBLE) AS nps
+FROM counted
+ORDER BY survey, level, entity_id
