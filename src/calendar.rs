@@ -53,6 +53,11 @@ pub fn date_of(day: Day) -> NaiveDate {
     EPOCH + chrono::Duration::days(i64::from(day))
 }
 
+/// The Monday of the ISO week containing `day`.
+pub fn week_start(day: Day) -> Day {
+    day - date_of(day).weekday().num_days_from_monday() as Day
+}
+
 /// Fiscal calendar plus time zone, from the pipeline file.
 #[derive(Debug, Clone, Copy)]
 pub struct Calendar {

@@ -38,6 +38,14 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
         include_str!("../sql/survey_responses.sql"),
     ),
     ("survey_nps.sql", include_str!("../sql/survey_nps.sql")),
+    ("performance.sql", include_str!("../sql/performance.sql")),
+    ("leaderboard.sql", include_str!("../sql/leaderboard.sql")),
+    (
+        "stage_conversion.sql",
+        include_str!("../sql/stage_conversion.sql"),
+    ),
+    ("commissions.sql", include_str!("../sql/commissions.sql")),
+    ("trends.sql", include_str!("../sql/trends.sql")),
     ("data_quality.sql", include_str!("../sql/data_quality.sql")),
     ("dead_letters.sql", include_str!("../sql/dead_letters.sql")),
 ];
@@ -74,7 +82,86 @@ struct RawPipeline {
     #[serde(default)]
     stages: BTreeMap<String, RawStage>,
     #[serde(default)]
+    leaderboard: LeaderboardWeights,
+    #[serde(default)]
+    commissions: RawCommissions,
+    #[serde(default)]
     tables: Vec<RawTable>,
+}
+
+/// Gamification points per counted thing (METRICS.md `leaderboard`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderboardWeights {
+    pub calls: f64,
+    pub emails: f64,
+    pub meetings_held: f64,
+    /// On top of the `meetings_held` points a held demo already earns.
+    pub demos_held: f64,
+    pub webinars: f64,
+    pub tasks: f64,
+    pub won_deals: f64,
+    /// Points per 1,000 of won amount (corporate currency).
+    pub per_1000_won: f64,
+}
+
+impl Default for LeaderboardWeights {
+    fn default() -> Self {
+        LeaderboardWeights {
+            calls: 1.0,
+            emails: 0.5,
+            meetings_held: 5.0,
+            demos_held: 8.0,
+            webinars: 3.0,
+            tasks: 0.0,
+            won_deals: 50.0,
+            per_1000_won: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCommissions {
+    plan: String,
+    cap: Option<String>,
+    tiers: Vec<RawTier>,
+}
+
+impl Default for RawCommissions {
+    fn default() -> Self {
+        let tier = |from: &str, rate: &str| RawTier {
+            from: from.into(),
+            rate: rate.into(),
+        };
+        RawCommissions {
+            plan: "default".into(),
+            cap: None,
+            tiers: vec![
+                tier("0", "0"),
+                tier("0.50", "0.08"),
+                tier("1.00", "0.12"),
+                tier("1.25", "0.15"),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    from: String,
+    rate: String,
+}
+
+/// A commission plan: marginal tiers on attainment, each slice of closed-won paying its rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommissionPlan {
+    pub name: String,
+    /// (attainment fraction where the tier starts, rate), ascending, the first from 0.
+    pub tiers: Vec<(rust_decimal::Decimal, rust_decimal::Decimal)>,
+    /// Highest payout per rep and quarter, if any.
+    pub cap: Option<rust_decimal::Decimal>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +290,8 @@ pub struct Pipeline {
     pub trigger_events: u64,
     pub retention: usize,
     pub stages: Vec<StageRule>,
+    pub leaderboard: LeaderboardWeights,
+    pub commissions: CommissionPlan,
     pub tables: Vec<TableSpec>,
 }
 
@@ -221,6 +310,10 @@ pub const STATE_TABLES: &[&str] = &[
     "stages",
     "topics",
     "period_types",
+    "rep_first_deal",
+    "weeks",
+    "leaderboard_weights",
+    "commission_plan",
 ];
 
 impl Pipeline {
@@ -430,6 +523,25 @@ impl Pipeline {
             }
         }
 
+        let lb = &raw.leaderboard;
+        let weights = [
+            lb.calls,
+            lb.emails,
+            lb.meetings_held,
+            lb.demos_held,
+            lb.webinars,
+            lb.tasks,
+            lb.won_deals,
+            lb.per_1000_won,
+        ];
+        if weights.iter().any(|w| !w.is_finite()) {
+            return Err(invalid(
+                "leaderboard",
+                "weights must be finite numbers".into(),
+            ));
+        }
+        let commissions = commission_plan(&raw.commissions).map_err(|(key, m)| invalid(&key, m))?;
+
         if raw.tables.is_empty() {
             return Err(invalid(
                 "tables",
@@ -484,6 +596,8 @@ impl Pipeline {
             trigger_events: sn.trigger_events,
             retention: sn.retention,
             stages,
+            leaderboard: raw.leaderboard.clone(),
+            commissions,
             tables,
         })
     }
@@ -495,6 +609,64 @@ impl Pipeline {
             .find(|(_, t)| t.as_str() == topic)
             .map(|(e, _)| *e)
     }
+}
+
+fn commission_plan(raw: &RawCommissions) -> Result<CommissionPlan, (String, String)> {
+    use rust_decimal::Decimal;
+    let dec = |key: String, v: &str| -> Result<Decimal, (String, String)> {
+        match v.parse::<Decimal>() {
+            Ok(d) if d >= Decimal::ZERO => Ok(d),
+            Ok(_) => Err((key, format!("`{v}` is negative"))),
+            Err(_) => Err((
+                key,
+                format!("`{v}` is not a decimal string such as \"0.08\""),
+            )),
+        }
+    };
+    if !is_identifier(&raw.plan) {
+        return Err((
+            "commissions.plan".into(),
+            format!(
+                "`{}` must be lower-case letters, digits, '_' or '-'",
+                raw.plan
+            ),
+        ));
+    }
+    let mut tiers = Vec::with_capacity(raw.tiers.len());
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let from = dec(format!("commissions.tiers[{i}].from"), &t.from)?;
+        let rate = dec(format!("commissions.tiers[{i}].rate"), &t.rate)?;
+        if let Some((prev, _)) = tiers.last() {
+            if from <= *prev {
+                return Err((
+                    format!("commissions.tiers[{i}].from"),
+                    format!("{from} does not rise above the tier before ({prev})"),
+                ));
+            }
+        } else if !from.is_zero() {
+            return Err((
+                format!("commissions.tiers[{i}].from"),
+                "the first tier must start at 0".into(),
+            ));
+        }
+        tiers.push((from, rate));
+    }
+    if tiers.is_empty() {
+        return Err((
+            "commissions.tiers".into(),
+            "a plan needs at least one tier".into(),
+        ));
+    }
+    let cap = raw
+        .cap
+        .as_deref()
+        .map(|c| dec("commissions.cap".into(), c))
+        .transpose()?;
+    Ok(CommissionPlan {
+        name: raw.plan.clone(),
+        tiers,
+        cap,
+    })
 }
 
 const FORECAST_CATEGORIES: &[&str] = &["pipeline", "best_case", "commit", "closed", "omitted"];

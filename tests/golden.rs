@@ -635,3 +635,223 @@ async fn activity_kpis_and_surveys_by_hand() {
     assert_eq!(f(&n("company", "all")["nps"]), Some(25.0));
     assert_eq!(n("company", "all")["responses"], 4);
 }
+
+#[tokio::test]
+async fn stage_conversion_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, events())).await;
+    let sc = rows(&tables, "stage_conversion");
+    let row = |id: &str, stage: &str| {
+        find(
+            &sc,
+            &[
+                ("level", "rep"),
+                ("entity_id", id),
+                ("cohort_quarter", "2026-01-01"),
+                ("stage", stage),
+            ],
+        )
+    };
+    // rep-a's Q1 cohort: deal-1 and deal-3 reached closed_won; deal-7 only ever had closed_lost.
+    assert_eq!(
+        (
+            row("rep-a", "prospecting")["reached"].clone(),
+            row("rep-a", "prospecting")["advanced"].clone()
+        ),
+        (2.into(), 2.into())
+    );
+    assert_eq!(f(&row("rep-a", "negotiation")["conversion"]), Some(1.0));
+    // rep-b: deal-5 reached proposal, deal-6 qualification.
+    assert_eq!(f(&row("rep-b", "qualification")["conversion"]), Some(0.5));
+    assert_eq!(f(&row("rep-b", "proposal")["conversion"]), Some(0.0));
+    assert_eq!(row("rep-b", "negotiation")["reached"], 0);
+    assert_eq!(s(&row("rep-b", "negotiation")["conversion"]), "null");
+    let per_entity = sc
+        .iter()
+        .filter(|r| r["level"] == "rep" && r["entity_id"] == "rep-a")
+        .count();
+    assert_eq!(per_entity, 4, "exactly four rows per entity and cohort");
+}
+
+/// A second scenario for rankings, commissions, the leaderboard and trends.
+fn ranking_events() -> Vec<quotaflow::event::Event> {
+    let rep = |id: &str, team: &str| {
+        ev(
+            Rep,
+            &format!(
+                r#"{{"rep_id":"{id}","version":1,"occurred_at":"2026-01-01T00:00:00Z","name":"{id}","team_id":"{team}","region":"NA","active":true}}"#
+            ),
+        )
+    };
+    let quota = |id: &str, amount: &str| {
+        ev(
+            Quota,
+            &format!(
+                r#"{{"rep_id":"{id}","period_start":"2026-01-01","period_end":"2026-03-31","amount":"{amount}","currency":"USD","version":1,"occurred_at":"2026-01-01T00:00:00Z"}}"#
+            ),
+        )
+    };
+    let won = |deal: &str, rep: &str, amount: &str, close: &str| {
+        ev(
+            Deal,
+            &format!(
+                r#"{{"deal_id":"{deal}","version":1,"occurred_at":"{close}T12:00:00Z","rep_id":"{rep}","stage":"closed_won","amount":"{amount}","currency":"USD","close_date":"{close}","created_at":"2026-02-01T00:00:00Z"}}"#
+            ),
+        )
+    };
+    let act = |id: &str, kind: &str, outcome: &str, at: &str| {
+        ev(
+            Activity,
+            &format!(
+                r#"{{"event_id":"{id}","occurred_at":"{at}","rep_id":"rep-y","activity_type":"{kind}","outcome":"{outcome}"}}"#
+            ),
+        )
+    };
+    vec![
+        rep("rep-x", "A"),
+        rep("rep-y", "A"),
+        rep("rep-z", "B"),
+        rep("rep-w", "B"),
+        rep("rep-v", "B"),
+        quota("rep-x", "250000.00"),
+        quota("rep-y", "100000.00"),
+        quota("rep-z", "100000.00"),
+        quota("rep-w", "200000.00"),
+        quota("rep-v", "0.00"),
+        won("d-x", "rep-x", "325000.00", "2026-03-03"),
+        won("d-y", "rep-y", "50000.00", "2026-03-05"),
+        won("d-z", "rep-z", "50000.00", "2026-03-06"),
+        won("d-w", "rep-w", "40000.00", "2026-03-04"),
+        won("d-v", "rep-v", "1000.00", "2026-03-04"),
+        // rep-y: 3 activities in the week of 2026-03-02, none the next week, 2 in the third.
+        act("y1", "call", "connected", "2026-03-02T10:00:00Z"),
+        act("y2", "call", "no_answer", "2026-03-03T10:00:00Z"),
+        act("y3", "email", "sent", "2026-03-04T10:00:00Z"),
+        act("y4", "demo", "held", "2026-03-17T10:00:00Z"),
+        act("y5", "webinar", "held", "2026-03-18T10:00:00Z"),
+    ]
+}
+
+#[tokio::test]
+async fn performance_ties_and_commissions_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, ranking_events())).await;
+    let perf = rows(&tables, "performance");
+    let r = |id: &str| {
+        find(
+            &perf,
+            &[
+                ("period_type", "quarter"),
+                ("period_start", "2026-01-01"),
+                ("rep_id", id),
+            ],
+        )
+    };
+    // Attainment: x 1.3, y 0.5, z 0.5 (a tie), w 0.2; v has a zero quota and no row.
+    let ranks: Vec<i64> = ["rep-x", "rep-y", "rep-z", "rep-w"]
+        .iter()
+        .map(|id| r(id)["company_rank"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ranks, [1, 2, 2, 4]);
+    assert_eq!(f(&r("rep-y")["percentile"]), Some(1.0 / 3.0));
+    assert_eq!(f(&r("rep-w")["percentile"]), Some(0.0));
+    assert_eq!(
+        (
+            r("rep-x")["performer_band"].clone(),
+            r("rep-y")["performer_band"].clone(),
+            r("rep-w")["performer_band"].clone()
+        ),
+        ("high".into(), "core".into(), "low".into())
+    );
+    let team_ranks: Vec<i64> = ["rep-x", "rep-y", "rep-z", "rep-w"]
+        .iter()
+        .map(|id| r(id)["team_rank"].as_i64().unwrap())
+        .collect();
+    assert_eq!(team_ranks, [1, 2, 1, 2]);
+    // mean 0.625, population sd √0.166875.
+    let z = f(&r("rep-x")["z_score"]).unwrap();
+    assert!((z - 0.675 / 0.166875f64.sqrt()).abs() < 1e-12, "{z}");
+    assert!(perf.iter().all(|row| row["rep_id"] != "rep-v"));
+
+    let com = rows(&tables, "commissions");
+    let c = |id: &str| find(&com, &[("rep_id", id), ("period_start", "2026-01-01")]);
+    // The worked check of METRICS.md: 250,000 quota, 325,000 won (130 %) → 19,375.00.
+    assert_eq!(s(&c("rep-x")["payout"]), "19375.00");
+    assert_eq!(
+        s(&c("rep-y")["payout"]),
+        "0.00",
+        "exactly 50 % pays nothing yet"
+    );
+    assert_eq!(s(&c("rep-v")["payout"]), "null", "zero quota");
+    assert_eq!(s(&c("rep-v")["attainment"]), "null");
+    assert_eq!(c("rep-x")["plan"], "default");
+    assert_eq!(c("rep-x")["period_type"], "quarter");
+}
+
+#[tokio::test]
+async fn leaderboard_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, ranking_events())).await;
+    let lb = rows(&tables, "leaderboard");
+    let r = |id: &str| {
+        find(
+            &lb,
+            &[
+                ("period_type", "quarter"),
+                ("period_start", "2026-01-01"),
+                ("rep_id", id),
+            ],
+        )
+    };
+    // rep-y: 2 calls (2) + 1 email (0.5) + a held demo (5 + 8) + a webinar (3) + a win (50)
+    // + 50,000 won (50) = 118.5.
+    assert_eq!(f(&r("rep-y")["points"]), Some(118.5));
+    assert_eq!(f(&r("rep-x")["points"]), Some(375.0)); // 50 + 325
+    assert_eq!(r("rep-x")["rank"], 1);
+    assert_eq!(r("rep-y")["rank"], 2);
+    assert_eq!(r("rep-z")["rank"], 3); // 100
+    assert_eq!(r("rep-v")["rank"], 5); // 51 after w's 90
+
+    // Other weights from the pipeline file change the points.
+    let text = std::fs::read_to_string("pipelines/default.toml")
+        .unwrap()
+        .replace("won_deals = 50.0", "won_deals = 0.0");
+    let p2 = std::sync::Arc::new(
+        quotaflow::config::Pipeline::parse(&text, "t.toml", &|rel| {
+            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+        })
+        .unwrap(),
+    );
+    let tables = compute(&p2, &fold_all(&p2, ranking_events())).await;
+    let lb = rows(&tables, "leaderboard");
+    let y = find(&lb, &[("period_type", "quarter"), ("rep_id", "rep-y")]);
+    assert_eq!(f(&y["points"]), Some(68.5));
+}
+
+#[tokio::test]
+async fn trends_with_an_empty_week_by_hand() {
+    let p = pipeline();
+    let tables = compute(&p, &fold_all(&p, ranking_events())).await;
+    let tr = rows(&tables, "trends");
+    let mut y: Vec<&Value> = tr.iter().filter(|r| r["rep_id"] == "rep-y").collect();
+    y.sort_by_key(|r| s(&r["week_start"]));
+    let weeks: Vec<String> = y.iter().map(|r| s(&r["week_start"])).collect();
+    assert_eq!(
+        weeks,
+        ["2026-03-02", "2026-03-09", "2026-03-16"],
+        "the empty week is a row"
+    );
+    let col = |c: &str| y.iter().map(|r| s(&r[c])).collect::<Vec<_>>();
+    assert_eq!(col("activities"), ["3", "0", "2"]);
+    assert_eq!(col("meetings_held"), ["0", "0", "1"]);
+    assert_eq!(col("activities_wow"), ["null", "-1.0", "null"]);
+    assert_eq!(col("activities_slope8"), ["null", "-3.0", "-0.5"]);
+    assert_eq!(col("activity_trend"), ["flat", "down", "down"]);
+    assert_eq!(col("won_amount"), ["50000.00", "0.00", "0.00"]);
+    assert_eq!(col("won_amount_ma4"), ["50000.00", "25000.00", "16666.67"]);
+    assert_eq!(col("won_amount_slope8"), ["null", "-50000.00", "-25000.00"]);
+    let ma4: Vec<f64> = y.iter().map(|r| f(&r["activities_ma4"]).unwrap()).collect();
+    assert_eq!(ma4, [3.0, 1.5, 5.0 / 3.0]);
+    // rep-x's first event is its deal in the week of 2026-03-02: weeks from there, all zero activity.
+    assert_eq!(tr.iter().filter(|r| r["rep_id"] == "rep-x").count(), 3);
+}

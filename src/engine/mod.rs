@@ -125,6 +125,7 @@ impl Engine {
                 corporate: p.corporate_currency.clone(),
                 rates,
             },
+            commissions: p.commissions.clone(),
         });
         for f in udf::all(udf_ctx) {
             ctx.register_udf(f);

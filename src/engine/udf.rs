@@ -10,6 +10,8 @@
 //! | `fiscal_period_start(period_type, day)` | DATE | first day of the fiscal month/quarter/year containing day |
 //! | `day_of(ts)` | DATE | the date of an instant in the pipeline's time zone |
 //! | `days_between(a, b)` | BIGINT | b − a in days |
+//! | `week_start(day)` | DATE | the Monday of the ISO week containing day |
+//! | `commission(quota, closed_won)` | DECIMAL(18,2) | payout of the pipeline's commission plan; NULL when quota is NULL or 0 |
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -26,7 +28,10 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use rust_decimal::{Decimal, RoundingStrategy};
+
 use crate::calendar::{Calendar, PeriodType};
+use crate::config::CommissionPlan;
 use crate::event::Day;
 use crate::source::decode::RATE_SCALE;
 
@@ -55,6 +60,7 @@ impl FxTable {
 pub struct UdfContext {
     pub calendar: Calendar,
     pub fx: FxTable,
+    pub commissions: CommissionPlan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +71,8 @@ enum Kind {
     FiscalPeriodStart,
     DayOf,
     DaysBetween,
+    WeekStart,
+    Commission,
 }
 
 #[derive(Debug)]
@@ -103,6 +111,8 @@ pub fn all(ctx: Arc<UdfContext>) -> Vec<ScalarUDF> {
         udf(Kind::FiscalPeriodStart, 2),
         udf(Kind::DayOf, 1),
         udf(Kind::DaysBetween, 2),
+        udf(Kind::WeekStart, 1),
+        udf(Kind::Commission, 2),
     ]
 }
 
@@ -117,6 +127,8 @@ impl ScalarUDFImpl for Udf {
             Kind::FiscalPeriodStart => "fiscal_period_start",
             Kind::DayOf => "day_of",
             Kind::DaysBetween => "days_between",
+            Kind::WeekStart => "week_start",
+            Kind::Commission => "commission",
         }
     }
 
@@ -126,9 +138,9 @@ impl ScalarUDFImpl for Udf {
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
         Ok(match self.kind {
-            Kind::Money | Kind::ToCorporate => DataType::Decimal128(18, 2),
+            Kind::Money | Kind::ToCorporate | Kind::Commission => DataType::Decimal128(18, 2),
             Kind::Prorate => DataType::Decimal128(38, PRORATE_SCALE),
-            Kind::FiscalPeriodStart | Kind::DayOf => DataType::Date32,
+            Kind::FiscalPeriodStart | Kind::DayOf | Kind::WeekStart => DataType::Date32,
             Kind::DaysBetween => DataType::Int64,
         })
     }
@@ -224,9 +236,51 @@ impl ScalarUDFImpl for Udf {
                         .collect::<Int64Array>(),
                 )
             }
+            Kind::WeekStart => {
+                let day = dates(self.name(), &arrays[0])?;
+                Arc::new(
+                    day.iter()
+                        .map(|d| d.map(crate::calendar::week_start))
+                        .collect::<Date32Array>(),
+                )
+            }
+            Kind::Commission => {
+                let (quota, qs) = decimals(self.name(), &arrays[0])?;
+                let (won, ws) = decimals(self.name(), &arrays[1])?;
+                let plan = &self.ctx.commissions;
+                money_array((0..n).map(|i| {
+                    let q = Decimal::try_from_i128_with_scale(quota[i]?, qs as u32).ok()?;
+                    let w = Decimal::try_from_i128_with_scale(won[i]?, ws as u32).ok()?;
+                    let pay = payout(plan, q, w)?;
+                    Some(rescale(pay.mantissa(), pay.scale() as i8, 2))
+                }))?
+            }
         };
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// Marginal tiers: the slice of `won` between quota × from(i) and quota × from(i+1) pays
+/// rate(i); capped, then rounded half-even to cents. `None` when quota is 0.
+pub fn payout(plan: &CommissionPlan, quota: Decimal, won: Decimal) -> Option<Decimal> {
+    if quota.is_zero() {
+        return None;
+    }
+    let mut total = Decimal::ZERO;
+    for (i, (from, rate)) in plan.tiers.iter().enumerate() {
+        let lo = quota.checked_mul(*from)?;
+        let top = match plan.tiers.get(i + 1) {
+            Some((next, _)) => won.min(quota.checked_mul(*next)?),
+            None => won,
+        };
+        if top > lo {
+            total = total.checked_add((top - lo).checked_mul(*rate)?)?;
+        }
+    }
+    if let Some(cap) = plan.cap {
+        total = total.min(cap);
+    }
+    Some(total.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven))
 }
 
 fn type_err(name: &str, a: &ArrayRef) -> DataFusionError {
@@ -324,6 +378,30 @@ mod tests {
         assert_eq!(rescale(12345, 3, 2), 1234);
         assert_eq!(rescale(12355, 3, 2), 1236);
         assert_eq!(rescale(5, 0, 2), 500);
+    }
+
+    #[test]
+    fn commission_worked_check() {
+        let plan = crate::config::Pipeline::builtin().unwrap().commissions;
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        // METRICS.md: quota 250,000.00 and closed_won 325,000.00 (130 %) pay 19,375.00.
+        assert_eq!(
+            payout(&plan, d("250000.00"), d("325000.00")),
+            Some(d("19375.00"))
+        );
+        assert_eq!(
+            payout(&plan, d("250000.00"), d("100000.00")),
+            Some(d("0.00"))
+        );
+        assert_eq!(payout(&plan, d("0.00"), d("100.00")), None);
+        let capped = CommissionPlan {
+            cap: Some(d("10000")),
+            ..plan
+        };
+        assert_eq!(
+            payout(&capped, d("250000.00"), d("325000.00")),
+            Some(d("10000.00"))
+        );
     }
 
     #[test]

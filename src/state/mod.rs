@@ -31,6 +31,8 @@ pub struct DailyCounts {
     pub connected_calls: i64,
     pub replied_emails: i64,
     pub meetings_held: i64,
+    /// Held demos alone (they also count in `meetings_held`); the leaderboard weighs them extra.
+    pub demos_held: i64,
 }
 
 impl DailyCounts {
@@ -54,6 +56,7 @@ impl DailyCounts {
             ActivityType::Demo => {
                 self.demos += 1;
                 self.meetings_held += i64::from(outcome == Some("held"));
+                self.demos_held += i64::from(outcome == Some("held"));
             }
             ActivityType::Webinar => self.webinars += 1,
             ActivityType::Task => self.tasks += 1,
@@ -117,6 +120,8 @@ pub struct State {
     pub deals: HashMap<String, Versioned<Deal, DealVersion>>,
     /// Latest `occurred_at` of an activity naming the deal.
     pub deal_last_activity: HashMap<String, Micros>,
+    /// Earliest `occurred_at` of any deal version naming the rep (where the rep's trends start).
+    pub rep_first_deal: HashMap<String, Micros>,
     pub quotas: HashMap<(String, Day), Versioned<Quota>>,
     pub roster: HashMap<String, Versioned<Rep>>,
     pub fx: HashMap<(String, Day), Versioned<FxRate>>,
@@ -135,6 +140,11 @@ impl State {
         let folded = match event {
             Event::Activity(a) => self.fold_activity(a, cal, horizon),
             Event::Deal(d) => {
+                let first = self
+                    .rep_first_deal
+                    .entry(d.rep_id.clone())
+                    .or_insert(d.occurred_at);
+                *first = (*first).min(d.occurred_at);
                 let key = d.deal_id.clone();
                 let h = (d.stage, d.occurred_at);
                 fold_entity(&mut self.deals, key, d.version, d, h)

@@ -35,6 +35,16 @@ pub fn build(
         ("calendar", calendar(state, pipeline)?),
         ("stages", stages(pipeline)?),
         ("topics", topics(pipeline)?),
+        ("rep_first_deal", rep_first_deal(state)?),
+        ("weeks", weeks(state, pipeline)?),
+        ("leaderboard_weights", leaderboard_weights(pipeline)?),
+        (
+            "commission_plan",
+            batch(vec![(
+                "plan",
+                strs(std::iter::once(pipeline.commissions.name.as_str())),
+            )])?,
+        ),
         (
             "period_types",
             batch(vec![(
@@ -102,6 +112,7 @@ fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
         ("connected_calls", c(|v| v.connected_calls)),
         ("replied_emails", c(|v| v.replied_emails)),
         ("meetings_held", c(|v| v.meetings_held)),
+        ("demos_held", c(|v| v.demos_held)),
     ])
 }
 
@@ -401,6 +412,52 @@ fn calendar(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
                     .collect::<Float64Array>(),
             ),
         ),
+    ])
+}
+
+fn rep_first_deal(s: &State) -> Result<RecordBatch, ArrowError> {
+    batch(vec![
+        ("rep_id", strs(s.rep_first_deal.keys().map(String::as_str))),
+        (
+            "first_deal_at",
+            times(s.rep_first_deal.values().map(|t| Some(*t))),
+        ),
+    ])
+}
+
+/// Every ISO week (by its Monday) from the earliest activity or deal event to `as_of_date`.
+fn weeks(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+    let cal = &p.calendar;
+    let first = s
+        .daily
+        .keys()
+        .map(|(_, d)| *d)
+        .chain(s.rep_first_deal.values().map(|t| cal.day_of(*t)))
+        .min();
+    let last = s.as_of.map(|t| cal.day_of(t));
+    let mut mondays = Vec::new();
+    if let (Some(first), Some(last)) = (first, last) {
+        let mut w = crate::calendar::week_start(first);
+        while w <= last {
+            mondays.push(w);
+            w += 7;
+        }
+    }
+    batch(vec![("week_start", dates(mondays.into_iter()))])
+}
+
+fn leaderboard_weights(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+    let w = &p.leaderboard;
+    let one = |x: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![x])) };
+    batch(vec![
+        ("calls", one(w.calls)),
+        ("emails", one(w.emails)),
+        ("meetings_held", one(w.meetings_held)),
+        ("demos_held", one(w.demos_held)),
+        ("webinars", one(w.webinars)),
+        ("tasks", one(w.tasks)),
+        ("won_deals", one(w.won_deals)),
+        ("per_1000_won", one(w.per_1000_won)),
     ])
 }
 
