@@ -1,17 +1,16 @@
 -- activity_kpis — grain (level, entity_id, period_type, period_start).
--- Rows: every period with at least one activity. Sums of rep_daily over the period.
+-- Rows: every period with at least one activity. Sums of rep_daily over the period
+-- (rep_periods holds them per rep; here they roll up to the levels).
 WITH act AS (
-    SELECT l.level, l.entity_id, t.period_type,
-           fiscal_period_start(t.period_type, r.day) AS period_start,
-           SUM(r.calls) AS calls, SUM(r.emails) AS emails, SUM(r.meetings) AS meetings,
-           SUM(r.webinars) AS webinars, SUM(r.demos) AS demos, SUM(r.tasks) AS tasks,
-           SUM(r.activities) AS activities, SUM(r.call_seconds) AS call_seconds,
-           SUM(r.connected_calls) AS connected_calls, SUM(r.replied_emails) AS replied_emails,
-           SUM(r.meetings_held) AS meetings_held
-    FROM rep_daily r
-    CROSS JOIN period_types t
-    JOIN rep_levels l ON l.rep_id = r.rep_id
-    GROUP BY l.level, l.entity_id, t.period_type, fiscal_period_start(t.period_type, r.day)
+    SELECT l.level, l.entity_id, p.period_type, p.period_start,
+           SUM(p.calls) AS calls, SUM(p.emails) AS emails, SUM(p.meetings) AS meetings,
+           SUM(p.webinars) AS webinars, SUM(p.demos) AS demos, SUM(p.tasks) AS tasks,
+           SUM(p.activities) AS activities, SUM(p.call_seconds) AS call_seconds,
+           SUM(p.connected_calls) AS connected_calls, SUM(p.replied_emails) AS replied_emails,
+           SUM(p.meetings_held) AS meetings_held
+    FROM rep_periods p
+    JOIN rep_levels l ON l.rep_id = p.rep_id
+    GROUP BY l.level, l.entity_id, p.period_type, p.period_start
 ),
 won AS (
     SELECT l.level, l.entity_id, t.period_type,

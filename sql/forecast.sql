@@ -1,25 +1,29 @@
 -- forecast — grain (level, entity_id, period_type, period_start).
 -- Rows: every period with a quota record or any deal closing in it, future periods included.
 -- Open amounts by forecast category exclude `omitted`; unconverted amounts are left out of sums.
-WITH d AS (
-    SELECT l.level, l.entity_id, t.period_type,
+WITH per_rep AS (
+    -- rep × period first, then the roll-up to levels: thousands of rows instead of millions
+    SELECT dc.rep_id, t.period_type,
            fiscal_period_start(t.period_type, dc.close_date) AS period_start,
-           dc.is_won, dc.is_closed, dc.forecast_category, dc.amount_corporate,
+           SUM(CASE WHEN dc.is_won THEN dc.amount_corporate END) AS closed_won,
+           SUM(CASE WHEN NOT dc.is_closed AND dc.forecast_category = 'commit' THEN dc.amount_corporate END) AS commit_open,
+           SUM(CASE WHEN NOT dc.is_closed AND dc.forecast_category = 'best_case' THEN dc.amount_corporate END) AS best_case_open,
+           SUM(CASE WHEN NOT dc.is_closed AND dc.forecast_category = 'pipeline' THEN dc.amount_corporate END) AS pipeline_open,
            -- probabilities are exact to 6 decimals, so amount × probability stays decimal
-           CAST(dc.probability AS DECIMAL(10, 6)) AS probability
+           SUM(CASE WHEN NOT dc.is_closed AND dc.forecast_category <> 'omitted'
+                    THEN dc.amount_corporate * CAST(dc.probability AS DECIMAL(10, 6)) END) AS weighted
     FROM deals_current dc
     CROSS JOIN period_types t
-    JOIN rep_levels l ON l.rep_id = dc.rep_id
+    GROUP BY dc.rep_id, t.period_type, fiscal_period_start(t.period_type, dc.close_date)
 ),
 sums AS (
-    SELECT level, entity_id, period_type, period_start,
-           SUM(CASE WHEN is_won THEN amount_corporate END) AS closed_won,
-           SUM(CASE WHEN NOT is_closed AND forecast_category = 'commit' THEN amount_corporate END) AS commit_open,
-           SUM(CASE WHEN NOT is_closed AND forecast_category = 'best_case' THEN amount_corporate END) AS best_case_open,
-           SUM(CASE WHEN NOT is_closed AND forecast_category = 'pipeline' THEN amount_corporate END) AS pipeline_open,
-           SUM(CASE WHEN NOT is_closed AND forecast_category <> 'omitted' THEN amount_corporate * probability END) AS weighted
-    FROM d
-    GROUP BY level, entity_id, period_type, period_start
+    SELECT l.level, l.entity_id, p.period_type, p.period_start,
+           SUM(p.closed_won) AS closed_won, SUM(p.commit_open) AS commit_open,
+           SUM(p.best_case_open) AS best_case_open, SUM(p.pipeline_open) AS pipeline_open,
+           SUM(p.weighted) AS weighted
+    FROM per_rep p
+    JOIN rep_levels l ON l.rep_id = p.rep_id
+    GROUP BY l.level, l.entity_id, p.period_type, p.period_start
 ),
 keys AS (
     SELECT level, entity_id, period_type, period_start FROM quota_totals

@@ -3,12 +3,7 @@
 -- least one activity or won deal in it. A held demo earns the meetings_held weight and the
 -- demos_held weight on top.
 WITH act AS (
-    SELECT t.period_type, fiscal_period_start(t.period_type, a.day) AS period_start, a.rep_id,
-           SUM(a.calls) AS calls, SUM(a.emails) AS emails, SUM(a.meetings_held) AS meetings_held,
-           SUM(a.demos_held) AS demos_held, SUM(a.webinars) AS webinars, SUM(a.tasks) AS tasks
-    FROM activity_days a
-    CROSS JOIN period_types t
-    GROUP BY t.period_type, fiscal_period_start(t.period_type, a.day), a.rep_id
+    SELECT * FROM rep_periods
 ),
 won AS (
     SELECT t.period_type, fiscal_period_start(t.period_type, d.close_date) AS period_start, d.rep_id,

@@ -74,4 +74,3 @@ SELECT rep_id, week_start, activities, meetings_held, won_amount,
             WHEN activities_slope8 < -0.05 * activities_ma4 THEN 'down'
             ELSE 'flat' END AS activity_trend
 FROM figures
-ORDER BY rep_id, week_start

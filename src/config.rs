@@ -24,6 +24,7 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
         "deals_current.sql",
         include_str!("../sql/deals_current.sql"),
     ),
+    ("rep_periods.sql", include_str!("../sql/rep_periods.sql")),
     ("quota_parts.sql", include_str!("../sql/quota_parts.sql")),
     ("quota_totals.sql", include_str!("../sql/quota_totals.sql")),
     ("attainment.sql", include_str!("../sql/attainment.sql")),
@@ -756,6 +757,51 @@ mod tests {
         assert!(
             err.contains("p.toml") && err.contains("unknown field"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn commission_and_leaderboard_settings_are_checked() {
+        let sql = |_: &str| Ok("SELECT 1".to_string());
+        let bad = BUILTIN_PIPELINE.replace(
+            r#"{ from = "1.00", rate = "0.12" }"#,
+            r#"{ from = "0.40", rate = "0.12" }"#,
+        );
+        let err = Pipeline::parse(&bad, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("commissions.tiers[2].from") && err.contains("does not rise"),
+            "{err}"
+        );
+        let bad = BUILTIN_PIPELINE.replace(
+            r#"{ from = "0.50", rate = "0.08" }"#,
+            r#"{ from = "0.50", rate = "8%" }"#,
+        );
+        let err = Pipeline::parse(&bad, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("commissions.tiers[1].rate"), "{err}");
+        let bad = BUILTIN_PIPELINE.replace("# cap = \"50000.00\"", "cap = \"-1\"");
+        let err = Pipeline::parse(&bad, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("commissions.cap") && err.contains("negative"),
+            "{err}"
+        );
+        let bad = BUILTIN_PIPELINE.replace("calls = 1.0", "calls = \"many\"");
+        let err = Pipeline::parse(&bad, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.toml") && err.contains("calls"), "{err}");
+        let capped = BUILTIN_PIPELINE.replace("# cap = \"50000.00\"", "cap = \"50000.00\"");
+        assert_eq!(
+            Pipeline::parse(&capped, "p.toml", &sql)
+                .unwrap()
+                .commissions
+                .cap,
+            Some("50000.00".parse().unwrap())
         );
     }
 

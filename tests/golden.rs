@@ -855,3 +855,23 @@ async fn trends_with_an_empty_week_by_hand() {
     // rep-x's first event is its deal in the week of 2026-03-02: weeks from there, all zero activity.
     assert_eq!(tr.iter().filter(|r| r["rep_id"] == "rep-x").count(), 3);
 }
+
+#[tokio::test]
+async fn a_custom_metric_is_a_sql_file_and_a_table_entry() {
+    let text = format!(
+        "{}\n[[tables]]\nname = \"call_minutes_weekly\"\nsql = \"../sql/examples/call_minutes_weekly.sql\"\n",
+        std::fs::read_to_string("pipelines/default.toml").unwrap()
+    );
+    let p = std::sync::Arc::new(
+        quotaflow::config::Pipeline::parse(&text, "custom.toml", &|rel| {
+            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+        })
+        .unwrap(),
+    );
+    let tables = compute(&p, &fold_all(&p, ranking_events())).await;
+    let cm = rows(&tables, "call_minutes_weekly");
+    let y = find(&cm, &[("rep_id", "rep-y"), ("week_start", "2026-03-02")]);
+    assert_eq!(y["calls"], 2);
+    assert_eq!(f(&y["connect_rate"]), Some(0.5));
+    assert_eq!(y["snapshot_id"], 1);
+}

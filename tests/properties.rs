@@ -37,7 +37,7 @@ fn random_events(seed: u64, n: usize) -> Vec<Event> {
             // Entity keys and versions come from k; everything else from (key, version) only.
             let (d, dv) = (k % 5, 1 + (k / 5) % 4);
             let (r, rv) = (k % 3, 1 + (k / 3) % 4);
-            match rng.gen_range(0..6) {
+            match rng.gen_range(0..7) {
                 0 | 1 => ev(Activity, &format!(
                     r#"{{"event_id":"a{k}","occurred_at":"{}","rep_id":"r{}","activity_type":"{}","outcome":"{}","duration_s":{},"deal_id":"d{}"}}"#,
                     at(k, k * 7), k % 3, ["call", "email", "meeting", "demo", "webinar", "task"][(k % 6) as usize],
@@ -52,6 +52,9 @@ fn random_events(seed: u64, n: usize) -> Vec<Event> {
                 4 => ev(Rep, &format!(
                     r#"{{"rep_id":"r{r}","version":{rv},"occurred_at":"{}","name":"n","team_id":"t{}","region":"g{}","active":true}}"#,
                     at(rv, 2), (r + rv) % 2, rv % 2)),
+                5 => ev(Survey, &format!(
+                    r#"{{"response_id":"s{k}","occurred_at":"{}","rep_id":"r{}","survey":"pulse-{}","score":{}}}"#,
+                    at(k, 4), k % 3, k % 2, k % 11)),
                 _ => ev(FxRate, &format!(
                     r#"{{"currency":"EUR","effective_date":"{}","rate_to_corporate":"1.{}","version":1,"occurred_at":"{}"}}"#,
                     day(k % 3 * 5), 10 + k % 3 * 5, at(k % 3 * 5, 3))),

@@ -83,9 +83,15 @@ impl Engine {
                 origin: spec.origin.clone(),
                 source,
             };
+            let started = std::time::Instant::now();
             let df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(sql_err)?;
+            tracing::debug!(
+                table = spec.name,
+                ms = started.elapsed().as_millis() as u64,
+                "table computed"
+            );
             let mem =
                 MemTable::try_new(Arc::clone(&schema), vec![batches.clone()]).map_err(sql_err)?;
             ctx.register_table(spec.name.as_str(), Arc::new(mem))
