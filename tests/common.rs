@@ -34,6 +34,17 @@ pub fn pipeline() -> Arc<Pipeline> {
     Arc::new(Pipeline::builtin().unwrap())
 }
 
+/// The default pipeline with `edit` applied to its text (SQL paths resolved as from pipelines/).
+pub fn pipeline_with(edit: impl Fn(String) -> String) -> Arc<Pipeline> {
+    let text = edit(std::fs::read_to_string("pipelines/default.toml").unwrap());
+    Arc::new(
+        Pipeline::parse(&text, "edited.toml", &|rel| {
+            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+        })
+        .unwrap(),
+    )
+}
+
 /// Folds events into a fresh state the way the pipeline does (counting outcomes per topic).
 pub fn fold_all(p: &Pipeline, events: impl IntoIterator<Item = Event>) -> State {
     let mut s = State::default();

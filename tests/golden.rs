@@ -446,16 +446,10 @@ async fn rep_daily_and_data_quality_by_hand() {
 
 #[tokio::test]
 async fn fiscal_year_and_time_zone_move_periods_and_days() {
-    let text = std::fs::read_to_string("pipelines/default.toml")
-        .unwrap()
-        .replace("fiscal_year_start_month = 1", "fiscal_year_start_month = 2")
-        .replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"");
-    let p = std::sync::Arc::new(
-        quotaflow::config::Pipeline::parse(&text, "test.toml", &|rel| {
-            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
-        })
-        .unwrap(),
-    );
+    let p = crate::common::pipeline_with(|t| {
+        t.replace("fiscal_year_start_month = 1", "fiscal_year_start_month = 2")
+            .replace("timezone = \"UTC\"", "timezone = \"Asia/Tokyo\"")
+    });
     let tables = compute(&p, &fold_all(&p, events())).await;
     let daily = rows(&tables, "rep_daily");
     // 2026-03-31T12:00Z is 21:00 in Tokyo, same day; 08:00Z is 17:00: both still 2026-03-31.
@@ -813,15 +807,7 @@ async fn leaderboard_by_hand() {
     assert_eq!(r("rep-v")["rank"], 5); // 51 after w's 90
 
     // Other weights from the pipeline file change the points.
-    let text = std::fs::read_to_string("pipelines/default.toml")
-        .unwrap()
-        .replace("won_deals = 50.0", "won_deals = 0.0");
-    let p2 = std::sync::Arc::new(
-        quotaflow::config::Pipeline::parse(&text, "t.toml", &|rel| {
-            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
-        })
-        .unwrap(),
-    );
+    let p2 = crate::common::pipeline_with(|t| t.replace("won_deals = 50.0", "won_deals = 0.0"));
     let tables = compute(&p2, &fold_all(&p2, ranking_events())).await;
     let lb = rows(&tables, "leaderboard");
     let y = find(&lb, &[("period_type", "quarter"), ("rep_id", "rep-y")]);
@@ -858,16 +844,9 @@ async fn trends_with_an_empty_week_by_hand() {
 
 #[tokio::test]
 async fn a_custom_metric_is_a_sql_file_and_a_table_entry() {
-    let text = format!(
-        "{}\n[[tables]]\nname = \"call_minutes_weekly\"\nsql = \"../sql/examples/call_minutes_weekly.sql\"\n",
-        std::fs::read_to_string("pipelines/default.toml").unwrap()
-    );
-    let p = std::sync::Arc::new(
-        quotaflow::config::Pipeline::parse(&text, "custom.toml", &|rel| {
-            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
-        })
-        .unwrap(),
-    );
+    let p = crate::common::pipeline_with(|t| {
+        format!("{}\n[[tables]]\nname = \"call_minutes_weekly\"\nsql = \"../sql/examples/call_minutes_weekly.sql\"\n", t)
+    });
     let tables = compute(&p, &fold_all(&p, ranking_events())).await;
     let cm = rows(&tables, "call_minutes_weekly");
     let y = find(&cm, &[("rep_id", "rep-y"), ("week_start", "2026-03-02")]);

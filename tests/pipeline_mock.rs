@@ -236,16 +236,10 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
-    let text = std::fs::read_to_string("pipelines/default.toml")
-        .unwrap()
-        .replace("trigger_events = 0", "trigger_events = 200")
-        .replace("retention = 20", "retention = 3");
-    let p = Arc::new(
-        Pipeline::parse(&text, "t.toml", &|rel| {
-            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
-        })
-        .unwrap(),
-    );
+    let p = crate::common::pipeline_with(|t| {
+        t.replace("trigger_events = 0", "trigger_events = 200")
+            .replace("retention = 20", "retention = 3")
+    });
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 3);
