@@ -74,6 +74,10 @@ struct Runner {
 }
 
 const SNAPSHOT_ATTEMPTS: u32 = 4;
+/// A `--once` run that receives neither a message nor an end-of-partition event for this long
+/// stops with an error naming the partitions, instead of waiting forever (a broker that cannot
+/// serve an offset, a partition without a leader).
+const ONCE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end offsets).
 pub async fn run(
@@ -129,6 +133,7 @@ pub async fn run(
     tick.tick().await;
     tokio::pin!(shutdown);
     let total = r.source.assigned.len();
+    let mut last_progress = Instant::now();
 
     loop {
         if opts.once && done.len() >= total {
@@ -149,10 +154,20 @@ pub async fn run(
                 }
                 if opts.once {
                     tracing::info!(messages = r.report.messages, partitions_done = done.len(), partitions = total, "reading");
+                    if last_progress.elapsed() > ONCE_STALL_TIMEOUT {
+                        let stalled: Vec<String> = r.source.assigned.keys().filter(|tp| !done.contains(*tp)).map(|(t, p)| format!("{t}/{p}")).collect();
+                        return Err(Error::Usage(format!(
+                            "--once: no message and no end of partition for {} s; partitions not at their end: {} \
+                             (the last snapshot holds everything read so far)",
+                            ONCE_STALL_TIMEOUT.as_secs(),
+                            stalled.join(", ")
+                        )));
+                    }
                 }
             }
             m = r.source.consumer.recv() => match m {
                 Ok(msg) => {
+                    last_progress = Instant::now();
                     let topic = msg.topic();
                     let payload = msg.payload().unwrap_or_default();
                     r.report.messages += 1;
@@ -184,6 +199,7 @@ pub async fn run(
                     r.state.advance(topic, msg.partition(), msg.offset());
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
+                    last_progress = Instant::now();
                     if opts.once {
                         done.extend(r.source.at_end(&r.state)?);
                     }

@@ -256,3 +256,51 @@ async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
         canonical(&latest_tables(killed).await)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn a_once_run_that_stalls_fails_naming_the_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, p) = pipeline_file(dir.path(), &tag("stall"), "");
+    // Big record batches, then a stop after 100 messages: positions inside batches, which
+    // tansu 0.6 cannot serve again (README, "Known limits").
+    produce(&p, 14, 10_000).await;
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let first = Command::new(bin())
+        .args(["run", "--max-events", "100", "--pipeline"])
+        .arg(&file)
+        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", out])
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let started = Instant::now();
+    let second = Command::new(bin())
+        .args(["run", "--once", "--pipeline"])
+        .arg(&file)
+        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", out])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "expected a stall; tansu may now serve mid-batch offsets: {stderr}"
+    );
+    assert!(
+        stderr.contains("not at their end") && stderr.contains(".spm."),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(90));
+    // Nothing read before the stall is lost: the snapshot still holds the first 100 messages.
+    let loc = Location::parse(out).unwrap();
+    let m = loc
+        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .await
+        .unwrap();
+    let read: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
+    assert!(read >= 100, "{read}");
+}
