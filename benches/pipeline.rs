@@ -35,7 +35,7 @@ fn decoder() -> Decoder {
 fn fold(p: &Pipeline, msgs: &[Generated]) -> State {
     let dec = decoder();
     let mut s = State::default();
-    let horizon = p.dedup_horizon.as_micros() as i64;
+    let horizon = p.dedup_horizon_micros();
     for m in msgs {
         if let Ok(e) = dec.decode(m.event_type, m.value.as_bytes(), 0) {
             s.fold(e, &p.calendar, horizon);
@@ -72,7 +72,7 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
     let day0 =
         quotaflow::calendar::day_number(NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default());
     let micros = |day: i32| i64::from(day) * 86_400_000_000 + 36_000_000_000;
-    let horizon = p.dedup_horizon.as_micros() as i64;
+    let horizon = p.dedup_horizon_micros();
     let mut s = State::default();
     let fold = |s: &mut State, e: Event| {
         s.fold(e, &p.calendar, horizon);

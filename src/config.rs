@@ -603,6 +603,11 @@ impl Pipeline {
         })
     }
 
+    /// The dedup horizon in microseconds of event time, as `State::fold` and `prune` take it.
+    pub fn dedup_horizon_micros(&self) -> i64 {
+        i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX)
+    }
+
     /// The event type read from `topic`, if it is one of the pipeline's.
     pub fn event_type_of(&self, topic: &str) -> Option<EventType> {
         self.topics

@@ -245,14 +245,7 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
                 if !open.is_empty() && kind != "email" && rng.gen_bool(0.4) {
                     v["deal_id"] = json!(open[rng.gen_range(0..open.len())]);
                 }
-                out.push((
-                    at,
-                    Generated {
-                        event_type: EventType::Activity,
-                        key: rep.id.clone(),
-                        value: v.to_string(),
-                    },
-                ));
+                push(out, at, EventType::Activity, &rep.id, v.clone());
                 v
             };
             let counts = [
@@ -274,14 +267,7 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             // A resent activity: same event_id, a duplicate by the contract.
             if let Some(v) = last_activity.take() {
                 let at = v["occurred_at"].as_str().unwrap_or_default().to_string();
-                out.push((
-                    at,
-                    Generated {
-                        event_type: EventType::Activity,
-                        key: rep.id.clone(),
-                        value: v.to_string(),
-                    },
-                ));
+                push(&mut out, at, EventType::Activity, &rep.id, v);
             }
             // New deals.
             if rng.gen_bool(0.22) {

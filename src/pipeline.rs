@@ -127,7 +127,7 @@ pub async fn run(
         },
     };
     let cal = pipeline.calendar;
-    let horizon = i64::try_from(pipeline.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+    let horizon = pipeline.dedup_horizon_micros();
     let mut tick = tokio::time::interval(pipeline.trigger_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -246,8 +246,7 @@ impl Runner {
         self.pending.clear();
         let previous = self.state.snapshot_id;
         self.state.snapshot_id = previous + 1;
-        let horizon = i64::try_from(self.pipeline.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-        self.state.prune(horizon);
+        self.state.prune(self.pipeline.dedup_horizon_micros());
         let written = async {
             let tables = self
                 .engine

@@ -56,7 +56,7 @@ pub fn fold_all(p: &Pipeline, events: impl IntoIterator<Item = Event>) -> State 
 
 pub fn fold_one(p: &Pipeline, s: &mut State, e: Event) {
     let topic = p.topics[&event_type(&e)].clone();
-    let f = s.fold(e, &p.calendar, p.dedup_horizon.as_micros() as i64);
+    let f = s.fold(e, &p.calendar, p.dedup_horizon_micros());
     s.count(&topic, f.as_str());
 }
 

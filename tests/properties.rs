@@ -91,7 +91,7 @@ proptest! {
             }
             from = cut;
             // A snapshot: prune, compute, serialise; the next batch starts from the restored copy.
-            state.prune(p.dedup_horizon.as_micros() as i64);
+            state.prune(p.dedup_horizon_micros());
             rt.block_on(compute(&p, &state));
             state = bincode::deserialize(&bincode::serialize(&state).unwrap()).unwrap();
         }
