@@ -97,6 +97,18 @@ pub enum Command {
         /// The query, e.g. "SELECT * FROM attainment WHERE level = 'team'"
         query: String,
     },
+    /// List the alerts firing now, from the latest snapshot (or another one).
+    Alerts {
+        /// Snapshot location (as for `run`)
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: String,
+        /// Snapshot id [default: the one `_latest` names]
+        #[arg(long)]
+        snapshot: Option<u64>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Check a pipeline file and its SQL without touching the network.
     Validate {
         /// Pipeline file [default: pipelines/default.toml, else the built-in copy of it]
@@ -217,6 +229,17 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             let batches = crate::query::query(&ctx, &query).await?;
             crate::query::render(&batches, format)
         }
+        Command::Alerts {
+            output,
+            snapshot,
+            format,
+        } => {
+            let location = Location::parse(&output)?;
+            let manifest = crate::query::manifest(&location, snapshot).await?;
+            let ctx = crate::query::session(&location, &manifest).await?;
+            let batches = crate::query::query(&ctx, FIRING_ALERTS).await?;
+            crate::query::render(&batches, format)
+        }
         Command::Validate { pipeline } => {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let tables = crate::engine::Engine::new(Arc::clone(&p)).check().await?;
@@ -232,6 +255,10 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         Command::Demo { dir } => crate::demo::demo(&dir).await,
     }
 }
+
+/// What `quotaflow alerts` and the demo show.
+pub const FIRING_ALERTS: &str = "SELECT severity, rule, key, value, message, fired_at, alert_id FROM alerts \
+     WHERE state = 'firing' ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, rule, key";
 
 fn write_jsonl(
     spec: &GenSpec,

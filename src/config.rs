@@ -47,6 +47,26 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
     ),
     ("commissions.sql", include_str!("../sql/commissions.sql")),
     ("trends.sql", include_str!("../sql/trends.sql")),
+    (
+        "pacing_behind.sql",
+        include_str!("../sql/alerts/pacing_behind.sql"),
+    ),
+    (
+        "team_commit_short.sql",
+        include_str!("../sql/alerts/team_commit_short.sql"),
+    ),
+    (
+        "rep_inactive.sql",
+        include_str!("../sql/alerts/rep_inactive.sql"),
+    ),
+    (
+        "stalled_deal.sql",
+        include_str!("../sql/alerts/stalled_deal.sql"),
+    ),
+    (
+        "detractor_spike.sql",
+        include_str!("../sql/alerts/detractor_spike.sql"),
+    ),
     ("data_quality.sql", include_str!("../sql/data_quality.sql")),
     ("dead_letters.sql", include_str!("../sql/dead_letters.sql")),
 ];
@@ -88,7 +108,35 @@ struct RawPipeline {
     commissions: RawCommissions,
     #[serde(default)]
     tables: Vec<RawTable>,
+    #[serde(default)]
+    alerts: Vec<RawAlert>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    name: String,
+    severity: String,
+    description: String,
+    sql: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+/// An alert rule: a query over the snapshot's tables returning the rows that breach it, with
+/// columns `key` (what the alert is about), `value` (DOUBLE) and `message`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: String,
+    pub severity: String,
+    pub description: String,
+    /// Where the SQL came from, for error messages.
+    pub origin: String,
+    /// The SQL with its `${param}` placeholders filled in.
+    pub sql: String,
+}
+
+const SEVERITIES: &[&str] = &["info", "warning", "critical"];
 
 /// Gamification points per counted thing (METRICS.md `leaderboard`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -294,6 +342,7 @@ pub struct Pipeline {
     pub leaderboard: LeaderboardWeights,
     pub commissions: CommissionPlan,
     pub tables: Vec<TableSpec>,
+    pub alerts: Vec<AlertRule>,
 }
 
 /// Names of tables the engine provides from state; pipeline tables may not reuse them.
@@ -315,6 +364,7 @@ pub const STATE_TABLES: &[&str] = &[
     "weeks",
     "leaderboard_weights",
     "commission_plan",
+    "alerts",
 ];
 
 impl Pipeline {
@@ -573,6 +623,48 @@ impl Pipeline {
             });
         }
 
+        let mut alerts: Vec<AlertRule> = Vec::new();
+        for (i, a) in raw.alerts.iter().enumerate() {
+            let key = format!("alerts[{i}]");
+            if !is_identifier(&a.name) || alerts.iter().any(|o| o.name == a.name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` must be a unique lower-case name", a.name),
+                ));
+            }
+            if !SEVERITIES.contains(&a.severity.as_str()) {
+                return Err(invalid(
+                    &format!("{key}.severity"),
+                    format!("`{}` is not one of {}", a.severity, SEVERITIES.join(", ")),
+                ));
+            }
+            let mut sql = read_sql(&a.sql).map_err(|m| invalid(&format!("{key}.sql"), m))?;
+            for (name, value) in &a.params {
+                // Parameters are thresholds: numbers, so nothing can be injected into the SQL.
+                if value.parse::<f64>().is_err() {
+                    return Err(invalid(
+                        &format!("{key}.params.{name}"),
+                        format!("`{value}` is not a number"),
+                    ));
+                }
+                sql = sql.replace(&format!("${{{name}}}"), value);
+            }
+            if let Some(at) = sql.find("${") {
+                let rest: String = sql[at..].chars().take_while(|c| *c != '}').collect();
+                return Err(invalid(
+                    &format!("{key}.params"),
+                    format!("the SQL uses {rest}}} but params do not set it"),
+                ));
+            }
+            alerts.push(AlertRule {
+                name: a.name.clone(),
+                severity: a.severity.clone(),
+                description: a.description.clone(),
+                origin: a.sql.clone(),
+                sql,
+            });
+        }
+
         Ok(Pipeline {
             name: raw.name,
             file: file.to_string(),
@@ -600,6 +692,7 @@ impl Pipeline {
             leaderboard: raw.leaderboard.clone(),
             commissions,
             tables,
+            alerts,
         })
     }
 
@@ -808,6 +901,35 @@ mod tests {
                 .cap,
             Some("50000.00".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn alert_rules_are_checked() {
+        let plain = |_: &str| Ok("SELECT 'k' AS key, 1 AS value, 'm' AS message".to_string());
+        let sql = |_: &str| Ok("SELECT 'k' AS key, ${x} AS value, 'm' AS message".to_string());
+        let bad = BUILTIN_PIPELINE.replace(
+            r#"params = { days = "5" }"#,
+            r#"params = { days = "5; DROP TABLE x" }"#,
+        );
+        let err = Pipeline::parse(&bad, "p.toml", &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerts[2].params.days") && err.contains("not a number"),
+            "{err}"
+        );
+        let err = Pipeline::parse(BUILTIN_PIPELINE, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerts[0].params") && err.contains("${x}"),
+            "{err}"
+        );
+        let bad = BUILTIN_PIPELINE.replace(r#"severity = "info""#, r#"severity = "meh""#);
+        let err = Pipeline::parse(&bad, "p.toml", &|_| Ok("SELECT 1".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alerts[3].severity"), "{err}");
     }
 
     #[test]

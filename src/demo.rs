@@ -97,6 +97,7 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
         "SELECT topic, reason, \"count\" FROM data_quality ORDER BY topic, reason",
     )
     .await?;
+    let alerts = crate::query::query(&ctx, "SELECT rule, severity, COUNT(*) AS firing FROM alerts WHERE state = 'firing' GROUP BY rule, severity ORDER BY rule").await?;
     let secs = report.elapsed.as_secs_f64();
     let mut out = String::new();
     out.push_str(&format!(
@@ -109,6 +110,8 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     ));
     out.push_str("Current quarter by team:\n");
     out.push_str(&crate::query::render(&teams, crate::query::Format::Table)?);
+    out.push_str("\n\nAlerts firing (quotaflow alerts --output DIR lists them):\n");
+    out.push_str(&crate::query::render(&alerts, crate::query::Format::Table)?);
     out.push_str("\n\nData quality:\n");
     out.push_str(&crate::query::render(
         &quality,
@@ -118,6 +121,7 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
         "\n\nSnapshots are in {dir}/snapshots/, the newest named by {dir}/_latest. Explore them:\n\
          \x20 quotaflow sql --output {dir} \"SELECT * FROM attainment WHERE level = 'rep' AND is_current ORDER BY attainment DESC LIMIT 10\"\n\
          \x20 quotaflow sql --output {dir} --format csv \"SELECT * FROM rep_daily\"\n\
+         \x20 quotaflow alerts --output {dir}\n\
          \x20 duckdb -c \"SELECT * FROM read_parquet('{dir}/snapshots/{:020}/attainment/*.parquet') LIMIT 5\"\n",
         manifest.snapshot_id
     ));

@@ -19,12 +19,13 @@
 //!   dedup horizon, offsets, data-quality counters) and its Arrow tables.
 //! * [`engine`]: the DataFusion session that evaluates the pipeline's SQL files.
 //! * [`snapshot`]: the checkpoint: Parquet tables, state, manifest, `_latest`.
-//! * [`pipeline`]: the run loop tying the stages together.
+//! * [`pipeline`]: the run loop tying the stages together; [`alert`]: rule lifecycles.
 //! * [`generate`], [`demo`], [`query`], [`cli`]: synthetic data, the zero-setup demo,
 //!   `quotaflow sql`, and the command line.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod alert;
 pub mod calendar;
 pub mod cli;
 pub mod config;

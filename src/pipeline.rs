@@ -247,23 +247,36 @@ impl Runner {
         let previous = self.state.snapshot_id;
         self.state.snapshot_id = previous + 1;
         self.state.prune(self.pipeline.dedup_horizon_micros());
+        let before = self.state.alerts.clone();
         let written = async {
-            let tables = self
+            let (mut tables, breaches) = self
                 .engine
-                .compute(&self.state, self.state.snapshot_id)
+                .compute_with_alerts(&self.state, self.state.snapshot_id)
                 .await?;
-            Ok::<_, Error>(
-                self.location
-                    .write(&self.state, &tables, &self.pipeline.name)
-                    .await?,
-            )
+            let events = crate::alert::apply(
+                &mut self.state.alerts,
+                breaches,
+                self.state.snapshot_id,
+                self.state.as_of,
+            );
+            tables.push(alerts_table(&self.state)?);
+            let manifest = self
+                .location
+                .write(&self.state, &tables, &self.pipeline.name)
+                .await?;
+            Ok::<_, Error>((manifest, events))
         }
         .await;
         let manifest = match written {
-            Ok(m) => m,
+            Ok((m, events)) => {
+                // Transitions are delivered only once the snapshot that records them is durable.
+                crate::alert::deliver_to_log(&events);
+                m
+            }
             Err(e) => {
                 // The same id is reused next time: files are named by id, so the retry overwrites.
                 self.state.snapshot_id = previous;
+                self.state.alerts = before;
                 return Err(e);
             }
         };
@@ -292,4 +305,23 @@ impl Runner {
         self.report.last = Some(manifest);
         Ok(())
     }
+}
+
+/// The `alerts` table of a snapshot, with the snapshot-wide columns.
+fn alerts_table(state: &State) -> Result<crate::engine::Table, Error> {
+    let internal =
+        |e: &dyn std::fmt::Display| crate::error::InternalError::new(format!("alerts table: {e}"));
+    let batch = crate::state::tables::alerts(state).map_err(|e| internal(&e))?;
+    let (schema, batches) = crate::engine::with_snapshot_columns(
+        &batch.schema(),
+        vec![batch],
+        state.snapshot_id,
+        state.as_of,
+    )
+    .map_err(|e| internal(&e))?;
+    Ok(crate::engine::Table {
+        name: "alerts".into(),
+        schema,
+        batches,
+    })
 }

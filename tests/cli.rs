@@ -19,7 +19,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["run", "generate", "sql", "validate", "demo"] {
+    for cmd in ["run", "generate", "sql", "alerts", "validate", "demo"] {
         let o = quotaflow(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd}: {}", text(&o));
         assert!(text(&o).contains("Usage: quotaflow"), "{cmd}");
@@ -215,6 +215,18 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
         assert!(!o.status.success(), "{stmt} was accepted");
         assert!(text(&o).contains("read-only"), "{stmt}: {}", text(&o));
     }
+    // `quotaflow alerts` lists what fires in the latest snapshot.
+    let o = quotaflow(&["alerts", "--output", out, "--format", "csv"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.starts_with("severity,rule,key,value,message,fired_at,alert_id"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().count() > 1 && listed.contains("pacing_behind"),
+        "{listed}"
+    );
     let o = quotaflow(&["sql", "--output", out, "--snapshot", "99", "SELECT 1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no such snapshot"), "{}", text(&o));

@@ -854,3 +854,36 @@ async fn a_custom_metric_is_a_sql_file_and_a_table_entry() {
     assert_eq!(f(&y["connect_rate"]), Some(0.5));
     assert_eq!(y["snapshot_id"], 1);
 }
+
+#[tokio::test]
+async fn shipped_alert_rules_by_hand() {
+    let p = pipeline();
+    let state = fold_all(&p, events());
+    let (_, breaches) = quotaflow::engine::Engine::new(std::sync::Arc::clone(&p))
+        .compute_with_alerts(&state, 1)
+        .await
+        .unwrap();
+    let keys = |rule: &str| {
+        let mut k: Vec<String> = breaches
+            .iter()
+            .filter(|b| b.rule == rule)
+            .map(|b| b.key.clone())
+            .collect();
+        k.sort();
+        k
+    };
+    // Q1 fully elapsed: rep-a paces at 0.131; rep-d at 1.2; rep-b's quota is 0 (pacing NULL).
+    assert_eq!(keys("pacing_behind"), ["rep-a"]);
+    // With 0 days left, team t2 (rep-a) commits 13 % of quota; t1's quota is 0, t3 is over.
+    assert_eq!(keys("team_commit_short"), ["t2"]);
+    // Only rep-a has activity (on as_of_date); rep-c is missing from the roster but still counts.
+    assert_eq!(keys("rep_inactive"), ["rep-b", "rep-c", "rep-d"]);
+    // deal-5 has been in proposal exactly 30 days but had an activity today; deal-6 only 26 days.
+    assert_eq!(keys("stalled_deal"), Vec::<String>::new());
+    // pulse-q1: t2's NPS is 0 (not below 0), t1's 100.
+    assert_eq!(keys("detractor_spike"), Vec::<String>::new());
+    let a = breaches.iter().find(|b| b.rule == "pacing_behind").unwrap();
+    assert_eq!(a.severity, "warning");
+    assert_eq!(a.value, Some(0.131));
+    assert!(a.message.contains("0.13"), "{}", a.message);
+}

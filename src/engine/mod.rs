@@ -8,12 +8,16 @@ pub mod udf;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::Float64Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::alert::Breach;
 use crate::config::Pipeline;
 use crate::state::State;
 use udf::{FxTable, UdfContext};
@@ -65,7 +69,7 @@ impl Engine {
     /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and
     /// functions without any I/O (`quotaflow validate`).
     pub async fn check(&self) -> Result<Vec<Table>, EngineError> {
-        self.compute(&State::default(), 0).await
+        Ok(self.compute_with_alerts(&State::default(), 0).await?.0)
     }
 
     /// Computes every published table for `state` as snapshot `snapshot_id`.
@@ -74,6 +78,15 @@ impl Engine {
         state: &State,
         snapshot_id: u64,
     ) -> Result<Vec<Table>, EngineError> {
+        Ok(self.compute_with_alerts(state, snapshot_id).await?.0)
+    }
+
+    /// Computes every published table, then evaluates the alert rules over them.
+    pub async fn compute_with_alerts(
+        &self,
+        state: &State,
+        snapshot_id: u64,
+    ) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
         let ctx = self.session(state, snapshot_id)?;
         let as_of = state.as_of;
         let mut out = Vec::new();
@@ -106,7 +119,55 @@ impl Engine {
                 });
             }
         }
-        Ok(out)
+        let mut breaches = Vec::new();
+        for rule in &self.pipeline.alerts {
+            let sql_err = |source| EngineError::Sql {
+                table: format!("alert {}", rule.name),
+                origin: rule.origin.clone(),
+                source,
+            };
+            let batches = ctx
+                .sql(&rule.sql)
+                .await
+                .map_err(sql_err)?
+                .collect()
+                .await
+                .map_err(sql_err)?;
+            for b in batches {
+                let col = |name: &str, ty: &DataType| -> Result<ArrayRef, EngineError> {
+                    let c = b.column_by_name(name).ok_or_else(|| {
+                        sql_err(DataFusionError::Plan(format!("an alert query must return `key`, `value` and `message`; `{name}` is missing")))
+                    })?;
+                    datafusion::arrow::compute::cast(c, ty).map_err(|e| sql_err(e.into()))
+                };
+                let key = col("key", &DataType::Utf8)?;
+                let value = col("value", &DataType::Float64)?;
+                let message = col("message", &DataType::Utf8)?;
+                let (key, value, message) = (
+                    key.as_string::<i32>(),
+                    value.as_primitive::<Float64Type>(),
+                    message.as_string::<i32>(),
+                );
+                for i in 0..b.num_rows() {
+                    breaches.push(Breach {
+                        rule: rule.name.clone(),
+                        severity: rule.severity.clone(),
+                        key: if key.is_null(i) {
+                            String::new()
+                        } else {
+                            key.value(i).to_string()
+                        },
+                        value: (!value.is_null(i)).then(|| value.value(i)),
+                        message: if message.is_null(i) {
+                            String::new()
+                        } else {
+                            message.value(i).to_string()
+                        },
+                    });
+                }
+            }
+        }
+        Ok((out, breaches))
     }
 
     fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
@@ -154,7 +215,7 @@ impl Engine {
 }
 
 /// Appends `snapshot_id` (BIGINT) and `as_of` (TIMESTAMP UTC) to every row.
-fn with_snapshot_columns(
+pub(crate) fn with_snapshot_columns(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
     snapshot_id: u64,

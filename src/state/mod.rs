@@ -131,6 +131,8 @@ pub struct State {
     /// (topic, outcome or reason) → messages.
     pub quality: BTreeMap<(String, String), u64>,
     pub dead_letters: VecDeque<DeadLetter>,
+    /// Lifecycle of every alert (rule, key) ever fired.
+    pub alerts: crate::alert::AlertBook,
 }
 
 impl State {

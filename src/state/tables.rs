@@ -504,3 +504,40 @@ fn topics(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
         ("topic", strs(p.topics.values().map(String::as_str))),
     ])
 }
+
+/// The `alerts` table: every (rule, key) that ever fired, firing or resolved.
+pub fn alerts(s: &State) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = s.alerts.values().collect();
+    batch(vec![
+        ("rule", strs(rows.iter().map(|a| a.rule.as_str()))),
+        ("key", strs(rows.iter().map(|a| a.key.as_str()))),
+        ("severity", strs(rows.iter().map(|a| a.severity.as_str()))),
+        (
+            "state",
+            strs(
+                rows.iter()
+                    .map(|a| if a.firing { "firing" } else { "resolved" }),
+            ),
+        ),
+        (
+            "value",
+            Arc::new(rows.iter().map(|a| a.value).collect::<Float64Array>()),
+        ),
+        ("message", strs(rows.iter().map(|a| a.message.as_str()))),
+        ("alert_id", strs(rows.iter().map(|a| a.alert_id.as_str()))),
+        ("fired_at", times(rows.iter().map(|a| a.fired_at))),
+        ("resolved_at", times(rows.iter().map(|a| a.resolved_at))),
+        (
+            "fired_snapshot",
+            i64s(rows.iter().map(|a| a.fired_snapshot as i64)),
+        ),
+        (
+            "resolved_snapshot",
+            Arc::new(
+                rows.iter()
+                    .map(|a| a.resolved_snapshot.map(|v| v as i64))
+                    .collect::<Int64Array>(),
+            ),
+        ),
+    ])
+}
