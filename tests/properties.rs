@@ -25,11 +25,17 @@ const STAGES: &[&str] = &[
     "closed_lost",
 ];
 
-/// Random events over 20 days. The content of an (entity, version) or a fact id is a function
+/// Random events over 55 days. The content of an (entity, version) or a fact id is a function
 /// of that key, so a repeat is a true duplicate and arrival order cannot change the result.
 fn random_events(seed: u64, n: usize) -> Vec<Event> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let day = |d: u64| format!("2026-03-{:02}", 1 + d % 20);
+    // 55 days: more than the 30-day dedup horizon, so shuffled arrival moves the event clock
+    // far past a fact before its repeat arrives; less than two horizons, so pruning keeps ids.
+    let day = |d: u64| {
+        (chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap()
+            + chrono::Duration::days((d * 7 % 55) as i64))
+        .to_string()
+    };
     let at = |d: u64, s: u64| format!("{}T{:02}:{:02}:00Z", day(d), 8 + s % 10, s % 60);
     (0..n)
         .map(|_| {

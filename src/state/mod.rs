@@ -183,13 +183,13 @@ impl State {
 
     fn fold_activity(&mut self, a: Activity, cal: &Calendar, horizon: i64) -> Folded {
         let id = xxhash_rust::xxh3::xxh3_128(a.event_id.as_bytes());
-        let floor = self.as_of.unwrap_or(i64::MIN).saturating_sub(horizon);
-        // An id remembered at or after the horizon's floor is a duplicate; older memories no
-        // longer count, whether or not they were pruned yet (so pruning never changes results).
+        // A repeat within the horizon of the remembered copy's event time is a duplicate. The
+        // test compares the two events only, never the event clock, so the outcome does not
+        // depend on how far other partitions have been read.
         if self
             .seen_activities
             .get(&id)
-            .is_some_and(|seen| *seen >= floor)
+            .is_some_and(|seen| seen.abs_diff(a.occurred_at) <= horizon.unsigned_abs())
         {
             return Folded::Duplicate;
         }
@@ -242,9 +242,14 @@ impl State {
         self.offsets.get(topic)?.get(&partition).copied()
     }
 
-    /// Forgets activity ids older than the dedup horizon, so memory stays flat.
+    /// Forgets activity ids whose event time lies more than two horizons behind the event
+    /// clock, so memory stays flat. The second horizon is slack for partitions read unevenly: a
+    /// repeat that arrives later than that behind the clock is counted again.
     pub fn prune(&mut self, horizon: i64) {
-        let floor = self.as_of.unwrap_or(i64::MIN).saturating_sub(horizon);
+        let floor = self
+            .as_of
+            .unwrap_or(i64::MIN)
+            .saturating_sub(horizon.saturating_mul(2));
         self.seen_activities.retain(|_, t| *t >= floor);
     }
 
