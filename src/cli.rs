@@ -85,29 +85,15 @@ pub enum Command {
     },
     /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name.
     Sql {
-        /// Snapshot location (as for `run`)
-        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
-        output: String,
-        /// Snapshot id [default: the one `_latest` names]
-        #[arg(long)]
-        snapshot: Option<u64>,
-        /// Output format
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        at: SnapshotArgs,
         /// The query, e.g. "SELECT * FROM attainment WHERE level = 'team'"
         query: String,
     },
     /// List the alerts firing now, from the latest snapshot (or another one).
     Alerts {
-        /// Snapshot location (as for `run`)
-        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
-        output: String,
-        /// Snapshot id [default: the one `_latest` names]
-        #[arg(long)]
-        snapshot: Option<u64>,
-        /// Output format
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        at: SnapshotArgs,
     },
     /// Check a pipeline file and its SQL without touching the network.
     Validate {
@@ -121,6 +107,31 @@ pub enum Command {
         #[arg(long, default_value = "quotaflow-demo")]
         dir: String,
     },
+}
+
+/// Which snapshot a read command looks at, and how it prints.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// Snapshot location (as for `run`)
+    #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+    output: String,
+    /// Snapshot id [default: the one `_latest` names]
+    #[arg(long)]
+    snapshot: Option<u64>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+impl SnapshotArgs {
+    /// Runs one read-only query over the chosen snapshot and renders the result.
+    async fn query(&self, sql: &str) -> Result<String, Error> {
+        let location = Location::parse(&self.output)?;
+        let manifest = crate::query::manifest(&location, self.snapshot).await?;
+        let ctx = crate::query::session(&location, &manifest).await?;
+        let batches = crate::query::query(&ctx, sql).await?;
+        crate::query::render(&batches, self.format)
+    }
 }
 
 /// Runs a parsed command; returns what to print on stdout.
@@ -217,29 +228,8 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 ))
             }
         }
-        Command::Sql {
-            output,
-            snapshot,
-            format,
-            query,
-        } => {
-            let location = Location::parse(&output)?;
-            let manifest = crate::query::manifest(&location, snapshot).await?;
-            let ctx = crate::query::session(&location, &manifest).await?;
-            let batches = crate::query::query(&ctx, &query).await?;
-            crate::query::render(&batches, format)
-        }
-        Command::Alerts {
-            output,
-            snapshot,
-            format,
-        } => {
-            let location = Location::parse(&output)?;
-            let manifest = crate::query::manifest(&location, snapshot).await?;
-            let ctx = crate::query::session(&location, &manifest).await?;
-            let batches = crate::query::query(&ctx, FIRING_ALERTS).await?;
-            crate::query::render(&batches, format)
-        }
+        Command::Sql { at, query } => at.query(&query).await,
+        Command::Alerts { at } => at.query(FIRING_ALERTS).await,
         Command::Validate { pipeline } => {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let tables = crate::engine::Engine::new(Arc::clone(&p)).check().await?;

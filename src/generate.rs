@@ -324,38 +324,27 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
                 d.amount_usd = (d.amount_usd * rng.gen_range(0.8..1.2) / 100.0).round() * 100.0;
             }
             let advance = rng.gen_bool((0.55 * rep.skill).min(0.95));
-            if advance && d.stage + 1 < STAGES.len() {
+            let (stage, open) = if advance && d.stage + 1 < STAGES.len() {
                 d.stage += 1;
                 d.next_change = day + Duration::days(rng.gen_range(3..15));
-                push(
-                    &mut out,
-                    at.clone(),
-                    EventType::Deal,
-                    &d.id,
-                    deal_json(&d, STAGES[d.stage], rep, &rates, &at),
-                );
-                still_open.push(d);
+                (STAGES[d.stage], true)
             } else if advance || rng.gen_bool(0.35) {
-                let stage = if advance { "closed_won" } else { "closed_lost" };
                 d.close = day;
-                push(
-                    &mut out,
-                    at.clone(),
-                    EventType::Deal,
-                    &d.id,
-                    deal_json(&d, stage, rep, &rates, &at),
-                );
+                (if advance { "closed_won" } else { "closed_lost" }, false)
             } else {
                 // Stalls a while: same stage, a revision (close date pushed out).
                 d.close = d.close.max(day) + Duration::days(rng.gen_range(5..20));
                 d.next_change = day + Duration::days(rng.gen_range(5..20));
-                push(
-                    &mut out,
-                    at.clone(),
-                    EventType::Deal,
-                    &d.id,
-                    deal_json(&d, STAGES[d.stage], rep, &rates, &at),
-                );
+                (STAGES[d.stage], true)
+            };
+            push(
+                &mut out,
+                at.clone(),
+                EventType::Deal,
+                &d.id,
+                deal_json(&d, stage, rep, &rates, &at),
+            );
+            if open {
                 still_open.push(d);
             }
         }
