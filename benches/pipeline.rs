@@ -19,6 +19,7 @@ fn messages(reps: usize, days: u32) -> Vec<Generated> {
         days,
         seed: 1,
         start: NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default(),
+        silence: None,
     };
     generate(&spec, |g| out.push(g));
     out

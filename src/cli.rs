@@ -82,6 +82,16 @@ pub enum Command {
         /// Pipeline file whose topic names are used
         #[arg(long)]
         pipeline: Option<PathBuf>,
+        /// Reps (by number, e.g. 3,11 for rep-00003 and rep-00011) who fall silent: no activity,
+        /// no new deal, no deal moving on, from --silent-from until --silent-until
+        #[arg(long, value_delimiter = ',', requires = "silent_from")]
+        silent_reps: Vec<usize>,
+        /// First silent day (YYYY-MM-DD)
+        #[arg(long, requires = "silent_reps")]
+        silent_from: Option<NaiveDate>,
+        /// First day the silent reps are back [default: never]
+        #[arg(long, requires = "silent_from")]
+        silent_until: Option<NaiveDate>,
     },
     /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name.
     Sql {
@@ -185,6 +195,9 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             partitions,
             batch_messages,
             pipeline,
+            silent_reps,
+            silent_from,
+            silent_until,
         } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             if reps == 0 || days == 0 {
@@ -193,11 +206,21 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             let start = start.unwrap_or_else(|| {
                 chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days))
             });
+            if let Some(r) = silent_reps.iter().find(|r| **r >= reps) {
+                return Err(Error::Usage(format!(
+                    "--silent-reps {r}: there are only reps 0..{reps}"
+                )));
+            }
             let spec = GenSpec {
                 reps,
                 days,
                 seed,
                 start,
+                silence: silent_from.map(|from| crate::generate::Silence {
+                    reps: silent_reps,
+                    from,
+                    until: silent_until.unwrap_or(NaiveDate::MAX),
+                }),
             };
             if let Some(dir) = out_dir {
                 write_jsonl(&spec, &pipeline, &dir)

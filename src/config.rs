@@ -110,7 +110,68 @@ struct RawPipeline {
     tables: Vec<RawTable>,
     #[serde(default)]
     alerts: Vec<RawAlert>,
+    #[serde(default)]
+    alert_delivery: RawDelivery,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    kafka_topic: String,
+    retry_initial: String,
+    retry_max: String,
+    drain_timeout: String,
+    webhooks: Vec<RawWebhook>,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            kafka_topic: "spm.alerts".into(),
+            retry_initial: "1s".into(),
+            retry_max: "5m".into(),
+            drain_timeout: "10s".into(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: String,
+    url: String,
+    #[serde(default = "webhook_timeout")]
+    timeout: String,
+}
+
+fn webhook_timeout() -> String {
+    "5s".into()
+}
+
+/// Where alert transitions go (`[alert_delivery]`); each rule picks targets by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertDelivery {
+    /// The topic of the `kafka` target.
+    pub kafka_topic: String,
+    /// First wait after a failed delivery; it doubles per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How long a run that stops waits for pending deliveries (the rest go at the next start).
+    pub drain_timeout: Duration,
+    pub webhooks: Vec<Webhook>,
+}
+
+/// An HTTP endpoint receiving alert events as JSON POSTs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub name: String,
+    pub url: url::Url,
+    pub timeout: Duration,
+}
+
+/// Targets every pipeline knows besides its webhooks.
+pub const BUILTIN_TARGETS: &[&str] = &["log", "kafka"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +182,12 @@ struct RawAlert {
     sql: String,
     #[serde(default)]
     params: BTreeMap<String, String>,
+    #[serde(default = "default_targets")]
+    deliver: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    vec!["log".into(), "kafka".into()]
 }
 
 /// An alert rule: a query over the snapshot's tables returning the rows that breach it, with
@@ -134,6 +201,8 @@ pub struct AlertRule {
     pub origin: String,
     /// The SQL with its `${param}` placeholders filled in.
     pub sql: String,
+    /// Names of the targets its transitions go to: `log`, `kafka` or a webhook's name.
+    pub deliver: Vec<String>,
 }
 
 const SEVERITIES: &[&str] = &["info", "warning", "critical"];
@@ -343,6 +412,7 @@ pub struct Pipeline {
     pub commissions: CommissionPlan,
     pub tables: Vec<TableSpec>,
     pub alerts: Vec<AlertRule>,
+    pub alert_delivery: AlertDelivery,
 }
 
 /// Names of tables the engine provides from state; pipeline tables may not reuse them.
@@ -365,6 +435,7 @@ pub const STATE_TABLES: &[&str] = &[
     "leaderboard_weights",
     "commission_plan",
     "alerts",
+    "alert_deliveries",
 ];
 
 impl Pipeline {
@@ -623,6 +694,8 @@ impl Pipeline {
             });
         }
 
+        let alert_delivery =
+            alert_delivery(&raw.alert_delivery).map_err(|(k, m)| invalid(&k, m))?;
         let mut alerts: Vec<AlertRule> = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let key = format!("alerts[{i}]");
@@ -656,12 +729,25 @@ impl Pipeline {
                     format!("the SQL uses {rest}}} but params do not set it"),
                 ));
             }
+            for (j, target) in a.deliver.iter().enumerate() {
+                let known = BUILTIN_TARGETS.contains(&target.as_str())
+                    || alert_delivery.webhooks.iter().any(|w| &w.name == target);
+                if !known || a.deliver[..j].contains(target) {
+                    return Err(invalid(
+                        &format!("{key}.deliver[{j}]"),
+                        format!(
+                            "`{target}` is not `log`, `kafka` or the name of an [[alert_delivery.webhooks]] entry, or is named twice"
+                        ),
+                    ));
+                }
+            }
             alerts.push(AlertRule {
                 name: a.name.clone(),
                 severity: a.severity.clone(),
                 description: a.description.clone(),
                 origin: a.sql.clone(),
                 sql,
+                deliver: a.deliver.clone(),
             });
         }
 
@@ -693,6 +779,7 @@ impl Pipeline {
             commissions,
             tables,
             alerts,
+            alert_delivery,
         })
     }
 
@@ -708,6 +795,66 @@ impl Pipeline {
             .find(|(_, t)| t.as_str() == topic)
             .map(|(e, _)| *e)
     }
+}
+
+fn alert_delivery(raw: &RawDelivery) -> Result<AlertDelivery, (String, String)> {
+    let key = |k: &str| format!("alert_delivery.{k}");
+    let duration = |k: &str, v: &str| parse_duration(v).map_err(|m| (key(k), m));
+    if !is_topic(&raw.kafka_topic) {
+        return Err((
+            key("kafka_topic"),
+            format!("`{}` is not a valid topic name", raw.kafka_topic),
+        ));
+    }
+    let retry_initial = duration("retry_initial", &raw.retry_initial)?;
+    let retry_max = duration("retry_max", &raw.retry_max)?;
+    if retry_initial.is_zero() || retry_max < retry_initial {
+        return Err((
+            key("retry_max"),
+            "retry_initial must be above zero and retry_max at least retry_initial".into(),
+        ));
+    }
+    let mut webhooks: Vec<Webhook> = Vec::new();
+    for (i, w) in raw.webhooks.iter().enumerate() {
+        let k = |f: &str| key(&format!("webhooks[{i}].{f}"));
+        if !is_identifier(&w.name)
+            || BUILTIN_TARGETS.contains(&w.name.as_str())
+            || webhooks.iter().any(|o| o.name == w.name)
+        {
+            return Err((
+                k("name"),
+                format!(
+                    "`{}` must be a unique lower-case name other than log and kafka",
+                    w.name
+                ),
+            ));
+        }
+        let url = url::Url::parse(&w.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                (
+                    k("url"),
+                    format!("`{}` is not an http:// or https:// URL", w.url),
+                )
+            })?;
+        let timeout = parse_duration(&w.timeout).map_err(|m| (k("timeout"), m))?;
+        if timeout.is_zero() {
+            return Err((k("timeout"), "must be above zero".into()));
+        }
+        webhooks.push(Webhook {
+            name: w.name.clone(),
+            url,
+            timeout,
+        });
+    }
+    Ok(AlertDelivery {
+        kafka_topic: raw.kafka_topic.clone(),
+        retry_initial,
+        retry_max,
+        drain_timeout: duration("drain_timeout", &raw.drain_timeout)?,
+        webhooks,
+    })
 }
 
 fn commission_plan(raw: &RawCommissions) -> Result<CommissionPlan, (String, String)> {
@@ -930,6 +1077,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("alerts[3].severity"), "{err}");
+    }
+
+    #[test]
+    fn alert_delivery_is_checked() {
+        let sql = |_: &str| Ok("SELECT 1".to_string());
+        let with = |hook: &str, deliver: &str| {
+            let text = BUILTIN_PIPELINE
+                .replace(
+                    r#"params = { days = "5" }"#,
+                    &format!("params = {{ days = \"5\" }}\ndeliver = {deliver}"),
+                )
+                .replace(r#"retry_initial = "1s""#, r#"retry_initial = "100ms""#)
+                .replace(
+                    r#"drain_timeout = "10s""#,
+                    &format!("drain_timeout = \"10s\"\n{hook}"),
+                );
+            Pipeline::parse(&text, "p.toml", &sql).map_err(|e| e.to_string())
+        };
+        let hook =
+            "[[alert_delivery.webhooks]]\nname = \"managers\"\nurl = \"http://127.0.0.1:9/hook\"";
+        let p = with(hook, r#"["log", "managers"]"#).unwrap();
+        assert_eq!(p.alerts[2].deliver, ["log", "managers"]);
+        assert_eq!(p.alerts[0].deliver, ["log", "kafka"]);
+        assert_eq!(p.alert_delivery.webhooks[0].timeout, Duration::from_secs(5));
+        assert_eq!(p.alert_delivery.retry_initial, Duration::from_millis(100));
+        let err = with(hook, r#"["log", "slack"]"#).unwrap_err();
+        assert!(
+            err.contains("p.toml")
+                && err.contains("alerts[2].deliver[1]")
+                && err.contains("`slack`"),
+            "{err}"
+        );
+        let err = with(&hook.replace("http://127.0.0.1:9/hook", "ftp://x/"), "[]").unwrap_err();
+        assert!(err.contains("alert_delivery.webhooks[0].url"), "{err}");
+        let err = with(&hook.replace("\"managers\"", "\"kafka\""), "[]").unwrap_err();
+        assert!(err.contains("alert_delivery.webhooks[0].name"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `quotaflow demo`: the whole pipeline on an embedded default. Starts librdkafka's in-process
-//! mock cluster, generates a quarter of data for 50 reps into it, runs the built-in pipeline to
-//! the end offsets, writes snapshots under `./quotaflow-demo/` and prints a summary.
+//! mock cluster, generates a quarter of data for 50 reps into it (two of them, rep-00003 and
+//! rep-00011, fall silent for the last eight days), runs the built-in pipeline to the end
+//! offsets, writes snapshots under `./quotaflow-demo/` and prints a summary with the alerts
+//! that fired.
 
 use std::sync::Arc;
 
@@ -17,6 +19,9 @@ use crate::snapshot::Location;
 pub const DEMO_REPS: usize = 50;
 pub const DEMO_DAYS: u32 = 91;
 pub const DEMO_SEED: u64 = 42;
+/// Reps who log nothing for the demo's last `DEMO_SILENT_DAYS` days.
+pub const DEMO_SILENT_REPS: [usize; 2] = [3, 11];
+pub const DEMO_SILENT_DAYS: u32 = 8;
 const DEMO_PARTITIONS: i32 = 8;
 
 /// Runs the demo into `dir` (emptied first) and returns the text to print.
@@ -37,11 +42,10 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
             "cannot start the in-process Kafka mock cluster: {e}"
         ))
     })?;
-    for topic in pipeline
-        .topics
-        .values()
-        .chain([&pipeline.dead_letter_topic])
-    {
+    for topic in pipeline.topics.values().chain([
+        &pipeline.dead_letter_topic,
+        &pipeline.alert_delivery.kafka_topic,
+    ]) {
         cluster
             .create_topic(topic, DEMO_PARTITIONS, 1)
             .map_err(|e| Error::Usage(format!("mock cluster: cannot create topic {topic}: {e}")))?;
@@ -54,6 +58,11 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
         days: DEMO_DAYS,
         seed: DEMO_SEED,
         start,
+        silence: Some(crate::generate::Silence {
+            reps: DEMO_SILENT_REPS.to_vec(),
+            from: start + chrono::Duration::days(i64::from(DEMO_DAYS - DEMO_SILENT_DAYS)),
+            until: NaiveDate::MAX,
+        }),
     };
     eprintln!(
         "demo: generating {} days of events for {} reps into the in-process Kafka cluster ...",
@@ -98,6 +107,11 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     )
     .await?;
     let alerts = crate::query::query(&ctx, "SELECT rule, severity, COUNT(*) AS firing FROM alerts WHERE state = 'firing' GROUP BY rule, severity ORDER BY rule").await?;
+    let inactive = crate::query::query(
+        &ctx,
+        "SELECT key, message FROM alerts WHERE state = 'firing' AND rule = 'rep_inactive' ORDER BY key",
+    )
+    .await?;
     let secs = report.elapsed.as_secs_f64();
     let mut out = String::new();
     out.push_str(&format!(
@@ -112,6 +126,17 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     out.push_str(&crate::query::render(&teams, crate::query::Format::Table)?);
     out.push_str("\n\nAlerts firing (quotaflow alerts --output DIR lists them):\n");
     out.push_str(&crate::query::render(&alerts, crate::query::Format::Table)?);
+    out.push_str(&format!(
+        "\n\nrep_inactive (the demo silences rep-00003 and rep-00011 for its last {DEMO_SILENT_DAYS} days):\n"
+    ));
+    out.push_str(&crate::query::render(
+        &inactive,
+        crate::query::Format::Table,
+    )?);
+    out.push_str(&format!(
+        "\n{} alert events delivered to the Kafka topic {} ({} still pending), each also in the log.",
+        report.alerts_delivered, pipeline.alert_delivery.kafka_topic, report.alerts_pending
+    ));
     out.push_str("\n\nData quality:\n");
     out.push_str(&crate::query::render(
         &quality,

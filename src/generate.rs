@@ -3,7 +3,10 @@
 //! through the funnel with revisions and end won or lost, activities that rise with skill and
 //! lead to wins, monthly pulse surveys, and a trickle of resent (duplicate) activities.
 //!
-//! The same `(reps, days, seed, start)` always yields the same messages in the same order, so a
+//! A scenario can silence some reps for a while (`Silence`): they log nothing and their deals
+//! stand still, which is how a test or the demo makes known reps fall behind.
+//!
+//! The same `GenSpec` always yields the same messages in the same order, so a
 //! generated stream can be replayed and its metrics compared.
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveTime, Weekday};
@@ -20,6 +23,22 @@ pub struct GenSpec {
     pub days: u32,
     pub seed: u64,
     pub start: NaiveDate,
+    pub silence: Option<Silence>,
+}
+
+/// Reps (by number: 3 is `rep-00003`) who log no activity, open no deal and move no deal on
+/// the days `from..until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Silence {
+    pub reps: Vec<usize>,
+    pub from: NaiveDate,
+    pub until: NaiveDate,
+}
+
+impl Silence {
+    fn covers(&self, rep: usize, day: NaiveDate) -> bool {
+        (self.from..self.until).contains(&day) && self.reps.contains(&rep)
+    }
 }
 
 /// One generated Kafka message.
@@ -193,7 +212,8 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
                     "active": true}),
                 );
             }
-            if !weekday {
+            let silent = spec.silence.as_ref().is_some_and(|s| s.covers(ri, day));
+            if !weekday || silent {
                 continue;
             }
             let open: Vec<String> = deals
@@ -313,7 +333,8 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
         // Deals move on.
         let mut still_open = Vec::with_capacity(deals.len());
         for mut d in deals.drain(..) {
-            if d.next_change > day {
+            let silent = spec.silence.as_ref().is_some_and(|s| s.covers(d.rep, day));
+            if d.next_change > day || silent {
                 still_open.push(d);
                 continue;
             }
@@ -387,6 +408,7 @@ mod tests {
             days: 20,
             seed: 7,
             start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap(),
+            silence: None,
         };
         let mut a = Vec::new();
         generate(&spec, |g| a.push(g));

@@ -1,7 +1,9 @@
 //! The run loop: Kafka → decode → fold into state → (every trigger) SQL → snapshot.
 //!
-//! Order of a snapshot: dead letters delivered → state pruned → tables computed → Parquet,
-//! state, manifest, `_latest` written → advisory Kafka commit → retention. Offsets only move
+//! Order of a snapshot: dead letters delivered → state pruned → tables computed and alert
+//! rules evaluated → Parquet, state (with the alert outbox), manifest, `_latest` written →
+//! alert events handed to the log and the background dispatcher → advisory Kafka commit →
+//! retention. Offsets only move
 //! inside the state, so whatever the snapshot holds is exactly what its offsets say was read:
 //! a restart resumes from `_latest` and reads on from there.
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 
+use crate::alert::deliver::{self, Dispatcher};
 use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -41,6 +44,10 @@ pub struct RunReport {
     pub snapshots: u64,
     pub elapsed: Duration,
     pub last: Option<Manifest>,
+    /// Alert events acknowledged by their Kafka or webhook target during this run.
+    pub alerts_delivered: u64,
+    /// Alert events not acknowledged when the run stopped (retried at the next start).
+    pub alerts_pending: usize,
 }
 
 /// Restores the state `_latest` names, or an empty one.
@@ -55,7 +62,9 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<State, 
             location.url, manifest.pipeline, pipeline.name
         )));
     }
-    let state = location.read_state(&manifest).await?;
+    let mut state = location.read_state(&manifest).await?;
+    let acks = location.read_acks(manifest.snapshot_id).await?;
+    deliver::settle(&mut state, &acks.acked, acks.counts);
     tracing::info!(snapshot_id = manifest.snapshot_id, as_of = ?manifest.as_of, "restored state");
     Ok(state)
 }
@@ -66,6 +75,7 @@ struct Runner {
     engine: Engine,
     source: KafkaSource,
     dead_letters: DeadLetterSink,
+    alerts: Dispatcher,
     state: State,
     /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
     pending: Vec<(DeadLetter, Vec<u8>)>,
@@ -92,6 +102,9 @@ pub async fn run(
     let source = KafkaSource::connect(&opts.brokers, &pipeline, &state)?;
     let dead_letters = DeadLetterSink::connect(&opts.brokers, &pipeline)?;
     dead_letters.ensure_topic(&opts.brokers, &pipeline).await;
+    let alerts = Dispatcher::start(&opts.brokers, &pipeline).await?;
+    // Alert events a previous run recorded but did not see acknowledged go out again.
+    alerts.submit(state.outbox.iter().cloned());
     let decoder = Decoder::new(pipeline.limits)?;
 
     let marks = source.watermarks()?;
@@ -114,6 +127,7 @@ pub async fn run(
         location,
         source,
         dead_letters,
+        alerts,
         state,
         pending: Vec::new(),
         since_snapshot: 0,
@@ -124,6 +138,8 @@ pub async fn run(
             snapshots: 0,
             elapsed: Duration::ZERO,
             last: None,
+            alerts_delivered: 0,
+            alerts_pending: 0,
         },
     };
     let cal = pipeline.calendar;
@@ -211,6 +227,7 @@ pub async fn run(
     if r.since_snapshot > 0 || r.state.snapshot_id == 0 {
         r.snapshot_or_log(true).await?;
     }
+    r.drain_alerts().await;
     r.report.elapsed = started.elapsed();
     Ok(r.report)
 }
@@ -240,14 +257,49 @@ impl Runner {
         Ok(())
     }
 
+    /// Waits (up to the pipeline's drain timeout) for alert deliveries in flight, and records
+    /// those acknowledged since the last snapshot next to it.
+    async fn drain_alerts(&mut self) {
+        let left = self
+            .alerts
+            .drain(self.pipeline.alert_delivery.drain_timeout)
+            .await;
+        let (acked, counts) = self.alerts.take();
+        self.report.alerts_delivered += counts.values().map(|c| c.delivered).sum::<u64>();
+        self.report.alerts_pending = left;
+        if !acked.is_empty() || !counts.is_empty() {
+            // An earlier run may have recorded acknowledgements after the same snapshot.
+            let id = self.state.snapshot_id;
+            let mut acks = self.location.read_acks(id).await.unwrap_or_default();
+            acks.acked.extend(acked);
+            for (target, c) in counts {
+                let total = acks.counts.entry(target).or_default();
+                total.delivered += c.delivered;
+                total.failed_attempts += c.failed_attempts;
+            }
+            if let Err(e) = self.location.write_acks(id, &acks).await {
+                tracing::warn!(error = %e, "could not record alert acknowledgements; the next start sends those events again");
+            }
+        }
+        if left > 0 {
+            tracing::warn!(
+                pending = left,
+                "alert deliveries still pending at stop; the next start retries them"
+            );
+        }
+    }
+
     async fn snapshot(&mut self) -> Result<(), Error> {
         let t0 = Instant::now();
         self.dead_letters.deliver(&self.pending).await?;
         self.pending.clear();
+        let (acked, counts) = self.alerts.take();
+        self.report.alerts_delivered += counts.values().map(|c| c.delivered).sum::<u64>();
+        deliver::settle(&mut self.state, &acked, counts);
         let previous = self.state.snapshot_id;
         self.state.snapshot_id = previous + 1;
         self.state.prune(self.pipeline.dedup_horizon_micros());
-        let before = self.state.alerts.clone();
+        let (alerts_before, outbox_before) = (self.state.alerts.clone(), self.state.outbox.len());
         let written = async {
             let (mut tables, breaches) = self
                 .engine
@@ -256,27 +308,41 @@ impl Runner {
             let events = crate::alert::apply(
                 &mut self.state.alerts,
                 breaches,
+                &self.pipeline.name,
                 self.state.snapshot_id,
                 self.state.as_of,
             );
-            tables.push(alerts_table(&self.state)?);
+            let outgoing = deliver::outgoing(&self.pipeline, &events);
+            self.state.outbox.extend(outgoing.iter().cloned());
+            tables.push(state_table(
+                &self.state,
+                "alerts",
+                crate::state::tables::alerts,
+            )?);
+            tables.push(state_table(
+                &self.state,
+                "alert_deliveries",
+                crate::state::tables::alert_deliveries,
+            )?);
             let manifest = self
                 .location
                 .write(&self.state, &tables, &self.pipeline.name)
                 .await?;
-            Ok::<_, Error>((manifest, events))
+            Ok::<_, Error>((manifest, events, outgoing))
         }
         .await;
         let manifest = match written {
-            Ok((m, events)) => {
-                // Transitions are delivered only once the snapshot that records them is durable.
-                crate::alert::deliver_to_log(&events);
+            Ok((m, events, outgoing)) => {
+                // Transitions go out only once the snapshot that records them is durable.
+                deliver::to_log(&self.pipeline, &events);
+                self.alerts.submit(outgoing);
                 m
             }
             Err(e) => {
                 // The same id is reused next time: files are named by id, so the retry overwrites.
                 self.state.snapshot_id = previous;
-                self.state.alerts = before;
+                self.state.alerts = alerts_before;
+                self.state.outbox.truncate(outbox_before);
                 return Err(e);
             }
         };
@@ -307,11 +373,21 @@ impl Runner {
     }
 }
 
-/// The `alerts` table of a snapshot, with the snapshot-wide columns.
-fn alerts_table(state: &State) -> Result<crate::engine::Table, Error> {
+/// A snapshot table built from the state in Rust (`alerts`, `alert_deliveries`), with the
+/// snapshot-wide columns.
+fn state_table(
+    state: &State,
+    name: &str,
+    build: fn(
+        &State,
+    ) -> Result<
+        datafusion::arrow::array::RecordBatch,
+        datafusion::arrow::error::ArrowError,
+    >,
+) -> Result<crate::engine::Table, Error> {
     let internal =
-        |e: &dyn std::fmt::Display| crate::error::InternalError::new(format!("alerts table: {e}"));
-    let batch = crate::state::tables::alerts(state).map_err(|e| internal(&e))?;
+        |e: &dyn std::fmt::Display| crate::error::InternalError::new(format!("{name} table: {e}"));
+    let batch = build(state).map_err(|e| internal(&e))?;
     let (schema, batches) = crate::engine::with_snapshot_columns(
         &batch.schema(),
         vec![batch],
@@ -320,7 +396,7 @@ fn alerts_table(state: &State) -> Result<crate::engine::Table, Error> {
     )
     .map_err(|e| internal(&e))?;
     Ok(crate::engine::Table {
-        name: "alerts".into(),
+        name: name.into(),
         schema,
         batches,
     })

@@ -154,6 +154,7 @@ fn generate_writes_one_jsonl_per_topic_deterministically() {
         days: 10,
         seed: 5,
         start: chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+        silence: None,
     };
     quotaflow::generate::generate(&spec, |_| expected += 1);
     assert_eq!(total, expected);
@@ -230,4 +231,39 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
     let o = quotaflow(&["sql", "--output", out, "--snapshot", "99", "SELECT 1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no such snapshot"), "{}", text(&o));
+}
+
+#[test]
+fn demo_runs_the_pipeline_and_shows_the_alerts_of_its_silent_reps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = quotaflow(&["demo", "--dir", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(stdout.contains("Current quarter by team:"), "{stdout}");
+    // The rep_inactive section names exactly the two reps the demo silences.
+    let section = stdout
+        .split("rep_inactive (the demo silences")
+        .nth(1)
+        .and_then(|s| s.split("days):").nth(1))
+        .and_then(|s| s.split("alert events delivered").next())
+        .unwrap_or_else(|| panic!("no rep_inactive section: {stdout}"));
+    let reps: Vec<&str> = section
+        .split_whitespace()
+        .filter(|w| w.starts_with("rep-"))
+        .collect();
+    assert_eq!(reps, ["rep-00003", "rep-00011"], "{section}");
+    assert!(stdout.contains("(0 still pending)"), "{stdout}");
+    // What it printed is in the snapshot it wrote.
+    let o = quotaflow(&[
+        "alerts",
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let firing = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(firing.contains("rep_inactive,rep-00003"), "{firing}");
+    assert!(firing.contains("rep_inactive,rep-00011"), "{firing}");
 }

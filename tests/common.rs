@@ -146,3 +146,165 @@ fn decimals_as_text(b: &RecordBatch) -> RecordBatch {
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
 }
+
+/// A real HTTP/1.1 server on a loopback port that receives webhooks: it answers 500 to the
+/// first `fail_first` requests and while `failing` is set, 200 otherwise, and keeps the JSON
+/// bodies of the requests it accepted.
+pub struct HookServer {
+    pub url: String,
+    state: Arc<std::sync::Mutex<HookState>>,
+}
+
+#[derive(Default)]
+struct HookState {
+    fail_first: usize,
+    failing: bool,
+    requests: usize,
+    accepted: Vec<serde_json::Value>,
+}
+
+impl HookServer {
+    pub fn start(fail_first: usize) -> HookServer {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks/quotaflow", listener.local_addr().unwrap());
+        let state = Arc::new(std::sync::Mutex::new(HookState {
+            fail_first,
+            ..HookState::default()
+        }));
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                // One request per connection (the answer says `connection: close`).
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                assert!(line.starts_with("POST /hooks/quotaflow "), "{line}");
+                let mut length = 0;
+                let mut json = false;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end().to_ascii_lowercase();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    json |= h == "content-type: application/json";
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = {
+                    let mut s = shared.lock().unwrap();
+                    s.requests += 1;
+                    if s.requests <= s.fail_first || s.failing {
+                        "500 Internal Server Error"
+                    } else {
+                        assert!(json, "webhook without content-type: application/json");
+                        s.accepted.push(serde_json::from_slice(&body).unwrap());
+                        "200 OK"
+                    }
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        HookServer { url, state }
+    }
+
+    /// Bodies of the requests answered 200, in arrival order.
+    pub fn accepted(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// Every request received, failed ones included.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
+    }
+}
+
+/// Checks an alert event against `schemas/alert_event.json`: required keys, no others, each
+/// value of the declared type(s) and within its enum.
+pub fn assert_alert_event_schema(event: &serde_json::Value) {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("schemas/alert_event.json").unwrap())
+            .unwrap();
+    let obj = event.as_object().unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    for k in schema["required"].as_array().unwrap() {
+        assert!(
+            obj.contains_key(k.as_str().unwrap()),
+            "{k} missing in {event}"
+        );
+    }
+    for (k, v) in obj {
+        let p = props
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} is not in the schema: {event}"));
+        let types: Vec<&str> = match &p["type"] {
+            serde_json::Value::String(t) => vec![t.as_str()],
+            ts => ts
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect(),
+        };
+        let is = |t: &str| match t {
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "null" => v.is_null(),
+            _ => false,
+        };
+        assert!(types.iter().any(|t| is(t)), "{k} = {v} is not {types:?}");
+        if let Some(allowed) = p["enum"].as_array() {
+            assert!(allowed.contains(v), "{k} = {v} is not one of {allowed:?}");
+        }
+    }
+}
+
+/// Every message of partition 0 of `topic`, from the start to its end, as JSON values.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no end of {topic} within 60 s"
+        );
+        match consumer.poll(std::time::Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+}

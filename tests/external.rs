@@ -25,9 +25,18 @@ fn bin() -> PathBuf {
 
 /// A pipeline file whose topics are unique to this test, plus extra `[snapshot]` settings.
 fn pipeline_file(dir: &Path, tag: &str, snapshot: &str) -> (PathBuf, Arc<Pipeline>) {
+    pipeline_file_with(dir, tag, snapshot, |t| t)
+}
+
+/// `pipeline_file` with `edit` applied to the default pipeline's text first.
+fn pipeline_file_with(
+    dir: &Path,
+    tag: &str,
+    snapshot: &str,
+    edit: impl Fn(String) -> String,
+) -> (PathBuf, Arc<Pipeline>) {
     let root = std::env::current_dir().unwrap();
-    let text = std::fs::read_to_string(root.join("pipelines/default.toml"))
-        .unwrap()
+    let text = edit(std::fs::read_to_string(root.join("pipelines/default.toml")).unwrap())
         .replace("= \"spm.", &format!("= \"{tag}.spm."))
         .replace(
             "sql = \"../sql/",
@@ -307,4 +316,137 @@ async fn a_once_run_that_stalls_fails_naming_the_partitions() {
         .unwrap();
     let read: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
     assert!(read >= 100, "{read}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn an_alert_fires_once_survives_restarts_resolves_and_its_webhook_retries() {
+    use crate::common::{assert_alert_event_schema, read_topic, HookServer};
+    // Reps 2 and 7 fall silent on day 10 and are back on day 22. Three runs, each a separate
+    // process over the next slice of days: they fire, stay firing, resolve.
+    let hook = HookServer::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let url = hook.url.clone();
+    let (file, p) = pipeline_file_with(dir.path(), &tag("alerts"), "", move |text| {
+        let head = text.split("[[alerts]]").next().unwrap().to_string();
+        head.replace("retry_initial = \"1s\"", "retry_initial = \"100ms\"")
+            + &format!(
+                "[[alert_delivery.webhooks]]\nname = \"managers\"\nurl = \"{url}\"\n\n\
+                 [[alerts]]\nname = \"rep_inactive\"\nseverity = \"warning\"\n\
+                 description = \"No activity in 5 days.\"\nsql = \"../sql/alerts/rep_inactive.sql\"\n\
+                 params = {{ days = \"5\" }}\ndeliver = [\"log\", \"kafka\", \"managers\"]\n"
+            )
+    });
+    let brokers = env("QUOTAFLOW_TEST_BROKERS");
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+    let spec = quotaflow::generate::GenSpec {
+        reps: 10,
+        days: 30,
+        seed: 21,
+        start,
+        silence: Some(quotaflow::generate::Silence {
+            reps: vec![2, 7],
+            from: start + chrono::Duration::days(10),
+            until: start + chrono::Duration::days(22),
+        }),
+    };
+    let mut msgs = Vec::new();
+    quotaflow::generate::generate(&spec, |g| {
+        let day: String = serde_json::from_str::<serde_json::Value>(&g.value).unwrap()
+            ["occurred_at"]
+            .as_str()
+            .unwrap()[..10]
+            .to_string();
+        msgs.push((day, p.topics[&g.event_type].clone(), g.key, g.value))
+    });
+    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
+    ensure_topics(&brokers, &p, &topics, 3).await.unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let alerts_topic = &p.alert_delivery.kafka_topic;
+    let slice = |from: i64, to: i64| {
+        let (a, b) = (
+            (start + chrono::Duration::days(from)).to_string(),
+            (start + chrono::Duration::days(to)).to_string(),
+        );
+        msgs.iter()
+            .filter(|(d, ..)| *d >= a && *d < b)
+            .map(|(_, t, k, v)| (t.clone(), k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    let keys = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["transition"].as_str().unwrap(),
+                    e["key"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Days 0..18: last activity on day 9, clock on day 17 — both fire.
+    produce_all(&brokers, 10_000, slice(0, 18), |_| {}).unwrap();
+    run_once(&file, out);
+    let got = hook.accepted();
+    assert_eq!(keys(&got), ["fired rep-00002", "fired rep-00007"]);
+    assert_eq!(
+        hook.requests(),
+        5,
+        "3 failures, then the 4th attempt and the next event"
+    );
+
+    // Days 18..21: still silent, a new process: nothing fires again.
+    produce_all(&brokers, 10_000, slice(18, 21), |_| {}).unwrap();
+    run_once(&file, out);
+    assert_eq!(hook.accepted().len(), 2, "{:?}", keys(&hook.accepted()));
+
+    // Days 21..30: back from day 22: both resolve, once.
+    produce_all(&brokers, 10_000, slice(21, 30), |_| {}).unwrap();
+    run_once(&file, out);
+    let got = hook.accepted();
+    assert_eq!(
+        keys(&got),
+        [
+            "fired rep-00002",
+            "fired rep-00007",
+            "resolved rep-00002",
+            "resolved rep-00007"
+        ]
+    );
+    assert_eq!(got[0]["alert_id"], got[2]["alert_id"]);
+    assert_ne!(got[0]["event_id"], got[2]["event_id"]);
+    for e in &got {
+        assert_alert_event_schema(e);
+    }
+
+    // A real consumer of the alert topic sees the same four events, keyed by alert_id.
+    let topic = read_topic(&brokers, alerts_topic);
+    let on_topic: Vec<serde_json::Value> = topic.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(keys(&on_topic), keys(&got));
+    for (k, v) in &topic {
+        assert_eq!(k, v["alert_id"].as_str().unwrap());
+    }
+    // The snapshot's alert tables agree, and count the three failed attempts.
+    let tables = canonical(&latest_tables(out).await);
+    assert_eq!(tables["alerts"].len(), 2);
+    assert!(tables["alerts"]
+        .iter()
+        .all(|r| r.contains("\"state\":\"resolved\"")));
+    let q = Command::new(bin())
+        .args(["alerts", "--output", out, "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(q.status.success());
+    assert!(
+        !String::from_utf8_lossy(&q.stdout).contains("rep_inactive"),
+        "nothing is firing"
+    );
+    let hook_row = tables["alert_deliveries"]
+        .iter()
+        .find(|r| r.contains("\"target\":\"managers\""))
+        .unwrap();
+    assert!(hook_row.contains("\"failed_attempts\":3"), "{hook_row}");
 }

@@ -4,6 +4,7 @@
 //! Tests marked `#[ignore = "needs services ..."]` use the real broker, S3 server and Python
 //! readers that `scripts/test` starts; `scripts/test` runs them with the rest.
 
+mod alerts;
 mod cli;
 mod common;
 mod contract;

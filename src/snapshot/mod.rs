@@ -95,8 +95,17 @@ pub struct Manifest {
     pub state_format: u32,
 }
 
+/// Alert deliveries acknowledged after a snapshot, by outbox id, with their counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAcks {
+    pub acked: Vec<String>,
+    pub counts: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
+}
+
+const ACKS_FILE: &str = "_alert_acks.json";
+
 /// Bump when the bincode layout of `State` changes.
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
 /// Rows per Parquet file.
 const ROWS_PER_PART: usize = 1_000_000;
 
@@ -257,6 +266,25 @@ impl Location {
         let json = serde_json::to_vec(&latest).map_err(|e| format_err(&self.path("_latest"), e))?;
         self.put("_latest", json).await?;
         Ok(manifest)
+    }
+
+    /// Records alert deliveries acknowledged after snapshot `id` was written (by a run that
+    /// stopped), so that the next start does not send them again.
+    pub async fn write_acks(&self, id: u64, acks: &DeliveryAcks) -> Result<(), SnapshotError> {
+        let rel = format!("{}/{ACKS_FILE}", dir(id));
+        let json = serde_json::to_vec(acks).map_err(|e| format_err(&self.path(&rel), e))?;
+        self.put(&rel, json).await
+    }
+
+    /// What `write_acks` recorded for snapshot `id`, if anything.
+    pub async fn read_acks(&self, id: u64) -> Result<DeliveryAcks, SnapshotError> {
+        let rel = format!("{}/{ACKS_FILE}", dir(id));
+        match self.get(&rel).await? {
+            None => Ok(DeliveryAcks::default()),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
+            }
+        }
     }
 
     /// Ids of every snapshot directory under the output, ascending.

@@ -178,19 +178,8 @@ pub struct DeadLetterSink {
 
 impl DeadLetterSink {
     pub fn connect(brokers: &str, pipeline: &Pipeline) -> Result<DeadLetterSink, KafkaIoError> {
-        let mut cfg = client_config(brokers, pipeline);
-        // Consumer-only properties make the producer warn; keep the ones both understand.
-        for k in [
-            "fetch.wait.max.ms",
-            "max.partition.fetch.bytes",
-            "fetch.max.bytes",
-            "queued.max.messages.kbytes",
-        ] {
-            cfg.remove(k);
-        }
-        cfg.set("linger.ms", "5").set("message.timeout.ms", "30000");
         Ok(DeadLetterSink {
-            producer: cfg.create()?,
+            producer: producer(brokers, pipeline)?,
             topic: pipeline.dead_letter_topic.clone(),
             pipeline: pipeline.name.clone(),
             max_payload: pipeline.limits.max_message_bytes,
@@ -239,6 +228,23 @@ impl DeadLetterSink {
         }
         Ok(())
     }
+}
+
+/// A producer with the pipeline's client properties (TLS, SASL) and a 30 s delivery timeout.
+pub fn producer(brokers: &str, pipeline: &Pipeline) -> Result<FutureProducer, KafkaIoError> {
+    let mut cfg = client_config(brokers, pipeline);
+    // Consumer-only properties make the producer warn; keep the ones both understand.
+    for k in [
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "queued.max.messages.kbytes",
+        "fetch.queue.backoff.ms",
+    ] {
+        cfg.remove(k);
+    }
+    cfg.set("linger.ms", "5").set("message.timeout.ms", "30000");
+    Ok(cfg.create()?)
 }
 
 /// Creates the topics that do not exist yet (an existing one is left as it is).

@@ -133,6 +133,11 @@ pub struct State {
     pub dead_letters: VecDeque<DeadLetter>,
     /// Lifecycle of every alert (rule, key) ever fired.
     pub alerts: crate::alert::AlertBook,
+    /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
+    /// target (`alert::deliver`).
+    pub outbox: Vec<crate::alert::deliver::Outgoing>,
+    /// Deliveries per target.
+    pub deliveries: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
 }
 
 impl State {

@@ -541,3 +541,31 @@ pub fn alerts(s: &State) -> Result<RecordBatch, ArrowError> {
         ),
     ])
 }
+
+/// The `alert_deliveries` table: per Kafka or webhook target, events delivered, failed
+/// attempts (each retried) and events still in the outbox.
+pub fn alert_deliveries(s: &State) -> Result<RecordBatch, ArrowError> {
+    let mut targets: std::collections::BTreeSet<&str> =
+        s.deliveries.keys().map(String::as_str).collect();
+    targets.extend(s.outbox.iter().map(|o| o.target.as_str()));
+    let count = |t: &str| s.deliveries.get(t).copied().unwrap_or_default();
+    batch(vec![
+        ("target", strs(targets.iter().copied())),
+        (
+            "delivered",
+            i64s(targets.iter().map(|t| count(t).delivered as i64)),
+        ),
+        (
+            "failed_attempts",
+            i64s(targets.iter().map(|t| count(t).failed_attempts as i64)),
+        ),
+        (
+            "pending",
+            i64s(
+                targets
+                    .iter()
+                    .map(|t| s.outbox.iter().filter(|o| o.target == *t).count() as i64),
+            ),
+        ),
+    ])
+}

@@ -3,8 +3,10 @@
 //! (rule, key) has a lifecycle kept in the state, so a restart neither re-fires nor forgets:
 //! it fires when the key first breaches, stays firing without repeating while it breaches, and
 //! resolves when it stops. Both transitions are events with a stable `alert_id`
-//! (`rule/key/snapshot it fired in`), delivered to the log once the snapshot holding them is
+//! (`rule/key/snapshot it fired in`), handed to `deliver` once the snapshot holding them is
 //! durable.
+
+pub mod deliver;
 
 use std::collections::BTreeMap;
 
@@ -38,17 +40,25 @@ pub struct Breach {
     pub message: String,
 }
 
-/// A lifecycle transition to deliver.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A lifecycle transition to deliver; its JSON form is `schemas/alert_event.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertEvent {
+    /// `alert_id/transition`: unique per event, the receiver's de-duplication key.
+    pub event_id: String,
+    /// The same for the `fired` and the `resolved` event of one alert.
     pub alert_id: String,
     /// `fired` or `resolved`.
-    pub transition: &'static str,
+    pub transition: String,
+    pub pipeline: String,
     pub rule: String,
     pub severity: String,
     pub key: String,
     pub value: Option<f64>,
     pub message: String,
+    /// Event-clock instants (RFC 3339).
+    pub fired_at: Option<String>,
+    pub resolved_at: Option<String>,
+    /// The snapshot that recorded the transition.
     pub snapshot_id: u64,
 }
 
@@ -60,6 +70,7 @@ pub type AlertBook = BTreeMap<(String, String), Alert>;
 pub fn apply(
     book: &mut AlertBook,
     breaches: Vec<Breach>,
+    pipeline: &str,
     snapshot_id: u64,
     as_of: Option<Micros>,
 ) -> Vec<AlertEvent> {
@@ -75,7 +86,7 @@ pub fn apply(
             alert.firing = false;
             alert.resolved_at = as_of;
             alert.resolved_snapshot = Some(snapshot_id);
-            events.push(event(alert, "resolved", snapshot_id));
+            events.push(event(alert, "resolved", pipeline, snapshot_id));
         }
     }
     for (id, b) in breaching {
@@ -98,7 +109,7 @@ pub fn apply(
                     fired_snapshot: snapshot_id,
                     resolved_snapshot: None,
                 };
-                events.push(event(&alert, "fired", snapshot_id));
+                events.push(event(&alert, "fired", pipeline, snapshot_id));
                 book.insert(id, alert);
             }
         }
@@ -106,27 +117,24 @@ pub fn apply(
     events
 }
 
-fn event(a: &Alert, transition: &'static str, snapshot_id: u64) -> AlertEvent {
+fn event(a: &Alert, transition: &str, pipeline: &str, snapshot_id: u64) -> AlertEvent {
+    let instant = |t: Option<Micros>| {
+        t.and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
     AlertEvent {
+        event_id: format!("{}/{transition}", a.alert_id),
         alert_id: a.alert_id.clone(),
-        transition,
+        transition: transition.to_string(),
+        pipeline: pipeline.to_string(),
         rule: a.rule.clone(),
         severity: a.severity.clone(),
         key: a.key.clone(),
         value: a.value,
         message: a.message.clone(),
+        fired_at: instant(a.fired_at),
+        resolved_at: instant(a.resolved_at),
         snapshot_id,
-    }
-}
-
-/// Delivers transitions to the log (one line each, JSON in the `alert` field).
-pub fn deliver_to_log(events: &[AlertEvent]) {
-    for e in events {
-        let json = serde_json::to_string(e).unwrap_or_default();
-        match e.transition {
-            "fired" => tracing::warn!(alert = %json, "alert fired"),
-            _ => tracing::info!(alert = %json, "alert resolved"),
-        }
     }
 }
 
@@ -147,29 +155,33 @@ mod tests {
     #[test]
     fn fires_once_resolves_once_and_fires_anew() {
         let mut book = AlertBook::new();
-        let e = apply(&mut book, vec![breach("a", 1.0)], 1, Some(10));
+        let e = apply(&mut book, vec![breach("a", 1.0)], "p", 1, Some(10));
         assert_eq!(e.len(), 1);
         assert_eq!(
-            (e[0].transition, e[0].alert_id.as_str()),
-            ("fired", "r/a/1")
+            (e[0].event_id.as_str(), e[0].alert_id.as_str()),
+            ("r/a/1/fired", "r/a/1")
+        );
+        assert_eq!(
+            e[0].fired_at.as_deref(),
+            Some("1970-01-01T00:00:00.000010Z")
         );
         // Still breaching: no event, the value follows.
-        assert!(apply(&mut book, vec![breach("a", 2.0)], 2, Some(20)).is_empty());
+        assert!(apply(&mut book, vec![breach("a", 2.0)], "p", 2, Some(20)).is_empty());
         assert_eq!(book[&("r".into(), "a".into())].value, Some(2.0));
         // A restart restores the book from the snapshot: still no repeat.
         let mut restored: AlertBook =
             bincode::deserialize(&bincode::serialize(&book).unwrap()).unwrap();
-        assert!(apply(&mut restored, vec![breach("a", 3.0)], 3, Some(30)).is_empty());
-        let e = apply(&mut restored, vec![], 4, Some(40));
+        assert!(apply(&mut restored, vec![breach("a", 3.0)], "p", 3, Some(30)).is_empty());
+        let e = apply(&mut restored, vec![], "p", 4, Some(40));
         assert_eq!(
-            (e[0].transition, e[0].alert_id.as_str()),
-            ("resolved", "r/a/1")
+            (e[0].event_id.as_str(), e[0].alert_id.as_str()),
+            ("r/a/1/resolved", "r/a/1")
         );
-        assert!(apply(&mut restored, vec![], 5, Some(50)).is_empty());
-        let e = apply(&mut restored, vec![breach("a", 1.0)], 6, Some(60));
+        assert!(apply(&mut restored, vec![], "p", 5, Some(50)).is_empty());
+        let e = apply(&mut restored, vec![breach("a", 1.0)], "p", 6, Some(60));
         assert_eq!(
-            (e[0].transition, e[0].alert_id.as_str()),
-            ("fired", "r/a/6")
+            (e[0].event_id.as_str(), e[0].alert_id.as_str()),
+            ("r/a/6/fired", "r/a/6")
         );
     }
 }
