@@ -1,5 +1,7 @@
-//! Micro-benchmarks of the hot stages: JSON → event decode, folding into state, and computing
-//! every snapshot table. `cargo bench --bench pipeline`; figures go in the README.
+//! Micro-benchmarks of the hot stages: JSON → event decode per event type, folding into
+//! state, computing every snapshot table (1,000 and 10,000 reps, one quarter and two years of
+//! history), and writing a snapshot's files. `cargo bench --bench pipeline [-- FILTER]`;
+//! figures go in the README.
 
 use std::sync::Arc;
 
@@ -48,26 +50,44 @@ fn fold(p: &Pipeline, msgs: &[Generated]) -> State {
 fn decode_and_fold(c: &mut Criterion) {
     let p = Pipeline::builtin().unwrap_or_else(|e| panic!("{e}"));
     let msgs = messages(50, 30);
-    let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
     let dec = decoder();
     let mut g = c.benchmark_group("source");
-    g.throughput(Throughput::Elements(msgs.len() as u64));
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            msgs.iter()
+    g.measurement_time(std::time::Duration::from_secs(3));
+    // Per event type, as events/s and as bytes/s.
+    for t in quotaflow::source::schema::EventType::ALL {
+        let of_type: Vec<&Generated> = msgs.iter().filter(|m| m.event_type == t).collect();
+        let bytes: usize = of_type.iter().map(|m| m.value.len()).sum();
+        let decode_all = || {
+            of_type
+                .iter()
                 .filter(|m| dec.decode(m.event_type, m.value.as_bytes(), 0).is_ok())
                 .count()
-        })
+        };
+        g.throughput(Throughput::Elements(of_type.len() as u64));
+        g.bench_function(BenchmarkId::new("decode_events", t.name()), |b| {
+            b.iter(decode_all)
+        });
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(BenchmarkId::new("decode_bytes", t.name()), |b| {
+            b.iter(decode_all)
+        });
+    }
+    let bytes: usize = msgs.iter().map(|m| m.value.len()).sum();
+    g.throughput(Throughput::Elements(msgs.len() as u64));
+    g.bench_function("decode_and_fold_events", |b| {
+        b.iter(|| fold(&p, &msgs).size())
     });
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function("decode_and_fold", |b| b.iter(|| fold(&p, &msgs).size()));
+    g.bench_function("decode_and_fold_bytes", |b| {
+        b.iter(|| fold(&p, &msgs).size())
+    });
     g.finish();
 }
 
-/// A year of history for `reps` reps, built directly (no JSON): 8 reps a team, quarterly
-/// quotas, activity counters on every weekday, 60 deals a rep with three versions each (half
-/// won), a survey a month.
-fn year_state(p: &Pipeline, reps: usize) -> State {
+/// `days` of history from 2025-01-01 for `reps` reps, built directly (no JSON): 8 reps a
+/// team, quarterly quotas, activity counters on every weekday, a deal every 6 days a rep with
+/// three versions each (half won), a survey a month.
+pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
     use quotaflow::event::{Deal, Event, Quota, Rep, Stage, Survey};
     use rust_decimal::Decimal;
     let day0 =
@@ -95,14 +115,13 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
                 active: true,
             }),
         );
-        for q in 0..4 {
-            let start = quotaflow::calendar::day_number(
-                NaiveDate::from_ymd_opt(2025, 1 + 3 * q, 1).unwrap_or_default(),
-            );
-            let end = quotaflow::calendar::day_number(
-                NaiveDate::from_ymd_opt(2025, 3 + 3 * q, if q == 0 || q == 3 { 31 } else { 30 })
-                    .unwrap_or_default(),
-            );
+        for q in 0..(days + 90) / 91 {
+            let first = |q: i32| {
+                NaiveDate::from_ymd_opt(2025 + q / 4, 1 + 3 * (q % 4) as u32, 1)
+                    .map(quotaflow::calendar::day_number)
+                    .unwrap_or_default()
+            };
+            let (start, end) = (first(q), first(q + 1) - 1);
             fold(
                 &mut s,
                 Event::Quota(Quota {
@@ -116,12 +135,12 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
                 }),
             );
         }
-        for d in 0..365 {
+        for d in 0..days {
             if (d + 3) % 7 >= 5 {
                 continue; // 2025-01-01 is a Wednesday
             }
             let c = quotaflow::state::DailyCounts {
-                calls: 10 + (r as i64 + d as i64) % 7,
+                calls: 10 + (r as i64 + i64::from(d)) % 7,
                 emails: 8,
                 meetings: 2,
                 webinars: 0,
@@ -136,7 +155,7 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
             };
             s.daily.insert((rep_id.clone(), day0 + d), c);
         }
-        for k in 0..60 {
+        for k in 0..days / 6 {
             let created = day0 + k * 6;
             let stages = [
                 Stage::Prospecting,
@@ -167,7 +186,7 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
                 );
             }
         }
-        for m in 0..12 {
+        for m in 0..days / 30 {
             fold(
                 &mut s,
                 Event::Survey(Survey {
@@ -181,7 +200,7 @@ fn year_state(p: &Pipeline, reps: usize) -> State {
             );
         }
     }
-    s.as_of = Some(micros(day0 + 364));
+    s.as_of = Some(micros(day0 + days - 1));
     s
 }
 
@@ -196,23 +215,61 @@ fn snapshot_tables(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let mut g = c.benchmark_group("engine");
     g.sample_size(10);
+    let only = std::env::var("QUOTAFLOW_BENCH_REPS").ok();
     for reps in [1_000usize, 10_000] {
-        let state = year_state(&p, reps);
-        let engine = Engine::new(Arc::clone(&p));
-        g.bench_with_input(
-            BenchmarkId::new("all_tables_one_year", format!("{reps}_reps")),
-            &state,
-            |b, s| {
-                b.iter(|| {
-                    rt.block_on(engine.compute(s, 1))
-                        .map(|t| t.len())
-                        .unwrap_or(0)
-                })
-            },
-        );
+        if only.as_ref().is_some_and(|o| o != &reps.to_string()) {
+            continue;
+        }
+        for (history, days) in [("one_quarter", 91), ("two_years", 730)] {
+            let state = history_state(&p, reps, days);
+            let engine = Engine::new(Arc::clone(&p));
+            g.bench_with_input(
+                BenchmarkId::new(format!("all_tables_{history}"), format!("{reps}_reps")),
+                &state,
+                |b, s| {
+                    b.iter(|| {
+                        rt.block_on(engine.compute(s, 1))
+                            .map(|t| t.len())
+                            .unwrap_or(0)
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }
 
-criterion_group!(benches, decode_and_fold, snapshot_tables);
+/// Writing one snapshot (every table's Parquet, the state, the manifest, `_latest`) for a
+/// quarter of 1,000 reps, to memory and to local disk.
+fn snapshot_write(c: &mut Criterion) {
+    let p = Arc::new(Pipeline::builtin().unwrap_or_else(|e| panic!("{e}")));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let mut state = history_state(&p, 1_000, 91);
+    state.snapshot_id = 1;
+    let tables = rt
+        .block_on(Engine::new(Arc::clone(&p)).compute(&state, 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rows: usize = tables.iter().map(|t| t.num_rows()).sum();
+    let dir = std::env::temp_dir().join(format!("quotaflow-bench-{}", std::process::id()));
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(rows as u64));
+    for (name, url) in [
+        ("write_memory", "memory://bench".to_string()),
+        ("write_local_disk", dir.display().to_string()),
+    ] {
+        let loc = quotaflow::snapshot::Location::parse(&url).unwrap_or_else(|e| panic!("{e}"));
+        g.bench_function(BenchmarkId::new(name, "1000_reps_one_quarter"), |b| {
+            b.iter(|| {
+                rt.block_on(loc.write(&state, &tables, "default"))
+                    .map(|m| m.tables.len())
+                    .unwrap_or(0)
+            })
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(benches, decode_and_fold, snapshot_tables, snapshot_write);
 criterion_main!(benches);

@@ -92,6 +92,23 @@ pub enum Command {
         /// First day the silent reps are back [default: never]
         #[arg(long, requires = "silent_from")]
         silent_until: Option<NaiveDate>,
+        /// Produce at this steady rate (messages/s) instead of as fast as possible (benchmarks)
+        #[arg(long, conflicts_with = "out_dir")]
+        rate: Option<u64>,
+        /// With --rate: write a CSV delivery log here, one line per (millisecond, topic,
+        /// partition): produced_at_ms,topic,partition,max_offset,count
+        #[arg(long, requires = "rate")]
+        delivery_log: Option<PathBuf>,
+    },
+    /// Benchmark the read limit: read every topic of the pipeline from the beginning to its end
+    /// with the consumer `run` uses, only counting messages and bytes, and print the rate.
+    Limit {
+        /// Pipeline file whose topics and Kafka properties are used
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Kafka bootstrap servers
+        #[arg(long, env = "QUOTAFLOW_BROKERS")]
+        brokers: String,
     },
     /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name.
     Sql {
@@ -198,6 +215,8 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             silent_reps,
             silent_from,
             silent_until,
+            rate,
+            delivery_log,
         } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             if reps == 0 || days == 0 {
@@ -231,6 +250,18 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 crate::source::kafka::ensure_topics(&brokers, &pipeline, &topics, partitions)
                     .await?;
                 let started = std::time::Instant::now();
+                if rate == Some(0) {
+                    return Err(Error::Usage("--rate must be at least 1".into()));
+                }
+                let mut log = match &delivery_log {
+                    Some(path) => Some(std::io::BufWriter::new(
+                        std::fs::File::create(path).map_err(|source| Error::Io {
+                            path: path.display().to_string(),
+                            source,
+                        })?,
+                    )),
+                    None => None,
+                };
                 let n = tokio::task::spawn_blocking(move || {
                     let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
                     let topics = pipeline.topics.clone();
@@ -239,9 +270,24 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                             let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
                         })
                     });
-                    crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| {
-                        eprintln!("generate: {n} messages produced")
-                    })
+                    match (rate, log.as_mut()) {
+                        (Some(rate), Some(log)) => crate::source::kafka::produce_paced(
+                            &brokers, rate, rx, log,
+                        )
+                        .and_then(|n| {
+                            std::io::Write::flush(log)?;
+                            Ok(n)
+                        }),
+                        (Some(rate), None) => crate::source::kafka::produce_paced(
+                            &brokers,
+                            rate,
+                            rx,
+                            &mut std::io::sink(),
+                        ),
+                        _ => crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| {
+                            eprintln!("generate: {n} messages produced")
+                        }),
+                    }
                 })
                 .await
                 .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??;
@@ -250,6 +296,17 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                     started.elapsed().as_secs_f64()
                 ))
             }
+        }
+        Command::Limit { pipeline, brokers } => {
+            let pipeline = Pipeline::load(pipeline.as_deref())?;
+            let started = std::time::Instant::now();
+            let (messages, bytes) = crate::source::kafka::read_limit(&brokers, &pipeline).await?;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            Ok(format!(
+                "read {messages} messages ({:.1} MB) in {secs:.2} s: {:.0} messages/s (no-op consumer)",
+                bytes as f64 / 1e6,
+                messages as f64 / secs
+            ))
         }
         Command::Sql { at, query } => at.query(&query).await,
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,

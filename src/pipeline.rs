@@ -88,6 +88,8 @@ const SNAPSHOT_ATTEMPTS: u32 = 4;
 /// stops with an error naming the partitions, instead of waiting forever (a broker that cannot
 /// serve an offset, a partition without a leader).
 const ONCE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
+const CLOCK_EVERY: u64 = 1024;
 
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end offsets).
 pub async fn run(
@@ -149,7 +151,11 @@ pub async fn run(
     tick.tick().await;
     tokio::pin!(shutdown);
     let total = r.source.assigned.len();
-    let mut last_progress = Instant::now();
+    // Progress for the `--once` stall guard: (messages, end-of-partition events) seen at the
+    // last tick that saw them change.
+    let (mut last_progress, mut progress_mark, mut eofs) = (Instant::now(), (0u64, 0u64), 0u64);
+    // The wall clock for the clock-skew bound, read every CLOCK_EVERY messages (not each one).
+    let mut now = chrono::Utc::now().timestamp_micros();
 
     loop {
         if opts.once && done.len() >= total {
@@ -168,8 +174,13 @@ pub async fn run(
                 if r.since_snapshot > 0 {
                     r.snapshot_or_log(opts.once).await?;
                 }
+                now = chrono::Utc::now().timestamp_micros();
                 if opts.once {
                     tracing::info!(messages = r.report.messages, partitions_done = done.len(), partitions = total, "reading");
+                    if (r.report.messages, eofs) != progress_mark {
+                        progress_mark = (r.report.messages, eofs);
+                        last_progress = Instant::now();
+                    }
                     if last_progress.elapsed() > ONCE_STALL_TIMEOUT {
                         let stalled: Vec<String> = r.source.assigned.keys().filter(|tp| !done.contains(*tp)).map(|(t, p)| format!("{t}/{p}")).collect();
                         return Err(Error::Usage(format!(
@@ -183,14 +194,15 @@ pub async fn run(
             }
             m = r.source.consumer.recv() => match m {
                 Ok(msg) => {
-                    last_progress = Instant::now();
                     let topic = msg.topic();
                     let payload = msg.payload().unwrap_or_default();
                     r.report.messages += 1;
                     r.report.bytes += payload.len() as u64;
                     r.since_snapshot += 1;
                     let Some(event_type) = pipeline.event_type_of(topic) else { continue };
-                    let now = chrono::Utc::now().timestamp_micros();
+                    if r.report.messages.is_multiple_of(CLOCK_EVERY) {
+                        now = chrono::Utc::now().timestamp_micros();
+                    }
                     match decoder.decode(event_type, payload, now) {
                         Ok(event) => {
                             let folded = r.state.fold(event, &cal, horizon);
@@ -215,7 +227,7 @@ pub async fn run(
                     r.state.advance(topic, msg.partition(), msg.offset());
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
-                    last_progress = Instant::now();
+                    eofs += 1;
                     if opts.once {
                         done.extend(r.source.at_end(&r.state)?);
                     }

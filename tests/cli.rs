@@ -19,7 +19,9 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["run", "generate", "sql", "alerts", "validate", "demo"] {
+    for cmd in [
+        "run", "generate", "sql", "alerts", "validate", "demo", "limit",
+    ] {
         let o = quotaflow(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd}: {}", text(&o));
         assert!(text(&o).contains("Usage: quotaflow"), "{cmd}");

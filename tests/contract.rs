@@ -203,8 +203,17 @@ fn message_level_reasons_come_first() {
     assert_eq!(decoder_err(Deal, &[0xff, 0xfe, b'{']), Reason::InvalidJson);
     assert_eq!(reason(Deal, "[1,2]"), Some(Reason::WrongType));
     assert_eq!(reason(Deal, "\"deal\""), Some(Reason::WrongType));
+    // Deep nesting is valid JSON, skipped without recursion: not an object, or a field of the
+    // wrong type; and never a stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert_eq!(reason(Deal, &deep), Some(Reason::InvalidJson));
+    assert_eq!(reason(Deal, &deep), Some(Reason::WrongType));
+    let nested = DEAL.replacen(
+        "\"deal_id\":\"deal-00017\"",
+        &format!("\"deal_id\":{deep}"),
+        1,
+    );
+    assert_ne!(nested, DEAL);
+    assert_eq!(reason(Deal, &nested), Some(Reason::WrongType));
     let small = Decoder::new(DecodeLimits {
         max_message_bytes: 100,
         max_clock_skew_micros: 0,
@@ -298,4 +307,64 @@ fn schemas_list_the_fields_of_the_contract_in_order() {
             "account_id"
         ]
     );
+}
+
+mod never_panics {
+    //! The decoder's fuzz target, as a property test: any bytes, and valid messages of every
+    //! type cut, spliced and byte-flipped, give an event or a dead-letter reason, never a panic.
+    use proptest::prelude::*;
+    use quotaflow::source::schema::EventType;
+
+    use crate::common::{decoder, FAR_FUTURE};
+
+    fn valid(t: EventType) -> String {
+        let mut out = None;
+        let spec = quotaflow::generate::GenSpec {
+            reps: 2,
+            days: 3,
+            seed: 1,
+            start: chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap(),
+            silence: None,
+        };
+        quotaflow::generate::generate(&spec, |g| {
+            if g.event_type == t && out.is_none() {
+                out = Some(g.value);
+            }
+        });
+        out.unwrap_or_else(|| "{}".into())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes(t in 0usize..6, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decoder().decode(EventType::ALL[t], &bytes, FAR_FUTURE);
+        }
+
+        #[test]
+        fn mutated_messages(
+            t in 0usize..6,
+            cut in 0usize..400,
+            at in 0usize..400,
+            insert in "[\\[\\]{}\":,0-9eE+.\\-a-z\\\\ ]{0,12}",
+            flip in any::<u8>(),
+        ) {
+            let t = EventType::ALL[t];
+            let mut bytes = valid(t).into_bytes();
+            let at = at % (bytes.len() + 1);
+            bytes.splice(at..at, insert.bytes());
+            let i = cut % (bytes.len() + 1);
+            if let Some(b) = bytes.get_mut(i) {
+                *b ^= flip;
+            }
+            if cut % 3 == 0 {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            match decoder().decode(t, &bytes, FAR_FUTURE) {
+                Ok(_) => {}
+                Err(bad) => prop_assert!(!bad.detail.is_empty()),
+            }
+        }
+    }
 }

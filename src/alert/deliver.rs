@@ -5,7 +5,8 @@
 //! the transitions it produced together with one `Outgoing` per target, and only once that
 //! snapshot is durable are they handed to the `Dispatcher`. The dispatcher runs one task per
 //! target, in the background, so the pipeline never waits on a receiver. A task delivers its
-//! queue in order (a `resolved` never overtakes its `fired`), retrying a failed delivery with
+//! queue in order (a `resolved` never overtakes its `fired`; the Kafka task sends what is
+//! queued in one go, a webhook task one event at a time), retrying a failed delivery with
 //! exponential backoff for as long as it takes: failures are counted, nothing is dropped.
 //! Each snapshot removes what was acknowledged since the last one from the outbox; a restart
 //! hands whatever is still in it to the dispatcher again. Delivery is therefore
@@ -213,10 +214,10 @@ impl Dispatcher {
             if let Err(e) = ensure_topics(brokers, pipeline, &[topic.as_str()], 1).await {
                 tracing::warn!(topic, error = %e, "could not create the alert topic");
             }
-            let target = Target::Kafka {
-                producer: producer(brokers, pipeline)?,
-                topic,
-            };
+            // One request in flight: events keep their order on the topic even when
+            // librdkafka retries a request.
+            let producer = producer(brokers, pipeline, &[("max.in.flight", "1")])?;
+            let target = Target::Kafka { producer, topic };
             let (tx, task) = spawn("kafka", target, d, &shared);
             queues.insert("kafka".to_string(), tx);
             tasks.push(task);
@@ -293,31 +294,52 @@ fn spawn(
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let (name, shared) = (name.to_string(), Arc::clone(shared));
     let (initial, max) = (d.retry_initial, d.retry_max);
+    let batch_size = match target {
+        Target::Kafka { .. } => 10_000,
+        Target::Webhook { .. } => 1,
+    };
     let task = tokio::spawn(async move {
-        while let Some(o) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
+            // What is queued goes out together (all in flight at once for Kafka; one by one,
+            // in order, for a webhook); what fails is retried, in order, before anything newer.
+            let mut batch = vec![first];
+            while batch.len() < batch_size {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
             let mut delay = initial;
             let mut attempt = 1u32;
-            loop {
-                match target.send(&o.event).await {
-                    Ok(()) => {
-                        shared.with(|p| {
+            while !batch.is_empty() {
+                let results =
+                    futures::future::join_all(batch.iter().map(|o| target.send(&o.event))).await;
+                let mut failed = Vec::new();
+                let mut last_error = None;
+                for (o, r) in batch.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => shared.with(|p| {
                             p.acked.push(o.id());
                             p.counts.entry(name.clone()).or_default().delivered += 1;
                             p.pending = p.pending.saturating_sub(1);
-                        });
-                        shared.changed.notify_one();
-                        break;
+                        }),
+                        Err(e) => {
+                            shared.with(|p| {
+                                p.counts.entry(name.clone()).or_default().failed_attempts += 1
+                            });
+                            last_error = Some(e);
+                            failed.push(o);
+                        }
                     }
-                    Err(e) => {
-                        shared.with(|p| {
-                            p.counts.entry(name.clone()).or_default().failed_attempts += 1
-                        });
-                        tracing::warn!(target = name, event_id = o.event.event_id, attempt, error = %e,
-                            retry_in_ms = delay.as_millis() as u64, "alert delivery failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(max);
-                        attempt += 1;
-                    }
+                }
+                shared.changed.notify_one();
+                batch = failed;
+                if let Some(e) = last_error {
+                    tracing::warn!(target = name, failed = batch.len(), attempt, error = %e,
+                        retry_in_ms = delay.as_millis() as u64, "alert delivery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                    attempt += 1;
                 }
             }
         }

@@ -26,6 +26,12 @@ pub enum KafkaIoError {
     DeadLetter { topic: String, source: KafkaError },
     #[error("{failed} messages were not acknowledged by the brokers")]
     Undelivered { failed: u64 },
+    #[error(
+        "no message and no end of partition for 30 s; {partitions} partitions not at their end"
+    )]
+    Stalled { partitions: usize },
+    #[error("cannot write the delivery log: {0}")]
+    Log(#[from] std::io::Error),
     #[error("Kafka client: {0}")]
     Client(#[from] KafkaError),
 }
@@ -179,7 +185,7 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     pub fn connect(brokers: &str, pipeline: &Pipeline) -> Result<DeadLetterSink, KafkaIoError> {
         Ok(DeadLetterSink {
-            producer: producer(brokers, pipeline)?,
+            producer: producer(brokers, pipeline, &[])?,
             topic: pipeline.dead_letter_topic.clone(),
             pipeline: pipeline.name.clone(),
             max_payload: pipeline.limits.max_message_bytes,
@@ -230,8 +236,13 @@ impl DeadLetterSink {
     }
 }
 
-/// A producer with the pipeline's client properties (TLS, SASL) and a 30 s delivery timeout.
-pub fn producer(brokers: &str, pipeline: &Pipeline) -> Result<FutureProducer, KafkaIoError> {
+/// A producer with the pipeline's client properties (TLS, SASL), a 30 s delivery timeout and
+/// `extra` properties.
+pub fn producer(
+    brokers: &str,
+    pipeline: &Pipeline,
+    extra: &[(&str, &str)],
+) -> Result<FutureProducer, KafkaIoError> {
     let mut cfg = client_config(brokers, pipeline);
     // Consumer-only properties make the producer warn; keep the ones both understand.
     for k in [
@@ -244,6 +255,9 @@ pub fn producer(brokers: &str, pipeline: &Pipeline) -> Result<FutureProducer, Ka
         cfg.remove(k);
     }
     cfg.set("linger.ms", "5").set("message.timeout.ms", "30000");
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
     Ok(cfg.create()?)
 }
 
@@ -352,4 +366,128 @@ pub fn produce_all(
         return Err(KafkaIoError::Undelivered { failed });
     }
     Ok(n)
+}
+
+/// Produces `messages` at a steady `rate` (messages per second) for freshness benchmarks, and
+/// writes a delivery log to `log`: one CSV line per (millisecond of produce time, topic,
+/// partition) with the highest offset the brokers gave and the number of messages,
+/// `produced_at_ms,topic,partition,max_offset,count`.
+pub fn produce_paced(
+    brokers: &str,
+    rate: u64,
+    messages: impl IntoIterator<Item = (String, String, String)>,
+    log: &mut dyn std::io::Write,
+) -> Result<u64, KafkaIoError> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    type Deliveries = Vec<(usize, String, i32, i64)>;
+    struct Ctx(Arc<Mutex<(Deliveries, u64)>>);
+    impl rdkafka::ClientContext for Ctx {}
+    impl rdkafka::producer::ProducerContext for Ctx {
+        type DeliveryOpaque = usize;
+        fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, sent_ms: usize) {
+            use rdkafka::Message;
+            let mut d = match self.0.lock() {
+                Ok(d) => d,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match r {
+                Ok(m) => {
+                    d.0.push((sent_ms, m.topic().to_string(), m.partition(), m.offset()))
+                }
+                Err(_) => d.1 += 1,
+            }
+        }
+    }
+    let done = Arc::new(Mutex::new((Vec::new(), 0u64)));
+    let producer: ThreadedProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Ctx(Arc::clone(&done)))?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    for (topic, key, value) in messages {
+        // Wait while ahead of the rate.
+        while n as f64 > rate as f64 * started.elapsed().as_secs_f64() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as usize;
+        let mut rec = BaseRecord::with_opaque_to(&topic, now_ms)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(KafkaIoError::Topic {
+                        topic: topic.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let (mut deliveries, failed) = match done.lock() {
+        Ok(mut d) => (std::mem::take(&mut d.0), d.1),
+        Err(poisoned) => {
+            let mut d = poisoned.into_inner();
+            (std::mem::take(&mut d.0), d.1)
+        }
+    };
+    if failed > 0 {
+        return Err(KafkaIoError::Undelivered { failed });
+    }
+    deliveries.sort();
+    let mut groups: Vec<(usize, String, i32, i64, u64)> = Vec::new();
+    for (ms, topic, p, offset) in deliveries {
+        match groups.last_mut() {
+            Some(g) if g.0 == ms && g.1 == topic && g.2 == p => {
+                g.3 = g.3.max(offset);
+                g.4 += 1;
+            }
+            _ => groups.push((ms, topic, p, offset, 1)),
+        }
+    }
+    for (ms, topic, p, offset, count) in groups {
+        writeln!(log, "{ms},{topic},{p},{offset},{count}")?;
+    }
+    Ok(n)
+}
+
+/// Reads every partition of the pipeline's topics from the beginning to its end with the
+/// consumer `run` uses, only counting messages and bytes: the limit of broker and client
+/// that `run --once` is measured against. Returns (messages, bytes).
+pub async fn read_limit(brokers: &str, pipeline: &Pipeline) -> Result<(u64, u64), KafkaIoError> {
+    use rdkafka::Message;
+    let empty = State::default();
+    let source = KafkaSource::connect(brokers, pipeline, &empty)?;
+    let total = source.assigned.len();
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < total {
+        match tokio::time::timeout(Duration::from_secs(30), source.consumer.recv()).await {
+            Err(_) => {
+                return Err(KafkaIoError::Stalled {
+                    partitions: total - done.len(),
+                })
+            }
+            Ok(Ok(m)) => {
+                messages += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+            }
+            Ok(Err(KafkaError::PartitionEOF(_))) => done.extend(source.at_end(&empty)?),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
+        }
+    }
+    Ok((messages, bytes))
 }
