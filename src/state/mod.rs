@@ -132,8 +132,8 @@ pub struct State {
     pub surveys: Map<String, Survey>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
     pub seen_activities: Map<u128, Micros>,
-    /// (topic, outcome or reason) → messages.
-    pub quality: BTreeMap<(String, String), u64>,
+    /// topic → outcome or reason → messages.
+    pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
     /// Lifecycle of every alert (rule, key) ever fired.
     pub alerts: crate::alert::AlertBook,
@@ -220,9 +220,20 @@ impl State {
 
     /// Counts one message outcome for `topic`.
     pub fn count(&mut self, topic: &str, outcome: &str) {
+        // Looked up by reference first: this runs for every message.
+        if let Some(n) = self
+            .quality
+            .get_mut(topic)
+            .and_then(|outcomes| outcomes.get_mut(outcome))
+        {
+            *n += 1;
+            return;
+        }
         *self
             .quality
-            .entry((topic.to_string(), outcome.to_string()))
+            .entry(topic.to_string())
+            .or_default()
+            .entry(outcome.to_string())
             .or_default() += 1;
     }
 
@@ -237,12 +248,11 @@ impl State {
 
     /// Records that `offset` of `topic`/`partition` has been folded.
     pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
-        let next = self
-            .offsets
-            .entry(topic.to_string())
-            .or_default()
-            .entry(partition)
-            .or_insert(0);
+        let partitions = match self.offsets.get_mut(topic) {
+            Some(p) => p,
+            None => self.offsets.entry(topic.to_string()).or_default(),
+        };
+        let next = partitions.entry(partition).or_insert(0);
         *next = (*next).max(offset + 1);
     }
 

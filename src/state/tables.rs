@@ -291,10 +291,20 @@ fn surveys(s: &State) -> Result<RecordBatch, ArrowError> {
 }
 
 fn quality_counts(s: &State) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<(&str, &str, u64)> = s
+        .quality
+        .iter()
+        .flat_map(|(topic, outcomes)| {
+            outcomes
+                .iter()
+                .map(move |(outcome, n)| (topic.as_str(), outcome.as_str(), *n))
+        })
+        .collect();
+    let counts = || rows.iter().copied();
     batch(vec![
-        ("topic", strs(s.quality.keys().map(|(t, _)| t.as_str()))),
-        ("reason", strs(s.quality.keys().map(|(_, r)| r.as_str()))),
-        ("count", i64s(s.quality.values().map(|c| *c as i64))),
+        ("topic", strs(counts().map(|(t, _, _)| t))),
+        ("reason", strs(counts().map(|(_, r, _)| r))),
+        ("count", i64s(counts().map(|(_, _, c)| c as i64))),
     ])
 }
 
