@@ -289,6 +289,8 @@ struct RawSource {
     max_message_bytes: usize,
     max_clock_skew: String,
     dedup_horizon: String,
+    allowed_lateness: String,
+    idle_timeout: String,
     dead_letter_topic: String,
     dead_letter_rows: usize,
     topics: BTreeMap<String, String>,
@@ -302,6 +304,8 @@ impl Default for RawSource {
             max_message_bytes: 1 << 20,
             max_clock_skew: "1d".into(),
             dedup_horizon: "30d".into(),
+            allowed_lateness: "120d".into(),
+            idle_timeout: "10s".into(),
             dead_letter_topic: "spm.dead_letters".into(),
             dead_letter_rows: 10_000,
             topics: BTreeMap::new(),
@@ -400,6 +404,10 @@ pub struct Pipeline {
     pub dead_letter_rows: usize,
     pub limits: DecodeLimits,
     pub dedup_horizon: Duration,
+    /// Events older than the watermark minus this are `late`.
+    pub allowed_lateness: Duration,
+    /// A partition at its end for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
     pub kafka: BTreeMap<String, String>,
     pub calendar: Calendar,
     pub corporate_currency: String,
@@ -518,6 +526,10 @@ impl Pipeline {
             parse_duration(&s.max_clock_skew).map_err(|m| invalid("source.max_clock_skew", m))?;
         let dedup_horizon =
             parse_duration(&s.dedup_horizon).map_err(|m| invalid("source.dedup_horizon", m))?;
+        let allowed_lateness = parse_duration(&s.allowed_lateness)
+            .map_err(|m| invalid("source.allowed_lateness", m))?;
+        let idle_timeout =
+            parse_duration(&s.idle_timeout).map_err(|m| invalid("source.idle_timeout", m))?;
         let mut topics = BTreeMap::new();
         for (key, topic) in &s.topics {
             let t = EventType::ALL
@@ -765,6 +777,8 @@ impl Pipeline {
                     .unwrap_or(i64::MAX),
             },
             dedup_horizon,
+            allowed_lateness,
+            idle_timeout,
             kafka: s.kafka.clone(),
             calendar: Calendar {
                 fiscal_year_start_month: c.fiscal_year_start_month as u32,
@@ -786,6 +800,11 @@ impl Pipeline {
     /// The dedup horizon in microseconds of event time, as `State::fold` and `prune` take it.
     pub fn dedup_horizon_micros(&self) -> i64 {
         i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The allowed lateness in microseconds of event time.
+    pub fn allowed_lateness_micros(&self) -> i64 {
+        i64::try_from(self.allowed_lateness.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// The event type read from `topic`, if it is one of the pipeline's.

@@ -19,7 +19,9 @@
 //!   dedup horizon, offsets, data-quality counters) and its Arrow tables.
 //! * [`engine`]: the DataFusion session that evaluates the pipeline's SQL files.
 //! * [`snapshot`]: the checkpoint: Parquet tables, state, manifest, `_latest`.
-//! * [`pipeline`]: the run loop tying the stages together; [`alert`]: rule lifecycles.
+//! * [`watermark`]: which events are `late` (the watermark over partitions that are not idle).
+//! * [`pipeline`]: the run loop tying the stages together; [`alert`]: rule lifecycles and
+//!   their delivery.
 //! * [`generate`], [`demo`], [`query`], [`cli`]: synthetic data, the zero-setup demo,
 //!   `quotaflow sql`, and the command line.
 
@@ -39,5 +41,6 @@ pub mod query;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod watermark;
 
 pub use error::Error;

@@ -23,8 +23,10 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::snapshot::{Location, Manifest};
 use crate::source::decode::Decoder;
+use crate::source::decode::{BadInput, Reason};
 use crate::source::kafka::{DeadLetterSink, KafkaSource, Tp};
 use crate::state::{DeadLetter, State};
+use crate::watermark::Watermark;
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -160,6 +162,11 @@ pub async fn run(
     let (mut last_progress, mut progress_mark, mut eofs) = (Instant::now(), (0u64, 0u64), 0u64);
     // The wall clock for the clock-skew bound, read every CLOCK_EVERY messages (not each one).
     let mut now = chrono::Utc::now().timestamp_micros();
+    let mut watermark = Watermark::new(
+        pipeline.idle_timeout,
+        pipeline.allowed_lateness_micros(),
+        opts.once,
+    );
 
     loop {
         if opts.once && done.len() >= total {
@@ -175,6 +182,7 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             _ = tick.tick() => {
+                watermark.refresh(&r.state, r.source.partitions(), Instant::now());
                 if r.since_snapshot > 0 {
                     r.snapshot_or_log(opts.once).await?;
                 }
@@ -201,6 +209,7 @@ pub async fn run(
                 // through the select (it costs more than a message when data flows).
                 let mut m = m;
                 let mut burst = 0usize;
+                watermark.refresh(&r.state, r.source.partitions(), Instant::now());
                 loop {
                     match m {
                         Ok(msg) => {
@@ -212,8 +221,18 @@ pub async fn run(
                             if r.report.messages.is_multiple_of(CLOCK_EVERY) {
                                 now = chrono::Utc::now().timestamp_micros();
                             }
+                            watermark.read(topic, msg.partition());
                             if let Some(event_type) = pipeline.event_type_of(topic) {
-                                match decoder.decode(event_type, payload, now) {
+                                let decoded = decoder.decode(event_type, payload, now).and_then(|event| {
+                                    let t = event.occurred_at();
+                                    r.state.see(topic, msg.partition(), t);
+                                    if watermark.is_late(t) {
+                                        Err(late(t, watermark.current(), pipeline.allowed_lateness))
+                                    } else {
+                                        Ok(event)
+                                    }
+                                });
+                                match decoded {
                                     Ok(event) => {
                                         let folded = r.state.fold(event, &cal, horizon);
                                         r.state.count(topic, folded.as_str());
@@ -239,8 +258,13 @@ pub async fn run(
                         }
                         Err(KafkaError::PartitionEOF(_)) => {
                             eofs += 1;
+                            let at_end = r.source.at_end(&r.state)?;
+                            let t = Instant::now();
+                            for (topic, p) in &at_end {
+                                watermark.reached_end(topic, *p, t);
+                            }
                             if opts.once {
-                                done.extend(r.source.at_end(&r.state)?);
+                                done.extend(at_end);
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
@@ -405,6 +429,22 @@ impl Runner {
         self.report.snapshots += 1;
         self.report.last = Some(manifest);
         Ok(())
+    }
+}
+
+/// The dead-letter reason of an event older than the watermark minus the allowed lateness.
+fn late(occurred_at: i64, watermark: Option<i64>, lateness: Duration) -> BadInput {
+    let instant = |t: i64| {
+        chrono::DateTime::from_timestamp_micros(t).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    };
+    BadInput {
+        reason: Reason::Late,
+        detail: format!(
+            "occurred_at {} is older than the watermark {} minus allowed_lateness ({} days)",
+            instant(occurred_at),
+            watermark.map_or_else(|| "-".into(), instant),
+            lateness.as_secs() / 86_400
+        ),
     }
 }
 

@@ -10,5 +10,6 @@ mod common;
 mod contract;
 mod external;
 mod golden;
+mod lateness;
 mod pipeline_mock;
 mod properties;

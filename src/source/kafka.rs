@@ -102,6 +102,11 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assigned })
     }
 
+    /// The assigned partitions.
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.assigned.keys().map(|(t, p)| (t.as_str(), *p))
+    }
+
     /// The current end (high watermark) and log start of every assigned partition.
     pub fn watermarks(&self) -> Result<BTreeMap<Tp, (i64, i64)>, KafkaIoError> {
         let mut out = BTreeMap::new();

@@ -132,6 +132,9 @@ pub struct State {
     pub surveys: Map<String, Survey>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
     pub seen_activities: Map<u128, Micros>,
+    /// topic → partition → highest `occurred_at` of a valid event read from it (the watermark's
+    /// input, `crate::watermark`).
+    pub partition_high: BTreeMap<String, BTreeMap<i32, Micros>>,
     /// topic → outcome or reason → messages.
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
@@ -247,6 +250,16 @@ impl State {
     }
 
     /// Records that `offset` of `topic`/`partition` has been folded.
+    /// Records a valid event read from a partition, for the watermark.
+    pub fn see(&mut self, topic: &str, partition: i32, occurred_at: Micros) {
+        let partitions = match self.partition_high.get_mut(topic) {
+            Some(p) => p,
+            None => self.partition_high.entry(topic.to_string()).or_default(),
+        };
+        let high = partitions.entry(partition).or_insert(occurred_at);
+        *high = (*high).max(occurred_at);
+    }
+
     pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
         let partitions = match self.offsets.get_mut(topic) {
             Some(p) => p,

@@ -1,0 +1,167 @@
+//! The watermark and lateness of EVENTS.md ("Duplicates, order and lateness").
+//!
+//! The watermark is the minimum, over the assigned partitions that are not idle, of the highest
+//! `occurred_at` read from each. The highest instants live in the state (`State::partition_high`),
+//! so a restart goes on with the same watermark; idleness is a property of the running consumer
+//! and lives here: a partition is idle once it has been at its end for `idle_timeout` of wall
+//! time, or at once in `--once` mode. An event older than watermark − `allowed_lateness` is
+//! `late`. While a partition that is not idle has delivered no event yet, there is no
+//! watermark and nothing is late: a replay that reads one partition long before another must
+//! not drop the other's older events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::event::Micros;
+use crate::state::State;
+
+/// Idleness of the partitions of one run, and the watermark computed from it.
+pub struct Watermark {
+    idle_timeout: Duration,
+    /// Idle as soon as at the end (`--once`).
+    once: bool,
+    allowed_lateness: Micros,
+    /// Partitions at their end: topic → partition → since when.
+    at_end: HashMap<String, BTreeMap<i32, Instant>>,
+    /// The watermark as last computed (`refresh`); lower than the true one at worst, so a
+    /// stale value only ever lets an event through, never marks it late.
+    current: Option<Micros>,
+}
+
+impl Watermark {
+    pub fn new(idle_timeout: Duration, allowed_lateness: Micros, once: bool) -> Watermark {
+        Watermark {
+            idle_timeout,
+            once,
+            allowed_lateness,
+            at_end: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// A message arrived from the partition: it is not at its end.
+    pub fn read(&mut self, topic: &str, partition: i32) {
+        if let Some(parts) = self.at_end.get_mut(topic) {
+            parts.remove(&partition);
+        }
+    }
+
+    /// The partition reached its end (an end-of-partition event).
+    pub fn reached_end(&mut self, topic: &str, partition: i32, now: Instant) {
+        self.at_end
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
+            .or_insert(now);
+    }
+
+    fn idle(&self, topic: &str, partition: i32, now: Instant) -> bool {
+        self.at_end
+            .get(topic)
+            .and_then(|parts| parts.get(&partition))
+            .is_some_and(|since| self.once || now.duration_since(*since) >= self.idle_timeout)
+    }
+
+    /// Recomputes the watermark over the `assigned` partitions from the state's highs.
+    pub fn refresh<'a>(
+        &mut self,
+        state: &State,
+        assigned: impl IntoIterator<Item = (&'a str, i32)>,
+        now: Instant,
+    ) {
+        let mut min: Option<Micros> = None;
+        for (topic, p) in assigned {
+            if self.idle(topic, p, now) {
+                continue;
+            }
+            match state.partition_high.get(topic).and_then(|h| h.get(&p)) {
+                Some(high) => min = Some(min.map_or(*high, |m| m.min(*high))),
+                None => {
+                    self.current = None;
+                    return;
+                }
+            }
+        }
+        // Every partition idle: the watermark stays where it was.
+        if min.is_some() {
+            self.current = min;
+        }
+    }
+
+    /// The watermark as last refreshed.
+    pub fn current(&self) -> Option<Micros> {
+        self.current
+    }
+
+    /// Whether an event at `occurred_at` is late: older than watermark − allowed lateness.
+    pub fn is_late(&self, occurred_at: Micros) -> bool {
+        self.current
+            .is_some_and(|w| occurred_at < w.saturating_sub(self.allowed_lateness))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Micros = 86_400_000_000;
+
+    fn state(highs: &[(&str, i32, Micros)]) -> State {
+        let mut s = State::default();
+        for (t, p, h) in highs {
+            s.see(t, *p, *h);
+        }
+        s
+    }
+
+    const ASSIGNED: [(&str, i32); 3] = [("a", 0), ("a", 1), ("b", 0)];
+
+    #[test]
+    fn minimum_over_partitions_that_are_not_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermark::new(Duration::from_secs(10), 120 * DAY, false);
+        // b/0 has delivered nothing yet: no watermark, nothing late.
+        let early = state(&[("a", 0, 300 * DAY), ("a", 1, 100 * DAY)]);
+        w.refresh(&early, ASSIGNED, t0);
+        assert_eq!(w.current(), None);
+        assert!(!w.is_late(0));
+        let s = state(&[
+            ("a", 0, 300 * DAY),
+            ("a", 1, 100 * DAY),
+            ("b", 0, 250 * DAY),
+        ]);
+        w.refresh(&s, ASSIGNED, t0);
+        assert_eq!(w.current(), Some(100 * DAY));
+        // Exactly at watermark − lateness is not late; a microsecond older is.
+        assert!(!w.is_late(-20 * DAY));
+        assert!(w.is_late(-20 * DAY - 1));
+        // The slow partition at its end holds the watermark back until idle_timeout has passed.
+        w.reached_end("a", 1, t0);
+        w.refresh(&s, ASSIGNED, t0 + Duration::from_secs(9));
+        assert_eq!(w.current(), Some(100 * DAY));
+        w.refresh(&s, ASSIGNED, t0 + Duration::from_secs(10));
+        assert_eq!(w.current(), Some(250 * DAY));
+        assert!(w.is_late(129 * DAY));
+        // A message from it makes it active again.
+        w.read("a", 1);
+        w.refresh(&s, ASSIGNED, t0 + Duration::from_secs(11));
+        assert_eq!(w.current(), Some(100 * DAY));
+    }
+
+    #[test]
+    fn once_mode_is_idle_at_the_end_and_all_idle_keeps_the_watermark() {
+        let t0 = Instant::now();
+        let s = state(&[("a", 0, 300 * DAY), ("a", 1, 100 * DAY)]);
+        let assigned = [("a", 0), ("a", 1), ("b", 0)];
+        let mut w = Watermark::new(Duration::from_secs(10), 120 * DAY, true);
+        assert!(!w.is_late(0), "no watermark before the first refresh");
+        // b/0 is empty: at its end at once, so idle in --once mode.
+        w.reached_end("b", 0, t0);
+        w.reached_end("a", 1, t0);
+        w.refresh(&s, assigned, t0);
+        assert_eq!(w.current(), Some(300 * DAY));
+        w.reached_end("a", 0, t0);
+        w.refresh(&s, assigned, t0);
+        assert_eq!(w.current(), Some(300 * DAY));
+    }
+}
