@@ -1,9 +1,12 @@
 //! The run loop: Kafka → decode → fold into state → (every trigger) SQL → snapshot.
 //!
-//! Order of a snapshot: dead letters delivered → state pruned → tables computed and alert
-//! rules evaluated → Parquet, state (with the alert outbox), manifest, `_latest` written →
-//! alert events handed to the log and the background dispatcher → advisory Kafka commit →
-//! retention. Offsets only move
+//! A snapshot starts with a cut, on the consuming task: dead letters delivered, state pruned,
+//! the state's Arrow tables built and the state serialised. The rest runs in the background
+//! while reading goes on: the SQL, the alert rules (on a copy of the alert part of the state),
+//! then Parquet, `_state.bin`, `_alerts.bin`, manifest and `_latest`. When it is durable the
+//! consuming task takes over the alert lifecycles, hands the alert events to the log and the
+//! dispatcher, commits the offsets (advisory) and applies retention. One snapshot is in flight
+//! at a time; a trigger that comes due meanwhile starts the next one when it is done. Offsets only move
 //! inside the state, so whatever the snapshot holds is exactly what its offsets say was read:
 //! a restart resumes from `_latest` and reads on from there.
 
@@ -21,7 +24,7 @@ use crate::alert::deliver::{self, Dispatcher};
 use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::snapshot::{Location, Manifest};
+use crate::snapshot::{AlertsImage, Location, Manifest, StateImage};
 use crate::source::decode::Decoder;
 use crate::source::decode::{BadInput, Reason};
 use crate::source::kafka::{DeadLetterSink, KafkaSource, Tp};
@@ -84,7 +87,40 @@ struct Runner {
     /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
     pending: Vec<(DeadLetter, Vec<u8>)>,
     since_snapshot: u64,
+    /// The snapshot being computed and written in the background, if any.
+    inflight: Option<InFlight>,
     report: RunReport,
+}
+
+/// A snapshot being computed and written in the background.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Written, Error>>,
+    /// The snapshot id before this one (restored if it fails).
+    previous_id: u64,
+    /// Messages its cut took in.
+    messages: u64,
+    started: Instant,
+}
+
+/// What a background snapshot produced.
+struct Written {
+    manifest: Manifest,
+    alerts: crate::alert::AlertBook,
+    outbox: Vec<deliver::Outgoing>,
+    events: Vec<crate::alert::AlertEvent>,
+    outgoing: Vec<deliver::Outgoing>,
+}
+
+/// Waits for the snapshot in flight; never resolves when there is none.
+async fn written(inflight: &mut Option<InFlight>) -> Result<Written, Error> {
+    match inflight {
+        Some(f) => (&mut f.task).await.map_err(|e| {
+            Error::from(crate::error::InternalError::new(format!(
+                "snapshot task: {e}"
+            )))
+        })?,
+        None => std::future::pending().await,
+    }
 }
 
 const SNAPSHOT_ATTEMPTS: u32 = 4;
@@ -139,6 +175,7 @@ pub async fn run(
         state,
         pending: Vec::new(),
         since_snapshot: 0,
+        inflight: None,
         report: RunReport {
             restored_from,
             messages: 0,
@@ -175,16 +212,20 @@ pub async fn run(
         if opts.max_events.is_some_and(|m| r.report.messages >= m) {
             break;
         }
-        if pipeline.trigger_events > 0 && r.since_snapshot >= pipeline.trigger_events {
-            r.snapshot_or_log(opts.once).await?;
+        if pipeline.trigger_events > 0
+            && r.since_snapshot >= pipeline.trigger_events
+            && r.inflight.is_none()
+        {
+            r.begin(opts.once).await?;
         }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            done_snapshot = written(&mut r.inflight) => r.finish(done_snapshot, opts.once).await?,
             _ = tick.tick() => {
                 watermark.refresh(&r.state, r.source.partitions(), Instant::now());
-                if r.since_snapshot > 0 {
-                    r.snapshot_or_log(opts.once).await?;
+                if r.since_snapshot > 0 && r.inflight.is_none() {
+                    r.begin(opts.once).await?;
                 }
                 now = chrono::Utc::now().timestamp_micros();
                 if opts.once {
@@ -270,7 +311,9 @@ pub async fn run(
                         Err(e) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
                     }
                     burst += 1;
-                    let triggered = pipeline.trigger_events > 0 && r.since_snapshot >= pipeline.trigger_events;
+                    let triggered = pipeline.trigger_events > 0
+                        && r.since_snapshot >= pipeline.trigger_events
+                        && r.inflight.is_none();
                     let stop = opts.max_events.is_some_and(|max| r.report.messages >= max);
                     if burst >= BURST || triggered || stop {
                         break;
@@ -283,8 +326,11 @@ pub async fn run(
             }
         }
     }
+    // The snapshot in flight, then a last one for what was read since.
+    r.settle_inflight().await?;
     if r.since_snapshot > 0 || r.state.snapshot_id == 0 {
-        r.snapshot_or_log(true).await?;
+        r.begin(true).await?;
+        r.settle_inflight().await?;
     }
     r.drain_alerts().await;
     r.report.elapsed = started.elapsed();
@@ -292,30 +338,6 @@ pub async fn run(
 }
 
 impl Runner {
-    /// Takes a snapshot, retrying with backoff; `fatal` turns a final failure into an error
-    /// (a `--once` run), otherwise it is logged and the next trigger tries again.
-    async fn snapshot_or_log(&mut self, fatal: bool) -> Result<(), Error> {
-        let mut delay = Duration::from_millis(250);
-        for attempt in 1..=SNAPSHOT_ATTEMPTS {
-            match self.snapshot().await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt == SNAPSHOT_ATTEMPTS => {
-                    if fatal {
-                        return Err(e);
-                    }
-                    tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "snapshot failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Waits (up to the pipeline's drain timeout) for alert deliveries in flight, and records
     /// those acknowledged since the last snapshot next to it.
     async fn drain_alerts(&mut self) {
@@ -348,64 +370,145 @@ impl Runner {
         }
     }
 
-    async fn snapshot(&mut self) -> Result<(), Error> {
-        let t0 = Instant::now();
+    /// Cuts a snapshot and starts computing and writing it in the background. A failure of
+    /// the cut is an error with `fatal` (a `--once` run); otherwise it is logged and the next
+    /// trigger tries again.
+    async fn begin(&mut self, fatal: bool) -> Result<(), Error> {
+        match self.cut().await {
+            Ok(()) => Ok(()),
+            Err(e) if fatal => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
+                Ok(())
+            }
+        }
+    }
+
+    async fn cut(&mut self) -> Result<(), Error> {
+        let started = Instant::now();
         self.dead_letters.deliver(&self.pending).await?;
         self.pending.clear();
         let (acked, counts) = self.alerts.take();
         self.report.alerts_delivered += counts.values().map(|c| c.delivered).sum::<u64>();
         deliver::settle(&mut self.state, &acked, counts);
-        let previous = self.state.snapshot_id;
-        self.state.snapshot_id = previous + 1;
         self.state.prune(self.pipeline.dedup_horizon_micros());
-        let (alerts_before, outbox_before) = (self.state.alerts.clone(), self.state.outbox.len());
-        let written = async {
-            let (mut tables, breaches) = self
-                .engine
-                .compute_with_alerts(&self.state, self.state.snapshot_id)
-                .await?;
+        let previous_id = self.state.snapshot_id;
+        let id = previous_id + 1;
+        self.state.snapshot_id = id;
+        let cut = self
+            .engine
+            .prepare(&self.state, id)
+            .map_err(Error::from)
+            .and_then(|prepared| Ok((prepared, StateImage::of(&self.state)?)));
+        let (prepared, image) = match cut {
+            Ok(c) => c,
+            Err(e) => {
+                self.state.snapshot_id = previous_id;
+                return Err(e);
+            }
+        };
+        // The alert part goes on in a state of its own: the rules run on the computed tables.
+        let mut alerting = State {
+            snapshot_id: id,
+            as_of: self.state.as_of,
+            alerts: self.state.alerts.clone(),
+            outbox: self.state.outbox.clone(),
+            deliveries: self.state.deliveries.clone(),
+            ..State::default()
+        };
+        let (pipeline, location) = (Arc::clone(&self.pipeline), self.location.clone());
+        let task = tokio::spawn(async move {
+            let (mut tables, breaches) = prepared.run().await?;
             let events = crate::alert::apply(
-                &mut self.state.alerts,
+                &mut alerting.alerts,
                 breaches,
-                &self.pipeline.name,
-                self.state.snapshot_id,
-                self.state.as_of,
+                &pipeline.name,
+                id,
+                alerting.as_of,
             );
-            let outgoing = deliver::outgoing(&self.pipeline, &events);
-            self.state.outbox.extend(outgoing.iter().cloned());
+            let outgoing = deliver::outgoing(&pipeline, &events);
+            alerting.outbox.extend(outgoing.iter().cloned());
             tables.push(state_table(
-                &self.state,
+                &alerting,
                 "alerts",
                 crate::state::tables::alerts,
             )?);
             tables.push(state_table(
-                &self.state,
+                &alerting,
                 "alert_deliveries",
                 crate::state::tables::alert_deliveries,
             )?);
-            let manifest = self
-                .location
-                .write(&self.state, &tables, &self.pipeline.name)
-                .await?;
-            Ok::<_, Error>((manifest, events, outgoing))
+            let alerts_image = AlertsImage::of(&alerting)?;
+            let mut delay = Duration::from_millis(250);
+            let mut attempt = 1;
+            let manifest = loop {
+                match location
+                    .write_image(&image, &alerts_image, &tables, &pipeline.name)
+                    .await
+                {
+                    Ok(m) => break m,
+                    Err(e) if attempt == SNAPSHOT_ATTEMPTS => return Err(Error::from(e)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, "snapshot write failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                }
+            };
+            Ok(Written {
+                manifest,
+                alerts: alerting.alerts,
+                outbox: alerting.outbox,
+                events,
+                outgoing,
+            })
+        });
+        self.inflight = Some(InFlight {
+            task,
+            previous_id,
+            messages: self.since_snapshot,
+            started,
+        });
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
+    /// Waits for the snapshot in flight, if any, and takes it over; its failure is an error.
+    async fn settle_inflight(&mut self) -> Result<(), Error> {
+        if self.inflight.is_some() {
+            let result = written(&mut self.inflight).await;
+            self.finish(result, true).await?;
         }
-        .await;
-        let manifest = match written {
-            Ok((m, events, outgoing)) => {
-                // Transitions go out only once the snapshot that records them is durable.
-                deliver::to_log(&self.pipeline, &events);
-                self.alerts.submit(outgoing);
-                m
-            }
+        Ok(())
+    }
+
+    /// Takes over a finished background snapshot.
+    async fn finish(&mut self, result: Result<Written, Error>, fatal: bool) -> Result<(), Error> {
+        let Some(inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        let w = match result {
+            Ok(w) => w,
             Err(e) => {
-                // The same id is reused next time: files are named by id, so the retry overwrites.
-                self.state.snapshot_id = previous;
-                self.state.alerts = alerts_before;
-                self.state.outbox.truncate(outbox_before);
-                return Err(e);
+                // Not durable: the next snapshot (same id, files overwritten) covers its messages.
+                self.state.snapshot_id = inflight.previous_id;
+                self.since_snapshot += inflight.messages;
+                if fatal {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
+                return Ok(());
             }
         };
-        self.source.commit(&self.state);
+        // The outbox has not changed since the cut (only a cut settles it).
+        self.state.alerts = w.alerts;
+        self.state.outbox = w.outbox;
+        // Transitions go out only once the snapshot that records them is durable.
+        deliver::to_log(&self.pipeline, &w.events);
+        self.alerts.submit(w.outgoing);
+        let manifest = w.manifest;
+        self.source.commit(&manifest.offsets);
         match self
             .location
             .retain(self.pipeline.retention, manifest.snapshot_id)
@@ -420,12 +523,11 @@ impl Runner {
         tracing::info!(
             snapshot_id = manifest.snapshot_id,
             as_of = ?manifest.as_of,
-            messages = self.since_snapshot,
+            messages = inflight.messages,
             state_keys = self.state.size(),
-            ms = t0.elapsed().as_millis() as u64,
+            ms = inflight.started.elapsed().as_millis() as u64,
             "snapshot written"
         );
-        self.since_snapshot = 0;
         self.report.snapshots += 1;
         self.report.last = Some(manifest);
         Ok(())

@@ -87,8 +87,76 @@ impl Engine {
         state: &State,
         snapshot_id: u64,
     ) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
-        let ctx = self.session(state, snapshot_id)?;
-        let as_of = state.as_of;
+        self.prepare(state, snapshot_id)?.run().await
+    }
+
+    /// Takes what a snapshot's SQL reads from `state` (its Arrow tables): after this the state
+    /// may change while [`Prepared::run`] computes.
+    pub fn prepare(&self, state: &State, snapshot_id: u64) -> Result<Prepared, EngineError> {
+        Ok(Prepared {
+            ctx: self.session(state, snapshot_id)?,
+            pipeline: Arc::clone(&self.pipeline),
+            snapshot_id,
+            as_of: state.as_of,
+        })
+    }
+
+    fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
+        let p = &self.pipeline;
+        let config = SessionConfig::new()
+            .with_target_partitions(TARGET_PARTITIONS)
+            .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
+        for f in state.fx.values().map(|v| &v.latest) {
+            let mut r = f.rate_to_corporate;
+            r.rescale(crate::source::decode::RATE_SCALE);
+            rates
+                .entry(f.currency.clone())
+                .or_default()
+                .push((f.effective_date, r.mantissa()));
+        }
+        rates.values_mut().for_each(|v| v.sort_unstable());
+        let udf_ctx = Arc::new(UdfContext {
+            calendar: p.calendar,
+            fx: FxTable {
+                corporate: p.corporate_currency.clone(),
+                rates,
+            },
+            commissions: p.commissions.clone(),
+        });
+        for f in udf::all(udf_ctx) {
+            ctx.register_udf(f);
+        }
+        let tables =
+            crate::state::tables::build(state, p, snapshot_id).map_err(|e| EngineError::State {
+                table: "*".into(),
+                source: e.into(),
+            })?;
+        for (name, batch) in tables {
+            let state_err = |source| EngineError::State {
+                table: name.to_string(),
+                source,
+            };
+            let mem = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(state_err)?;
+            ctx.register_table(name, Arc::new(mem)).map_err(state_err)?;
+        }
+        Ok(ctx)
+    }
+}
+
+/// A snapshot's SQL with the state tables it reads, ready to run independently of the state.
+pub struct Prepared {
+    ctx: SessionContext,
+    pipeline: Arc<Pipeline>,
+    snapshot_id: u64,
+    as_of: Option<i64>,
+}
+
+impl Prepared {
+    /// Runs every SQL file in order, then the alert rules over the results.
+    pub async fn run(self) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
+        let ctx = self.ctx;
         let mut out = Vec::new();
         for spec in &self.pipeline.tables {
             let sql_err = |source| EngineError::Sql {
@@ -111,7 +179,8 @@ impl Engine {
                 .map_err(sql_err)?;
             if spec.publish {
                 let (schema, batches) =
-                    with_snapshot_columns(&schema, batches, snapshot_id, as_of).map_err(sql_err)?;
+                    with_snapshot_columns(&schema, batches, self.snapshot_id, self.as_of)
+                        .map_err(sql_err)?;
                 out.push(Table {
                     name: spec.name.clone(),
                     schema,
@@ -168,49 +237,6 @@ impl Engine {
             }
         }
         Ok((out, breaches))
-    }
-
-    fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
-        let p = &self.pipeline;
-        let config = SessionConfig::new()
-            .with_target_partitions(TARGET_PARTITIONS)
-            .with_information_schema(false);
-        let ctx = SessionContext::new_with_config(config);
-        let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
-        for f in state.fx.values().map(|v| &v.latest) {
-            let mut r = f.rate_to_corporate;
-            r.rescale(crate::source::decode::RATE_SCALE);
-            rates
-                .entry(f.currency.clone())
-                .or_default()
-                .push((f.effective_date, r.mantissa()));
-        }
-        rates.values_mut().for_each(|v| v.sort_unstable());
-        let udf_ctx = Arc::new(UdfContext {
-            calendar: p.calendar,
-            fx: FxTable {
-                corporate: p.corporate_currency.clone(),
-                rates,
-            },
-            commissions: p.commissions.clone(),
-        });
-        for f in udf::all(udf_ctx) {
-            ctx.register_udf(f);
-        }
-        let tables =
-            crate::state::tables::build(state, p, snapshot_id).map_err(|e| EngineError::State {
-                table: "*".into(),
-                source: e.into(),
-            })?;
-        for (name, batch) in tables {
-            let state_err = |source| EngineError::State {
-                table: name.to_string(),
-                source,
-            };
-            let mem = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(state_err)?;
-            ctx.register_table(name, Arc::new(mem)).map_err(state_err)?;
-        }
-        Ok(ctx)
     }
 }
 

@@ -92,8 +92,53 @@ pub struct Manifest {
     pub tables: Vec<TableEntry>,
     /// The resumable state, relative to the snapshot directory.
     pub state: String,
+    /// Alert lifecycles, outbox and delivery counts, relative to the snapshot directory.
+    pub alerts: String,
     pub state_format: u32,
 }
+
+/// A state cut for a snapshot: what its manifest records and its serialised bytes (without
+/// the alert part, which is written after the rules ran: [`AlertsImage`]). Taken at the
+/// moment of the cut, so the pipeline can read on while the snapshot is computed and written.
+#[derive(Debug, Clone)]
+pub struct StateImage {
+    pub snapshot_id: u64,
+    pub as_of: Option<i64>,
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    bytes: bytes::Bytes,
+}
+
+impl StateImage {
+    pub fn of(state: &State) -> Result<StateImage, SnapshotError> {
+        let bytes = bincode::serialize(state).map_err(|e| SnapshotError::Format {
+            path: "_state.bin".into(),
+            message: e.to_string(),
+        })?;
+        Ok(StateImage {
+            snapshot_id: state.snapshot_id,
+            as_of: state.as_of,
+            offsets: state.offsets.clone(),
+            bytes: bytes.into(),
+        })
+    }
+}
+
+/// The alert part of a state, serialised: lifecycles, outbox, delivery counts.
+#[derive(Debug, Clone)]
+pub struct AlertsImage(bytes::Bytes);
+
+impl AlertsImage {
+    pub fn of(state: &State) -> Result<AlertsImage, SnapshotError> {
+        bincode::serialize(&(&state.alerts, &state.outbox, &state.deliveries))
+            .map(|b| AlertsImage(b.into()))
+            .map_err(|e| SnapshotError::Format {
+                path: ALERTS_FILE.into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+const ALERTS_FILE: &str = "_alerts.bin";
 
 /// Alert deliveries acknowledged after a snapshot, by outbox id, with their counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,7 +150,7 @@ pub struct DeliveryAcks {
 const ACKS_FILE: &str = "_alert_acks.json";
 
 /// Bump when the bincode layout of `State` changes.
-const STATE_FORMAT: u32 = 2;
+const STATE_FORMAT: u32 = 3;
 /// Rows per Parquet file.
 const ROWS_PER_PART: usize = 1_000_000;
 
@@ -115,10 +160,10 @@ pub fn dir(id: u64) -> String {
 }
 
 impl Location {
-    async fn put(&self, rel: &str, data: Vec<u8>) -> Result<(), SnapshotError> {
+    async fn put(&self, rel: &str, data: impl Into<PutPayload>) -> Result<(), SnapshotError> {
         let path = self.path(rel);
         self.store
-            .put(&path, PutPayload::from(data))
+            .put(&path, data.into())
             .await
             .map_err(store_err(&path))?;
         Ok(())
@@ -153,7 +198,7 @@ impl Location {
         serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
     }
 
-    /// The state a snapshot recorded.
+    /// The state a snapshot recorded, its alert part included.
     pub async fn read_state(&self, m: &Manifest) -> Result<State, SnapshotError> {
         let rel = format!("{}/{}", dir(m.snapshot_id), m.state);
         let path = self.path(&rel);
@@ -170,7 +215,16 @@ impl Location {
             .get(&rel)
             .await?
             .ok_or_else(|| format_err(&path, "missing"))?;
-        bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))
+        let mut state: State = bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))?;
+        let rel = format!("{}/{}", dir(m.snapshot_id), m.alerts);
+        let path = self.path(&rel);
+        let bytes = self
+            .get(&rel)
+            .await?
+            .ok_or_else(|| format_err(&path, "missing"))?;
+        (state.alerts, state.outbox, state.deliveries) =
+            bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))?;
+        Ok(state)
     }
 
     /// Reads one table of a snapshot.
@@ -217,7 +271,20 @@ impl Location {
         tables: &[Table],
         pipeline: &str,
     ) -> Result<Manifest, SnapshotError> {
-        let id = state.snapshot_id;
+        let (image, alerts) = (StateImage::of(state)?, AlertsImage::of(state)?);
+        self.write_image(&image, &alerts, tables, pipeline).await
+    }
+
+    /// Writes the snapshot of a state cut: Parquet per table, `_state.bin`, `_alerts.bin`,
+    /// `_manifest.json`, then `_latest`. Files are named by snapshot id, so a retry overwrites.
+    pub async fn write_image(
+        &self,
+        image: &StateImage,
+        alerts: &AlertsImage,
+        tables: &[Table],
+        pipeline: &str,
+    ) -> Result<Manifest, SnapshotError> {
+        let id = image.snapshot_id;
         let base = dir(id);
         let mut entries = Vec::with_capacity(tables.len());
         for t in tables {
@@ -239,20 +306,23 @@ impl Location {
             });
         }
         let state_rel = "_state.bin".to_string();
-        let bytes = bincode::serialize(state).map_err(|e| format_err(&self.path(&base), e))?;
-        self.put(&format!("{base}/{state_rel}"), bytes).await?;
+        self.put(&format!("{base}/{state_rel}"), image.bytes.clone())
+            .await?;
+        self.put(&format!("{base}/{ALERTS_FILE}"), alerts.0.clone())
+            .await?;
         let manifest = Manifest {
             snapshot_id: id,
-            as_of: state
+            as_of: image
                 .as_of
                 .and_then(chrono::DateTime::from_timestamp_micros)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             pipeline: pipeline.to_string(),
             quotaflow_version: env!("CARGO_PKG_VERSION").to_string(),
-            offsets: state.offsets.clone(),
+            offsets: image.offsets.clone(),
             tables: entries,
             state: state_rel,
+            alerts: ALERTS_FILE.to_string(),
             state_format: STATE_FORMAT,
         };
         let manifest_rel = format!("{base}/_manifest.json");

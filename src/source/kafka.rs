@@ -163,9 +163,9 @@ impl KafkaSource {
     }
 
     /// Advisory commit of the offsets a durable snapshot holds (for lag monitoring tools).
-    pub fn commit(&self, state: &State) {
+    pub fn commit(&self, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) {
         let mut tpl = TopicPartitionList::new();
-        for (topic, parts) in &state.offsets {
+        for (topic, parts) in offsets {
             for (p, o) in parts {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
             }

@@ -139,11 +139,15 @@ pub struct State {
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
     /// Lifecycle of every alert (rule, key) ever fired.
+    /// (Kept beside the state in `_alerts.bin`, written after the rules ran: `snapshot`.)
+    #[serde(skip)]
     pub alerts: crate::alert::AlertBook,
     /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
     /// target (`alert::deliver`).
+    #[serde(skip)]
     pub outbox: Vec<crate::alert::deliver::Outgoing>,
     /// Deliveries per target.
+    #[serde(skip)]
     pub deliveries: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
 }
 
