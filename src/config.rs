@@ -112,6 +112,22 @@ struct RawPipeline {
     alerts: Vec<RawAlert>,
     #[serde(default)]
     alert_delivery: RawDelivery,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    bind: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            bind: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,6 +437,8 @@ pub struct Pipeline {
     pub tables: Vec<TableSpec>,
     pub alerts: Vec<AlertRule>,
     pub alert_delivery: AlertDelivery,
+    /// Where `/healthz` and `/metrics` are served (`http.bind`); `None` when "off".
+    pub http_bind: Option<std::net::SocketAddr>,
 }
 
 /// Names of tables the engine provides from state; pipeline tables may not reuse them.
@@ -708,6 +726,15 @@ impl Pipeline {
 
         let alert_delivery =
             alert_delivery(&raw.alert_delivery).map_err(|(k, m)| invalid(&k, m))?;
+        let http_bind = match raw.http.bind.as_str() {
+            "off" => None,
+            b => Some(b.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    "http.bind",
+                    format!("`{b}` is not an address such as 127.0.0.1:9464 (or \"off\")"),
+                )
+            })?),
+        };
         let mut alerts: Vec<AlertRule> = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let key = format!("alerts[{i}]");
@@ -794,6 +821,7 @@ impl Pipeline {
             tables,
             alerts,
             alert_delivery,
+            http_bind,
         })
     }
 

@@ -21,7 +21,7 @@
 //! * [`snapshot`]: the checkpoint: Parquet tables, state, manifest, `_latest`.
 //! * [`watermark`]: which events are `late` (the watermark over partitions that are not idle).
 //! * [`pipeline`]: the run loop tying the stages together; [`alert`]: rule lifecycles and
-//!   their delivery.
+//!   their delivery; [`health`]: `/healthz` and `/metrics`.
 //! * [`generate`], [`demo`], [`query`], [`cli`]: synthetic data, the zero-setup demo,
 //!   `quotaflow sql`, and the command line.
 
@@ -36,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod generate;
+pub mod health;
 pub mod pipeline;
 pub mod query;
 pub mod snapshot;

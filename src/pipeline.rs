@@ -24,6 +24,7 @@ use crate::alert::deliver::{self, Dispatcher};
 use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::health::Health;
 use crate::snapshot::{AlertsImage, Location, Manifest, StateImage};
 use crate::source::decode::Decoder;
 use crate::source::decode::{BadInput, Reason};
@@ -89,7 +90,20 @@ struct Runner {
     since_snapshot: u64,
     /// The snapshot being computed and written in the background, if any.
     inflight: Option<InFlight>,
+    /// What `/healthz` and `/metrics` report.
+    health: Health,
     report: RunReport,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// A snapshot being computed and written in the background.
@@ -151,6 +165,18 @@ pub async fn run(
     alerts.submit(state.outbox.iter().cloned());
     let decoder = Decoder::new(pipeline.limits)?;
 
+    let health = Health::default();
+    let server = match pipeline.http_bind {
+        Some(addr) => health.serve(addr).await,
+        None => None,
+    };
+    // Stops the endpoint however the run ends.
+    let _server = AbortOnDrop(server);
+    health.update(|s| {
+        s.ready = true;
+        s.broker_connected = true;
+        s.max_snapshot_age = (pipeline.trigger_interval * 3).max(Duration::from_secs(60));
+    });
     let marks = source.watermarks()?;
     for ((topic, p), (low, _)) in &marks {
         if let Some(next) = state.next_offset(topic, *p) {
@@ -176,6 +202,7 @@ pub async fn run(
         pending: Vec::new(),
         since_snapshot: 0,
         inflight: None,
+        health,
         report: RunReport {
             restored_from,
             messages: 0,
@@ -199,6 +226,7 @@ pub async fn run(
     let (mut last_progress, mut progress_mark, mut eofs) = (Instant::now(), (0u64, 0u64), 0u64);
     // The wall clock for the clock-skew bound, read every CLOCK_EVERY messages (not each one).
     let mut now = chrono::Utc::now().timestamp_micros();
+    let mut broker_ok = true;
     let mut watermark = Watermark::new(
         pipeline.idle_timeout,
         pipeline.allowed_lateness_micros(),
@@ -224,6 +252,7 @@ pub async fn run(
             done_snapshot = written(&mut r.inflight) => r.finish(done_snapshot, opts.once).await?,
             _ = tick.tick() => {
                 watermark.refresh(&r.state, r.source.partitions(), Instant::now());
+                r.publish(watermark.current());
                 if r.since_snapshot > 0 && r.inflight.is_none() {
                     r.begin(opts.once).await?;
                 }
@@ -254,6 +283,10 @@ pub async fn run(
                 loop {
                     match m {
                         Ok(msg) => {
+                            if !broker_ok {
+                                broker_ok = true;
+                                r.health.update(|s| s.broker_connected = true);
+                            }
                             let topic = msg.topic();
                             let payload = msg.payload().unwrap_or_default();
                             r.report.messages += 1;
@@ -298,6 +331,10 @@ pub async fn run(
                             }
                         }
                         Err(KafkaError::PartitionEOF(_)) => {
+                            if !broker_ok {
+                                broker_ok = true;
+                                r.health.update(|s| s.broker_connected = true);
+                            }
                             eofs += 1;
                             let at_end = r.source.at_end(&r.state)?;
                             let t = Instant::now();
@@ -308,7 +345,11 @@ pub async fn run(
                                 done.extend(at_end);
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                            broker_ok = false;
+                            r.health.update(|s| s.broker_connected = false);
+                        }
                     }
                     burst += 1;
                     let triggered = pipeline.trigger_events > 0
@@ -474,6 +515,20 @@ impl Runner {
         Ok(())
     }
 
+    /// Publishes the counters `/metrics` reports (at every trigger tick, not per message).
+    fn publish(&self, watermark: Option<i64>) {
+        let lag = self.source.lag(&self.state);
+        let (messages, state_keys) = (self.state.quality.clone(), self.state.size());
+        let alerts_pending = self.alerts.pending();
+        self.health.update(|s| {
+            s.messages = messages;
+            s.lag = lag;
+            s.state_keys = state_keys;
+            s.watermark = watermark;
+            s.alerts_pending = alerts_pending;
+        });
+    }
+
     /// Waits for the snapshot in flight, if any, and takes it over; its failure is an error.
     async fn settle_inflight(&mut self) -> Result<(), Error> {
         if self.inflight.is_some() {
@@ -528,6 +583,10 @@ impl Runner {
             ms = inflight.started.elapsed().as_millis() as u64,
             "snapshot written"
         );
+        let took = inflight.started.elapsed();
+        self.health.update(|s| {
+            s.last_snapshot = Some((Instant::now(), manifest.snapshot_id, took));
+        });
         self.report.snapshots += 1;
         self.report.last = Some(manifest);
         Ok(())

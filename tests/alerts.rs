@@ -126,7 +126,6 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     hook.set_failing(true);
     let p = hooked_pipeline(&hook.url, "1s");
     let c = crate::pipeline_mock::cluster(&p);
-    c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
     let brokers = c.bootstrap_servers();
     let mut msgs = Vec::new();
     generate(&scenario(12, 24, &[5], 10), |g| {

@@ -51,6 +51,7 @@ pub fn cluster(p: &Pipeline) -> MockCluster<'static, DefaultProducerContext> {
         c.create_topic(t, 4, 1).unwrap();
     }
     c.create_topic(&p.dead_letter_topic, 1, 1).unwrap();
+    c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
     c
 }
 
@@ -349,4 +350,90 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
         .tables
         .iter()
         .any(|t| t.name == "attainment" && t.rows > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pipeline_serves_healthz_and_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = crate::common::pipeline_with(|t| {
+        t.replace(
+            "bind = \"127.0.0.1:9464\"",
+            &format!("bind = \"127.0.0.1:{port}\""),
+        )
+        .replace("trigger_interval = \"5s\"", "trigger_interval = \"200ms\"")
+    });
+    let c = cluster(&p);
+    let brokers = c.bootstrap_servers();
+    let msgs = messages(&p, 4);
+    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let (p, o) = (
+            Arc::clone(&p),
+            RunOptions {
+                once: false,
+                ..opts(&brokers, &out)
+            },
+        );
+        async move {
+            run(p, o, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // Healthy once a snapshot is durable; every message counted in /metrics by then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy with everything read"
+        );
+        let health = client.get(format!("{base}/healthz")).send().await;
+        if let Ok(h) = health {
+            if h.status() == 200 {
+                let body: serde_json::Value =
+                    serde_json::from_str(&h.text().await.unwrap()).unwrap();
+                assert_eq!(body["status"], "ok");
+                let m = client.get(format!("{base}/metrics")).send().await.unwrap();
+                assert_eq!(m.status(), 200);
+                let text = m.text().await.unwrap();
+                let counted: u64 = text
+                    .lines()
+                    .filter(|l| l.starts_with("quotaflow_messages_total{"))
+                    .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                    .sum();
+                if counted == msgs.len() as u64 {
+                    break text;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metrics.contains("quotaflow_dead_letters_total{reason=\"invalid_json\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quotaflow_dead_letters_total{reason=\"negative_amount\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quotaflow_consumer_lag{topic=\"spm.activities\",partition=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("quotaflow_up 1"), "{metrics}");
+    assert!(metrics.contains("\nquotaflow_snapshot_id "), "{metrics}");
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    // The endpoint stops with the run.
+    assert!(client.get(format!("{base}/healthz")).send().await.is_err());
 }

@@ -142,6 +142,19 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// Messages behind the end of each assigned partition, as of the latest fetch (for
+    /// `/metrics`; a partition not fetched yet is left out).
+    pub fn lag(&self, state: &State) -> BTreeMap<Tp, i64> {
+        let mut out = BTreeMap::new();
+        for ((topic, p), start) in &self.assigned {
+            if let Some(high) = self.fetched_high_watermark(topic, *p) {
+                let next = state.next_offset(topic, *p).unwrap_or(*start);
+                out.insert((topic.clone(), *p), (high - next).max(0));
+            }
+        }
+        out
+    }
+
     /// The high watermark of the latest fetch response for a partition (librdkafka's cached
     /// value; no request is sent). `None` before the first fetch.
     fn fetched_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {

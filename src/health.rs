@@ -1,0 +1,319 @@
+//! Operability: `/healthz` and `/metrics` (Prometheus text format) of a running pipeline,
+//! served over plain HTTP/1.1 on the pipeline file's `http.bind` (loopback by default).
+//!
+//! The run loop publishes a [`Status`] at every trigger tick and after every snapshot, never
+//! per message; the server only reads the last one published.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the endpoint reports, as last published by the run loop.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// State restored and partitions assigned.
+    pub ready: bool,
+    /// No consumer error since the last message or end-of-partition event.
+    pub broker_connected: bool,
+    /// When the last snapshot became durable, its id and how long it took.
+    pub last_snapshot: Option<(Instant, u64, Duration)>,
+    /// topic → outcome or reason → messages (the state's data-quality counters).
+    pub messages: BTreeMap<String, BTreeMap<String, u64>>,
+    /// (topic, partition) → messages behind the partition's end, as of the latest fetch.
+    pub lag: BTreeMap<(String, i32), i64>,
+    pub state_keys: usize,
+    /// Event-time watermark, microseconds since the epoch.
+    pub watermark: Option<i64>,
+    /// Alert events not yet acknowledged by their Kafka or webhook target.
+    pub alerts_pending: usize,
+    /// A snapshot older than this makes the pipeline unhealthy.
+    pub max_snapshot_age: Duration,
+}
+
+/// The published status, shared between the run loop and the server.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<Status>>);
+
+impl Health {
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = match self.0.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut s);
+    }
+
+    fn get(&self) -> Status {
+        match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Binds `addr` and serves until the returned task is aborted. A bind failure is logged
+    /// (the pipeline runs on without the endpoint).
+    pub async fn serve(&self, addr: SocketAddr) -> Option<tokio::task::AbortHandle> {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot serve /healthz and /metrics (http.bind); running without them");
+                return None;
+            }
+        };
+        let bound = listener.local_addr().map_or(addr, |a| a);
+        tracing::info!(addr = %bound, "serving /healthz and /metrics");
+        let health = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let health = health.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut n = 0;
+                    // Read the request head (the endpoint has no request bodies).
+                    while n < buf.len() {
+                        match conn.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let path = head.split_whitespace().nth(1).unwrap_or("");
+                    let (status, content_type, body) = respond(&health.get(), path);
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Some(task.abort_handle())
+    }
+}
+
+/// The answer to a request for `path`: (status line, content type, body).
+fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
+    match path {
+        "/healthz" => {
+            let age = s.last_snapshot.map(|(at, _, _)| at.elapsed());
+            let fresh = age.is_some_and(|a| a <= s.max_snapshot_age);
+            let healthy = s.ready && s.broker_connected && fresh;
+            let body = serde_json::json!({
+                "status": if healthy { "ok" } else { "unhealthy" },
+                "ready": s.ready,
+                "broker_connected": s.broker_connected,
+                "last_snapshot_id": s.last_snapshot.map(|(_, id, _)| id),
+                "last_snapshot_age_seconds": age.map(|a| a.as_secs_f64()),
+            })
+            .to_string();
+            let status = if healthy {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            (status, "application/json", body)
+        }
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(s)),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /healthz or /metrics\n".into(),
+        ),
+    }
+}
+
+fn metrics(s: &Status) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_string()
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let n = family(
+        "quotaflow_messages_total",
+        "counter",
+        "Messages read, by topic and outcome (ok, duplicate) or dead-letter reason.",
+    );
+    for (topic, outcomes) in &s.messages {
+        for (outcome, count) in outcomes {
+            lines.push(format!(
+                "{n}{{topic=\"{}\",outcome=\"{}\"}} {count}",
+                escape(topic),
+                escape(outcome)
+            ));
+        }
+    }
+    let n2 = family(
+        "quotaflow_dead_letters_total",
+        "counter",
+        "Messages sent to the dead letters, by reason.",
+    );
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for outcomes in s.messages.values() {
+        for (outcome, count) in outcomes {
+            if outcome != "ok" && outcome != "duplicate" {
+                *by_reason.entry(outcome).or_default() += count;
+            }
+        }
+    }
+    for (reason, count) in by_reason {
+        lines.push(format!("{n2}{{reason=\"{}\"}} {count}", escape(reason)));
+    }
+    let n3 = family(
+        "quotaflow_consumer_lag",
+        "gauge",
+        "Messages behind the end of each partition, as of the latest fetch.",
+    );
+    for ((topic, p), lag) in &s.lag {
+        lines.push(format!(
+            "{n3}{{topic=\"{}\",partition=\"{p}\"}} {lag}",
+            escape(topic)
+        ));
+    }
+    let n4 = family(
+        "quotaflow_snapshot_age_seconds",
+        "gauge",
+        "Seconds since the last snapshot became durable.",
+    );
+    let n5 = family(
+        "quotaflow_snapshot_duration_seconds",
+        "gauge",
+        "How long the last snapshot took, cut to durable.",
+    );
+    let n6 = family(
+        "quotaflow_snapshot_id",
+        "gauge",
+        "Id of the last durable snapshot.",
+    );
+    if let Some((at, id, took)) = s.last_snapshot {
+        lines.push(format!("{n4} {}", at.elapsed().as_secs_f64()));
+        lines.push(format!("{n5} {}", took.as_secs_f64()));
+        lines.push(format!("{n6} {id}"));
+    }
+    let n7 = family("quotaflow_state_keys", "gauge", "Keys held in the state.");
+    lines.push(format!("{n7} {}", s.state_keys));
+    let n8 = family(
+        "quotaflow_watermark_seconds",
+        "gauge",
+        "Event-time watermark, seconds since the epoch.",
+    );
+    if let Some(w) = s.watermark {
+        lines.push(format!("{n8} {}", w as f64 / 1e6));
+    }
+    let n9 = family(
+        "quotaflow_alert_deliveries_pending",
+        "gauge",
+        "Alert events not yet acknowledged by their target.",
+    );
+    lines.push(format!("{n9} {}", s.alerts_pending));
+    let n10 = family(
+        "quotaflow_up",
+        "gauge",
+        "1 when ready and the broker connected.",
+    );
+    lines.push(format!("{n10} {}", u8::from(s.ready && s.broker_connected)));
+    // Families first (HELP/TYPE), then samples: Prometheus accepts samples of a family after
+    // its metadata anywhere in the exposition; keep them grouped for readers.
+    regroup(&out, &lines)
+}
+
+/// Puts each family's samples right after its HELP/TYPE lines.
+fn regroup(meta: &str, samples: &[String]) -> String {
+    let mut out = String::new();
+    let mut lines = meta.lines().peekable();
+    while let Some(help) = lines.next() {
+        let Some(name) = help.split_whitespace().nth(2) else {
+            continue;
+        };
+        out.push_str(help);
+        out.push('\n');
+        if let Some(ty) = lines.next() {
+            out.push_str(ty);
+            out.push('\n');
+        }
+        for s in samples.iter().filter(|s| {
+            s.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        }) {
+            out.push_str(s);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_readiness_broker_and_snapshot_age() {
+        let mut s = Status {
+            max_snapshot_age: Duration::from_secs(60),
+            ..Status::default()
+        };
+        assert_eq!(respond(&s, "/healthz").0, "503 Service Unavailable");
+        s.ready = true;
+        s.broker_connected = true;
+        s.last_snapshot = Some((Instant::now(), 3, Duration::from_millis(250)));
+        let (status, _, body) = respond(&s, "/healthz");
+        assert_eq!(status, "200 OK", "{body}");
+        assert!(body.contains("\"last_snapshot_id\":3"), "{body}");
+        s.broker_connected = false;
+        assert_eq!(respond(&s, "/healthz").0, "503 Service Unavailable");
+        assert_eq!(respond(&s, "/nope").0, "404 Not Found");
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_grouped_by_family() {
+        let mut s = Status::default();
+        s.messages
+            .entry("spm.deals".into())
+            .or_default()
+            .insert("ok".into(), 7);
+        s.messages
+            .entry("spm.deals".into())
+            .or_default()
+            .insert("negative_amount".into(), 2);
+        s.lag.insert(("spm.deals".into(), 0), 5);
+        let text = metrics(&s);
+        assert!(
+            text.contains("quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quotaflow_dead_letters_total{reason=\"negative_amount\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quotaflow_consumer_lag{topic=\"spm.deals\",partition=\"0\"} 5\n"),
+            "{text}"
+        );
+        // Every sample follows its own family's TYPE line.
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split_whitespace().next().unwrap();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(family), "{line} outside {family}");
+            }
+        }
+    }
+}
