@@ -269,3 +269,22 @@ fn demo_runs_the_pipeline_and_shows_the_alerts_of_its_silent_reps() {
     assert!(firing.contains("rep_inactive,rep-00003"), "{firing}");
     assert!(firing.contains("rep_inactive,rep-00011"), "{firing}");
 }
+
+#[test]
+fn once_without_a_reachable_broker_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = quotaflow(&[
+        "run",
+        "--once",
+        "--brokers",
+        "127.0.0.1:1",
+        "--output",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("cannot reach the Kafka brokers `127.0.0.1:1`"),
+        "{t}"
+    );
+}

@@ -173,9 +173,28 @@ async fn snapshots_on_the_s3_server() {
     let (file, p) = pipeline_file(dir.path(), &t, "");
     let msgs = produce(&p, 12, 10_000).await;
     let output = format!("{}/{t}", env("QUOTAFLOW_TEST_S3"));
-    run_once(&file, &output);
+    // A credential of its own, with every log on: it must appear in no log line and no file.
+    let secret = format!("s3cr3t-{t}");
+    let out = Command::new(bin())
+        .args(["run", "--once", "--pipeline"])
+        .arg(&file)
+        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", &output])
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("QUOTAFLOW_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.len() > 1000, "trace logging was on");
+    assert!(!logs.contains(&secret), "the secret was logged");
     let loc = Location::parse(&output).unwrap();
-    assert!(loc.latest().await.unwrap().is_some());
+    let latest = loc.latest().await.unwrap().unwrap();
+    let manifest = serde_json::to_string(&loc.manifest(latest.snapshot_id).await.unwrap()).unwrap();
+    assert!(!manifest.contains(&secret) && !manifest.contains("AWS"), "{manifest}");
     let streamed = canonical(&latest_tables(&output).await);
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
