@@ -178,12 +178,21 @@ async fn snapshots_on_the_s3_server() {
     let out = Command::new(bin())
         .args(["run", "--once", "--pipeline"])
         .arg(&file)
-        .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", &output])
+        .args([
+            "--brokers",
+            &env("QUOTAFLOW_TEST_BROKERS"),
+            "--output",
+            &output,
+        ])
         .env("AWS_SECRET_ACCESS_KEY", &secret)
         .env("QUOTAFLOW_LOG", "trace")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let logs = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -194,7 +203,10 @@ async fn snapshots_on_the_s3_server() {
     let loc = Location::parse(&output).unwrap();
     let latest = loc.latest().await.unwrap().unwrap();
     let manifest = serde_json::to_string(&loc.manifest(latest.snapshot_id).await.unwrap()).unwrap();
-    assert!(!manifest.contains(&secret) && !manifest.contains("AWS"), "{manifest}");
+    assert!(
+        !manifest.contains(&secret) && !manifest.contains("AWS"),
+        "{manifest}"
+    );
     let streamed = canonical(&latest_tables(&output).await);
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
@@ -626,6 +638,64 @@ async fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     // Whatever was not read yet is read by the next run: nothing lost.
     run_once(&file, out);
     let streamed = canonical(&latest_tables(out).await);
+    let batch = canonical(&batch_tables(&p, &msgs).await);
+    assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn storage_faults_on_every_call_are_retried_and_readers_only_see_whole_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tag("faults");
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &t,
+        "trigger_events = 500\ntrigger_interval = \"100ms\"",
+    );
+    let msgs = produce(&p, 17, 10_000).await;
+    let output = format!("{}/{t}", env("QUOTAFLOW_TEST_S3"));
+    // A reader without faults reads whatever `_latest` names, all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (loc, stop) = (Location::parse(&output).unwrap(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.insert(read_latest_whole(&loc).await);
+            }
+            seen
+        })
+    };
+    // A quarter of all object-store calls of the pipeline fail, 2 % hang 300 ms and fail,
+    // every call is 5 ms slower.
+    let out = Command::new(bin())
+        .args(["run", "--once", "--pipeline"])
+        .arg(&file)
+        .args([
+            "--brokers",
+            &env("QUOTAFLOW_TEST_BROKERS"),
+            "--output",
+            &output,
+        ])
+        .env(
+            "QUOTAFLOW_STORE_FAULTS",
+            "error=0.25,timeout=0.02,timeout_ms=300,slow_ms=5",
+        )
+        .env("QUOTAFLOW_LOG", "quotaflow=debug")
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let injected = stderr.matches("injected").count();
+    eprintln!(
+        "{injected} injected faults retried; the reader read {} snapshots whole",
+        seen.len()
+    );
+    assert!(injected >= 10, "faults were injected: {injected}");
+    assert!(seen.len() >= 2, "{seen:?}");
+    let streamed = canonical(&latest_tables(&output).await);
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 }

@@ -12,7 +12,8 @@
 //! named by snapshot id, so a crash leaves the old snapshot or the new one, and a retried write
 //! is idempotent. Retention deletes old snapshot directories, never the one `_latest` names.
 
-pub mod store;
+pub mod faults;
+mod store;
 
 use std::collections::BTreeMap;
 
@@ -162,8 +163,8 @@ pub fn dir(id: u64) -> String {
 impl Location {
     async fn put(&self, rel: &str, data: impl Into<PutPayload>) -> Result<(), SnapshotError> {
         let path = self.path(rel);
-        self.store
-            .put(&path, data.into())
+        let data = data.into();
+        retrying(|| self.store.put(&path, data.clone()))
             .await
             .map_err(store_err(&path))?;
         Ok(())
@@ -171,9 +172,16 @@ impl Location {
 
     async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
         let path = self.path(rel);
-        match self.store.get(&path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(store_err(&path))?.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+        let got = retrying(|| async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        match got {
+            Ok(bytes) => Ok(bytes.map(|b| b.to_vec())),
             Err(e) => Err(store_err(&path)(e)),
         }
     }
@@ -404,6 +412,32 @@ impl Location {
             }
         }
         Ok(doomed.len())
+    }
+}
+
+/// Calls of one object-store operation: a failure that may pass (a server error, a timeout)
+/// is retried with backoff; a definite answer (not found, refused) is not.
+const STORE_ATTEMPTS: u32 = 5;
+
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, object_store::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, object_store::Error>>,
+{
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(
+                e @ (object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }),
+            ) if attempt < STORE_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "object-store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

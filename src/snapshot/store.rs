@@ -87,6 +87,18 @@ impl Location {
                 )))
             }
         };
+        let store = match std::env::var(super::faults::ENV) {
+            Ok(spec) => {
+                let faults = super::faults::Faults::parse(&spec).map_err(bad)?;
+                tracing::warn!(
+                    ?faults,
+                    "injecting object-store faults ({})",
+                    super::faults::ENV
+                );
+                Arc::new(super::faults::Faulty::new(store, faults)) as Arc<dyn ObjectStore>
+            }
+            Err(_) => store,
+        };
         // For file:// the store is rooted at `/`, so the prefix is the whole path; for buckets
         // the URL's path is the prefix inside the bucket.
         Ok(Location { url, store, prefix })
