@@ -17,6 +17,7 @@ use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 
@@ -142,6 +143,8 @@ const SNAPSHOT_ATTEMPTS: u32 = 4;
 /// stops with an error naming the partitions, instead of waiting forever (a broker that cannot
 /// serve an offset, a partition without a leader).
 const ONCE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client error this recent (and no message since) makes the broker count as unreachable.
+const BROKER_ERROR_WINDOW: Duration = Duration::from_secs(15);
 /// Messages handled in a row once one arrived, before the trigger and shutdown are checked.
 const BURST: usize = 1024;
 /// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
@@ -252,6 +255,13 @@ pub async fn run(
             done_snapshot = written(&mut r.inflight) => r.finish(done_snapshot, opts.once).await?,
             _ = tick.tick() => {
                 watermark.refresh(&r.state, r.source.partitions(), Instant::now());
+                // Unhealthy while librdkafka reports client errors (a broker down or frozen);
+                // healthy again at the next message or end of partition, or once they stop.
+                let down = r.source.consumer.context().errored_within(BROKER_ERROR_WINDOW);
+                if down == broker_ok {
+                    broker_ok = !down;
+                    r.health.update(|s| s.broker_connected = !down);
+                }
                 r.publish(watermark.current());
                 if r.since_snapshot > 0 && r.inflight.is_none() {
                     r.begin(opts.once).await?;
@@ -285,6 +295,7 @@ pub async fn run(
                         Ok(msg) => {
                             if !broker_ok {
                                 broker_ok = true;
+                                r.source.consumer.context().clear();
                                 r.health.update(|s| s.broker_connected = true);
                             }
                             let topic = msg.topic();
@@ -333,6 +344,7 @@ pub async fn run(
                         Err(KafkaError::PartitionEOF(_)) => {
                             if !broker_ok {
                                 broker_ok = true;
+                                r.source.consumer.context().clear();
                                 r.health.update(|s| s.broker_connected = true);
                             }
                             eofs += 1;

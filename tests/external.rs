@@ -699,3 +699,188 @@ async fn storage_faults_on_every_call_are_retried_and_readers_only_see_whole_sna
     let batch = canonical(&batch_tables(&p, &msgs).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 }
+
+/// A tansu broker of the test's own (so it can be frozen without touching the others'),
+/// killed when dropped.
+struct OwnBroker {
+    child: std::process::Child,
+    brokers: String,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu on PATH (scripts/services installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnBroker {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn a_broker_frozen_for_30_s_makes_the_pipeline_unhealthy_then_it_resumes_without_loss() {
+    let broker = OwnBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (file, p) = pipeline_file_with(
+        dir.path(),
+        &tag("freeze"),
+        "trigger_interval = \"500ms\"",
+        |t| {
+            // Requests to a frozen broker time out after 3 s instead of librdkafka's 60 s.
+            t.replace(
+                "[source.kafka]\n",
+                "[source.kafka]\n\"socket.timeout.ms\" = \"3000\"\n",
+            )
+            .replace(
+                "bind = \"127.0.0.1:9464\"",
+                &format!("bind = \"127.0.0.1:{port}\""),
+            )
+        },
+    );
+    let default = Pipeline::builtin().unwrap();
+    let rename = |msgs: Vec<(String, String, String)>| -> Vec<(String, String, String)> {
+        msgs.into_iter()
+            .map(|(t, k, v)| (p.topics[&default.event_type_of(&t).unwrap()].clone(), k, v))
+            .collect()
+    };
+    let first = rename(crate::pipeline_mock::messages(&default, 18));
+    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
+    ensure_topics(&broker.brokers, &p, &topics, 3)
+        .await
+        .unwrap();
+    produce_all(&broker.brokers, 10_000, first.clone(), |_| {}).unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let mut run = Command::new(bin())
+        .args(["run", "--pipeline"])
+        .arg(&file)
+        .args(["--brokers", &broker.brokers, "--output", out])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let health = |client: reqwest::Client| async move {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+        Some((status, body))
+    };
+    let counted = |client: reqwest::Client| async move {
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("quotaflow_messages_total{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>(),
+        )
+    };
+    let wait_for = |what: &'static str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        move || assert!(Instant::now() < deadline, "{what} within {secs} s")
+    };
+    // Healthy with everything read.
+    let check = wait_for("healthy with the first messages read", 60);
+    while !(matches!(health(client.clone()).await, Some((200, _)))
+        && counted(client.clone()).await == Some(first.len() as u64))
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Frozen: unhealthy, the broker reported as not connected.
+    broker.signal("-STOP");
+    let frozen_at = Instant::now();
+    let check = wait_for("unhealthy while the broker is frozen", 25);
+    loop {
+        if let Some((503, body)) = health(client.clone()).await {
+            assert_eq!(body["broker_connected"], false, "{body}");
+            break;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The fault lasts 30 s (injection, not synchronisation).
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(frozen_at.elapsed())).await;
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the pipeline kept running"
+    );
+    broker.signal("-CONT");
+
+    // Back: new messages are read, healthy again, nothing lost or counted twice.
+    let second = rename(crate::pipeline_mock::messages(&default, 19));
+    produce_all(&broker.brokers, 10_000, second.clone(), |_| {}).unwrap();
+    let total = (first.len() + second.len()) as u64;
+    let check = wait_for("healthy again with every message read", 90);
+    while !(matches!(health(client.clone()).await, Some((200, _)))
+        && counted(client.clone()).await == Some(total))
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(run.wait().unwrap().success());
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    let streamed = canonical(&latest_tables(out).await);
+    let batch = canonical(&batch_tables(&p, &all).await);
+    assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
+}

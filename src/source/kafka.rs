@@ -50,9 +50,45 @@ fn client_config(brokers: &str, pipeline: &Pipeline) -> ClientConfig {
 /// A topic-partition.
 pub type Tp = (String, i32);
 
+/// The consumer's client context: remembers when librdkafka last reported a client-level
+/// error (a broker down, a request timed out), which never comes through `recv()`.
+#[derive(Default)]
+pub struct SourceContext {
+    /// Milliseconds since the epoch of the last client-level error; 0 when none since cleared.
+    last_error_ms: std::sync::atomic::AtomicI64,
+}
+
+impl rdkafka::ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error");
+        self.last_error_ms.store(
+            chrono::Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SourceContext {}
+
+impl SourceContext {
+    /// Whether a client-level error came within `window` and since the last `clear`.
+    pub fn errored_within(&self, window: Duration) -> bool {
+        let at = self
+            .last_error_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        at != 0 && chrono::Utc::now().timestamp_millis() - at < window.as_millis() as i64
+    }
+
+    /// Forgets the last error (a message or end of partition arrived since).
+    pub fn clear(&self) {
+        self.last_error_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The consumer side of a run.
 pub struct KafkaSource {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<SourceContext>,
     /// Every assigned partition with the offset reading starts at.
     pub assigned: BTreeMap<Tp, i64>,
 }
@@ -71,7 +107,8 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true");
-        let consumer: StreamConsumer = cfg.create()?;
+        let consumer: StreamConsumer<SourceContext> =
+            cfg.create_with_context(SourceContext::default())?;
         let connect = |source| KafkaIoError::Connect {
             brokers: brokers.to_string(),
             source,
