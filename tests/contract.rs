@@ -207,6 +207,9 @@ fn message_level_reasons_come_first() {
     // wrong type; and never a stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert_eq!(reason(Deal, &deep), Some(Reason::WrongType));
+    // 10 MB against the default 1 MiB limit: too_large before any parsing.
+    let huge = format!("{{\"deal_id\": \"{}\"}}", "x".repeat(10 << 20));
+    assert_eq!(reason(Deal, &huge), Some(Reason::TooLarge));
     let nested = DEAL.replacen(
         "\"deal_id\":\"deal-00017\"",
         &format!("\"deal_id\":{deep}"),
