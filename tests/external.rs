@@ -700,30 +700,58 @@ async fn storage_faults_on_every_call_are_retried_and_readers_only_see_whole_sna
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 }
 
-/// A tansu broker of the test's own (so it can be frozen without touching the others'),
-/// killed when dropped.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker of the test's own (so it can be frozen or killed without touching the
+/// others'), killed when dropped.
 struct OwnBroker {
     child: std::process::Child,
     brokers: String,
 }
 
 impl OwnBroker {
+    /// A broker keeping its data in memory.
     fn start() -> OwnBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        OwnBroker::spawn(free_port(), "memory://tansu/")
+    }
+
+    /// A broker keeping its data in a bucket of the suite's S3 server, so it survives a kill.
+    fn start_durable(bucket: &str) -> OwnBroker {
+        let made = Command::new("python3")
+            .args([
+                "-c",
+                "import boto3, os, sys; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket=sys.argv[1])",
+                bucket,
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success(), "creating bucket {bucket}");
+        OwnBroker::spawn(free_port(), &format!("s3://{bucket}/"))
+    }
+
+    fn spawn(port: u16, storage: &str) -> OwnBroker {
+        OwnBroker {
+            child: OwnBroker::child(port, storage),
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn child(port: u16, storage: &str) -> std::process::Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .env(
+                "AWS_ENDPOINT",
+                std::env::var("AWS_ENDPOINT_URL").unwrap_or_default(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -733,10 +761,15 @@ impl OwnBroker {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        OwnBroker {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
-        }
+        child
+    }
+
+    /// SIGKILL, then the same broker again on the same port and storage.
+    fn kill_and_restart(&mut self, storage: &str) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        let port: u16 = self.brokers.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = OwnBroker::child(port, storage);
     }
 
     fn signal(&self, sig: &str) {
@@ -755,10 +788,37 @@ impl Drop for OwnBroker {
     }
 }
 
+/// A broker fault in the middle of a continuous run.
+enum BrokerFault {
+    /// SIGSTOP for 30 s, then SIGCONT.
+    Freeze,
+    /// SIGKILL, down for a few seconds, started again on the same port and storage.
+    KillRestart { storage: String },
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: run scripts/test"]
 async fn a_broker_frozen_for_30_s_makes_the_pipeline_unhealthy_then_it_resumes_without_loss() {
-    let broker = OwnBroker::start();
+    survives(OwnBroker::start(), BrokerFault::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn a_broker_killed_and_restarted_makes_the_pipeline_unhealthy_then_it_resumes_without_loss() {
+    let bucket = format!("tansu-{}", tag("restart").replace('_', "-"));
+    let broker = OwnBroker::start_durable(&bucket);
+    survives(
+        broker,
+        BrokerFault::KillRestart {
+            storage: format!("s3://{bucket}/"),
+        },
+    )
+    .await;
+}
+
+/// Reads a first set of messages, suffers `fault` (unhealthy meanwhile, still running), then
+/// reads a second set and ends with the tables of both, read once.
+async fn survives(mut broker: OwnBroker, fault: BrokerFault) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -843,10 +903,13 @@ async fn a_broker_frozen_for_30_s_makes_the_pipeline_unhealthy_then_it_resumes_w
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Frozen: unhealthy, the broker reported as not connected.
-    broker.signal("-STOP");
-    let frozen_at = Instant::now();
-    let check = wait_for("unhealthy while the broker is frozen", 25);
+    // The fault: unhealthy, the broker reported as not connected.
+    let fault_at = Instant::now();
+    match &fault {
+        BrokerFault::Freeze => broker.signal("-STOP"),
+        BrokerFault::KillRestart { .. } => broker.signal("-KILL"),
+    }
+    let check = wait_for("unhealthy while the broker is away", 25);
     loop {
         if let Some((503, body)) = health(client.clone()).await {
             assert_eq!(body["broker_connected"], false, "{body}");
@@ -855,13 +918,22 @@ async fn a_broker_frozen_for_30_s_makes_the_pipeline_unhealthy_then_it_resumes_w
         check();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The fault lasts 30 s (injection, not synchronisation).
-    tokio::time::sleep(Duration::from_secs(30).saturating_sub(frozen_at.elapsed())).await;
     assert!(
         run.try_wait().unwrap().is_none(),
         "the pipeline kept running"
     );
-    broker.signal("-CONT");
+    match &fault {
+        BrokerFault::Freeze => {
+            // The fault lasts 30 s (injection, not synchronisation).
+            tokio::time::sleep(Duration::from_secs(30).saturating_sub(fault_at.elapsed())).await;
+            assert!(
+                run.try_wait().unwrap().is_none(),
+                "the pipeline kept running"
+            );
+            broker.signal("-CONT");
+        }
+        BrokerFault::KillRestart { storage } => broker.kill_and_restart(storage),
+    }
 
     // Back: new messages are read, healthy again, nothing lost or counted twice.
     let second = rename(crate::pipeline_mock::messages(&default, 19));

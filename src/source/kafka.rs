@@ -60,6 +60,13 @@ pub struct SourceContext {
 
 impl rdkafka::ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is reported here too; it is news, not an error.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
         tracing::warn!(error = %error, reason, "Kafka client error");
         self.last_error_ms.store(
             chrono::Utc::now().timestamp_millis(),
