@@ -956,3 +956,157 @@ async fn survives(mut broker: OwnBroker, fault: BrokerFault) {
     let batch = canonical(&batch_tables(&p, &all).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 }
+
+/// An S3 server (moto) of the test's own, so it can be stopped without touching the others'.
+struct OwnS3 {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl OwnS3 {
+    fn start(bucket: &str) -> OwnS3 {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (scripts/services installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let made = Command::new("python3")
+            .args([
+                "-c",
+                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])",
+                &endpoint,
+                bucket,
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        OwnS3 { child, endpoint }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn the_s3_server_stopped_mid_run_stalls_no_reading_and_the_pipeline_catches_up() {
+    let t = tag("s3stop");
+    let s3 = OwnS3::start("stopped");
+    // This test runs in a process of its own (nextest): point every S3 client here at it.
+    std::env::set_var("AWS_ENDPOINT_URL", &s3.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (file, p) = pipeline_file_with(dir.path(), &t, "trigger_interval = \"500ms\"", |text| {
+        text.replace(
+            "bind = \"127.0.0.1:9464\"",
+            &format!("bind = \"127.0.0.1:{port}\""),
+        )
+    });
+    let first = produce(&p, 20, 10_000).await;
+    let output = format!("s3://stopped/{t}");
+    let mut run = Command::new(bin())
+        .args(["run", "--pipeline"])
+        .arg(&file)
+        .args([
+            "--brokers",
+            &env("QUOTAFLOW_TEST_BROKERS"),
+            "--output",
+            &output,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let counted = || async {
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("quotaflow_messages_total{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>(),
+        )
+    };
+    let loc = Location::parse(&output).unwrap();
+    let durable = || async {
+        let Ok(Some(latest)) = loc.latest().await else {
+            return 0;
+        };
+        let m = loc.manifest(latest.snapshot_id).await.unwrap();
+        m.offsets.values().flat_map(|p| p.values()).sum::<i64>() as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while durable().await < first.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the first messages never became durable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Storage stopped: reading goes on (the second set is counted), nothing more is durable.
+    s3.signal("-STOP");
+    let second = produce(&p, 21, 10_000).await;
+    let total = first.len() + second.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counted().await != Some(total as u64) {
+        assert!(
+            Instant::now() < deadline,
+            "reading stalled while storage was stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down for 10 s in all (injection, not synchronisation).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the pipeline kept running"
+    );
+    s3.signal("-CONT");
+
+    // Back: it catches up; the previous snapshot stayed whole, the new one holds everything.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while durable().await < total {
+        assert!(
+            Instant::now() < deadline,
+            "never caught up after storage came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(run.wait().unwrap().success());
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    let streamed = canonical(&latest_tables(&output).await);
+    let batch = canonical(&batch_tables(&p, &all).await);
+    assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
+}
