@@ -1163,6 +1163,28 @@ mod tests {
     }
 
     #[test]
+    fn names_that_become_paths_cannot_leave_the_output() {
+        let sql = |_: &str| Ok("SELECT 1 AS x".to_string());
+        for (from, to, key) in [
+            ("name = \"default\"", "name = \"../../etc\"", "name"),
+            ("name = \"default\"", "name = \"a/b\"", "name"),
+            (
+                "name = \"rep_daily\"",
+                "name = \"../rep_daily\"",
+                "tables[2].name",
+            ),
+            ("name = \"rep_daily\"", "name = \"x/y\"", "tables[2].name"),
+            ("name = \"rep_daily\"", "name = \"..\"", "tables[2].name"),
+        ] {
+            let text = BUILTIN_PIPELINE.replacen(from, to, 1);
+            let err = Pipeline::parse(&text, "p.toml", &sql)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{to}: {err}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));

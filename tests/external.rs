@@ -1110,3 +1110,19 @@ async fn the_s3_server_stopped_mid_run_stalls_no_reading_and_the_pipeline_catche
     let batch = canonical(&batch_tables(&p, &all).await);
     assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn hostile_input_to_every_topic_of_the_real_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, p) = pipeline_file_with(
+        dir.path(),
+        &tag("hostile"),
+        "",
+        crate::hostile::small_messages,
+    );
+    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
+    let brokers = env("QUOTAFLOW_TEST_BROKERS");
+    ensure_topics(&brokers, &p, &topics, 3).await.unwrap();
+    crate::hostile::hostile_run(&brokers, &p).await;
+}

@@ -115,13 +115,22 @@ fn produce(brokers: &str, messages: &[(String, Vec<u8>)]) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// The pipeline edit these tests run with: messages above 16 KiB are too large.
+pub fn small_messages(t: String) -> String {
+    t.replace("max_message_bytes = 1048576", "max_message_bytes = 16384")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_messages_are_dead_letters_with_their_reason_and_change_nothing_else() {
-    let p = crate::common::pipeline_with(|t| {
-        t.replace("max_message_bytes = 1048576", "max_message_bytes = 16384")
-    });
+    let p = crate::common::pipeline_with(small_messages);
     let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
+    hostile_run(&c.bootstrap_servers(), &p).await;
+}
+
+/// Produces the hostile cases spread through a generated stream to `brokers`, runs `--once`
+/// in process, and checks reasons, counts and the tables of the good events.
+pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
+    let brokers = brokers.to_string();
     let mut good = Vec::new();
     quotaflow::generate::generate(&crate::pipeline_mock::spec(5), |g| {
         good.push((p.topics[&g.event_type].clone(), g.key, g.value))
@@ -133,7 +142,7 @@ async fn hostile_messages_are_dead_letters_with_their_reason_and_change_nothing_
             .entry(t)
             .or_insert_with(|| serde_json::from_str(v).unwrap());
     }
-    let cases = hostile(&p, &first);
+    let cases = hostile(p, &first);
     // Bad messages spread through the good ones.
     let mut stream: Vec<(String, Vec<u8>)> = Vec::new();
     let every = good.len() / (cases.len() + 1);
@@ -204,7 +213,7 @@ async fn hostile_messages_are_dead_letters_with_their_reason_and_change_nothing_
     assert!(duplicates >= 1, "the repeated deal version is a duplicate");
 
     // The good events give the same tables as they do alone.
-    let alone = canonical(&batch_tables(&p, &good).await);
+    let alone = canonical(&batch_tables(p, &good).await);
     let strip = |mut t: BTreeMap<String, Vec<String>>| {
         for name in ["dead_letters", "data_quality", "alerts", "alert_deliveries"] {
             t.remove(name);
