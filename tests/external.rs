@@ -1126,3 +1126,41 @@ async fn hostile_input_to_every_topic_of_the_real_broker() {
     ensure_topics(&brokers, &p, &topics, 3).await.unwrap();
     crate::hostile::hostile_run(&brokers, &p).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("crashat"),
+        "trigger_events = 1000\ntrigger_interval = \"1h\"",
+    );
+    // One message per record batch (tansu 0.6 and mid-batch fetches: see README).
+    let msgs = produce(&p, 22, 1).await;
+    for point in ["before_state", "before_manifest", "before_latest"] {
+        let out = dir.path().join(point);
+        let out = out.to_str().unwrap();
+        // The crash comes while writing snapshot 2: snapshot 1 is durable by then.
+        let crashed = Command::new(bin())
+            .args(["run", "--once", "--pipeline"])
+            .arg(&file)
+            .args(["--brokers", &env("QUOTAFLOW_TEST_BROKERS"), "--output", out])
+            .env("QUOTAFLOW_CRASH_AT", format!("{point}:2"))
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: no crash");
+        let loc = Location::parse(out).unwrap();
+        // A reader sees snapshot 1, whole.
+        assert_eq!(read_latest_whole(&loc).await, 1, "{point}");
+        let resumed = run_once(&file, out);
+        assert!(messages_read(&resumed) > 0, "{point}");
+        let streamed = canonical(&latest_tables(out).await);
+        let batch = canonical(&batch_tables(&p, &msgs).await);
+        assert_eq!(
+            without_dead_letters(streamed),
+            without_dead_letters(batch),
+            "{point}"
+        );
+    }
+}

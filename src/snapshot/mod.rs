@@ -313,11 +313,13 @@ impl Location {
                 rows: t.num_rows() as u64,
             });
         }
+        crash_point("before_state", id);
         let state_rel = "_state.bin".to_string();
         self.put(&format!("{base}/{state_rel}"), image.bytes.clone())
             .await?;
         self.put(&format!("{base}/{ALERTS_FILE}"), alerts.0.clone())
             .await?;
+        crash_point("before_manifest", id);
         let manifest = Manifest {
             snapshot_id: id,
             as_of: image
@@ -337,6 +339,7 @@ impl Location {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| format_err(&self.path(&manifest_rel), e))?;
         self.put(&manifest_rel, json).await?;
+        crash_point("before_latest", id);
         let latest = Latest {
             snapshot_id: id,
             manifest: manifest_rel,
@@ -412,6 +415,19 @@ impl Location {
             }
         }
         Ok(doomed.len())
+    }
+}
+
+/// The crash tests' fail points: with `QUOTAFLOW_CRASH_AT=<point>:<snapshot id>` the process
+/// aborts at that point of writing that snapshot (`before_state`: its Parquet files written;
+/// `before_manifest`: its state written too; `before_latest`: its manifest written too), as a
+/// power cut would. Never set in production.
+fn crash_point(point: &str, id: u64) {
+    if let Ok(at) = std::env::var("QUOTAFLOW_CRASH_AT") {
+        if at == format!("{point}:{id}") {
+            tracing::error!(point, snapshot_id = id, "QUOTAFLOW_CRASH_AT: aborting");
+            std::process::abort();
+        }
     }
 }
 
