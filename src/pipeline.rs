@@ -6,16 +6,16 @@
 //! then Parquet, `_state.bin`, `_alerts.bin`, manifest and `_latest`. When it is durable the
 //! consuming task takes over the alert lifecycles, hands the alert events to the log and the
 //! dispatcher, commits the offsets (advisory) and applies retention. One snapshot is in flight
-//! at a time; a trigger that comes due meanwhile starts the next one when it is done. Offsets only move
-//! inside the state, so whatever the snapshot holds is exactly what its offsets say was read:
-//! a restart resumes from `_latest` and reads on from there.
+//! at a time; a trigger that comes due meanwhile starts the next one when it is done. Offsets
+//! only move inside the state, so whatever the snapshot holds is exactly what its offsets say
+//! was read: a restart resumes from `_latest` and reads on from there.
 
 use std::collections::BTreeSet;
 use std::future::Future;
-
-use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
