@@ -401,22 +401,13 @@ pub fn produce_all(
         .create_with_context(Ctx(Arc::clone(&failed)))?;
     let mut n = 0u64;
     for (topic, key, value) in messages {
-        let mut rec = BaseRecord::to(&topic).key(&key).payload(&value);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    return Err(KafkaIoError::Topic {
-                        topic: topic.clone(),
-                        source: e,
-                    })
-                }
-            }
-        }
+        send_waiting(
+            &producer,
+            BaseRecord::to(&topic)
+                .key(key.as_str())
+                .payload(value.as_str()),
+            Duration::from_millis(10),
+        )?;
         n += 1;
         if n.is_multiple_of(100_000) {
             progress(n);
@@ -428,6 +419,29 @@ pub fn produce_all(
         return Err(KafkaIoError::Undelivered { failed });
     }
     Ok(n)
+}
+
+/// Sends one record, waiting (polling `wait` at a time) while the producer's queue is full.
+fn send_waiting<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::ThreadedProducer<C>,
+    mut rec: rdkafka::producer::BaseRecord<'_, str, str, C::DeliveryOpaque>,
+    wait: Duration,
+) -> Result<(), KafkaIoError> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(wait);
+            }
+            Err((source, back)) => {
+                return Err(KafkaIoError::Topic {
+                    topic: back.topic.to_string(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 /// Produces `messages` at a steady `rate` (messages per second) for freshness benchmarks, and
@@ -478,24 +492,13 @@ pub fn produce_paced(
             std::thread::sleep(Duration::from_micros(200));
         }
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as usize;
-        let mut rec = BaseRecord::with_opaque_to(&topic, now_ms)
-            .key(&key)
-            .payload(&value);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => {
-                    return Err(KafkaIoError::Topic {
-                        topic: topic.clone(),
-                        source: e,
-                    })
-                }
-            }
-        }
+        send_waiting(
+            &producer,
+            BaseRecord::with_opaque_to(&topic, now_ms)
+                .key(key.as_str())
+                .payload(value.as_str()),
+            Duration::from_millis(1),
+        )?;
         n += 1;
     }
     producer.flush(Duration::from_secs(120))?;
