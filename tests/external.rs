@@ -505,6 +505,45 @@ async fn read_latest_whole(loc: &Location) -> u64 {
     m.snapshot_id
 }
 
+/// A reader reading every table of whatever `_latest` names under `output`, until the flag is
+/// set; it returns the snapshot ids it read whole.
+fn spawn_reader(
+    output: &str,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<std::collections::BTreeSet<u64>>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (loc, flag) = (Location::parse(output).unwrap(), Arc::clone(&stop));
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            seen.insert(read_latest_whole(&loc).await);
+        }
+        seen
+    });
+    (stop, reader)
+}
+
+/// Messages a running pipeline has counted, from its `/metrics` on `port` (None if it does
+/// not answer yet).
+async fn messages_counted(client: &reqwest::Client, port: u16) -> Option<u64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("quotaflow_messages_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: run scripts/test"]
 async fn twenty_sigkills_lose_nothing_count_nothing_twice_and_readers_never_see_half_a_snapshot() {
@@ -526,17 +565,7 @@ async fn twenty_sigkills_lose_nothing_count_nothing_twice_and_readers_never_see_
 
     // A reader reads whatever `_latest` names, all along.
     let loc = Location::parse(killed).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (loc, stop) = (Location::parse(killed).unwrap(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                seen.insert(read_latest_whole(&loc).await);
-            }
-            seen
-        })
-    };
+    let (stop, reader) = spawn_reader(killed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20);
     let mut kills = 0;
     for _ in 0..20 {
@@ -655,17 +684,7 @@ async fn storage_faults_on_every_call_are_retried_and_readers_only_see_whole_sna
     let msgs = produce(&p, 17, 10_000).await;
     let output = format!("{}/{t}", env("QUOTAFLOW_TEST_S3"));
     // A reader without faults reads whatever `_latest` names, all along.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (loc, stop) = (Location::parse(&output).unwrap(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                seen.insert(read_latest_whole(&loc).await);
-            }
-            seen
-        })
-    };
+    let (stop, reader) = spawn_reader(&output);
     // A quarter of all object-store calls of the pipeline fail, 2 % hang 300 ms and fail,
     // every call is 5 ms slower.
     let out = Command::new(bin())
@@ -874,22 +893,7 @@ async fn survives(mut broker: OwnBroker, fault: BrokerFault) {
         let body: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
         Some((status, body))
     };
-    let counted = |client: reqwest::Client| async move {
-        let text = client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.starts_with("quotaflow_messages_total{"))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum::<u64>(),
-        )
-    };
+    let counted = |client: reqwest::Client| async move { messages_counted(&client, port).await };
     let wait_for = |what: &'static str, secs: u64| {
         let deadline = Instant::now() + Duration::from_secs(secs);
         move || assert!(Instant::now() < deadline, "{what} within {secs} s")
@@ -1038,22 +1042,7 @@ async fn the_s3_server_stopped_mid_run_stalls_no_reading_and_the_pipeline_catche
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let counted = || async {
-        let text = client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.starts_with("quotaflow_messages_total{"))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum::<u64>(),
-        )
-    };
+    let counted = || messages_counted(&client, port);
     let loc = Location::parse(&output).unwrap();
     let durable = || async {
         let Ok(Some(latest)) = loc.latest().await else {
