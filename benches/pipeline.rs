@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 use quotaflow::config::Pipeline;
 use quotaflow::engine::Engine;
+use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
 use quotaflow::generate::{generate, GenSpec, Generated};
 use quotaflow::source::decode::{DecodeLimits, Decoder};
 use quotaflow::state::State;
@@ -140,7 +141,7 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
                 continue; // 2025-01-01 is a Wednesday
             }
             let c = quotaflow::state::DailyCounts {
-                calls: 10 + (r as i64 + i64::from(d)) % 7,
+                calls: 10 + (r as u32 + d as u32) % 7,
                 emails: 8,
                 meetings: 2,
                 webinars: 0,
@@ -153,7 +154,7 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
                 meetings_held: 2,
                 demos_held: 1,
             };
-            s.daily.insert((rep_id.clone(), day0 + d), c);
+            *s.daily_mut(&rep_id, day0 + d) = c;
         }
         for k in 0..days / 6 {
             let created = day0 + k * 6;
@@ -272,4 +273,74 @@ fn snapshot_write(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decode_and_fold, snapshot_tables, snapshot_write);
-criterion_main!(benches);
+
+/// Peak memory of one snapshot as the pipeline takes it (state cut, SQL, Parquet, state file),
+/// for `QUOTAFLOW_BENCH_MEMORY=<reps>x<days>` (e.g. `10000x730`), in a process of its own so
+/// that no other benchmark's allocations count: `cargo bench --bench pipeline` with the
+/// variable set runs this instead of the criterion benchmarks.
+fn memory(spec: &str) {
+    let (reps, days) = spec
+        .split_once('x')
+        .and_then(|(r, d)| Some((r.parse::<usize>().ok()?, d.parse::<i32>().ok()?)))
+        .unwrap_or_else(|| panic!("QUOTAFLOW_BENCH_MEMORY={spec}: expected <reps>x<days>"));
+    let p = Arc::new(Pipeline::builtin().unwrap_or_else(|e| panic!("{e}")));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let mut state = history_state(&p, reps, days);
+    state.snapshot_id = 1;
+    let state_peak = peak_rss_mib();
+    let dir = std::env::temp_dir().join(format!("quotaflow-bench-mem-{}", std::process::id()));
+    let loc = quotaflow::snapshot::Location::parse(&dir.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    let rows = rt.block_on(async {
+        // The steps of the pipeline's cut and of its background snapshot task.
+        let prepared = Engine::new(Arc::clone(&p))
+            .prepare(&state, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let image = StateImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
+        let alerts = AlertsImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
+        let mut tables = Vec::new();
+        prepared
+            .run(|t| {
+                tables.push(EncodedTable::encode(&t).unwrap_or_else(|e| panic!("{e}")));
+                Ok::<_, quotaflow::engine::EngineError>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let m = loc
+            .write_image(&image, &alerts, &tables, "default")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        m.tables.iter().map(|t| t.rows).sum::<u64>()
+    });
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(dir);
+    println!(
+        "memory {reps} reps x {days} days: state {} rep-days, {} deals; peak RSS after building the state {state_peak} MiB, after one snapshot ({rows} rows, {:.2} s) {} MiB",
+        state.daily.len(),
+        state.deals.len(),
+        took.as_secs_f64(),
+        peak_rss_mib()
+    );
+}
+
+/// The process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("QUOTAFLOW_BENCH_MEMORY") {
+        memory(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

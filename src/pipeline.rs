@@ -26,7 +26,7 @@ use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::health::Health;
-use crate::snapshot::{AlertsImage, Location, Manifest, StateImage};
+use crate::snapshot::{AlertsImage, EncodedTable, Location, Manifest, StateImage};
 use crate::source::decode::Decoder;
 use crate::source::decode::{BadInput, Reason};
 use crate::source::kafka::{DeadLetterSink, KafkaSource, Tp};
@@ -471,7 +471,13 @@ impl Runner {
         };
         let (pipeline, location) = (Arc::clone(&self.pipeline), self.location.clone());
         let task = tokio::spawn(async move {
-            let (mut tables, breaches) = prepared.run().await?;
+            let mut tables = Vec::new();
+            let breaches = prepared
+                .run(|t| {
+                    tables.push(EncodedTable::encode(&t)?);
+                    Ok::<_, Error>(())
+                })
+                .await?;
             let events = crate::alert::apply(
                 &mut alerting.alerts,
                 breaches,
@@ -481,16 +487,12 @@ impl Runner {
             );
             let outgoing = deliver::outgoing(&pipeline, &events);
             alerting.outbox.extend(outgoing.iter().cloned());
-            tables.push(state_table(
-                &alerting,
-                "alerts",
-                crate::state::tables::alerts,
-            )?);
-            tables.push(state_table(
-                &alerting,
-                "alert_deliveries",
-                crate::state::tables::alert_deliveries,
-            )?);
+            for (name, build) in [
+                ("alerts", crate::state::tables::alerts as StateTableFn),
+                ("alert_deliveries", crate::state::tables::alert_deliveries),
+            ] {
+                tables.push(EncodedTable::encode(&state_table(&alerting, name, build)?)?);
+            }
             let alerts_image = AlertsImage::of(&alerting)?;
             let mut delay = Duration::from_millis(250);
             let mut attempt = 1;
@@ -623,15 +625,14 @@ fn late(occurred_at: i64, watermark: Option<i64>, lateness: Duration) -> BadInpu
 
 /// A snapshot table built from the state in Rust (`alerts`, `alert_deliveries`), with the
 /// snapshot-wide columns.
+type StateTableFn = fn(
+    &State,
+) -> Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>;
+
 fn state_table(
     state: &State,
     name: &str,
-    build: fn(
-        &State,
-    ) -> Result<
-        datafusion::arrow::array::RecordBatch,
-        datafusion::arrow::error::ArrowError,
-    >,
+    build: StateTableFn,
 ) -> Result<crate::engine::Table, Error> {
     let internal =
         |e: &dyn std::fmt::Display| crate::error::InternalError::new(format!("{name} table: {e}"));

@@ -87,21 +87,35 @@ impl Engine {
         state: &State,
         snapshot_id: u64,
     ) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
-        self.prepare(state, snapshot_id)?.run().await
+        let mut tables = Vec::new();
+        let breaches = self
+            .prepare(state, snapshot_id)?
+            .run(|t| {
+                tables.push(t);
+                Ok::<_, EngineError>(())
+            })
+            .await?;
+        Ok((tables, breaches))
     }
 
     /// Takes what a snapshot's SQL reads from `state` (its Arrow tables): after this the state
     /// may change while [`Prepared::run`] computes.
     pub fn prepare(&self, state: &State, snapshot_id: u64) -> Result<Prepared, EngineError> {
+        let (ctx, state_tables) = self.session(state, snapshot_id)?;
         Ok(Prepared {
-            ctx: self.session(state, snapshot_id)?,
+            ctx,
+            state_tables,
             pipeline: Arc::clone(&self.pipeline),
             snapshot_id,
             as_of: state.as_of,
         })
     }
 
-    fn session(&self, state: &State, snapshot_id: u64) -> Result<SessionContext, EngineError> {
+    fn session(
+        &self,
+        state: &State,
+        snapshot_id: u64,
+    ) -> Result<(SessionContext, Vec<String>), EngineError> {
         let p = &self.pipeline;
         let config = SessionConfig::new()
             .with_target_partitions(TARGET_PARTITIONS)
@@ -133,6 +147,7 @@ impl Engine {
                 table: "*".into(),
                 source: e.into(),
             })?;
+        let names = tables.iter().map(|(name, _)| name.to_string()).collect();
         for (name, batch) in tables {
             let state_err = |source| EngineError::State {
                 table: name.to_string(),
@@ -141,24 +156,36 @@ impl Engine {
             let mem = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(state_err)?;
             ctx.register_table(name, Arc::new(mem)).map_err(state_err)?;
         }
-        Ok(ctx)
+        Ok((ctx, names))
     }
 }
 
 /// A snapshot's SQL with the state tables it reads, ready to run independently of the state.
 pub struct Prepared {
     ctx: SessionContext,
+    /// Names of the state tables registered in `ctx`.
+    state_tables: Vec<String>,
     pipeline: Arc<Pipeline>,
     snapshot_id: u64,
     as_of: Option<i64>,
 }
 
 impl Prepared {
-    /// Runs every SQL file in order, then the alert rules over the results.
-    pub async fn run(self) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
+    /// Runs every SQL file in order, handing each published table to `publish` as soon as it
+    /// is computed, then the alert rules over the results.
+    ///
+    /// Memory stays bounded by what is still to be read, not by the whole snapshot: a table
+    /// (state or computed) stays registered only until the last statement that names it has
+    /// run, so `publish` can encode a table and drop it while later ones are computed.
+    pub async fn run<E: From<EngineError>>(
+        self,
+        mut publish: impl FnMut(Table) -> Result<(), E>,
+    ) -> Result<Vec<Breach>, E> {
         let ctx = self.ctx;
-        let mut out = Vec::new();
-        for spec in &self.pipeline.tables {
+        let last_read = last_reads(&self.pipeline);
+        let live = |name: &str, now: usize| last_read.get(name).is_some_and(|at| *at > now);
+        let mut registered = self.state_tables;
+        for (i, spec) in self.pipeline.tables.iter().enumerate() {
             let sql_err = |source| EngineError::Sql {
                 table: spec.name.clone(),
                 origin: spec.origin.clone(),
@@ -173,19 +200,28 @@ impl Prepared {
                 ms = started.elapsed().as_millis() as u64,
                 "table computed"
             );
-            let mem =
-                MemTable::try_new(Arc::clone(&schema), vec![batches.clone()]).map_err(sql_err)?;
-            ctx.register_table(spec.name.as_str(), Arc::new(mem))
-                .map_err(sql_err)?;
+            if live(&spec.name, i) {
+                let mem = MemTable::try_new(Arc::clone(&schema), vec![batches.clone()])
+                    .map_err(sql_err)?;
+                ctx.register_table(spec.name.as_str(), Arc::new(mem))
+                    .map_err(sql_err)?;
+                registered.push(spec.name.clone());
+            }
+            registered.retain(|name| {
+                live(name, i) || {
+                    let _ = ctx.deregister_table(name.as_str());
+                    false
+                }
+            });
             if spec.publish {
                 let (schema, batches) =
                     with_snapshot_columns(&schema, batches, self.snapshot_id, self.as_of)
                         .map_err(sql_err)?;
-                out.push(Table {
+                publish(Table {
                     name: spec.name.clone(),
                     schema,
                     batches,
-                });
+                })?;
             }
         }
         let mut breaches = Vec::new();
@@ -236,8 +272,24 @@ impl Prepared {
                 }
             }
         }
-        Ok((out, breaches))
+        Ok(breaches)
     }
+}
+
+/// For every table name, the index of the last statement that names it: the SQL files in
+/// order, then the alert rules after them. Names are found as whole identifiers in the SQL
+/// text, so a column that shares a table's name only keeps that table longer than needed.
+fn last_reads(p: &Pipeline) -> HashMap<String, usize> {
+    let statements = p.tables.iter().map(|t| &t.sql).chain(p.alerts.iter().map(|a| &a.sql));
+    let mut out = HashMap::new();
+    for (i, sql) in statements.enumerate() {
+        for word in sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.is_empty() {
+                out.insert(word.to_ascii_lowercase(), i);
+            }
+        }
+    }
+    out
 }
 
 /// Appends `snapshot_id` (BIGINT) and `as_of` (TIMESTAMP UTC) to every row.

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use bincode::Options;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -111,7 +112,7 @@ pub struct StateImage {
 
 impl StateImage {
     pub fn of(state: &State) -> Result<StateImage, SnapshotError> {
-        let bytes = bincode::serialize(state).map_err(|e| SnapshotError::Format {
+        let bytes = state_codec().serialize(state).map_err(|e| SnapshotError::Format {
             path: "_state.bin".into(),
             message: e.to_string(),
         })?;
@@ -151,7 +152,13 @@ pub struct DeliveryAcks {
 const ACKS_FILE: &str = "_alert_acks.json";
 
 /// Bump when the bincode layout of `State` changes.
-const STATE_FORMAT: u32 = 3;
+const STATE_FORMAT: u32 = 4;
+
+/// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
+/// small counters and dates (a third of the fixed-width size).
+fn state_codec() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+}
 /// Rows per Parquet file.
 const ROWS_PER_PART: usize = 1_000_000;
 
@@ -223,7 +230,9 @@ impl Location {
             .get(&rel)
             .await?
             .ok_or_else(|| format_err(&path, "missing"))?;
-        let mut state: State = bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))?;
+        let mut state: State = state_codec()
+            .deserialize(&bytes)
+            .map_err(|e| format_err(&path, e))?;
         let rel = format!("{}/{}", dir(m.snapshot_id), m.alerts);
         let path = self.path(&rel);
         let bytes = self
@@ -280,7 +289,11 @@ impl Location {
         pipeline: &str,
     ) -> Result<Manifest, SnapshotError> {
         let (image, alerts) = (StateImage::of(state)?, AlertsImage::of(state)?);
-        self.write_image(&image, &alerts, tables, pipeline).await
+        let encoded = tables
+            .iter()
+            .map(EncodedTable::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_image(&image, &alerts, &encoded, pipeline).await
     }
 
     /// Writes the snapshot of a state cut: Parquet per table, `_state.bin`, `_alerts.bin`,
@@ -289,7 +302,7 @@ impl Location {
         &self,
         image: &StateImage,
         alerts: &AlertsImage,
-        tables: &[Table],
+        tables: &[EncodedTable],
         pipeline: &str,
     ) -> Result<Manifest, SnapshotError> {
         let id = image.snapshot_id;
@@ -297,20 +310,15 @@ impl Location {
         let mut entries = Vec::with_capacity(tables.len());
         for t in tables {
             let mut files = Vec::new();
-            for (n, chunk) in chunks(t).into_iter().enumerate() {
+            for (n, part) in t.parts.iter().enumerate() {
                 let rel = format!("{}/part-{n}.parquet", t.name);
-                let path = self.path(&format!("{base}/{rel}"));
-                self.put(
-                    &format!("{base}/{rel}"),
-                    parquet_bytes(&t.schema, &chunk).map_err(|e| format_err(&path, e))?,
-                )
-                .await?;
+                self.put(&format!("{base}/{rel}"), part.clone()).await?;
                 files.push(rel);
             }
             entries.push(TableEntry {
                 name: t.name.clone(),
                 files,
-                rows: t.num_rows() as u64,
+                rows: t.rows,
             });
         }
         crash_point("before_state", id);
@@ -454,6 +462,38 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// A metric table encoded as its Parquet files, ready to put (and to put again when a write is
+/// retried): a snapshot keeps its tables in this compressed form, not as Arrow arrays.
+#[derive(Debug, Clone)]
+pub struct EncodedTable {
+    pub name: String,
+    /// One Parquet file per part of at most `ROWS_PER_PART` rows.
+    pub parts: Vec<bytes::Bytes>,
+    pub rows: u64,
+}
+
+impl EncodedTable {
+    pub fn encode(t: &Table) -> Result<EncodedTable, SnapshotError> {
+        let parts = chunks(t)
+            .iter()
+            .enumerate()
+            .map(|(n, chunk)| {
+                parquet_bytes(&t.schema, chunk)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| SnapshotError::Format {
+                        path: format!("{}/part-{n}.parquet", t.name),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EncodedTable {
+            name: t.name.clone(),
+            parts,
+            rows: t.num_rows() as u64,
+        })
     }
 }
 

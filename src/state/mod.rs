@@ -17,22 +17,24 @@ use crate::event::{
     Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
 };
 
-/// Activity counters of one rep on one day: the `rep_daily` grain.
+/// Activity counters of one rep on one day: the `rep_daily` grain. Counters are 32-bit (a
+/// rep-day holds far fewer than 4 billion activities); seconds are 64-bit. The grain is the
+/// largest part of the state, so every byte here counts once per rep-day of history.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DailyCounts {
-    pub calls: i64,
-    pub emails: i64,
-    pub meetings: i64,
-    pub webinars: i64,
-    pub demos: i64,
-    pub tasks: i64,
-    pub activities: i64,
-    pub call_seconds: i64,
-    pub connected_calls: i64,
-    pub replied_emails: i64,
-    pub meetings_held: i64,
+    pub calls: u32,
+    pub emails: u32,
+    pub meetings: u32,
+    pub webinars: u32,
+    pub demos: u32,
+    pub tasks: u32,
+    pub activities: u32,
+    pub connected_calls: u32,
+    pub replied_emails: u32,
+    pub meetings_held: u32,
     /// Held demos alone (they also count in `meetings_held`); the leaderboard weighs them extra.
-    pub demos_held: i64,
+    pub demos_held: u32,
+    pub call_seconds: i64,
 }
 
 impl DailyCounts {
@@ -42,21 +44,21 @@ impl DailyCounts {
         match a.activity_type {
             ActivityType::Call => {
                 self.calls += 1;
-                self.call_seconds += a.duration_s.unwrap_or(0);
-                self.connected_calls += i64::from(outcome == Some("connected"));
+                self.call_seconds = self.call_seconds.saturating_add(a.duration_s.unwrap_or(0));
+                self.connected_calls += u32::from(outcome == Some("connected"));
             }
             ActivityType::Email => {
                 self.emails += 1;
-                self.replied_emails += i64::from(outcome == Some("replied"));
+                self.replied_emails += u32::from(outcome == Some("replied"));
             }
             ActivityType::Meeting => {
                 self.meetings += 1;
-                self.meetings_held += i64::from(outcome == Some("held"));
+                self.meetings_held += u32::from(outcome == Some("held"));
             }
             ActivityType::Demo => {
                 self.demos += 1;
-                self.meetings_held += i64::from(outcome == Some("held"));
-                self.demos_held += i64::from(outcome == Some("held"));
+                self.meetings_held += u32::from(outcome == Some("held"));
+                self.demos_held += u32::from(outcome == Some("held"));
             }
             ActivityType::Webinar => self.webinars += 1,
             ActivityType::Task => self.tasks += 1,
@@ -85,8 +87,58 @@ impl Folded {
 pub struct Versioned<T, H = ()> {
     pub latest: T,
     pub latest_version: i64,
-    /// Every version received, with what the metrics need of it.
-    pub history: BTreeMap<i64, H>,
+    /// Every version received, in version order, with what the metrics need of it (a sorted
+    /// vector: an entity has a handful of versions, and a tree node per entity costs more).
+    pub history: Vec<(i64, H)>,
+}
+
+/// Rep ids as small integers, so that the rep × day grain does not hold a string per key.
+/// Serialised as the list of names; the index is rebuilt on restore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<String>", into = "Vec<String>")]
+pub struct RepIds {
+    names: Vec<String>,
+    index: Map<String, u32>,
+}
+
+impl RepIds {
+    /// The id of `rep`, given a new one on first sight.
+    pub fn id(&mut self, rep: &str) -> u32 {
+        if let Some(id) = self.index.get(rep) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(rep.to_string());
+        self.index.insert(rep.to_string(), id);
+        id
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+}
+
+impl PartialEq for RepIds {
+    fn eq(&self, other: &RepIds) -> bool {
+        self.names == other.names
+    }
+}
+
+impl From<Vec<String>> for RepIds {
+    fn from(names: Vec<String>) -> RepIds {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        RepIds { names, index }
+    }
+}
+
+impl From<RepIds> for Vec<String> {
+    fn from(ids: RepIds) -> Vec<String> {
+        ids.names
+    }
 }
 
 /// Stage and time of one deal version: enough for `stage_entered_at` and stage conversion.
@@ -120,7 +172,9 @@ pub struct State {
     pub as_of: Option<Micros>,
     /// topic → partition → next offset to read.
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
-    pub daily: Map<(String, Day), DailyCounts>,
+    /// The rep × day grain, by rep id (`rep_ids`).
+    pub daily: Map<(u32, Day), DailyCounts>,
+    pub rep_ids: RepIds,
     pub deals: Map<String, Versioned<Deal, DealVersion>>,
     /// Latest `occurred_at` of an activity naming the deal.
     pub deal_last_activity: Map<String, Micros>,
@@ -217,12 +271,14 @@ impl State {
                 .or_insert(a.occurred_at);
             *last = (*last).max(a.occurred_at);
         }
-        let day = cal.day_of(a.occurred_at);
-        self.daily
-            .entry((a.rep_id.clone(), day))
-            .or_default()
-            .add(&a);
+        self.daily_mut(&a.rep_id, cal.day_of(a.occurred_at)).add(&a);
         Folded::Ok
+    }
+
+    /// The activity counters of `rep` on `day`, created empty on first use.
+    pub fn daily_mut(&mut self, rep: &str, day: Day) -> &mut DailyCounts {
+        let id = self.rep_ids.id(rep);
+        self.daily.entry((id, day)).or_default()
     }
 
     /// Counts one message outcome for `topic`.
@@ -314,10 +370,10 @@ fn fold_entity<K: std::hash::Hash + Eq, T, H>(
     match map.entry(key) {
         Entry::Occupied(mut o) => {
             let e = o.get_mut();
-            if e.history.contains_key(&v) {
-                return Folded::Duplicate;
+            match e.history.binary_search_by_key(&v, |(version, _)| *version) {
+                Ok(_) => return Folded::Duplicate,
+                Err(at) => e.history.insert(at, (v, h)),
             }
-            e.history.insert(v, h);
             if v > e.latest_version {
                 e.latest = item;
                 e.latest_version = v;
@@ -328,7 +384,7 @@ fn fold_entity<K: std::hash::Hash + Eq, T, H>(
             slot.insert(Versioned {
                 latest: item,
                 latest_version: v,
-                history: BTreeMap::from([(v, h)]),
+                history: vec![(v, h)],
             });
             Folded::Ok
         }

@@ -99,20 +99,20 @@ fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
     let rows: Vec<_> = s.daily.iter().collect();
     let c = |f: fn(&super::DailyCounts) -> i64| i64s(rows.iter().map(move |(_, v)| f(v)));
     batch(vec![
-        ("rep_id", strs(rows.iter().map(|((r, _), _)| r.as_str()))),
+        ("rep_id", strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r)))),
         ("day", dates(rows.iter().map(|((_, d), _)| *d))),
-        ("calls", c(|v| v.calls)),
-        ("emails", c(|v| v.emails)),
-        ("meetings", c(|v| v.meetings)),
-        ("webinars", c(|v| v.webinars)),
-        ("demos", c(|v| v.demos)),
-        ("tasks", c(|v| v.tasks)),
-        ("activities", c(|v| v.activities)),
+        ("calls", c(|v| i64::from(v.calls))),
+        ("emails", c(|v| i64::from(v.emails))),
+        ("meetings", c(|v| i64::from(v.meetings))),
+        ("webinars", c(|v| i64::from(v.webinars))),
+        ("demos", c(|v| i64::from(v.demos))),
+        ("tasks", c(|v| i64::from(v.tasks))),
+        ("activities", c(|v| i64::from(v.activities))),
         ("call_seconds", c(|v| v.call_seconds)),
-        ("connected_calls", c(|v| v.connected_calls)),
-        ("replied_emails", c(|v| v.replied_emails)),
-        ("meetings_held", c(|v| v.meetings_held)),
-        ("demos_held", c(|v| v.demos_held)),
+        ("connected_calls", c(|v| i64::from(v.connected_calls))),
+        ("replied_emails", c(|v| i64::from(v.replied_emails))),
+        ("meetings_held", c(|v| i64::from(v.meetings_held))),
+        ("demos_held", c(|v| i64::from(v.demos_held))),
     ])
 }
 
@@ -124,7 +124,7 @@ fn deals(s: &State) -> Result<RecordBatch, ArrowError> {
         .iter()
         .map(|d| {
             let mut at = d.latest.occurred_at;
-            for (stage, t) in d.history.values().rev() {
+            for (_, (stage, t)) in d.history.iter().rev() {
                 if *stage != d.latest.stage {
                     break;
                 }
@@ -137,8 +137,8 @@ fn deals(s: &State) -> Result<RecordBatch, ArrowError> {
         .iter()
         .map(|d| {
             d.history
-                .values()
-                .filter_map(|(st, _)| st.funnel_rank())
+                .iter()
+                .filter_map(|(_, (st, _))| st.funnel_rank())
                 .max()
         })
         .collect();
