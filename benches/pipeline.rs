@@ -202,6 +202,8 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
         }
     }
     s.as_of = Some(micros(day0 + days - 1));
+    // As a running pipeline holds it: the rollups are up to date at every cut.
+    s.roll_up_all(&p.calendar);
     s
 }
 

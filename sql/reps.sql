@@ -4,7 +4,8 @@ WITH ids AS (
     SELECT rep_id FROM roster
     UNION SELECT rep_id FROM quotas
     UNION SELECT rep_id FROM deals
-    UNION SELECT rep_id FROM activity_days
+    -- every rep with an activity has a row per fiscal year (a few per rep, not one a day)
+    UNION SELECT rep_id FROM activity_periods WHERE period_type = 'year'
     UNION SELECT rep_id FROM surveys
 )
 SELECT ids.rep_id,

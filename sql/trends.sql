@@ -2,12 +2,13 @@
 -- activity or deal event to the week of as_of_date (empty weeks are zeros), with
 -- week-over-week change, 4-week moving average and 8-week least-squares slope
 -- (x = 0, 1, ...; slope = (n Σxy − Σx Σy) / (n Σx² − (Σx)²), exact for money).
+-- Weekly activity comes from `activity_weeks`, which the state keeps summed per rep and week.
 WITH first_week AS (
-    SELECT rep_id, week_start(MIN(day)) AS first_week
+    SELECT rep_id, MIN(week_start) AS first_week
     FROM (
-        SELECT rep_id, day FROM activity_days
+        SELECT rep_id, week_start FROM activity_weeks
         UNION ALL
-        SELECT rep_id, day_of(first_deal_at) AS day FROM rep_first_deal
+        SELECT rep_id, week_start(day_of(first_deal_at)) AS week_start FROM rep_first_deal
     ) AS firsts
     GROUP BY rep_id
 ),
@@ -17,9 +18,7 @@ grid AS (
     JOIN weeks w ON w.week_start >= f.first_week
 ),
 act AS (
-    SELECT rep_id, week_start(day) AS week_start, SUM(activities) AS activities, SUM(meetings_held) AS meetings_held
-    FROM activity_days
-    GROUP BY rep_id, week_start(day)
+    SELECT rep_id, week_start, activities, meetings_held FROM activity_weeks
 ),
 won AS (
     SELECT rep_id, week_start(close_date) AS week_start, SUM(amount_corporate) AS won_amount

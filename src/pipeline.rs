@@ -445,6 +445,7 @@ impl Runner {
         self.report.alerts_delivered += counts.values().map(|c| c.delivered).sum::<u64>();
         deliver::settle(&mut self.state, &acked, counts);
         self.state.prune(self.pipeline.dedup_horizon_micros());
+        self.state.roll_up(&self.pipeline.calendar);
         let previous_id = self.state.snapshot_id;
         let id = previous_id + 1;
         self.state.snapshot_id = id;

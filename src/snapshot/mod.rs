@@ -156,7 +156,7 @@ const STATE_FORMAT: u32 = 4;
 
 /// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
 /// small counters and dates (a third of the fixed-width size).
-fn state_codec() -> impl bincode::Options {
+pub fn state_codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
 }
 /// Rows per Parquet file.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::Calendar;
+use crate::calendar::{Calendar, PeriodType};
 use crate::event::{
     Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
 };
@@ -38,6 +38,22 @@ pub struct DailyCounts {
 }
 
 impl DailyCounts {
+    /// Adds another cell's counters to this one.
+    fn absorb(&mut self, o: &DailyCounts) {
+        self.calls += o.calls;
+        self.emails += o.emails;
+        self.meetings += o.meetings;
+        self.webinars += o.webinars;
+        self.demos += o.demos;
+        self.tasks += o.tasks;
+        self.activities += o.activities;
+        self.connected_calls += o.connected_calls;
+        self.replied_emails += o.replied_emails;
+        self.meetings_held += o.meetings_held;
+        self.demos_held += o.demos_held;
+        self.call_seconds = self.call_seconds.saturating_add(o.call_seconds);
+    }
+
     fn add(&mut self, a: &Activity) {
         let outcome = a.outcome.as_deref();
         self.activities += 1;
@@ -63,6 +79,77 @@ impl DailyCounts {
             ActivityType::Webinar => self.webinars += 1,
             ActivityType::Task => self.tasks += 1,
         }
+    }
+}
+
+/// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
+/// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
+/// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
+/// Derived from `daily`, so never serialised: a restored state rebuilds it once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rollups {
+    /// (rep id, period type, period start) → counters.
+    pub periods: Map<(u32, PeriodType, Day), DailyCounts>,
+    /// (rep id, Monday of the week) → counters.
+    pub weeks: Map<(u32, Day), DailyCounts>,
+    /// Activities folded since the last `roll_up`, per rep × day.
+    pending: Map<(u32, Day), DailyCounts>,
+    /// Whether `periods` and `weeks` cover all of `daily` but `pending`.
+    built: bool,
+}
+
+impl Rollups {
+    /// Adds the counters `c` of `rep` on `day` to the rep's period and week sums.
+    fn add(&mut self, (rep, day): (u32, Day), c: &DailyCounts, starts: &mut Starts) {
+        let (periods, week) = starts.of(day);
+        for (p, start) in PeriodType::ALL.into_iter().zip(periods) {
+            self.periods.entry((rep, p, start)).or_default().absorb(c);
+        }
+        self.weeks.entry((rep, week)).or_default().absorb(c);
+    }
+
+    /// Whether the rollups hold every activity folded so far.
+    pub fn is_current(&self) -> bool {
+        self.built && self.pending.is_empty()
+    }
+
+    /// The rollups of a whole grain, summed from scratch.
+    pub fn of(daily: &Map<(u32, Day), DailyCounts>, cal: &Calendar) -> Rollups {
+        let mut r = Rollups {
+            built: true,
+            ..Rollups::default()
+        };
+        let mut starts = Starts::new(cal);
+        for (key, c) in daily {
+            r.add(*key, c, &mut starts);
+        }
+        r
+    }
+}
+
+/// The period starts and the week of a day, remembered per day: a grain has many rep-days
+/// but few distinct days.
+struct Starts<'a> {
+    cal: &'a Calendar,
+    known: Map<Day, ([Day; 3], Day)>,
+}
+
+impl<'a> Starts<'a> {
+    fn new(cal: &'a Calendar) -> Starts<'a> {
+        Starts {
+            cal,
+            known: Map::default(),
+        }
+    }
+
+    fn of(&mut self, day: Day) -> ([Day; 3], Day) {
+        let cal = self.cal;
+        *self.known.entry(day).or_insert_with(|| {
+            (
+                PeriodType::ALL.map(|p| cal.period_start(p, day)),
+                crate::calendar::week_start(day),
+            )
+        })
     }
 }
 
@@ -175,6 +262,8 @@ pub struct State {
     /// The rep × day grain, by rep id (`rep_ids`).
     pub daily: Map<(u32, Day), DailyCounts>,
     pub rep_ids: RepIds,
+    #[serde(skip)]
+    pub rollups: Rollups,
     pub deals: Map<String, Versioned<Deal, DealVersion>>,
     /// Latest `occurred_at` of an activity naming the deal.
     pub deal_last_activity: Map<String, Micros>,
@@ -271,14 +360,39 @@ impl State {
                 .or_insert(a.occurred_at);
             *last = (*last).max(a.occurred_at);
         }
-        self.daily_mut(&a.rep_id, cal.day_of(a.occurred_at)).add(&a);
+        let key = (self.rep_ids.id(&a.rep_id), cal.day_of(a.occurred_at));
+        self.daily.entry(key).or_default().add(&a);
+        if self.rollups.built {
+            self.rollups.pending.entry(key).or_default().add(&a);
+        }
         Folded::Ok
     }
 
-    /// The activity counters of `rep` on `day`, created empty on first use.
+    /// The activity counters of `rep` on `day`, created empty on first use. What the caller
+    /// changes there is not in the rollups until it calls `roll_up_all`.
     pub fn daily_mut(&mut self, rep: &str, day: Day) -> &mut DailyCounts {
         let id = self.rep_ids.id(rep);
         self.daily.entry((id, day)).or_default()
+    }
+
+    /// Brings the rollups up to date: adds what was folded since the last call (or, after a
+    /// restore, sums the whole grain once). Called at every snapshot cut, so its cost follows
+    /// what changed since the last snapshot.
+    pub fn roll_up(&mut self, cal: &Calendar) {
+        if !self.rollups.built {
+            self.roll_up_all(cal);
+            return;
+        }
+        let pending = std::mem::take(&mut self.rollups.pending);
+        let mut starts = Starts::new(cal);
+        for (key, c) in &pending {
+            self.rollups.add(*key, c, &mut starts);
+        }
+    }
+
+    /// Sums the rollups again from the whole grain.
+    pub fn roll_up_all(&mut self, cal: &Calendar) {
+        self.rollups = Rollups::of(&self.daily, cal);
     }
 
     /// Counts one message outcome for `topic`.

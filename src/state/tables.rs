@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::error::ArrowError;
 use rust_decimal::Decimal;
 
-use super::State;
+use super::{DailyCounts, Rollups, State};
 use crate::calendar::PeriodType;
 use crate::config::Pipeline;
 use crate::event::{Day, Micros, Stage};
@@ -22,8 +22,19 @@ pub fn build(
     pipeline: &Pipeline,
     snapshot_id: u64,
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
+    // The pipeline brings the rollups up to date at every cut; any other caller gets them
+    // summed here.
+    let summed;
+    let rollups = if state.rollups.is_current() {
+        &state.rollups
+    } else {
+        summed = Rollups::of(&state.daily, &pipeline.calendar);
+        &summed
+    };
     Ok(vec![
         ("activity_days", activity_days(state)?),
+        ("activity_periods", activity_periods(state, rollups)?),
+        ("activity_weeks", activity_weeks(state, rollups)?),
         ("deals", deals(state)?),
         ("quotas", quotas(state)?),
         ("roster", roster(state)?),
@@ -95,12 +106,10 @@ fn decimals(
     Ok(Arc::new(arr))
 }
 
-fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = s.daily.iter().collect();
-    let c = |f: fn(&super::DailyCounts) -> i64| i64s(rows.iter().map(move |(_, v)| f(v)));
-    batch(vec![
-        ("rep_id", strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r)))),
-        ("day", dates(rows.iter().map(|((_, d), _)| *d))),
+/// The counter columns of the rep × day grain and of its rollups, in one order.
+fn counters(cells: &[&DailyCounts]) -> Vec<(&'static str, ArrayRef)> {
+    let c = |f: fn(&DailyCounts) -> i64| i64s(cells.iter().map(move |v| f(v)));
+    vec![
         ("calls", c(|v| i64::from(v.calls))),
         ("emails", c(|v| i64::from(v.emails))),
         ("meetings", c(|v| i64::from(v.meetings))),
@@ -113,7 +122,55 @@ fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
         ("replied_emails", c(|v| i64::from(v.replied_emails))),
         ("meetings_held", c(|v| i64::from(v.meetings_held))),
         ("demos_held", c(|v| i64::from(v.demos_held))),
-    ])
+    ]
+}
+
+fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = s.daily.iter().collect();
+    let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
+    let mut cols = vec![
+        (
+            "rep_id",
+            strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r))),
+        ),
+        ("day", dates(rows.iter().map(|((_, d), _)| *d))),
+    ];
+    cols.extend(counters(&cells));
+    batch(cols)
+}
+
+/// `activity_days` summed per rep and fiscal period.
+fn activity_periods(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = r.periods.iter().collect();
+    let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
+    let mut cols = vec![
+        (
+            "rep_id",
+            strs(rows.iter().map(|((r, _, _), _)| s.rep_ids.name(*r))),
+        ),
+        (
+            "period_type",
+            strs(rows.iter().map(|((_, p, _), _)| p.as_str())),
+        ),
+        ("period_start", dates(rows.iter().map(|((_, _, d), _)| *d))),
+    ];
+    cols.extend(counters(&cells));
+    batch(cols)
+}
+
+/// `activity_days` summed per rep and ISO week (by its Monday).
+fn activity_weeks(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = r.weeks.iter().collect();
+    let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
+    let mut cols = vec![
+        (
+            "rep_id",
+            strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r))),
+        ),
+        ("week_start", dates(rows.iter().map(|((_, d), _)| *d))),
+    ];
+    cols.extend(counters(&cells));
+    batch(cols)
 }
 
 /// Latest version of each deal, with what the history tells: when the current stage was
