@@ -167,7 +167,7 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
         once: true,
         max_events: None,
     };
-    let report = run(Arc::clone(&p), opts, std::future::pending())
+    let report = run(Arc::clone(p), opts, std::future::pending())
         .await
         .unwrap();
     assert_eq!(report.messages, stream.len() as u64, "every message read");

@@ -1,7 +1,9 @@
 //! The metric engine: a DataFusion session over the state tables, evaluating the pipeline's
-//! SQL files in order. Each file's result is registered under its name, so later files can
-//! build on earlier ones (helper views have `publish = false`); every published table gets the
-//! snapshot-wide columns `snapshot_id` and `as_of`. The engine owns no state between calls.
+//! SQL files in order. Each file's result is registered under its name while a later file or
+//! alert rule names it, so later files can build on earlier ones (helper views have
+//! `publish = false`); every published table gets the snapshot-wide columns `snapshot_id` and
+//! `as_of` and goes to the caller as soon as it is computed. The engine owns no state between
+//! calls.
 
 pub mod udf;
 
