@@ -230,6 +230,9 @@ pub async fn run(
     // The wall clock for the clock-skew bound, read every CLOCK_EVERY messages (not each one).
     let mut now = chrono::Utc::now().timestamp_micros();
     let mut broker_ok = true;
+    // An interval trigger that came due while a snapshot was in flight: the next cut starts as
+    // soon as that one is written, not at the tick after.
+    let mut cut_due = false;
     let mut watermark = Watermark::new(
         pipeline.idle_timeout,
         pipeline.allowed_lateness_micros(),
@@ -252,7 +255,12 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            done_snapshot = written(&mut r.inflight) => r.finish(done_snapshot, opts.once).await?,
+            done_snapshot = written(&mut r.inflight) => {
+                r.finish(done_snapshot, opts.once).await?;
+                if std::mem::take(&mut cut_due) && r.since_snapshot > 0 {
+                    r.begin(opts.once).await?;
+                }
+            }
             _ = tick.tick() => {
                 watermark.refresh(&r.state, r.source.partitions(), Instant::now());
                 // Unhealthy while librdkafka reports client errors (a broker down or frozen);
@@ -263,8 +271,12 @@ pub async fn run(
                     r.health.update(|s| s.broker_connected = !down);
                 }
                 r.publish(watermark.current());
-                if r.since_snapshot > 0 && r.inflight.is_none() {
-                    r.begin(opts.once).await?;
+                if r.since_snapshot > 0 {
+                    if r.inflight.is_none() {
+                        r.begin(opts.once).await?;
+                    } else {
+                        cut_due = true;
+                    }
                 }
                 now = chrono::Utc::now().timestamp_micros();
                 if opts.once {
