@@ -31,28 +31,53 @@ series AS (
            COALESCE(a.activities, 0) AS activities,
            COALESCE(a.meetings_held, 0) AS meetings_held,
            money(COALESCE(w.won_amount, 0)) AS won_amount,
-           ROW_NUMBER() OVER (PARTITION BY g.rep_id ORDER BY g.week_start) - 1 AS x
+           CAST(ROW_NUMBER() OVER (PARTITION BY g.rep_id ORDER BY g.week_start) - 1 AS BIGINT) AS x
     FROM grid g
     LEFT JOIN act a ON a.rep_id = g.rep_id AND a.week_start = g.week_start
     LEFT JOIN won w ON w.rep_id = g.rep_id AND w.week_start = g.week_start
 ),
+-- The windows come from the previous seven weeks as LAGs (one sort, shifted columns) rather
+-- than sliding aggregates: with x the week's index, over the last n8 = min(x + 1, 8) weeks
+-- Σx and Σx² have closed forms and Σ x·y = x·Σy − Σ i·y(x − i).
+lagged AS (
+    SELECT *,
+           LAG(activities, 1) OVER w AS a1,
+           LAG(activities, 2) OVER w AS a2,
+           LAG(activities, 3) OVER w AS a3,
+           LAG(activities, 4) OVER w AS a4,
+           LAG(activities, 5) OVER w AS a5,
+           LAG(activities, 6) OVER w AS a6,
+           LAG(activities, 7) OVER w AS a7,
+           LAG(won_amount, 1) OVER w AS w1,
+           LAG(won_amount, 2) OVER w AS w2,
+           LAG(won_amount, 3) OVER w AS w3,
+           LAG(won_amount, 4) OVER w AS w4,
+           LAG(won_amount, 5) OVER w AS w5,
+           LAG(won_amount, 6) OVER w AS w6,
+           LAG(won_amount, 7) OVER w AS w7
+    FROM series
+    WINDOW w AS (PARTITION BY rep_id ORDER BY week_start)
+),
+sums AS (
+    SELECT rep_id, week_start, activities, meetings_held, won_amount, x,
+           a1 AS prev_activities, w1 AS prev_won,
+           CAST(LEAST(x + 1, 4) AS BIGINT) AS n4, CAST(LEAST(x + 1, 8) AS BIGINT) AS n8,
+           activities + COALESCE(a1, 0) + COALESCE(a2, 0) + COALESCE(a3, 0) AS sa4,
+           won_amount + COALESCE(w1, 0) + COALESCE(w2, 0) + COALESCE(w3, 0) AS won4,
+           activities + COALESCE(a1, 0) + COALESCE(a2, 0) + COALESCE(a3, 0) + COALESCE(a4, 0) + COALESCE(a5, 0) + COALESCE(a6, 0) + COALESCE(a7, 0) AS sa,
+           won_amount + COALESCE(w1, 0) + COALESCE(w2, 0) + COALESCE(w3, 0) + COALESCE(w4, 0) + COALESCE(w5, 0) + COALESCE(w6, 0) + COALESCE(w7, 0) AS sw,
+           COALESCE(a1, 0) + 2 * COALESCE(a2, 0) + 3 * COALESCE(a3, 0) + 4 * COALESCE(a4, 0) + 5 * COALESCE(a5, 0) + 6 * COALESCE(a6, 0) + 7 * COALESCE(a7, 0) AS ia,
+           COALESCE(w1, 0) + 2 * COALESCE(w2, 0) + 3 * COALESCE(w3, 0) + 4 * COALESCE(w4, 0) + 5 * COALESCE(w5, 0) + 6 * COALESCE(w6, 0) + 7 * COALESCE(w7, 0) AS iw
+    FROM lagged
+),
 windowed AS (
     SELECT *,
-           LAG(activities) OVER (PARTITION BY rep_id ORDER BY week_start) AS prev_activities,
-           LAG(won_amount) OVER (PARTITION BY rep_id ORDER BY week_start) AS prev_won,
-           AVG(CAST(activities AS DOUBLE)) OVER w4 AS activities_ma4,
-           SUM(won_amount) OVER w4 AS won4,
-           COUNT(*) OVER w4 AS n4,
-           COUNT(*) OVER w8 AS n8,
-           SUM(x) OVER w8 AS sx,
-           SUM(x * x) OVER w8 AS sxx,
-           SUM(activities) OVER w8 AS sa,
-           SUM(x * activities) OVER w8 AS sxa,
-           SUM(won_amount) OVER w8 AS sw,
-           SUM(won_amount * x) OVER w8 AS sxw
-    FROM series
-    WINDOW w4 AS (PARTITION BY rep_id ORDER BY week_start ROWS BETWEEN 3 PRECEDING AND CURRENT ROW),
-           w8 AS (PARTITION BY rep_id ORDER BY week_start ROWS BETWEEN 7 PRECEDING AND CURRENT ROW)
+           CAST(sa4 AS DOUBLE) / CAST(n4 AS DOUBLE) AS activities_ma4,
+           n8 * x - n8 * (n8 - 1) / 2 AS sx,
+           n8 * x * x - x * n8 * (n8 - 1) + (n8 - 1) * n8 * (2 * n8 - 1) / 6 AS sxx,
+           x * sa - ia AS sxa,
+           x * sw - iw AS sxw
+    FROM sums
 ),
 figures AS (
     SELECT *,

@@ -158,17 +158,23 @@ impl ScalarUDFImpl for Udf {
                 money_array(x.into_iter().map(|v| v.map(|v| rescale(v, s, 2))))?
             }
             Kind::Prorate => {
-                let (x, s) = decimals(self.name(), &arrays[0])?;
-                let (num, _) = decimals(self.name(), &arrays[1])?;
-                let (den, _) = decimals(self.name(), &arrays[2])?;
+                let (x, sx) = decimals(self.name(), &arrays[0])?;
+                let (num, sa) = decimals(self.name(), &arrays[1])?;
+                let (den, sb) = decimals(self.name(), &arrays[2])?;
+                // x·10^-sx × a·10^-sa / (b·10^-sb) at scale PRORATE_SCALE: the mantissas
+                // x·a / b times 10^(PRORATE_SCALE − sx − sa + sb), the power on whichever side
+                // keeps it whole.
+                let shift = i32::from(PRORATE_SCALE) - i32::from(sx) - i32::from(sa)
+                    + i32::from(sb);
+                let power = 10i128.checked_pow(shift.unsigned_abs());
                 let v = (0..n).map(|i| match (x[i], num[i], den[i]) {
                     (Some(x), Some(a), Some(b)) if b != 0 => {
-                        let scaled =
-                            x.checked_mul(a)?
-                                .checked_mul(10i128.checked_pow(
-                                    (PRORATE_SCALE as i32 - s as i32).max(0) as u32,
-                                )?)?;
-                        Some(div_half_even(scaled, b))
+                        let (top, bottom) = if shift >= 0 {
+                            (x.checked_mul(a)?.checked_mul(power?)?, b)
+                        } else {
+                            (x.checked_mul(a)?, b.checked_mul(power?)?)
+                        };
+                        Some(div_half_even(top, bottom))
                     }
                     _ => None,
                 });
@@ -402,6 +408,35 @@ mod tests {
             payout(&capped, d("250000.00"), d("325000.00")),
             Some(d("10000.00"))
         );
+    }
+
+    /// `prorate` honours the scale of every argument, not only of the amount.
+    #[tokio::test]
+    async fn prorate_with_decimal_factors() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for f in all(Arc::new(UdfContext {
+            calendar: Calendar::default(),
+            fx: FxTable {
+                corporate: "USD".into(),
+                rates: HashMap::new(),
+            },
+            commissions: crate::config::Pipeline::builtin().unwrap().commissions,
+        })) {
+            ctx.register_udf(f);
+        }
+        let sql = "SELECT CAST(prorate(CAST(10.00 AS DECIMAL(10,2)), CAST(1.5 AS DECIMAL(5,1)), CAST(3.00 AS DECIMAL(5,2))) AS VARCHAR) AS a, \
+                          CAST(prorate(CAST(-50000.000000 AS DECIMAL(38,6)), 1, CAST(1.00000000 AS DECIMAL(38,8))) AS VARCHAR) AS b, \
+                          CAST(prorate(CAST(2 AS BIGINT), CAST(1 AS BIGINT), CAST(3 AS BIGINT)) AS VARCHAR) AS c, \
+                          CAST(prorate(CAST(1.00 AS DECIMAL(5,2)), 1, CAST(0.000000000003 AS DECIMAL(20,18))) AS VARCHAR) AS d";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let col = |i: usize| {
+            datafusion::arrow::util::display::array_value_to_string(batches[0].column(i), 0)
+                .unwrap()
+        };
+        assert_eq!(col(0), "5.000000000000");
+        assert_eq!(col(1), "-50000.000000000000");
+        assert_eq!(col(2), "0.666666666667");
+        assert_eq!(col(3), "333333333333.333333333333");
     }
 
     #[test]
