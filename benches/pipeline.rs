@@ -294,31 +294,45 @@ fn memory(spec: &str) {
     let loc = quotaflow::snapshot::Location::parse(&dir.display().to_string())
         .unwrap_or_else(|e| panic!("{e}"));
     let started = std::time::Instant::now();
-    let rows = rt.block_on(async {
-        // The steps of the pipeline's cut and of its background snapshot task.
+    let (rows, steps) = rt.block_on(async {
+        // The steps of the pipeline's cut and of its background snapshot task, timed.
+        let mut lap = std::time::Instant::now();
+        let mut steps = Vec::new();
+        let mut step = |name: &str| {
+            steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
+            lap = std::time::Instant::now();
+        };
         let prepared = Engine::new(Arc::clone(&p))
             .prepare(&state, 1)
             .unwrap_or_else(|e| panic!("{e}"));
+        step("state tables");
         let image = StateImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
         let alerts = AlertsImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
+        step("state image");
         let mut tables = Vec::new();
+        let mut encoding = std::time::Duration::ZERO;
         prepared
             .run(|t| {
+                let t0 = std::time::Instant::now();
                 tables.push(EncodedTable::encode(&t).unwrap_or_else(|e| panic!("{e}")));
+                encoding += t0.elapsed();
                 Ok::<_, quotaflow::engine::EngineError>(())
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        step("SQL and Parquet");
         let m = loc
             .write_image(&image, &alerts, &tables, "default")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        m.tables.iter().map(|t| t.rows).sum::<u64>()
+        step("puts");
+        steps.push(format!("of which Parquet {:.2} s", encoding.as_secs_f64()));
+        (m.tables.iter().map(|t| t.rows).sum::<u64>(), steps.join(", "))
     });
     let took = started.elapsed();
     let _ = std::fs::remove_dir_all(dir);
     println!(
-        "memory {reps} reps x {days} days: state {} rep-days, {} deals; peak RSS after building the state {state_peak} MiB, after one snapshot ({rows} rows, {:.2} s) {} MiB",
+        "memory {reps} reps x {days} days: state {} rep-days, {} deals; peak RSS after building the state {state_peak} MiB, after one snapshot ({rows} rows, {:.2} s: {steps}) {} MiB",
         state.daily.len(),
         state.deals.len(),
         took.as_secs_f64(),
