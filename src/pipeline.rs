@@ -461,11 +461,17 @@ impl Runner {
         let previous_id = self.state.snapshot_id;
         let id = previous_id + 1;
         self.state.snapshot_id = id;
-        let cut = self
-            .engine
-            .prepare(&self.state, id)
-            .map_err(Error::from)
-            .and_then(|prepared| Ok((prepared, StateImage::of(&self.state)?)));
+        // The two halves of the cut read the state side by side (this pauses the reader):
+        // its Arrow tables here, its serialised image on a second thread.
+        let (state, engine) = (&self.state, &self.engine);
+        let cut = std::thread::scope(|s| {
+            let image = s.spawn(|| StateImage::of(state));
+            let prepared = engine.prepare(state, id).map_err(Error::from);
+            let image = image
+                .join()
+                .map_err(|_| crate::error::InternalError::new("serialising the state panicked"))?;
+            Ok::<_, Error>((prepared?, image?))
+        });
         let (prepared, image) = match cut {
             Ok(c) => c,
             Err(e) => {
