@@ -10,8 +10,8 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 use quotaflow::config::Pipeline;
 use quotaflow::engine::Engine;
-use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
 use quotaflow::generate::{generate, GenSpec, Generated};
+use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
 use quotaflow::source::decode::{DecodeLimits, Decoder};
 use quotaflow::state::State;
 
@@ -327,7 +327,10 @@ fn memory(spec: &str) {
             .unwrap_or_else(|e| panic!("{e}"));
         step("puts");
         steps.push(format!("of which Parquet {:.2} s", encoding.as_secs_f64()));
-        (m.tables.iter().map(|t| t.rows).sum::<u64>(), steps.join(", "))
+        (
+            m.tables.iter().map(|t| t.rows).sum::<u64>(),
+            steps.join(", "),
+        )
     });
     let took = started.elapsed();
     let _ = std::fs::remove_dir_all(dir);

@@ -642,12 +642,14 @@ fn late(occurred_at: i64, watermark: Option<i64>, lateness: Duration) -> BadInpu
     }
 }
 
+/// A builder of one Arrow table from the state (`state::tables`).
+type StateTableFn =
+    fn(
+        &State,
+    ) -> Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>;
+
 /// A snapshot table built from the state in Rust (`alerts`, `alert_deliveries`), with the
 /// snapshot-wide columns.
-type StateTableFn = fn(
-    &State,
-) -> Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>;
-
 fn state_table(
     state: &State,
     name: &str,

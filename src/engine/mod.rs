@@ -282,7 +282,11 @@ impl Prepared {
 /// order, then the alert rules after them. Names are found as whole identifiers in the SQL
 /// text, so a column that shares a table's name only keeps that table longer than needed.
 fn last_reads(p: &Pipeline) -> HashMap<String, usize> {
-    let statements = p.tables.iter().map(|t| &t.sql).chain(p.alerts.iter().map(|a| &a.sql));
+    let statements = p
+        .tables
+        .iter()
+        .map(|t| &t.sql)
+        .chain(p.alerts.iter().map(|a| &a.sql));
     let mut out = HashMap::new();
     for (i, sql) in statements.enumerate() {
         for word in sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

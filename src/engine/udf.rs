@@ -164,8 +164,8 @@ impl ScalarUDFImpl for Udf {
                 // x·10^-sx × a·10^-sa / (b·10^-sb) at scale PRORATE_SCALE: the mantissas
                 // x·a / b times 10^(PRORATE_SCALE − sx − sa + sb), the power on whichever side
                 // keeps it whole.
-                let shift = i32::from(PRORATE_SCALE) - i32::from(sx) - i32::from(sa)
-                    + i32::from(sb);
+                let shift =
+                    i32::from(PRORATE_SCALE) - i32::from(sx) - i32::from(sa) + i32::from(sb);
                 let power = 10i128.checked_pow(shift.unsigned_abs());
                 let v = (0..n).map(|i| match (x[i], num[i], den[i]) {
                     (Some(x), Some(a), Some(b)) if b != 0 => {

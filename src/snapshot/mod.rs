@@ -17,9 +17,9 @@ mod store;
 
 use std::collections::BTreeMap;
 
+use bincode::Options;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use bincode::Options;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -112,10 +112,12 @@ pub struct StateImage {
 
 impl StateImage {
     pub fn of(state: &State) -> Result<StateImage, SnapshotError> {
-        let bytes = state_codec().serialize(state).map_err(|e| SnapshotError::Format {
-            path: "_state.bin".into(),
-            message: e.to_string(),
-        })?;
+        let bytes = state_codec()
+            .serialize(state)
+            .map_err(|e| SnapshotError::Format {
+                path: "_state.bin".into(),
+                message: e.to_string(),
+            })?;
         Ok(StateImage {
             snapshot_id: state.snapshot_id,
             as_of: state.as_of,
