@@ -368,9 +368,11 @@ impl State {
         Folded::Ok
     }
 
-    /// The activity counters of `rep` on `day`, created empty on first use. What the caller
-    /// changes there is not in the rollups until it calls `roll_up_all`.
+    /// The activity counters of `rep` on `day`, created empty on first use, for building a
+    /// state directly (benchmarks). The rollups no longer count as current: the next
+    /// `roll_up` sums them again from the whole grain.
     pub fn daily_mut(&mut self, rep: &str, day: Day) -> &mut DailyCounts {
+        self.rollups.built = false;
         let id = self.rep_ids.id(rep);
         self.daily.entry((id, day)).or_default()
     }
