@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::error::ArrowError;
 use rust_decimal::Decimal;
 
-use super::{DailyCounts, Rollups, State};
+use super::{DailyCounts, Map, Rollups, State};
 use crate::calendar::PeriodType;
 use crate::config::Pipeline;
 use crate::event::{Day, Micros, Stage};
@@ -126,16 +126,25 @@ fn counters(cells: &[&DailyCounts]) -> Vec<(&'static str, ArrayRef)> {
 }
 
 fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = s.daily.iter().collect();
-    let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
+    by_rep_and_day(s, &s.daily, "day")
+}
+
+/// A rep × day-keyed map of counters as a table: `rep_id`, the day column, the counters.
+fn by_rep_and_day(
+    s: &State,
+    cells: &Map<(u32, Day), DailyCounts>,
+    day_column: &'static str,
+) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = cells.iter().collect();
+    let counts: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
     let mut cols = vec![
         (
             "rep_id",
             strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r))),
         ),
-        ("day", dates(rows.iter().map(|((_, d), _)| *d))),
+        (day_column, dates(rows.iter().map(|((_, d), _)| *d))),
     ];
-    cols.extend(counters(&cells));
+    cols.extend(counters(&counts));
     batch(cols)
 }
 
@@ -160,17 +169,7 @@ fn activity_periods(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
 
 /// `activity_days` summed per rep and ISO week (by its Monday).
 fn activity_weeks(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = r.weeks.iter().collect();
-    let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
-    let mut cols = vec![
-        (
-            "rep_id",
-            strs(rows.iter().map(|((r, _), _)| s.rep_ids.name(*r))),
-        ),
-        ("week_start", dates(rows.iter().map(|((_, d), _)| *d))),
-    ];
-    cols.extend(counters(&cells));
-    batch(cols)
+    by_rep_and_day(s, &r.weeks, "week_start")
 }
 
 /// Latest version of each deal, with what the history tells: when the current stage was
