@@ -58,6 +58,8 @@ pub enum EngineError {
 #[derive(Debug, Clone)]
 pub struct Engine {
     pipeline: Arc<Pipeline>,
+    /// Per table name, the last statement that reads it (`last_reads`).
+    last_read: Arc<HashMap<String, usize>>,
 }
 
 /// Threads a snapshot's SQL may use: bounded, so the consumer keeps a core.
@@ -65,7 +67,11 @@ const TARGET_PARTITIONS: usize = 2;
 
 impl Engine {
     pub fn new(pipeline: Arc<Pipeline>) -> Engine {
-        Engine { pipeline }
+        let last_read = Arc::new(last_reads(&pipeline));
+        Engine {
+            pipeline,
+            last_read,
+        }
     }
 
     /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and
@@ -108,6 +114,7 @@ impl Engine {
             ctx,
             state_tables,
             pipeline: Arc::clone(&self.pipeline),
+            last_read: Arc::clone(&self.last_read),
             snapshot_id,
             as_of: state.as_of,
         })
@@ -168,6 +175,7 @@ pub struct Prepared {
     /// Names of the state tables registered in `ctx`.
     state_tables: Vec<String>,
     pipeline: Arc<Pipeline>,
+    last_read: Arc<HashMap<String, usize>>,
     snapshot_id: u64,
     as_of: Option<i64>,
 }
@@ -184,7 +192,7 @@ impl Prepared {
         mut publish: impl FnMut(Table) -> Result<(), E>,
     ) -> Result<Vec<Breach>, E> {
         let ctx = self.ctx;
-        let last_read = last_reads(&self.pipeline);
+        let last_read = self.last_read;
         let live = |name: &str, now: usize| last_read.get(name).is_some_and(|at| *at > now);
         let mut registered = self.state_tables;
         for (i, spec) in self.pipeline.tables.iter().enumerate() {
