@@ -25,11 +25,11 @@ won AS (
 SELECT a.level, a.entity_id, a.period_type, a.period_start,
        a.calls, a.emails, a.meetings, a.webinars, a.demos, a.tasks, a.activities,
        a.call_seconds, a.connected_calls, a.replied_emails, a.meetings_held,
-       CAST(a.connected_calls AS DOUBLE) / CAST(NULLIF(a.calls, 0) AS DOUBLE) AS connect_rate,
-       CAST(a.replied_emails AS DOUBLE) / CAST(NULLIF(a.emails, 0) AS DOUBLE) AS reply_rate,
-       CAST(a.activities AS DOUBLE) / CAST(NULLIF(c.elapsed_days, 0) AS DOUBLE) AS activities_per_day,
+       ratio(a.connected_calls, a.calls) AS connect_rate,
+       ratio(a.replied_emails, a.emails) AS reply_rate,
+       ratio(a.activities, c.elapsed_days) AS activities_per_day,
        COALESCE(w.won_count, 0) AS won_count,
-       CAST(a.activities AS DOUBLE) / CAST(NULLIF(w.won_count, 0) AS DOUBLE) AS activities_per_win
+       ratio(a.activities, w.won_count) AS activities_per_win
 FROM act a
 JOIN calendar c ON c.period_type = a.period_type AND c.period_start = a.period_start
 LEFT JOIN won w ON w.level = a.level AND w.entity_id = a.entity_id

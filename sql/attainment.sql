@@ -38,7 +38,7 @@ base AS (
 ),
 figures AS (
     SELECT *,
-           CASE WHEN quota <> 0 THEN CAST(closed_won AS DOUBLE) / CAST(quota AS DOUBLE) END AS attainment,
+           ratio(closed_won, quota) AS attainment,
            money(prorate(closed_won, period_days, elapsed_days)) AS run_rate_projection
     FROM base
 )
@@ -50,7 +50,7 @@ SELECT level, entity_id, period_type, period_start, period_end, is_current,
        money(prorate(quota, elapsed_days, period_days)) AS expected_to_date,
        CASE WHEN time_elapsed > 0 THEN attainment / time_elapsed END AS pacing,
        run_rate_projection,
-       CASE WHEN quota <> 0 THEN CAST(run_rate_projection AS DOUBLE) / CAST(quota AS DOUBLE) END AS projected_attainment,
+       ratio(run_rate_projection, quota) AS projected_attainment,
        money(quota - closed_won) AS gap_to_quota,
        money(prorate(GREATEST(quota - closed_won, 0), 1, remaining_days)) AS required_per_day,
        -- bands from exact decimals, not from the DOUBLE ratio: 120 % exactly is above_120

@@ -64,10 +64,10 @@ SELECT level, entity_id, period_type, period_start, period_end,
        weighted_pipeline,
        weighted_forecast,
        quota,
-       CASE WHEN quota - closed_won > 0
-            THEN CAST(open_pipeline AS DOUBLE) / CAST(quota - closed_won AS DOUBLE) END AS coverage,
+       -- no coverage once quota is reached (ratio alone would give one for a negative remainder)
+       CASE WHEN quota - closed_won > 0 THEN ratio(open_pipeline, quota - closed_won) END AS coverage,
        money(prorate(closed_won, period_days, elapsed_days)) AS run_rate_forecast,
-       CASE WHEN quota <> 0 THEN CAST(commit_forecast AS DOUBLE) / CAST(quota AS DOUBLE) END AS commit_vs_quota,
-       CASE WHEN quota <> 0 THEN CAST(weighted_forecast AS DOUBLE) / CAST(quota AS DOUBLE) END AS weighted_vs_quota
+       ratio(commit_forecast, quota) AS commit_vs_quota,
+       ratio(weighted_forecast, quota) AS weighted_vs_quota
 FROM figures
 ORDER BY level, entity_id, period_type, period_start

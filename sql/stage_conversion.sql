@@ -22,6 +22,6 @@ counted AS (
     GROUP BY l.level, l.entity_id, c.cohort_quarter, f.stage, f.funnel_rank
 )
 SELECT level, entity_id, cohort_quarter, stage, reached, advanced,
-       CAST(advanced AS DOUBLE) / CAST(NULLIF(reached, 0) AS DOUBLE) AS conversion
+       ratio(advanced, reached) AS conversion
 FROM counted
 ORDER BY level, entity_id, cohort_quarter, funnel_rank

@@ -12,6 +12,8 @@ WITH counted AS (
     GROUP BY r.survey, l.level, l.entity_id
 )
 SELECT survey, level, entity_id, responses, promoters, passives, detractors,
-       100.0 * CAST(promoters - detractors AS DOUBLE) / CAST(responses AS DOUBLE) AS nps
+       -- 100 × the integer difference first: the same DOUBLE as 100.0 × (p − d) / responses
+       -- (both products are exact), where 100.0 × ratio(p − d, responses) would round twice
+       ratio(100 * (promoters - detractors), responses) AS nps
 FROM counted
 ORDER BY survey, level, entity_id

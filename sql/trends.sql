@@ -72,7 +72,7 @@ sums AS (
 ),
 windowed AS (
     SELECT *,
-           CAST(sa4 AS DOUBLE) / CAST(n4 AS DOUBLE) AS activities_ma4,
+           ratio(sa4, n4) AS activities_ma4,
            n8 * x - n8 * (n8 - 1) / 2 AS sx,
            n8 * x * x - x * n8 * (n8 - 1) + (n8 - 1) * n8 * (2 * n8 - 1) / 6 AS sxx,
            x * sa - ia AS sxa,
@@ -81,17 +81,14 @@ windowed AS (
 ),
 figures AS (
     SELECT *,
-           CASE WHEN n8 * sxx - sx * sx <> 0
-                THEN CAST(n8 * sxa - sx * sa AS DOUBLE) / CAST(n8 * sxx - sx * sx AS DOUBLE) END AS activities_slope8
+           ratio(n8 * sxa - sx * sa, n8 * sxx - sx * sx) AS activities_slope8
     FROM windowed
 )
 SELECT rep_id, week_start, activities, meetings_held, won_amount,
-       CASE WHEN prev_activities <> 0
-            THEN CAST(activities - prev_activities AS DOUBLE) / CAST(prev_activities AS DOUBLE) END AS activities_wow,
+       ratio(activities - prev_activities, prev_activities) AS activities_wow,
        activities_ma4,
        activities_slope8,
-       CASE WHEN prev_won <> 0
-            THEN CAST(won_amount - prev_won AS DOUBLE) / CAST(prev_won AS DOUBLE) END AS won_amount_wow,
+       ratio(won_amount - prev_won, prev_won) AS won_amount_wow,
        money(prorate(won4, 1, n4)) AS won_amount_ma4,
        money(prorate(n8 * sxw - sx * sw, 1, n8 * sxx - sx * sx)) AS won_amount_slope8,
        CASE WHEN activities_slope8 > 0.05 * activities_ma4 THEN 'up'

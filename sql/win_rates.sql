@@ -31,17 +31,17 @@ agg AS (
 figures AS (
     SELECT a.*,
            COALESCE(o.open_deals, 0) AS open_deals,
-           money(prorate(a.won_amount, 1, NULLIF(a.won_count, 0))) AS avg_deal_size
+           money(prorate(a.won_amount, 1, a.won_count)) AS avg_deal_size
     FROM agg a
     LEFT JOIN open_now o ON o.level = a.level AND o.entity_id = a.entity_id
 )
 SELECT level, entity_id, period_type, period_start,
        won_count,
        lost_count,
-       CAST(won_count AS DOUBLE) / CAST(won_count + lost_count AS DOUBLE) AS win_rate,
+       ratio(won_count, won_count + lost_count) AS win_rate,
        won_amount,
        avg_deal_size,
-       CAST(won_cycle_days AS DOUBLE) / CAST(NULLIF(won_count, 0) AS DOUBLE) AS avg_cycle_days,
+       ratio(won_cycle_days, won_count) AS avg_cycle_days,
        open_deals,
        -- open × avg_deal_size × win_rate / avg_cycle_days
        --   = avg_deal_size × open × won² / ((won + lost) × Σ cycle days), exact, rounded once

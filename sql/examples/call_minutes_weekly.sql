@@ -5,13 +5,14 @@
 --   name = "call_minutes_weekly"
 --   sql = "../sql/examples/call_minutes_weekly.sql"
 --
--- It reads `rep_daily` (computed earlier in the pipeline) and the `week_start()` function;
--- every snapshot then holds the table, with snapshot_id and as_of added.
+-- It reads `rep_daily` (computed earlier in the pipeline) and the functions `week_start()` and
+-- `ratio()` (NULL when a week has no calls); every snapshot then holds the table, with
+-- snapshot_id and as_of added.
 SELECT rep_id,
        week_start(day) AS week_start,
        SUM(calls) AS calls,
        CAST(SUM(call_seconds) AS DOUBLE) / 60.0 AS call_minutes,
-       CAST(SUM(connected_calls) AS DOUBLE) / CAST(NULLIF(SUM(calls), 0) AS DOUBLE) AS connect_rate
+       ratio(SUM(connected_calls), SUM(calls)) AS connect_rate
 FROM rep_daily
 GROUP BY rep_id, week_start(day)
 ORDER BY rep_id, week_start

@@ -1,11 +1,13 @@
 //! Scalar functions the SQL files call where plain SQL cannot be exact or does not know the
 //! pipeline's calendar: money rounding (half-even), exact proration, fx conversion at the rate
-//! in force, fiscal periods and days in the pipeline's time zone.
+//! in force, fiscal periods and days in the pipeline's time zone; and `ratio`, the one spelling
+//! of a DOUBLE share that is NULL rather than infinite over zero.
 //!
 //! | function | returns | what |
 //! |---|---|---|
 //! | `money(x)` | DECIMAL(18,2) | any decimal or integer rounded half-even to cents |
 //! | `prorate(x, num, den)` | DECIMAL(38,12) | x × num / den, exact to 12 decimals; NULL when den = 0 |
+//! | `ratio(a, b)` | DOUBLE | `CAST(a AS DOUBLE) / CAST(b AS DOUBLE)`, bit for bit; NULL when b = 0 |
 //! | `to_corporate(amount, currency, day)` | DECIMAL(18,2) | amount × rate in force on day, half-even to cents; NULL without a rate |
 //! | `fiscal_period_start(period_type, day)` | DATE | first day of the fiscal month/quarter/year containing day |
 //! | `day_of(ts)` | DATE | the date of an instant in the pipeline's time zone |
@@ -18,10 +20,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Int64Array,
+    Array, ArrayRef, AsArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
 };
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType,
 };
 use datafusion::common::{exec_err, DataFusionError, Result};
 use datafusion::logical_expr::{
@@ -67,6 +71,7 @@ pub struct UdfContext {
 enum Kind {
     Money,
     Prorate,
+    Ratio,
     ToCorporate,
     FiscalPeriodStart,
     DayOf,
@@ -107,6 +112,7 @@ pub fn all(ctx: Arc<UdfContext>) -> Vec<ScalarUDF> {
     vec![
         udf(Kind::Money, 1),
         udf(Kind::Prorate, 3),
+        udf(Kind::Ratio, 2),
         udf(Kind::ToCorporate, 3),
         udf(Kind::FiscalPeriodStart, 2),
         udf(Kind::DayOf, 1),
@@ -123,6 +129,7 @@ impl ScalarUDFImpl for Udf {
         match self.kind {
             Kind::Money => "money",
             Kind::Prorate => "prorate",
+            Kind::Ratio => "ratio",
             Kind::ToCorporate => "to_corporate",
             Kind::FiscalPeriodStart => "fiscal_period_start",
             Kind::DayOf => "day_of",
@@ -140,6 +147,7 @@ impl ScalarUDFImpl for Udf {
         Ok(match self.kind {
             Kind::Money | Kind::ToCorporate | Kind::Commission => DataType::Decimal128(18, 2),
             Kind::Prorate => DataType::Decimal128(38, PRORATE_SCALE),
+            Kind::Ratio => DataType::Float64,
             Kind::FiscalPeriodStart | Kind::DayOf | Kind::WeekStart => DataType::Date32,
             Kind::DaysBetween => DataType::Int64,
         })
@@ -181,6 +189,22 @@ impl ScalarUDFImpl for Udf {
                 Arc::new(
                     v.collect::<Decimal128Array>()
                         .with_precision_and_scale(38, PRORATE_SCALE)?,
+                )
+            }
+            Kind::Ratio => {
+                // Each side converted by the kernel SQL's CAST(… AS DOUBLE) uses (a decimal
+                // mantissa as f64 divided by 10^scale, not the nearest double to the decimal),
+                // then one IEEE division: the same bits as the expression ratio replaces.
+                let a = doubles(self.name(), &arrays[0])?;
+                let b = doubles(self.name(), &arrays[1])?;
+                Arc::new(
+                    a.iter()
+                        .zip(b.iter())
+                        .map(|(a, b)| match (a, b) {
+                            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                            _ => None,
+                        })
+                        .collect::<Float64Array>(),
                 )
             }
             Kind::ToCorporate => {
@@ -319,6 +343,17 @@ fn decimals(name: &str, a: &ArrayRef) -> Result<(Vec<Option<i128>>, i8)> {
     })
 }
 
+/// Values of a numeric column as DOUBLE, converted exactly as `CAST(x AS DOUBLE)` converts them.
+fn doubles(name: &str, a: &ArrayRef) -> Result<Float64Array> {
+    let t = a.data_type();
+    if !(t.is_numeric() || *t == DataType::Null) {
+        return Err(type_err(name, a));
+    }
+    Ok(cast(a, &DataType::Float64)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
 fn dates(name: &str, a: &ArrayRef) -> Result<Date32Array> {
     match a.data_type() {
         DataType::Date32 => Ok(a.as_primitive::<Date32Type>().clone()),
@@ -410,9 +445,8 @@ mod tests {
         );
     }
 
-    /// `prorate` honours the scale of every argument, not only of the amount.
-    #[tokio::test]
-    async fn prorate_with_decimal_factors() {
+    /// A session with every function of this module registered (UTC calendar, no fx rates).
+    fn session() -> datafusion::prelude::SessionContext {
         let ctx = datafusion::prelude::SessionContext::new();
         for f in all(Arc::new(UdfContext {
             calendar: Calendar::default(),
@@ -424,6 +458,123 @@ mod tests {
         })) {
             ctx.register_udf(f);
         }
+        ctx
+    }
+
+    /// The DOUBLE columns of a one-row query.
+    async fn doubles_of(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<Option<f64>> {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        batches[0]
+            .columns()
+            .iter()
+            .map(|c| {
+                let c = c.as_primitive::<Float64Type>();
+                (!c.is_null(0)).then(|| c.value(0))
+            })
+            .collect()
+    }
+
+    /// `ratio` is NULL over zero or NULL and otherwise the very DOUBLE of the
+    /// `CAST(a AS DOUBLE) / CAST(b AS DOUBLE)` it replaces, whatever the types and scales.
+    #[tokio::test]
+    async fn ratio_is_the_cast_division_or_null() {
+        let ctx = session();
+        let zero_or_null = "SELECT ratio(1, 0), ratio(0, 0), \
+                                   ratio(CAST(5.00 AS DECIMAL(18,2)), CAST(0.00 AS DECIMAL(18,2))), \
+                                   ratio(CAST(5 AS DECIMAL(18,2)), CAST(0 AS DECIMAL(5,1))), \
+                                   ratio(NULL, 2), ratio(2, NULL), ratio(CAST(NULL AS BIGINT), 0)";
+        assert_eq!(doubles_of(&ctx, zero_or_null).await, vec![None; 7]);
+        let integers =
+            "SELECT ratio(1, 3), ratio(-7, 2), ratio(CAST(6 AS INT), CAST(4 AS BIGINT)), \
+                               ratio(0, 5), ratio(CAST(9007199254740993 AS BIGINT), 1)";
+        assert_eq!(
+            doubles_of(&ctx, integers).await,
+            vec![
+                Some(1.0 / 3.0),
+                Some(-3.5),
+                Some(1.5),
+                Some(0.0),
+                Some(9007199254740992.0)
+            ]
+        );
+        let decimals = "SELECT ratio(CAST(1.50 AS DECIMAL(10,2)), CAST(0.5 AS DECIMAL(5,1))), \
+                               ratio(CAST(250000.00 AS DECIMAL(18,2)), 100000), \
+                               ratio(CAST(-0.25 AS DECIMAL(18,2)), CAST(0.125 AS DECIMAL(10,3))), \
+                               ratio(7, CAST(2.000000 AS DECIMAL(38,6)))";
+        assert_eq!(
+            doubles_of(&ctx, decimals).await,
+            vec![Some(3.0), Some(2.5), Some(-2.0), Some(3.5)]
+        );
+        // Bit for bit the CAST division, also where that CAST does not give the double nearest
+        // the decimal: a money amount of 15 integer digits converts as mantissa / 100.
+        let cast = doubles_of(
+            &ctx,
+            "SELECT ratio(CAST('987654321098765.43' AS DECIMAL(18,2)), 1)",
+        );
+        assert_eq!(cast.await, vec![Some(987_654_321_098_765.5)]);
+        assert_eq!(
+            "987654321098765.43".parse::<f64>(),
+            Ok(987_654_321_098_765.4)
+        );
+        for (a, b) in [
+            ("CAST(0.10 AS DECIMAL(18,2))", "CAST(3 AS BIGINT)"),
+            (
+                "CAST(1234567.89 AS DECIMAL(18,2))",
+                "CAST(7654321.07 AS DECIMAL(18,2))",
+            ),
+            (
+                "CAST(333333333333.333333333333 AS DECIMAL(38,12))",
+                "CAST(0.07 AS DECIMAL(18,2))",
+            ),
+            (
+                "CAST(0.1234567890123456789012345 AS DECIMAL(38,25))",
+                "CAST(-3.3 AS DECIMAL(5,1))",
+            ),
+            (
+                "CAST(12345678901234567.89 AS DECIMAL(38,2))",
+                "CAST(98765432109876543.21 AS DECIMAL(38,2))",
+            ),
+            (
+                "CAST('987654321098765.43' AS DECIMAL(18,2))",
+                "CAST(3 AS BIGINT)",
+            ),
+            (
+                "CAST(-41 AS BIGINT)",
+                "CAST(0.000000000003 AS DECIMAL(20,18))",
+            ),
+        ] {
+            let sql = format!("SELECT ratio({a}, {b}), CAST({a} AS DOUBLE) / CAST({b} AS DOUBLE)");
+            let v = doubles_of(&ctx, &sql).await;
+            let (r, c) = (v[0].unwrap(), v[1].unwrap());
+            assert_eq!(
+                r.to_bits(),
+                c.to_bits(),
+                "ratio({a}, {b}) = {r}, the CAST division {c}"
+            );
+        }
+        let typed = ctx
+            .sql("SELECT arrow_typeof(ratio(CAST(1 AS DECIMAL(5,0)), 2)) AS t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            datafusion::arrow::util::display::array_value_to_string(typed[0].column(0), 0).unwrap(),
+            "Float64"
+        );
+        let text = ctx.sql("SELECT ratio('1', 2)").await;
+        let err = match text {
+            Ok(df) => df.collect().await.unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("ratio: unsupported argument type"), "{err}");
+    }
+
+    /// `prorate` honours the scale of every argument, not only of the amount.
+    #[tokio::test]
+    async fn prorate_with_decimal_factors() {
+        let ctx = session();
         let sql = "SELECT CAST(prorate(CAST(10.00 AS DECIMAL(10,2)), CAST(1.5 AS DECIMAL(5,1)), CAST(3.00 AS DECIMAL(5,2))) AS VARCHAR) AS a, \
                           CAST(prorate(CAST(-50000.000000 AS DECIMAL(38,6)), 1, CAST(1.00000000 AS DECIMAL(38,8))) AS VARCHAR) AS b, \
                           CAST(prorate(CAST(2 AS BIGINT), CAST(1 AS BIGINT), CAST(3 AS BIGINT)) AS VARCHAR) AS c, \
