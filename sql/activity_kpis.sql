@@ -13,14 +13,9 @@ WITH act AS (
     GROUP BY l.level, l.entity_id, p.period_type, p.period_start
 ),
 won AS (
-    SELECT l.level, l.entity_id, t.period_type,
-           fiscal_period_start(t.period_type, d.close_date) AS period_start,
-           COUNT(*) AS won_count
-    FROM deals_current d
-    CROSS JOIN period_types t
-    JOIN rep_levels l ON l.rep_id = d.rep_id
-    WHERE d.is_won
-    GROUP BY l.level, l.entity_id, t.period_type, fiscal_period_start(t.period_type, d.close_date)
+    SELECT level, entity_id, period_type, period_start, won_count
+    FROM deals_by_period
+    WHERE won_count > 0
 )
 SELECT a.level, a.entity_id, a.period_type, a.period_start,
        a.calls, a.emails, a.meetings, a.webinars, a.demos, a.tasks, a.activities,

@@ -3,19 +3,10 @@
 WITH quota AS (
     SELECT * FROM quota_totals
 ),
-won_per_rep AS (
-    SELECT d.rep_id, t.period_type, fiscal_period_start(t.period_type, d.close_date) AS period_start,
-           SUM(d.amount_corporate) AS closed_won
-    FROM deals_current d
-    CROSS JOIN period_types t
-    WHERE d.is_won
-    GROUP BY d.rep_id, t.period_type, fiscal_period_start(t.period_type, d.close_date)
-),
 won AS (
-    SELECT l.level, l.entity_id, w.period_type, w.period_start, SUM(w.closed_won) AS closed_won
-    FROM won_per_rep w
-    JOIN rep_levels l ON l.rep_id = w.rep_id
-    GROUP BY l.level, l.entity_id, w.period_type, w.period_start
+    SELECT level, entity_id, period_type, period_start, closed_won
+    FROM deals_by_period
+    WHERE won_count > 0
 ),
 keys AS (
     SELECT level, entity_id, period_type, period_start FROM quota

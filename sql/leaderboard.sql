@@ -6,12 +6,10 @@ WITH act AS (
     SELECT * FROM rep_periods
 ),
 won AS (
-    SELECT t.period_type, fiscal_period_start(t.period_type, d.close_date) AS period_start, d.rep_id,
-           COUNT(*) AS won_deals, SUM(d.amount_corporate) AS won_amount
-    FROM deals_current d
-    CROSS JOIN period_types t
-    WHERE d.is_won
-    GROUP BY t.period_type, fiscal_period_start(t.period_type, d.close_date), d.rep_id
+    SELECT period_type, period_start, entity_id AS rep_id,
+           won_count AS won_deals, closed_won AS won_amount
+    FROM deals_by_period
+    WHERE level = 'rep' AND won_count > 0
 ),
 keys AS (
     SELECT period_type, period_start, rep_id FROM act

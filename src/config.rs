@@ -27,6 +27,10 @@ const BUILTIN_SQL: &[(&str, &str)] = &[
     ("rep_periods.sql", include_str!("../sql/rep_periods.sql")),
     ("quota_parts.sql", include_str!("../sql/quota_parts.sql")),
     ("quota_totals.sql", include_str!("../sql/quota_totals.sql")),
+    (
+        "deals_by_period.sql",
+        include_str!("../sql/deals_by_period.sql"),
+    ),
     ("attainment.sql", include_str!("../sql/attainment.sql")),
     ("forecast.sql", include_str!("../sql/forecast.sql")),
     ("win_rates.sql", include_str!("../sql/win_rates.sql")),
