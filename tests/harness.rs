@@ -204,6 +204,8 @@ impl PipelineFile {
 /// gets its value here. Other runs change it with struct update syntax
 /// (`RunOptions { max_events: Some(n), ..once(b, o) }`).
 pub fn once(brokers: &str, output: &str) -> RunOptions {
+    // TODO(stall-timeout): when RunOptions gains `stall_timeout`, set it here (the library's
+    // default, ONCE_STALL_TIMEOUT); a test that wants a stall sooner overrides it.
     RunOptions {
         brokers: brokers.to_string(),
         output: output.to_string(),
