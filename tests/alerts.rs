@@ -8,13 +8,11 @@ use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
 use quotaflow::config::Pipeline;
-use quotaflow::engine::Engine;
 use quotaflow::generate::{generate, GenSpec, Silence};
-use quotaflow::pipeline::{run, RunOptions};
 use quotaflow::snapshot::Location;
-use quotaflow::source::kafka::produce_all;
 
-use crate::common::{decoder, fold_one, read_topic, HookServer, FAR_FUTURE};
+use crate::common::{decoder, fold_one, read_topic, Engine, HookServer, State, FAR_FUTURE};
+use crate::harness::{once, produce, run_in_process};
 
 const START: (i32, u32, u32) = (2026, 3, 2);
 
@@ -40,7 +38,7 @@ fn scenario(reps: usize, days: u32, silent: &[usize], from_day: i64) -> GenSpec 
 async fn breaches(spec: &GenSpec, rule: &str) -> BTreeSet<String> {
     let p = crate::common::pipeline();
     let dec = decoder();
-    let mut state = quotaflow::state::State::default();
+    let mut state = State::default();
     generate(spec, |g| {
         fold_one(
             &p,
@@ -93,15 +91,6 @@ fn hooked_pipeline(url: &str, drain: &str) -> Arc<Pipeline> {
     })
 }
 
-fn once(brokers: &str, output: &str) -> RunOptions {
-    RunOptions {
-        brokers: brokers.to_string(),
-        output: output.to_string(),
-        once: true,
-        max_events: None,
-    }
-}
-
 /// `target, delivered, failed_attempts, pending` rows of the latest snapshot.
 async fn deliveries(output: &str) -> Vec<String> {
     let tables = crate::pipeline_mock::latest_tables(output).await;
@@ -131,15 +120,13 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     generate(&scenario(12, 24, &[5], 10), |g| {
         msgs.push((p.topics[&g.event_type].clone(), g.key, g.value))
     });
-    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    produce(&brokers, 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
 
     // Run 1: the webhook answers 500 throughout. The run still completes, after its drain
     // timeout, with the event left pending; it was retried meanwhile.
-    let first = run(Arc::clone(&p), once(&brokers, out), std::future::pending())
-        .await
-        .unwrap();
+    let first = run_in_process(&p, once(&brokers, out)).await;
     assert_eq!(first.messages, msgs.len() as u64);
     assert_eq!(
         first.alerts_pending, 1,
@@ -157,9 +144,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
 
     // Run 2, no new events: the webhook is back; the outbox goes out.
     hook.set_failing(false);
-    let second = run(Arc::clone(&p), once(&brokers, out), std::future::pending())
-        .await
-        .unwrap();
+    let second = run_in_process(&p, once(&brokers, out)).await;
     assert_eq!((second.messages, second.alerts_pending), (0, 0));
     let got = hook.accepted();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -170,9 +155,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
 
     // Run 3: a clean restart sends nothing again.
     let before = hook.requests();
-    run(Arc::clone(&p), once(&brokers, out), std::future::pending())
-        .await
-        .unwrap();
+    run_in_process(&p, once(&brokers, out)).await;
     assert_eq!(hook.requests(), before);
     assert_eq!(hook.accepted().len(), 1);
 

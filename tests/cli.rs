@@ -2,11 +2,10 @@
 
 use std::process::{Command, Output};
 
+use crate::harness::{bin, once, produce, run_in_process};
+
 fn quotaflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quotaflow"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(bin()).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -93,7 +92,7 @@ fn validate_accepts_the_default_and_names_file_key_and_problem() {
 
 #[test]
 fn run_without_brokers_says_how_to_give_them() {
-    let o = Command::new(env!("CARGO_BIN_EXE_quotaflow"))
+    let o = Command::new(bin())
         .args(["run", "--once", "--output", "memory://x"])
         .env_remove("QUOTAFLOW_BROKERS")
         .output()
@@ -167,18 +166,10 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
     let p = crate::common::pipeline();
     let c = crate::pipeline_mock::cluster(&p);
     let msgs = crate::pipeline_mock::messages(&p, 4);
-    quotaflow::source::kafka::produce_all(&c.bootstrap_servers(), 10_000, msgs, |_| {}).unwrap();
+    produce(&c.bootstrap_servers(), 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let opts = quotaflow::pipeline::RunOptions {
-        brokers: c.bootstrap_servers(),
-        output: out.into(),
-        once: true,
-        max_events: None,
-    };
-    quotaflow::pipeline::run(p, opts, std::future::pending())
-        .await
-        .unwrap();
+    run_in_process(&p, once(&c.bootstrap_servers(), out)).await;
 
     let o = quotaflow(&[
         "sql",

@@ -1,15 +1,20 @@
-//! Helpers shared by the test modules.
+//! Helpers shared by the test modules: decoding, folding and computing in process, tables as
+//! JSON, the webhook receiver. (Running the pipeline and waiting for it: `crate::harness`.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use quotaflow::config::Pipeline;
-use quotaflow::engine::{Engine, Table};
 use quotaflow::event::Event;
-use quotaflow::source::decode::{BadInput, DecodeLimits, Decoder};
-use quotaflow::source::schema::EventType;
-use quotaflow::state::State;
+
+// Library paths the tests use that are moving: every test module imports them from here, so a
+// path change is a fix in this one file.
+pub use quotaflow::engine::{Engine, Table};
+pub use quotaflow::source::decode::{BadInput, DecodeLimits, Decoder, Reason};
+pub use quotaflow::source::kafka::{ensure_topics, produce_all};
+pub use quotaflow::source::schema::{EventType, Schema};
+pub use quotaflow::state::{Rollups, State};
 
 /// A wall clock far in the future, so no test instant is rejected for clock skew.
 pub const FAR_FUTURE: i64 = 4_000_000_000_000_000;
@@ -35,14 +40,39 @@ pub fn pipeline() -> Arc<Pipeline> {
 }
 
 /// The default pipeline with `edit` applied to its text (SQL paths resolved as from pipelines/).
-pub fn pipeline_with(edit: impl Fn(String) -> String) -> Arc<Pipeline> {
-    let text = edit(std::fs::read_to_string("pipelines/default.toml").unwrap());
-    Arc::new(
-        Pipeline::parse(&text, "edited.toml", &|rel| {
-            std::fs::read_to_string(format!("pipelines/{rel}")).map_err(|e| e.to_string())
+pub fn pipeline_with(edit: impl FnOnce(String) -> String) -> Arc<Pipeline> {
+    crate::harness::PipelineFile::default().edit(edit).load()
+}
+
+/// The event type a file or a pipeline's `[source.topics]` calls `name` ("deal", "fx_rate").
+pub fn event_type_named(name: &str) -> EventType {
+    EventType::ALL
+        .into_iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("no event type {name:?}"))
+}
+
+/// The events of a JSON-lines file (tests/data/README.md): one `{"type": ..., "value": {...}}`
+/// a line, `#` lines and blank lines skipped; (type, the value as JSON text), in file order.
+pub fn events_file(path: &str) -> Vec<(EventType, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}:{}: {e}", i + 1));
+            let t = v["type"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}:{}: no \"type\"", i + 1));
+            assert!(
+                v["value"].is_object(),
+                "{path}:{}: no \"value\" object",
+                i + 1
+            );
+            (event_type_named(t), v["value"].to_string())
         })
-        .unwrap(),
-    )
+        .collect()
 }
 
 /// Folds events into a fresh state the way the pipeline does (counting outcomes per topic).

@@ -1,10 +1,9 @@
 //! The input contract (EVENTS.md) against the decoder: every rule, reason and precedence.
 
 use quotaflow::event::Event;
-use quotaflow::source::decode::{DecodeLimits, Decoder, Reason};
-use quotaflow::source::schema::EventType::{self, *};
 
-use crate::common::{decode, FAR_FUTURE};
+use crate::common::EventType::{self, *};
+use crate::common::{decode, DecodeLimits, Decoder, Reason, FAR_FUTURE};
 
 const DEAL: &str = r#"{"deal_id":"deal-00017","version":3,"occurred_at":"2026-10-05T16:03:00+02:00","rep_id":"rep-0042",
   "account_id":"acct-1","stage":"negotiation","amount":"48000.00","currency":"EUR","close_date":"2026-11-30",
@@ -263,7 +262,7 @@ fn every_reason_has_a_detail_naming_the_field() {
 #[test]
 fn schemas_list_the_fields_of_the_contract_in_order() {
     let names = |t| {
-        quotaflow::source::schema::Schema::builtin(t)
+        crate::common::Schema::builtin(t)
             .unwrap()
             .fields
             .iter()
@@ -315,8 +314,8 @@ fn schemas_list_the_fields_of_the_contract_in_order() {
 mod never_panics {
     //! The decoder's fuzz target, as a property test: any bytes, and valid messages of every
     //! type cut, spliced and byte-flipped, give an event or a dead-letter reason, never a panic.
+    use crate::common::EventType;
     use proptest::prelude::*;
-    use quotaflow::source::schema::EventType;
 
     use crate::common::{decoder, FAR_FUTURE};
 

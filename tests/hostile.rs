@@ -4,15 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::{json, Value};
 
-use quotaflow::pipeline::{run, RunOptions};
-use quotaflow::source::schema::EventType;
-
-use crate::common::canonical;
+use crate::common::{canonical, EventType};
+use crate::harness::{once, produce_payloads, run_in_process};
 use crate::pipeline_mock::{batch_tables, cluster, latest_tables};
 
 /// (topic, payload bytes, the reason expected, or None for a message that is not a dead letter).
@@ -102,19 +98,6 @@ fn hostile(p: &quotaflow::config::Pipeline, first: &BTreeMap<EventType, Value>) 
     cases
 }
 
-fn produce(brokers: &str, messages: &[(String, Vec<u8>)]) {
-    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.max.bytes", "1000000")
-        .create()
-        .unwrap();
-    for (topic, payload) in messages {
-        p.send(BaseRecord::<str, [u8]>::to(topic).payload(payload))
-            .unwrap();
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
-}
-
 /// The pipeline edit these tests run with: messages above 16 KiB are too large.
 pub fn small_messages(t: String) -> String {
     t.replace("max_message_bytes = 1048576", "max_message_bytes = 16384")
@@ -158,18 +141,15 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
     for (t, payload, _) in bad {
         stream.push((t.clone(), payload.clone()));
     }
-    produce(&brokers, &stream);
+    produce_payloads(
+        &brokers,
+        stream
+            .iter()
+            .map(|(t, payload)| (t.as_str(), None, payload.as_slice())),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let opts = RunOptions {
-        brokers,
-        output: out.to_string(),
-        once: true,
-        max_events: None,
-    };
-    let report = run(Arc::clone(p), opts, std::future::pending())
-        .await
-        .unwrap();
+    let report = run_in_process(p, once(&brokers, out)).await;
     assert_eq!(report.messages, stream.len() as u64, "every message read");
 
     let tables = canonical(&latest_tables(out).await);

@@ -1,15 +1,10 @@
 //! Lateness on librdkafka's mock cluster: two partitions months apart in event time, read in
 //! whatever order the consumer picks, then an event far behind both.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use quotaflow::pipeline::{run, RunOptions};
-
-use crate::common::canonical;
+use crate::common::{canonical, EventType};
+use crate::harness::{once, produce_payloads, run_in_process};
 use crate::pipeline_mock::latest_tables;
 
 fn activity(id: &str, at: &str) -> String {
@@ -19,19 +14,12 @@ fn activity(id: &str, at: &str) -> String {
 }
 
 fn produce(brokers: &str, topic: &str, partition: i32, values: &[String]) {
-    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    for v in values {
-        p.send(
-            BaseRecord::<str, str>::to(topic)
-                .partition(partition)
-                .payload(v),
-        )
-        .unwrap();
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
+    produce_payloads(
+        brokers,
+        values
+            .iter()
+            .map(|v| (topic, Some(partition), v.as_bytes())),
+    );
 }
 
 fn rows(
@@ -49,7 +37,7 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
     let p = crate::common::pipeline();
     // Only the activity topic exists, with two partitions.
     let cluster = MockCluster::new(1).unwrap();
-    let topic = p.topics[&quotaflow::source::schema::EventType::Activity].clone();
+    let topic = p.topics[&EventType::Activity].clone();
     cluster.create_topic(&topic, 2, 1).unwrap();
     cluster.create_topic(&p.dead_letter_topic, 1, 1).unwrap();
     cluster
@@ -79,15 +67,8 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
     produce(&brokers, &topic, 1, &slow);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let opts = RunOptions {
-        brokers: brokers.clone(),
-        output: out.to_string(),
-        once: true,
-        max_events: None,
-    };
-    run(Arc::clone(&p), opts.clone(), std::future::pending())
-        .await
-        .unwrap();
+    let opts = once(&brokers, out);
+    run_in_process(&p, opts.clone()).await;
     let t = canonical(&latest_tables(out).await);
     let quality = rows(&t, "data_quality");
     let count = |reason: &str| {
@@ -111,9 +92,7 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
             activity("behind", "2026-05-20T10:00:00Z"),
         ],
     );
-    run(Arc::clone(&p), opts, std::future::pending())
-        .await
-        .unwrap();
+    run_in_process(&p, opts).await;
     let t = canonical(&latest_tables(out).await);
     let dead = rows(&t, "dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");

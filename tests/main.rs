@@ -10,6 +10,7 @@ mod common;
 mod contract;
 mod external;
 mod golden;
+mod harness;
 mod hostile;
 mod lateness;
 mod pipeline_mock;

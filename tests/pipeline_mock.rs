@@ -11,11 +11,14 @@ use rdkafka::Message;
 
 use quotaflow::config::Pipeline;
 use quotaflow::generate::{generate, GenSpec};
-use quotaflow::pipeline::{run, RunOptions};
+use quotaflow::pipeline::RunOptions;
 use quotaflow::snapshot::Location;
-use quotaflow::source::kafka::produce_all;
 
-use crate::common::{canonical, compute, decoder, fold_one, FAR_FUTURE};
+use crate::common::{canonical, compute, decoder, fold_one, State, FAR_FUTURE};
+use crate::harness::{
+    continuous, eventually, eventually_blocking, free_port, messages_total, once, produce,
+    run_in_process, Endpoint, PipelineFile, Running,
+};
 
 pub fn spec(seed: u64) -> GenSpec {
     GenSpec {
@@ -75,7 +78,7 @@ pub async fn batch_tables(
     msgs: &[(String, String, String)],
 ) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
     let dec = decoder();
-    let mut state = quotaflow::state::State::default();
+    let mut state = State::default();
     for (topic, _, value) in msgs {
         let t = p.event_type_of(topic).unwrap();
         match dec.decode(t, value.as_bytes(), FAR_FUTURE) {
@@ -88,15 +91,6 @@ pub async fn batch_tables(
         .into_iter()
         .map(|t| (t.name, t.batches))
         .collect()
-}
-
-fn opts(brokers: &str, output: &str) -> RunOptions {
-    RunOptions {
-        brokers: brokers.to_string(),
-        output: output.to_string(),
-        once: true,
-        max_events: None,
-    }
 }
 
 /// alert_id of every (rule, key) firing in the state of the latest snapshot under `output`.
@@ -160,13 +154,11 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 1);
-    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    produce(&brokers, 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
 
-    let report = run(Arc::clone(&p), opts(&brokers, out), std::future::pending())
-        .await
-        .unwrap();
+    let report = run_in_process(&p, once(&brokers, out)).await;
     assert_eq!(report.messages, msgs.len() as u64);
 
     let streamed = canonical(&latest_tables(out).await);
@@ -198,13 +190,17 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
         .unwrap();
     consumer.subscribe(&[&p.dead_letter_topic]).unwrap();
     let mut got = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < 2 && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            got.push(v);
-        }
-    }
+    eventually_blocking(
+        "both dead letters on the dead-letter topic",
+        Duration::from_secs(30),
+        || {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                got.push(v);
+            }
+            got.len() >= 2
+        },
+    );
     let mut reasons: Vec<&str> = got.iter().map(|v| v["reason"].as_str().unwrap()).collect();
     reasons.sort();
     assert_eq!(reasons, ["invalid_json", "negative_amount"]);
@@ -220,7 +216,7 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 2);
-    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    produce(&brokers, 10_000, &msgs);
     let whole = tempfile::tempdir().unwrap();
     let pieces = tempfile::tempdir().unwrap();
     let (whole, pieces) = (
@@ -228,37 +224,23 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
         pieces.path().to_str().unwrap(),
     );
 
-    run(
-        Arc::clone(&p),
-        opts(&brokers, whole),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    run_in_process(&p, once(&brokers, whole)).await;
     // Stop three times part-way (each stop writes a snapshot), then finish.
     let mut read = 0;
     for chunk in [msgs.len() as u64 / 5, msgs.len() as u64 / 3, 7] {
-        let r = run(
-            Arc::clone(&p),
+        let r = run_in_process(
+            &p,
             RunOptions {
                 max_events: Some(chunk),
-                ..opts(&brokers, pieces)
+                ..once(&brokers, pieces)
             },
-            std::future::pending(),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(r.messages, chunk);
         assert_eq!(r.restored_from.is_some(), read > 0);
         read += chunk;
     }
-    let last = run(
-        Arc::clone(&p),
-        opts(&brokers, pieces),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let last = run_in_process(&p, once(&brokers, pieces)).await;
     assert_eq!(
         read + last.messages,
         msgs.len() as u64,
@@ -279,13 +261,7 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     // Nothing new: a further --once run reads nothing and leaves _latest where it was.
     let loc = Location::parse(pieces).unwrap();
     let before = loc.latest().await.unwrap();
-    let again = run(
-        Arc::clone(&p),
-        opts(&brokers, pieces),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let again = run_in_process(&p, once(&brokers, pieces)).await;
     assert_eq!(again.messages, 0);
     assert_eq!(loc.latest().await.unwrap(), before);
 
@@ -296,29 +272,23 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
         !firing_before.is_empty(),
         "the generated quarter fires alerts"
     );
-    produce_all(&brokers, 10_000, msgs[..1].to_vec(), |_| {}).unwrap();
-    let one_more = run(
-        Arc::clone(&p),
-        opts(&brokers, pieces),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    produce(&brokers, 10_000, &msgs[..1]);
+    let one_more = run_in_process(&p, once(&brokers, pieces)).await;
     assert_eq!((one_more.messages, one_more.snapshots), (1, 1));
     assert_eq!(firing_ids(pieces).await, firing_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
-    let p = crate::common::pipeline_with(|t| {
-        t.replace("trigger_events = 0", "trigger_events = 200")
-            .replace("trigger_interval = \"5s\"", "trigger_interval = \"1h\"")
-            .replace("retention = 20", "retention = 3")
-    });
+    let p = PipelineFile::default()
+        .snapshot("trigger_events", "200")
+        .snapshot("trigger_interval", "\"1h\"")
+        .snapshot("retention", "3")
+        .load();
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 3);
-    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    produce(&brokers, 10_000, &msgs);
     let out = format!("memory://retention-{}", std::process::id());
     // Two runs of at most a third of the messages each, then one to the end.
     let mut snapshots = 0;
@@ -326,11 +296,9 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     for max in [Some(third), Some(third), None] {
         let o = RunOptions {
             max_events: max,
-            ..opts(&brokers, &out)
+            ..once(&brokers, &out)
         };
-        let r = run(Arc::clone(&p), o, std::future::pending())
-            .await
-            .unwrap();
+        let r = run_in_process(&p, o).await;
         // No interval trigger in an hour: a snapshot besides the final one came from the
         // event trigger (one in flight at a time, so not necessarily one per 200 events).
         assert!(r.snapshots >= 2, "the event trigger fired: {}", r.snapshots);
@@ -354,70 +322,33 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_pipeline_serves_healthz_and_metrics() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let p = crate::common::pipeline_with(|t| {
-        t.replace(
-            "bind = \"127.0.0.1:9464\"",
-            &format!("bind = \"127.0.0.1:{port}\""),
-        )
-        .replace("trigger_interval = \"5s\"", "trigger_interval = \"200ms\"")
-    });
+    let port = free_port();
+    let p = PipelineFile::default()
+        .http_port(port)
+        .snapshot("trigger_interval", "\"200ms\"")
+        .load();
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 4);
-    produce_all(&brokers, 10_000, msgs.clone(), |_| {}).unwrap();
+    produce(&brokers, 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let (p, o) = (
-            Arc::clone(&p),
-            RunOptions {
-                once: false,
-                ..opts(&brokers, &out)
-            },
-        );
-        async move {
-            run(p, o, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
+    let running = Running::start(&p, continuous(&brokers, &out));
+    let endpoint = Endpoint::on(port);
     // Healthy once a snapshot is durable; every message counted in /metrics by then.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never healthy with everything read"
-        );
-        let health = client.get(format!("{base}/healthz")).send().await;
-        if let Ok(h) = health {
-            if h.status() == 200 {
-                let body: serde_json::Value =
-                    serde_json::from_str(&h.text().await.unwrap()).unwrap();
-                assert_eq!(body["status"], "ok");
-                let m = client.get(format!("{base}/metrics")).send().await.unwrap();
-                assert_eq!(m.status(), 200);
-                let text = m.text().await.unwrap();
-                let counted: u64 = text
-                    .lines()
-                    .filter(|l| l.starts_with("quotaflow_messages_total{"))
-                    .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                    .sum();
-                if counted == msgs.len() as u64 {
-                    break text;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = eventually(
+        "/healthz ok with every message counted in /metrics",
+        Duration::from_secs(60),
+        || async {
+            let (200, body) = endpoint.healthz().await? else {
+                return None;
+            };
+            assert_eq!(body["status"], "ok");
+            let text = endpoint.metrics().await.expect("/metrics answers 200");
+            (messages_total(&text) == msgs.len() as u64).then_some(text)
+        },
+    )
+    .await;
     assert!(
         metrics.contains("quotaflow_dead_letters_total{reason=\"invalid_json\"} 1"),
         "{metrics}"
@@ -432,8 +363,7 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
     );
     assert!(metrics.contains("quotaflow_up 1"), "{metrics}");
     assert!(metrics.contains("\nquotaflow_snapshot_id "), "{metrics}");
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
     // The endpoint stops with the run.
-    assert!(client.get(format!("{base}/healthz")).send().await.is_err());
+    assert!(!endpoint.answers().await);
 }

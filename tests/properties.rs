@@ -14,8 +14,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use quotaflow::event::Event;
-use quotaflow::source::schema::EventType::*;
-use quotaflow::state::State;
+
+use crate::common::EventType::*;
+use crate::common::{Rollups, State};
 
 use crate::common::{canonical_tables, compute, ev, fold_one, pipeline};
 
@@ -111,7 +112,7 @@ proptest! {
             }
         }
         state.roll_up(&p.calendar);
-        prop_assert_eq!(&state.rollups, &quotaflow::state::Rollups::of(&state.daily, &p.calendar));
+        prop_assert_eq!(&state.rollups, &Rollups::of(&state.daily, &p.calendar));
         let got = canonical_tables(&rt.block_on(compute(&p, &state)));
         prop_assert_eq!(got, want);
     }

@@ -1,0 +1,272 @@
+//! How a run of the binary ends other than at its end: SIGKILL mid-stream (once, then twenty
+//! times at random moments while a reader reads along), a crash at each step of writing a
+//! snapshot (`QUOTAFLOW_CRASH_AT`), and SIGTERM, which drains and writes a last snapshot.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quotaflow::snapshot::Location;
+
+use super::{
+    pipeline_file, produce, read_latest_whole, run_command, run_once, signal, spawn_reader, tag,
+    without_dead_letters,
+};
+use crate::common::canonical;
+use crate::harness::{eventually, free_port, messages_read, Endpoint, PipelineFile};
+use crate::pipeline_mock::{batch_tables, firing_alerts, latest_tables, without};
+
+/// How long a run may take to make its first snapshot durable.
+const FIRST_SNAPSHOT_WITHIN: Duration = Duration::from_secs(120);
+/// How long a started run may take to be ready (state restored, partitions assigned).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// The twenty kills each come at a random moment this far into a run (fault injection, not
+/// synchronisation): runs snapshot every 100 events, so they land while consuming, computing
+/// and writing.
+const KILL_AFTER_MS: std::ops::Range<u64> = 150..900;
+/// How long a run may take from SIGTERM to its exit (a last snapshot, alert deliveries
+/// drained: `drain_timeout` is 10 s).
+const DRAINED_WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("kill"),
+        PipelineFile::default()
+            .snapshot("trigger_events", "300")
+            .snapshot("trigger_interval", "\"100ms\""),
+    );
+    // One message per record batch: tansu 0.6 returns nothing to a fetch that starts inside a
+    // batch, which a restart after a kill does (Apache Kafka serves it; see README).
+    produce(&p, 13, 1).await;
+    let whole = dir.path().join("whole");
+    let killed = dir.path().join("killed");
+    let (whole, killed) = (whole.to_str().unwrap(), killed.to_str().unwrap());
+    run_once(&file, whole);
+
+    let mut child = run_command(&file, killed)
+        .arg("--once")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A snapshot durable (`_latest` names one), then SIGKILL.
+    let loc = Location::parse(killed).unwrap();
+    eventually("a first durable snapshot", FIRST_SNAPSHOT_WITHIN, || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        async {
+            loc.latest()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.snapshot_id >= 1)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = run_once(&file, killed);
+    assert!(
+        messages_read(&resumed) > 0,
+        "the kill came after the end: nothing was tested"
+    );
+    let (whole_tables, killed_tables) = (latest_tables(whole).await, latest_tables(killed).await);
+    assert_eq!(
+        without(canonical(&whole_tables), "alerts"),
+        without(canonical(&killed_tables), "alerts")
+    );
+    assert_eq!(firing_alerts(&whole_tables), firing_alerts(&killed_tables));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("crashat"),
+        PipelineFile::default()
+            .snapshot("trigger_events", "1000")
+            .snapshot("trigger_interval", "\"1h\""),
+    );
+    // One message per record batch (tansu 0.6 and mid-batch fetches: see README).
+    let msgs = produce(&p, 22, 1).await;
+    for point in ["before_state", "before_manifest", "before_latest"] {
+        let out = dir.path().join(point);
+        let out = out.to_str().unwrap();
+        // The crash comes while writing snapshot 2: snapshot 1 is durable by then.
+        let crashed = run_command(&file, out)
+            .arg("--once")
+            .env("QUOTAFLOW_CRASH_AT", format!("{point}:2"))
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: no crash");
+        let loc = Location::parse(out).unwrap();
+        // A reader sees snapshot 1, whole.
+        assert_eq!(read_latest_whole(&loc).await, 1, "{point}");
+        let resumed = run_once(&file, out);
+        assert!(messages_read(&resumed) > 0, "{point}");
+        let streamed = canonical(&latest_tables(out).await);
+        let batch = canonical(&batch_tables(&p, &msgs).await);
+        assert_eq!(
+            without_dead_letters(streamed),
+            without_dead_letters(batch),
+            "{point}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn twenty_sigkills_lose_nothing_count_nothing_twice_and_readers_never_see_half_a_snapshot() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    // A snapshot every 100 events: kills land while consuming, computing and writing.
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("kill20"),
+        PipelineFile::default()
+            .snapshot("trigger_events", "100")
+            .snapshot("trigger_interval", "\"50ms\"")
+            .snapshot("retention", "100000"),
+    );
+    // One message per record batch (tansu 0.6 and mid-batch fetches: see README).
+    produce(&p, 15, 1).await;
+    let whole = dir.path().join("whole");
+    let killed = dir.path().join("killed");
+    let (whole, killed) = (whole.to_str().unwrap(), killed.to_str().unwrap());
+    run_once(&file, whole);
+
+    // A reader reads whatever `_latest` names, all along.
+    let loc = Location::parse(killed).unwrap();
+    let (stop, reader) = spawn_reader(killed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let mut kills = 0;
+    for _ in 0..20 {
+        let mut child = run_command(&file, killed)
+            .arg("--once")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The kill point: a random moment of the run (fault injection, not synchronisation).
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(KILL_AFTER_MS))).await;
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let resumed = run_once(&file, killed);
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+    eprintln!(
+        "{kills} kills; the reader read {} snapshots whole; the last run read {} messages",
+        seen.len(),
+        messages_read(&resumed)
+    );
+    assert!(
+        kills >= 15,
+        "only {kills} of 20 kills hit a running process"
+    );
+    assert!(
+        messages_read(&resumed) > 0 || seen.len() > 2,
+        "nothing was interrupted"
+    );
+    assert!(seen.len() > 2, "the reader saw only {seen:?}");
+    assert!(read_latest_whole(&loc).await > 0);
+    let (whole_tables, killed_tables) = (latest_tables(whole).await, latest_tables(killed).await);
+    assert_eq!(
+        without(canonical(&whole_tables), "alerts"),
+        without(canonical(&killed_tables), "alerts")
+    );
+    assert_eq!(firing_alerts(&whole_tables), firing_alerts(&killed_tables));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: run scripts/test"]
+async fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // No trigger fires during the test: the only snapshot is the one SIGTERM writes.
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("term"),
+        PipelineFile::default()
+            .snapshot("trigger_interval", "\"1h\"")
+            .snapshot("trigger_events", "0")
+            .http_port(port),
+    );
+    let msgs = produce(&p, 16, 10_000).await;
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let mut child = run_command(&file, out)
+        // For the "end check" lines below (src/source/kafka.rs, at a partition's end).
+        .env(
+            "QUOTAFLOW_LOG",
+            "quotaflow=info,quotaflow::source::kafka=trace",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain stderr all along (a full pipe would block the run), noting the first end check.
+    let reading = Arc::new(AtomicBool::new(false));
+    let stderr = child.stderr.take().unwrap();
+    let noted = Arc::clone(&reading);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("end check") {
+                noted.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    // SIGTERM once the run is ready: /healthz says `ready` (state restored, partitions
+    // assigned). `ready` is published a little before the run loop starts (and with it the
+    // SIGTERM handler, on the loop's first poll of its shutdown future; src/pipeline.rs and
+    // src/cli.rs), so the test also waits for the loop to have checked a partition's end,
+    // which only the loop does: a signal then is handled, not fatal.
+    let endpoint = Endpoint::on(port);
+    eventually("/healthz to say ready", READY_WITHIN, || {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        endpoint.ready()
+    })
+    .await;
+    eventually(
+        "the run loop to check a partition's end (an \"end check\" trace line)",
+        READY_WITHIN,
+        || async { reading.load(Ordering::Relaxed) },
+    )
+    .await;
+    signal(child.id(), "-TERM");
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit {:?}", output.status);
+    assert!(started.elapsed() < DRAINED_WITHIN);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("1 snapshot(s)"), "{stdout}");
+    let loc = Location::parse(out).unwrap();
+    let m = loc
+        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .await
+        .unwrap();
+    let read: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
+    assert_eq!(
+        read as u64,
+        messages_read(&stdout),
+        "the snapshot holds what was read"
+    );
+    // Whatever was not read yet is read by the next run: nothing lost.
+    run_once(&file, out);
+    let streamed = canonical(&latest_tables(out).await);
+    let batch = canonical(&batch_tables(&p, &msgs).await);
+    assert_eq!(without_dead_letters(streamed), without_dead_letters(batch));
+}
