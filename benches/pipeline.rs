@@ -11,8 +11,10 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use quotaflow::config::Pipeline;
 use quotaflow::engine::Engine;
 use quotaflow::generate::{generate, GenSpec, Generated};
+use quotaflow::ingest::{Ingest, Message};
 use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
-use quotaflow::source::decode::{DecodeLimits, Decoder};
+use quotaflow::config::DecodeLimits;
+use quotaflow::source::decode::Decoder;
 use quotaflow::state::State;
 
 fn messages(reps: usize, days: u32) -> Vec<Generated> {
@@ -36,16 +38,17 @@ fn decoder() -> Decoder {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The messages through the pipeline's ingest path (`quotaflow::ingest`), as the run loop
+/// folds them: decode, dedup, versions, counters, offsets.
 fn fold(p: &Pipeline, msgs: &[Generated]) -> State {
-    let dec = decoder();
-    let mut s = State::default();
-    let horizon = p.dedup_horizon_micros();
-    for m in msgs {
-        if let Ok(e) = dec.decode(m.event_type, m.value.as_bytes(), 0) {
-            s.fold(e, &p.calendar, horizon);
-        }
-    }
-    s
+    let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap_or_else(|e| panic!("{e}"));
+    let messages = msgs.iter().enumerate().map(|(i, m)| Message {
+        topic: &p.source.topics[&m.event_type],
+        partition: 0,
+        offset: i as i64,
+        payload: m.value.as_bytes(),
+    });
+    quotaflow::ingest::batch(&ingest, messages, i64::MAX / 4).0
 }
 
 fn decode_and_fold(c: &mut Criterion) {
@@ -55,7 +58,7 @@ fn decode_and_fold(c: &mut Criterion) {
     let mut g = c.benchmark_group("source");
     g.measurement_time(std::time::Duration::from_secs(3));
     // Per event type, as events/s and as bytes/s.
-    for t in quotaflow::source::schema::EventType::ALL {
+    for t in quotaflow::event::schema::EventType::ALL {
         let of_type: Vec<&Generated> = msgs.iter().filter(|m| m.event_type == t).collect();
         let bytes: usize = of_type.iter().map(|m| m.value.len()).sum();
         let decode_all = || {
@@ -94,10 +97,10 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
     let day0 =
         quotaflow::calendar::day_number(NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default());
     let micros = |day: i32| i64::from(day) * 86_400_000_000 + 36_000_000_000;
-    let horizon = p.dedup_horizon_micros();
+    let horizon = p.source.dedup_horizon_micros();
     let mut s = State::default();
     let fold = |s: &mut State, e: Event| {
-        s.fold(e, &p.calendar, horizon);
+        s.fold(e, &p.metrics.calendar, horizon);
     };
     for r in 0..reps {
         let rep_id = format!("rep-{r:05}");
@@ -203,7 +206,7 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
     }
     s.as_of = Some(micros(day0 + days - 1));
     // As a running pipeline holds it: the rollups are up to date at every cut.
-    s.roll_up_all(&p.calendar);
+    s.roll_up_all(&p.metrics.calendar);
     s
 }
 
@@ -225,7 +228,7 @@ fn snapshot_tables(c: &mut Criterion) {
         }
         for (history, days) in [("one_quarter", 91), ("two_years", 730)] {
             let state = history_state(&p, reps, days);
-            let engine = Engine::new(Arc::clone(&p));
+            let engine = Engine::new(Arc::clone(&p.metrics));
             g.bench_with_input(
                 BenchmarkId::new(format!("all_tables_{history}"), format!("{reps}_reps")),
                 &state,
@@ -250,13 +253,18 @@ fn snapshot_write(c: &mut Criterion) {
     let mut state = history_state(&p, 1_000, 91);
     state.snapshot_id = 1;
     let tables = rt
-        .block_on(Engine::new(Arc::clone(&p)).compute(&state, 1))
+        .block_on(Engine::new(Arc::clone(&p.metrics)).compute(&state, 1))
         .unwrap_or_else(|e| panic!("{e}"));
     let rows: usize = tables.iter().map(|t| t.num_rows()).sum();
     let dir = std::env::temp_dir().join(format!("quotaflow-bench-{}", std::process::id()));
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10);
     g.throughput(Throughput::Elements(rows as u64));
+    let (image, alerts) = images(&state);
+    let encoded: Vec<EncodedTable> = tables
+        .iter()
+        .map(|t| EncodedTable::encode(&t.name, &t.schema, &t.batches).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
     for (name, url) in [
         ("write_memory", "memory://bench".to_string()),
         ("write_local_disk", dir.display().to_string()),
@@ -264,7 +272,7 @@ fn snapshot_write(c: &mut Criterion) {
         let loc = quotaflow::snapshot::Location::parse(&url).unwrap_or_else(|e| panic!("{e}"));
         g.bench_function(BenchmarkId::new(name, "1000_reps_one_quarter"), |b| {
             b.iter(|| {
-                rt.block_on(loc.write(&state, &tables, "default"))
+                rt.block_on(loc.write_image(&image, &alerts, &encoded, "default"))
                     .map(|m| m.tables.len())
                     .unwrap_or(0)
             })
@@ -272,6 +280,19 @@ fn snapshot_write(c: &mut Criterion) {
     }
     g.finish();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The state's two images, as the pipeline's cut makes them.
+fn images(state: &State) -> (StateImage, AlertsImage) {
+    let image = StateImage {
+        snapshot_id: state.snapshot_id,
+        as_of: state.as_of,
+        offsets: state.offsets.clone(),
+        format: quotaflow::state::STATE_FORMAT,
+        bytes: state.encode().unwrap_or_else(|e| panic!("{e}")).into(),
+    };
+    let alerts = AlertsImage(state.encode_alerts().unwrap_or_else(|e| panic!("{e}")).into());
+    (image, alerts)
 }
 
 criterion_group!(benches, decode_and_fold, snapshot_tables, snapshot_write);
@@ -302,19 +323,21 @@ fn memory(spec: &str) {
             steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
             lap = std::time::Instant::now();
         };
-        let prepared = Engine::new(Arc::clone(&p))
+        let prepared = Engine::new(Arc::clone(&p.metrics))
             .prepare(&state, 1)
             .unwrap_or_else(|e| panic!("{e}"));
         step("state tables");
-        let image = StateImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
-        let alerts = AlertsImage::of(&state).unwrap_or_else(|e| panic!("{e}"));
+        let (image, alerts) = images(&state);
         step("state image");
         let mut tables = Vec::new();
         let mut encoding = std::time::Duration::ZERO;
         prepared
             .run(|t| {
                 let t0 = std::time::Instant::now();
-                tables.push(EncodedTable::encode(&t).unwrap_or_else(|e| panic!("{e}")));
+                tables.push(
+                    EncodedTable::encode(&t.name, &t.schema, &t.batches)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
                 encoding += t0.elapsed();
                 Ok::<_, quotaflow::engine::EngineError>(())
             })

@@ -8,7 +8,8 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
 use crate::config::Pipeline;
-use crate::error::Error;
+use crate::error::{Error, UsageError};
+use crate::internal::InternalError;
 use crate::generate::{generate, GenSpec};
 use crate::pipeline::{run, RunOptions};
 use crate::query::Format;
@@ -47,6 +48,10 @@ pub enum Command {
         /// Stop after this many messages (with a final snapshot), e.g. to replay in chunks
         #[arg(long)]
         max_events: Option<u64>,
+        /// With --once: seconds without a message or an end of partition before the run stops
+        /// with an error naming the partitions not at their end (a broker that cannot serve them)
+        #[arg(long, default_value_t = crate::pipeline::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+        stall_timeout: u64,
     },
     /// Generate deterministic synthetic events for every topic, into Kafka or JSONL files.
     Generate {
@@ -170,25 +175,32 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             output,
             once,
             max_events,
+            stall_timeout,
         } => {
             let pipeline = Arc::new(Pipeline::load(pipeline.as_deref())?);
-            let brokers = brokers.or_else(|| pipeline.brokers.clone()).ok_or_else(|| {
-                Error::Usage("no Kafka brokers: pass --brokers, set QUOTAFLOW_BROKERS or source.brokers in the pipeline file".into())
-            })?;
-            let output = output.or_else(|| pipeline.output.clone()).ok_or_else(|| {
-                Error::Usage("no output: pass --output, set QUOTAFLOW_OUTPUT or snapshot.output in the pipeline file".into())
-            })?;
+            let brokers = brokers
+                .or_else(|| pipeline.source.brokers.clone())
+                .ok_or(UsageError::NoBrokers)?;
+            let output = output
+                .or_else(|| pipeline.snapshot.output.clone())
+                .ok_or(UsageError::NoOutput)?;
             Location::parse(&output)?;
-            crate::engine::Engine::new(Arc::clone(&pipeline))
+            crate::engine::Engine::new(Arc::clone(&pipeline.metrics))
                 .check()
                 .await?;
             let opts = RunOptions {
-                brokers,
-                output,
                 once,
                 max_events,
+                stall_timeout: std::time::Duration::from_secs(stall_timeout),
+                ..RunOptions::once(&brokers, &output)
             };
-            let report = run(pipeline, opts, shutdown_signal()).await?;
+            // The handlers are installed here, before the run says it is ready: a SIGTERM from
+            // then on drains and writes a last snapshot.
+            let shutdown = shutdown_signal().map_err(|e| Error::Io {
+                path: "signal handlers".into(),
+                source: e,
+            })?;
+            let report = run(pipeline, opts, shutdown).await?;
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             let last = report.last.as_ref();
             Ok(format!(
@@ -220,15 +232,21 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             if reps == 0 || days == 0 {
-                return Err(Error::Usage("--reps and --days must be at least 1".into()));
+                return Err(UsageError::Flag {
+                    flag: if reps == 0 { "--reps" } else { "--days" },
+                    message: "must be at least 1".into(),
+                }
+                .into());
             }
             let start = start.unwrap_or_else(|| {
                 chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days))
             });
             if let Some(r) = silent_reps.iter().find(|r| **r >= reps) {
-                return Err(Error::Usage(format!(
-                    "--silent-reps {r}: there are only reps 0..{reps}"
-                )));
+                return Err(UsageError::Flag {
+                    flag: "--silent-reps",
+                    message: format!("{r}: there are only reps 0..{reps}"),
+                }
+                .into());
             }
             let spec = GenSpec {
                 reps,
@@ -245,13 +263,21 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 write_jsonl(&spec, &pipeline, &dir)
             } else {
                 let brokers =
-                    brokers.ok_or_else(|| Error::Usage("pass --brokers or --out-dir".into()))?;
-                let topics: Vec<&str> = pipeline.topics.values().map(String::as_str).collect();
-                crate::source::kafka::ensure_topics(&brokers, &pipeline, &topics, partitions)
+                    brokers.ok_or(UsageError::Flag {
+                        flag: "--brokers",
+                        message: "pass --brokers or --out-dir".into(),
+                    })?;
+                let topics: Vec<&str> = pipeline.source.topics.values().map(String::as_str).collect();
+                crate::kafka::Cluster::new(&brokers, &pipeline.source.kafka)
+                    .ensure_topics(&topics, partitions)
                     .await?;
                 let started = std::time::Instant::now();
                 if rate == Some(0) {
-                    return Err(Error::Usage("--rate must be at least 1".into()));
+                    return Err(UsageError::Flag {
+                        flag: "--rate",
+                        message: "must be at least 1".into(),
+                    }
+                    .into());
                 }
                 let mut log = match &delivery_log {
                     Some(path) => Some(std::io::BufWriter::new(
@@ -264,33 +290,33 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 };
                 let n = tokio::task::spawn_blocking(move || {
                     let (tx, rx) = std::sync::mpsc::sync_channel(10_000);
-                    let topics = pipeline.topics.clone();
+                    let topics = pipeline.source.topics.clone();
                     std::thread::spawn(move || {
                         generate(&spec, |g| {
                             let _ = tx.send((topics[&g.event_type].clone(), g.key, g.value));
                         })
                     });
                     match (rate, log.as_mut()) {
-                        (Some(rate), Some(log)) => crate::source::kafka::produce_paced(
+                        (Some(rate), Some(log)) => crate::kafka::produce_paced(
                             &brokers, rate, rx, log,
                         )
                         .and_then(|n| {
                             std::io::Write::flush(log)?;
                             Ok(n)
                         }),
-                        (Some(rate), None) => crate::source::kafka::produce_paced(
+                        (Some(rate), None) => crate::kafka::produce_paced(
                             &brokers,
                             rate,
                             rx,
                             &mut std::io::sink(),
                         ),
-                        _ => crate::source::kafka::produce_all(&brokers, batch_messages, rx, |n| {
+                        _ => crate::kafka::produce_all(&brokers, batch_messages, rx, |n| {
                             eprintln!("generate: {n} messages produced")
                         }),
                     }
                 })
                 .await
-                .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??;
+                .map_err(|e| InternalError::new(format!("producer task failed: {e}")))??;
                 Ok(format!(
                     "produced {n} messages in {:.1} s (start {start})",
                     started.elapsed().as_secs_f64()
@@ -300,7 +326,12 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         Command::Limit { pipeline, brokers } => {
             let pipeline = Pipeline::load(pipeline.as_deref())?;
             let started = std::time::Instant::now();
-            let (messages, bytes) = crate::source::kafka::read_limit(&brokers, &pipeline).await?;
+            let (messages, bytes) = crate::source::consumer::read_limit(
+                &crate::kafka::Cluster::new(&brokers, &pipeline.source.kafka),
+                &crate::source::consumer::group_of(&pipeline.name),
+                &pipeline.source.topics,
+            )
+            .await?;
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             Ok(format!(
                 "read {messages} messages ({:.1} MB) in {secs:.2} s: {:.0} messages/s (no-op consumer)",
@@ -312,7 +343,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,
         Command::Validate { pipeline } => {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
-            let tables = crate::engine::Engine::new(Arc::clone(&p)).check().await?;
+            let tables = crate::engine::Engine::new(Arc::clone(&p.metrics)).check().await?;
             let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
             Ok(format!(
                 "{}: pipeline `{}` is valid; snapshots will hold {} tables: {}",
@@ -342,7 +373,7 @@ fn write_jsonl(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut files = std::collections::BTreeMap::new();
-    for (t, topic) in &pipeline.topics {
+    for (t, topic) in &pipeline.source.topics {
         let path = dir.join(format!("{topic}.jsonl"));
         let f = std::fs::File::create(&path).map_err(io(&path))?;
         files.insert(*t, (path, std::io::BufWriter::new(f)));
@@ -373,23 +404,26 @@ fn write_jsonl(
     ))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the Ctrl-C and SIGTERM handlers now; the future resolves on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down: writing a last snapshot");
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: writing a last snapshot");
+        })
     }
-    tracing::info!("shutting down: writing a last snapshot");
 }

@@ -11,6 +11,8 @@ use rdkafka::mocking::MockCluster;
 
 use crate::config::Pipeline;
 use crate::error::Error;
+use crate::internal::InternalError;
+use crate::kafka::KafkaIoError;
 use crate::generate::{generate, GenSpec};
 use crate::pipeline::{run, RunOptions};
 use crate::snapshot::Location;
@@ -37,22 +39,21 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
             })
         }
     }
-    let cluster = MockCluster::new(1).map_err(|e| {
-        Error::Usage(format!(
-            "cannot start the in-process Kafka mock cluster: {e}"
-        ))
-    })?;
-    for topic in pipeline.topics.values().chain([
-        &pipeline.dead_letter_topic,
+    let cluster = MockCluster::new(1).map_err(KafkaIoError::Client)?;
+    for topic in pipeline.source.topics.values().chain([
+        &pipeline.source.dead_letter_topic,
         &pipeline.alert_delivery.kafka_topic,
     ]) {
         cluster
             .create_topic(topic, DEMO_PARTITIONS, 1)
-            .map_err(|e| Error::Usage(format!("mock cluster: cannot create topic {topic}: {e}")))?;
+            .map_err(|source| KafkaIoError::Topic {
+                topic: topic.clone(),
+                source,
+            })?;
     }
     let brokers = cluster.bootstrap_servers();
-    let start =
-        NaiveDate::from_ymd_opt(2026, 8, 1).ok_or_else(|| Error::Usage("bad demo start".into()))?;
+    let start = NaiveDate::from_ymd_opt(2026, 8, 1)
+        .ok_or_else(|| InternalError::new("the demo's start date is not a date"))?;
     let spec = GenSpec {
         reps: DEMO_REPS,
         days: DEMO_DAYS,
@@ -70,23 +71,18 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     );
     let mut messages = Vec::new();
     generate(&spec, |g| {
-        messages.push((pipeline.topics[&g.event_type].clone(), g.key, g.value))
+        messages.push((pipeline.source.topics[&g.event_type].clone(), g.key, g.value))
     });
     let produced = {
         let brokers = brokers.clone();
         tokio::task::spawn_blocking(move || {
-            crate::source::kafka::produce_all(&brokers, 10_000, messages, |_| {})
+            crate::kafka::produce_all(&brokers, 10_000, messages, |_| {})
         })
         .await
-        .map_err(|e| Error::Usage(format!("producer task failed: {e}")))??
+        .map_err(|e| InternalError::new(format!("producer task failed: {e}")))??
     };
     eprintln!("demo: {produced} events produced; running the pipeline (quotaflow run --once) ...");
-    let opts = RunOptions {
-        brokers,
-        output: dir.to_string(),
-        once: true,
-        max_events: None,
-    };
+    let opts = RunOptions::once(&brokers, dir);
     let report = run(Arc::clone(&pipeline), opts, std::future::pending()).await?;
     drop(cluster);
 

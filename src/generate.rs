@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::source::schema::EventType;
+use crate::event::schema::EventType;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -415,7 +415,7 @@ mod tests {
         let mut b = Vec::new();
         generate(&spec, |g| b.push(g));
         assert_eq!(a, b);
-        let dec = crate::source::decode::Decoder::new(crate::source::decode::DecodeLimits {
+        let dec = crate::source::decode::Decoder::new(crate::config::DecodeLimits {
             max_message_bytes: 1 << 20,
             max_clock_skew_micros: i64::MAX / 2,
         })

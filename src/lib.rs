@@ -1,34 +1,35 @@
 //! quotaflow: a streaming analytics pipeline for sales performance management.
 //!
-//! # Layout
+//! # Layers
 //!
-//! The modules follow the data flow, one stage each:
+//! The top-level modules form a chain in data-flow order, lowest first ([`LAYERS`]); a module
+//! uses only modules below it (`tests/layers.rs` reads `src/` and fails on an upward name):
 //!
 //! ```text
-//! Kafka ─▶ source ──────────────▶ state ─────────▶ engine ─────────▶ snapshot ─▶ object store
-//!          schema/decode/kafka     fold, dedup,     DataFusion over   Parquet + manifest
-//!          (bad input → dead       versions, clock  sql/*.sql + udf   + _latest; restore
-//!           letters)                                                  and retention
+//! internal  InternalError: a bug, not bad input
+//! event     typed events, the input contract's schemas (event::schema), money/rate scales
+//! calendar  fiscal periods and the time zone
+//! catalog   the tables quotaflow provides to SQL (reserved names, the SQL reference)
+//! config    the pipeline file, validated before any I/O; one section per stage
+//! kafka     the cluster: client configuration, producers, topics (shared by every stage)
+//! source    decoder, Kafka consumer, dead letters (bad input → dead letters)
+//! alert     rule lifecycles and their delivery (Kafka, webhook)
+//! watermark which events are `late`
+//! state     what is folded between snapshots, and its Arrow tables
+//! ingest    the one ingest path: a message folded into the state (also the batch path)
+//! engine    the DataFusion session over sql/*.sql and the UDFs
+//! snapshot  the checkpoint: Parquet tables, state, manifest, `_latest`, retention
+//! health    /healthz and /metrics
+//! pipeline  the run loop: cut, background snapshot, durable hand-over
+//! error     the tools' error type and exit codes (no layer imports it)
+//! query, generate, demo, cli: `quotaflow sql`, synthetic data, the demo, the command line
 //! ```
-//!
-//! * [`config`]: the pipeline file, validated before any I/O.
-//! * [`source`]: JSON schemas of the input contract, the decoder, the Kafka consumer and the
-//!   dead-letter producer.
-//! * [`event`]: typed events; [`calendar`]: fiscal periods and the time zone.
-//! * [`state`]: what is folded between snapshots (rep × day rollups, latest entity versions,
-//!   dedup horizon, offsets, data-quality counters) and its Arrow tables.
-//! * [`engine`]: the DataFusion session that evaluates the pipeline's SQL files.
-//! * [`snapshot`]: the checkpoint: Parquet tables, state, manifest, `_latest`.
-//! * [`watermark`]: which events are `late` (the watermark over partitions that are not idle).
-//! * [`pipeline`]: the run loop tying the stages together; [`alert`]: rule lifecycles and
-//!   their delivery; [`health`]: `/healthz` and `/metrics`.
-//! * [`generate`], [`demo`], [`query`], [`cli`]: synthetic data, the zero-setup demo,
-//!   `quotaflow sql`, and the command line.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod alert;
 pub mod calendar;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -37,6 +38,9 @@ pub mod error;
 pub mod event;
 pub mod generate;
 pub mod health;
+pub mod ingest;
+pub mod internal;
+pub mod kafka;
 pub mod pipeline;
 pub mod query;
 pub mod snapshot;
@@ -45,3 +49,27 @@ pub mod state;
 pub mod watermark;
 
 pub use error::Error;
+
+/// The top-level modules in layer order, lowest first: each may use only those before it.
+pub const LAYERS: &[&str] = &[
+    "internal",
+    "event",
+    "calendar",
+    "catalog",
+    "config",
+    "kafka",
+    "source",
+    "alert",
+    "watermark",
+    "state",
+    "ingest",
+    "engine",
+    "snapshot",
+    "health",
+    "pipeline",
+    "error",
+    "query",
+    "generate",
+    "demo",
+    "cli",
+];

@@ -21,7 +21,7 @@ async fn main() -> std::process::ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

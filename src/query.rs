@@ -8,7 +8,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 
-use crate::error::Error;
+use crate::error::{Error, QueryError, UsageError};
 use crate::snapshot::{Location, Manifest};
 
 /// Output formats of `quotaflow sql`.
@@ -27,11 +27,8 @@ pub async fn manifest(location: &Location, id: Option<u64>) -> Result<Manifest, 
             location
                 .latest()
                 .await?
-                .ok_or_else(|| {
-                    Error::Usage(format!(
-                        "no snapshot under `{}` yet: run the pipeline first",
-                        location.url
-                    ))
+                .ok_or_else(|| UsageError::NoSnapshot {
+                    output: location.url.to_string(),
                 })?
                 .snapshot_id
         }
@@ -44,10 +41,13 @@ pub async fn session(location: &Location, m: &Manifest) -> Result<SessionContext
     let ctx = SessionContext::new();
     for t in &m.tables {
         let (schema, batches) = location.read_table(m, &t.name).await?;
-        let mem = MemTable::try_new(schema, vec![batches])
-            .map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
+        let table_err = |source| QueryError::Table {
+            table: t.name.clone(),
+            source,
+        };
+        let mem = MemTable::try_new(schema, vec![batches]).map_err(table_err)?;
         ctx.register_table(t.name.as_str(), Arc::new(mem))
-            .map_err(|e| Error::Usage(format!("table `{}`: {e}", t.name)))?;
+            .map_err(table_err)?;
     }
     Ok(ctx)
 }
@@ -58,21 +58,16 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, 
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let df = ctx.sql_with_options(sql, options).await.map_err(|e| {
-        Error::Usage(format!(
-            "query refused or invalid (quotaflow sql is read-only): {e}"
-        ))
-    })?;
-    df.collect()
+    let df = ctx
+        .sql_with_options(sql, options)
         .await
-        .map_err(|e| Error::Usage(format!("query failed: {e}")))
+        .map_err(QueryError::Refused)?;
+    Ok(df.collect().await.map_err(QueryError::Failed)?)
 }
 
 /// Renders batches in `format`.
 pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, Error> {
-    let fail = |e: datafusion::arrow::error::ArrowError| {
-        Error::Usage(format!("cannot render the result: {e}"))
-    };
+    let fail = |e| Error::from(QueryError::Render(e));
     match format {
         Format::Table => Ok(
             datafusion::arrow::util::pretty::pretty_format_batches(batches)

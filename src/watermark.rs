@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::event::Micros;
-use crate::state::State;
+
+/// topic → partition → highest `occurred_at` of a valid event read from it (kept in the state).
+pub type Highs = BTreeMap<String, BTreeMap<i32, Micros>>;
 
 /// Idleness of the partitions of one run, and the watermark computed from it.
 pub struct Watermark {
@@ -65,7 +67,7 @@ impl Watermark {
     /// Recomputes the watermark over the `assigned` partitions from the state's highs.
     pub fn refresh<'a>(
         &mut self,
-        state: &State,
+        highs: &Highs,
         assigned: impl IntoIterator<Item = (&'a str, i32)>,
         now: Instant,
     ) {
@@ -74,7 +76,7 @@ impl Watermark {
             if self.idle(topic, p, now) {
                 continue;
             }
-            match state.partition_high.get(topic).and_then(|h| h.get(&p)) {
+            match highs.get(topic).and_then(|h| h.get(&p)) {
                 Some(high) => min = Some(min.map_or(*high, |m| m.min(*high))),
                 None => {
                     self.current = None;
@@ -106,10 +108,10 @@ mod tests {
 
     const DAY: Micros = 86_400_000_000;
 
-    fn state(highs: &[(&str, i32, Micros)]) -> State {
-        let mut s = State::default();
+    fn state(highs: &[(&str, i32, Micros)]) -> Highs {
+        let mut s = Highs::new();
         for (t, p, h) in highs {
-            s.see(t, *p, *h);
+            s.entry(t.to_string()).or_default().insert(*p, *h);
         }
         s
     }

@@ -47,7 +47,7 @@ async fn breaches(spec: &GenSpec, rule: &str) -> BTreeSet<String> {
                 .unwrap(),
         )
     });
-    let (_, found) = Engine::new(Arc::clone(&p))
+    let (_, found) = Engine::new(Arc::clone(&p.metrics))
         .compute_with_alerts(&state, 1)
         .await
         .unwrap();
@@ -118,7 +118,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     let brokers = c.bootstrap_servers();
     let mut msgs = Vec::new();
     generate(&scenario(12, 24, &[5], 10), |g| {
-        msgs.push((p.topics[&g.event_type].clone(), g.key, g.value))
+        msgs.push((p.source.topics[&g.event_type].clone(), g.key, g.value))
     });
     produce(&brokers, 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +166,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
         .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
-    let state = loc.read_state(&m).await.unwrap();
+    let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
     let fired: BTreeSet<String> = state.alerts.values().map(|a| a.alert_id.clone()).collect();
     let ids: Vec<String> = topic
         .iter()

@@ -48,7 +48,7 @@ fn validate_accepts_the_default_and_names_file_key_and_problem() {
     )
     .unwrap();
     let o = quotaflow(&["validate", "--pipeline", bad.to_str().unwrap()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "a bad config is a user error");
     let t = text(&o);
     assert!(
         t.contains("bad.toml") && t.contains("calendar.timezone") && t.contains("Mars/Olympus"),
@@ -82,7 +82,7 @@ fn validate_accepts_the_default_and_names_file_key_and_problem() {
     )
     .unwrap();
     let o = quotaflow(&["validate", "--pipeline", bad.to_str().unwrap()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "bad SQL is a user error");
     let t = text(&o);
     assert!(
         t.contains("table `typo`") && t.contains("typo.sql") && t.contains("no_such_column"),
@@ -97,7 +97,7 @@ fn run_without_brokers_says_how_to_give_them() {
         .env_remove("QUOTAFLOW_BROKERS")
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--brokers"), "{}", text(&o));
 }
 
@@ -272,7 +272,7 @@ fn once_without_a_reachable_broker_fails_clearly() {
         "--output",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(1), "an unreachable broker is a runtime failure");
     let t = text(&o);
     assert!(
         t.contains("cannot reach the Kafka brokers `127.0.0.1:1`"),

@@ -11,10 +11,11 @@ use quotaflow::event::Event;
 // Library paths the tests use that are moving: every test module imports them from here, so a
 // path change is a fix in this one file.
 pub use quotaflow::engine::{Engine, Table};
-pub use quotaflow::source::decode::{BadInput, DecodeLimits, Decoder, Reason};
-pub use quotaflow::source::kafka::{ensure_topics, produce_all};
-pub use quotaflow::source::schema::{EventType, Schema};
-pub use quotaflow::state::{Rollups, State};
+pub use quotaflow::config::DecodeLimits;
+pub use quotaflow::source::decode::{BadInput, Decoder, Reason};
+pub use quotaflow::kafka::{produce_all, Cluster};
+pub use quotaflow::event::schema::{EventType, Schema};
+pub use quotaflow::state::State;
 
 /// A wall clock far in the future, so no test instant is rejected for clock skew.
 pub const FAR_FUTURE: i64 = 4_000_000_000_000_000;
@@ -85,8 +86,8 @@ pub fn fold_all(p: &Pipeline, events: impl IntoIterator<Item = Event>) -> State 
 }
 
 pub fn fold_one(p: &Pipeline, s: &mut State, e: Event) {
-    let topic = p.topics[&event_type(&e)].clone();
-    let f = s.fold(e, &p.calendar, p.dedup_horizon_micros());
+    let topic = p.source.topics[&event_type(&e)].clone();
+    let f = s.fold(e, &p.metrics.calendar, p.source.dedup_horizon_micros());
     s.count(&topic, f.as_str());
 }
 
@@ -102,7 +103,7 @@ pub fn event_type(e: &Event) -> EventType {
 }
 
 pub async fn compute(p: &Arc<Pipeline>, s: &State) -> Vec<Table> {
-    Engine::new(Arc::clone(p)).compute(s, 1).await.unwrap()
+    Engine::new(Arc::clone(&p.metrics)).compute(s, 1).await.unwrap()
 }
 
 /// Every table as sorted JSON lines, without `snapshot_id` (which differs between runs that

@@ -366,7 +366,7 @@ async fn a_custom_metric_is_a_sql_file_and_a_table_entry() {
 async fn shipped_alert_rules_by_hand() {
     let p = pipeline();
     let state = fold_all(&p, events("q1"));
-    let (_, breaches) = crate::common::Engine::new(std::sync::Arc::clone(&p))
+    let (_, breaches) = crate::common::Engine::new(std::sync::Arc::clone(&p.metrics))
         .compute_with_alerts(&state, 1)
         .await
         .unwrap();

@@ -72,6 +72,29 @@ where
     }
 }
 
+/// Waits for `child` to exit, up to `within`; past it, kills the child and fails with what it
+/// logged (`log`), so a run that does not stop fails the test instead of hanging it.
+pub fn wait_within(
+    mut child: std::process::Child,
+    within: Duration,
+    log: &std::sync::Mutex<String>,
+) -> std::process::Output {
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the process did not exit within {} s; it logged:\n{}",
+                within.as_secs_f64(),
+                log.lock().unwrap()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `eventually` for code outside an async runtime (a blocking `condition`, polled on this thread).
 pub fn eventually_blocking<T: Holds>(
     what: impl std::fmt::Display,
@@ -200,18 +223,10 @@ impl PipelineFile {
     }
 }
 
-/// Options of a `--once` run: the one place the tests spell out a `RunOptions`, so a new field
-/// gets its value here. Other runs change it with struct update syntax
-/// (`RunOptions { max_events: Some(n), ..once(b, o) }`).
+/// Options of a `--once` run (the library's defaults). Other runs change it with struct update
+/// syntax (`RunOptions { max_events: Some(n), ..once(b, o) }`).
 pub fn once(brokers: &str, output: &str) -> RunOptions {
-    // TODO(stall-timeout): when RunOptions gains `stall_timeout`, set it here (the library's
-    // default, ONCE_STALL_TIMEOUT); a test that wants a stall sooner overrides it.
-    RunOptions {
-        brokers: brokers.to_string(),
-        output: output.to_string(),
-        once: true,
-        max_events: None,
-    }
+    RunOptions::once(brokers, output)
 }
 
 /// Options of a run that goes on until it is stopped.
@@ -336,7 +351,7 @@ pub fn renamed(
 ) -> Vec<(String, String, String)> {
     let default = Pipeline::builtin().unwrap();
     msgs.into_iter()
-        .map(|(t, k, v)| (to.topics[&default.event_type_of(&t).unwrap()].clone(), k, v))
+        .map(|(t, k, v)| (to.source.topics[&default.source.event_type_of(&t).unwrap()].clone(), k, v))
         .collect()
 }
 

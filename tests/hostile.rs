@@ -24,7 +24,7 @@ fn hostile(p: &quotaflow::config::Pipeline, first: &BTreeMap<EventType, Value>) 
     let mut cases: Vec<Case> = Vec::new();
     let far_future = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
     for (t, base) in first {
-        let topic = p.topics[t].clone();
+        let topic = p.source.topics[t].clone();
         let valid = base.to_string();
         let mut add = |payload: Vec<u8>, reason: Option<&'static str>| {
             cases.push((topic.clone(), payload, reason))
@@ -75,7 +75,7 @@ fn hostile(p: &quotaflow::config::Pipeline, first: &BTreeMap<EventType, Value>) 
         );
     }
     let deal = &first[&EventType::Deal];
-    let deals = p.topics[&EventType::Deal].clone();
+    let deals = p.source.topics[&EventType::Deal].clone();
     for (payload, reason) in [
         (with(deal, "amount", json!(48000.5)), "wrong_type"),
         (
@@ -116,11 +116,11 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
     let brokers = brokers.to_string();
     let mut good = Vec::new();
     quotaflow::generate::generate(&crate::pipeline_mock::spec(5), |g| {
-        good.push((p.topics[&g.event_type].clone(), g.key, g.value))
+        good.push((p.source.topics[&g.event_type].clone(), g.key, g.value))
     });
     let mut first: BTreeMap<EventType, Value> = BTreeMap::new();
     for (topic, _, v) in &good {
-        let t = p.event_type_of(topic).unwrap();
+        let t = p.source.event_type_of(topic).unwrap();
         first
             .entry(t)
             .or_insert_with(|| serde_json::from_str(v).unwrap());
@@ -188,7 +188,7 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
     }
     let duplicates = rows("data_quality")
         .into_iter()
-        .find(|r| r["topic"] == p.topics[&EventType::Deal].as_str() && r["reason"] == "duplicate")
+        .find(|r| r["topic"] == p.source.topics[&EventType::Deal].as_str() && r["reason"] == "duplicate")
         .map_or(0, |r| r["count"].as_u64().unwrap());
     assert!(duplicates >= 1, "the repeated deal version is a duplicate");
 

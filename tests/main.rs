@@ -5,6 +5,7 @@
 //! readers that `scripts/test` starts; `scripts/test` runs them with the rest.
 
 mod alerts;
+mod catalog;
 mod cli;
 mod common;
 mod contract;
@@ -13,5 +14,6 @@ mod golden;
 mod harness;
 mod hostile;
 mod lateness;
+mod layers;
 mod pipeline_mock;
 mod properties;

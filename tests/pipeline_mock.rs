@@ -14,7 +14,9 @@ use quotaflow::generate::{generate, GenSpec};
 use quotaflow::pipeline::RunOptions;
 use quotaflow::snapshot::Location;
 
-use crate::common::{canonical, compute, decoder, fold_one, State, FAR_FUTURE};
+use quotaflow::ingest::{self, Ingest};
+
+use crate::common::{canonical, compute, FAR_FUTURE};
 use crate::harness::{
     continuous, eventually, eventually_blocking, free_port, messages_total, once, produce,
     run_in_process, Endpoint, PipelineFile, Running,
@@ -34,7 +36,7 @@ pub fn spec(seed: u64) -> GenSpec {
 pub fn messages(p: &Pipeline, seed: u64) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     generate(&spec(seed), |g| {
-        out.push((p.topics[&g.event_type].clone(), g.key, g.value))
+        out.push((p.source.topics[&g.event_type].clone(), g.key, g.value))
     });
     out.insert(
         10,
@@ -50,10 +52,10 @@ pub fn messages(p: &Pipeline, seed: u64) -> Vec<(String, String, String)> {
 
 pub fn cluster(p: &Pipeline) -> MockCluster<'static, DefaultProducerContext> {
     let c = MockCluster::new(1).unwrap();
-    for t in p.topics.values() {
+    for t in p.source.topics.values() {
         c.create_topic(t, 4, 1).unwrap();
     }
-    c.create_topic(&p.dead_letter_topic, 1, 1).unwrap();
+    c.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
     c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
     c
 }
@@ -72,20 +74,20 @@ pub async fn latest_tables(
     out
 }
 
-/// The same events folded in one batch, without Kafka: what the stream must equal.
+/// The same messages through the library's batch path (`quotaflow::ingest::batch`, then the
+/// same SQL), without Kafka: what the stream must equal.
 pub async fn batch_tables(
     p: &Arc<Pipeline>,
     msgs: &[(String, String, String)],
 ) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
-    let dec = decoder();
-    let mut state = State::default();
-    for (topic, _, value) in msgs {
-        let t = p.event_type_of(topic).unwrap();
-        match dec.decode(t, value.as_bytes(), FAR_FUTURE) {
-            Ok(e) => fold_one(p, &mut state, e),
-            Err(bad) => state.count(topic, bad.reason.as_str()),
-        }
-    }
+    let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap();
+    let messages = msgs.iter().enumerate().map(|(i, (topic, _, value))| ingest::Message {
+        topic,
+        partition: 0,
+        offset: i as i64,
+        payload: value.as_bytes(),
+    });
+    let (state, _) = ingest::batch(&ingest, messages, FAR_FUTURE);
     compute(p, &state)
         .await
         .into_iter()
@@ -100,7 +102,7 @@ async fn firing_ids(output: &str) -> std::collections::BTreeMap<(String, String)
         .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
-    let state = loc.read_state(&m).await.unwrap();
+    let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
     state
         .alerts
         .into_iter()
@@ -188,7 +190,7 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(&[&p.dead_letter_topic]).unwrap();
+    consumer.subscribe(&[&p.source.dead_letter_topic]).unwrap();
     let mut got = Vec::new();
     eventually_blocking(
         "both dead letters on the dead-letter topic",

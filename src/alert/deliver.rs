@@ -23,8 +23,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
 use crate::alert::AlertEvent;
-use crate::config::{AlertDelivery, Pipeline, Webhook};
-use crate::source::kafka::{ensure_topics, producer, KafkaIoError};
+use crate::config::{AlertDelivery, AlertRule, Webhook};
+use crate::kafka::{Cluster, KafkaIoError};
+
+/// Entries a target's queue holds; what does not fit waits in the outbox and is handed over
+/// again after the next snapshot (DESIGN.md: channels between stages are bounded).
+pub const QUEUE_CAPACITY: usize = 10_000;
 
 /// One event on its way to one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,12 +52,41 @@ pub struct DeliveryCount {
     pub failed_attempts: u64,
 }
 
+/// Alert deliveries acknowledged after a snapshot, by outbox id, with their counts: what a run
+/// that stops records next to its last snapshot (`_alert_acks.json`), so the next start does
+/// not send them again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAcks {
+    pub acked: Vec<String>,
+    pub counts: BTreeMap<String, DeliveryCount>,
+}
+
+impl DeliveryAcks {
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DeliveryAcks, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Adds what a later part of a run acknowledged.
+    pub fn merge(&mut self, acked: Vec<String>, counts: BTreeMap<String, DeliveryCount>) {
+        self.acked.extend(acked);
+        for (target, c) in counts {
+            let total = self.counts.entry(target).or_default();
+            total.delivered += c.delivered;
+            total.failed_attempts += c.failed_attempts;
+        }
+    }
+}
+
 /// The outbox entries for `events`, per the targets of each event's rule. The log target is
 /// not in the outbox: `log` writes at once.
-pub fn outgoing(pipeline: &Pipeline, events: &[AlertEvent]) -> Vec<Outgoing> {
+pub fn outgoing(rules: &[AlertRule], events: &[AlertEvent]) -> Vec<Outgoing> {
     let mut out = Vec::new();
     for e in events {
-        let Some(rule) = pipeline.alerts.iter().find(|r| r.name == e.rule) else {
+        let Some(rule) = rules.iter().find(|r| r.name == e.rule) else {
             continue;
         };
         for target in rule.deliver.iter().filter(|t| *t != "log") {
@@ -67,16 +100,21 @@ pub fn outgoing(pipeline: &Pipeline, events: &[AlertEvent]) -> Vec<Outgoing> {
 }
 
 /// Writes the transitions of rules that deliver to `log` (one line each, JSON in `alert`).
-pub fn to_log(pipeline: &Pipeline, events: &[AlertEvent]) {
+pub fn to_log(rules: &[AlertRule], events: &[AlertEvent]) {
     for e in events {
-        let logged = pipeline
-            .alerts
+        let logged = rules
             .iter()
             .any(|r| r.name == e.rule && r.deliver.iter().any(|t| t == "log"));
         if !logged {
             continue;
         }
-        let json = serde_json::to_string(e).unwrap_or_default();
+        let json = match serde_json::to_string(e) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::error!(event_id = e.event_id, error = %err, "cannot encode an alert event for the log (this is a bug)");
+                continue;
+            }
+        };
         match e.transition.as_str() {
             "fired" => tracing::warn!(alert = %json, "alert fired"),
             _ => tracing::info!(alert = %json, "alert resolved"),
@@ -86,6 +124,13 @@ pub fn to_log(pipeline: &Pipeline, events: &[AlertEvent]) {
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
+    /// The event does not serialise: a bug. Never sent (an empty body would be a lie); counted
+    /// as a failed attempt and retried, so it stays in the outbox.
+    #[error("alert event {event_id} cannot be encoded as JSON (this is a bug): {source}")]
+    Encode {
+        event_id: String,
+        source: serde_json::Error,
+    },
     #[error("Kafka topic {topic}: {source}")]
     Kafka {
         topic: String,
@@ -113,7 +158,10 @@ enum Target {
 
 impl Target {
     async fn send(&self, event: &AlertEvent) -> Result<(), SendError> {
-        let body = serde_json::to_string(event).unwrap_or_default();
+        let body = serde_json::to_string(event).map_err(|source| SendError::Encode {
+            event_id: event.event_id.clone(),
+            source,
+        })?;
         match self {
             Target::Kafka { producer, topic } => {
                 // Keyed by alert_id: an alert's events share a partition, so they stay in order.
@@ -160,6 +208,9 @@ struct Progress {
     counts: BTreeMap<String, DeliveryCount>,
     /// Entries handed over and not acknowledged yet.
     pending: usize,
+    /// Ids of the outbox entries handed to a queue and not yet taken as acknowledged: these
+    /// are not handed over again.
+    handed: BTreeSet<String>,
 }
 
 struct Shared {
@@ -179,7 +230,7 @@ impl Shared {
 
 /// The background delivery of outbox entries: one task and queue per target.
 pub struct Dispatcher {
-    queues: BTreeMap<String, mpsc::UnboundedSender<Outgoing>>,
+    queues: BTreeMap<String, mpsc::Sender<Outgoing>>,
     tasks: Vec<tokio::task::AbortHandle>,
     shared: Arc<Shared>,
 }
@@ -197,26 +248,28 @@ impl Drop for Dispatcher {
 impl Dispatcher {
     /// Starts a task for every Kafka or webhook target some rule delivers to. The alert topic
     /// is created if missing (best effort: a failed delivery is retried either way).
-    pub async fn start(brokers: &str, pipeline: &Pipeline) -> Result<Dispatcher, KafkaIoError> {
+    pub async fn start(
+        cluster: &Cluster,
+        d: &AlertDelivery,
+        rules: &[AlertRule],
+    ) -> Result<Dispatcher, KafkaIoError> {
         let shared = Arc::new(Shared {
             progress: Mutex::new(Progress::default()),
             changed: Notify::new(),
         });
-        let used: BTreeSet<&str> = pipeline
-            .alerts
+        let used: BTreeSet<&str> = rules
             .iter()
             .flat_map(|r| r.deliver.iter().map(String::as_str))
             .collect();
-        let d = &pipeline.alert_delivery;
         let (mut queues, mut tasks) = (BTreeMap::new(), Vec::new());
         if used.contains("kafka") {
             let topic = d.kafka_topic.clone();
-            if let Err(e) = ensure_topics(brokers, pipeline, &[topic.as_str()], 1).await {
+            if let Err(e) = cluster.ensure_topics(&[topic.as_str()], 1).await {
                 tracing::warn!(topic, error = %e, "could not create the alert topic");
             }
             // One request in flight: events keep their order on the topic even when
             // librdkafka retries a request.
-            let producer = producer(brokers, pipeline, &[("max.in.flight", "1")])?;
+            let producer = cluster.producer(&[("max.in.flight", "1")])?;
             let target = Target::Kafka { producer, topic };
             let (tx, task) = spawn("kafka", target, d, &shared);
             queues.insert("kafka".to_string(), tx);
@@ -239,29 +292,53 @@ impl Dispatcher {
         })
     }
 
-    /// Hands entries over for delivery; never waits.
-    pub fn submit(&self, entries: impl IntoIterator<Item = Outgoing>) {
-        for o in entries {
-            match self.queues.get(&o.target) {
-                Some(q) => {
-                    self.shared.with(|p| p.pending += 1);
-                    if q.send(o).is_err() {
-                        self.shared.with(|p| p.pending -= 1);
-                    }
-                }
+    /// Hands the outbox entries not handed over yet to their target's queue; never waits. What
+    /// does not fit in a full queue stays in the outbox, to be handed over at a later call (the
+    /// run loop calls this with the whole outbox after every durable snapshot).
+    pub fn submit(&self, outbox: &[Outgoing]) {
+        let mut full: BTreeSet<&str> = BTreeSet::new();
+        for o in outbox {
+            let Some(q) = self.queues.get(&o.target) else {
                 // A target the pipeline file no longer has: its entries wait in the outbox.
-                None => {
-                    tracing::warn!(target = o.target, event_id = o.event.event_id,
-                    "alert event for a target this pipeline does not define; kept in the outbox")
+                tracing::warn!(target = o.target, event_id = o.event.event_id,
+                    "alert event for a target this pipeline does not define; kept in the outbox");
+                continue;
+            };
+            let id = o.id();
+            if full.contains(o.target.as_str()) || self.shared.with(|p| p.handed.contains(&id)) {
+                continue;
+            }
+            match q.try_send(o.clone()) {
+                Ok(()) => self.shared.with(|p| {
+                    p.pending += 1;
+                    p.handed.insert(id);
+                }),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Later entries of this target wait too: a queue delivers in order.
+                    full.insert(o.target.as_str());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(target = o.target, "alert delivery task stopped; entries kept in the outbox");
+                    full.insert(o.target.as_str());
                 }
             }
+        }
+        if !full.is_empty() {
+            tracing::info!(targets = ?full, capacity = QUEUE_CAPACITY,
+                "alert delivery queues full; the rest waits in the outbox");
         }
     }
 
     /// What was acknowledged, and the counts, since the last call.
+    /// The caller removes the acknowledged entries from the outbox.
     pub fn take(&self) -> (Vec<String>, BTreeMap<String, DeliveryCount>) {
-        self.shared
-            .with(|p| (std::mem::take(&mut p.acked), std::mem::take(&mut p.counts)))
+        self.shared.with(|p| {
+            let acked = std::mem::take(&mut p.acked);
+            for id in &acked {
+                p.handed.remove(id);
+            }
+            (acked, std::mem::take(&mut p.counts))
+        })
     }
 
     /// Entries handed over and not yet acknowledged.
@@ -290,8 +367,8 @@ fn spawn(
     target: Target,
     d: &AlertDelivery,
     shared: &Arc<Shared>,
-) -> (mpsc::UnboundedSender<Outgoing>, tokio::task::AbortHandle) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+) -> (mpsc::Sender<Outgoing>, tokio::task::AbortHandle) {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE_CAPACITY);
     let (name, shared) = (name.to_string(), Arc::clone(shared));
     let (initial, max) = (d.retry_initial, d.retry_max);
     let batch_size = match target {
@@ -347,19 +424,3 @@ fn spawn(
     (tx, task.abort_handle())
 }
 
-/// Takes acknowledged entries out of the state's outbox and adds the counts.
-pub fn settle(
-    state: &mut crate::state::State,
-    acked: &[String],
-    counts: BTreeMap<String, DeliveryCount>,
-) {
-    if !acked.is_empty() {
-        let acked: BTreeSet<&str> = acked.iter().map(String::as_str).collect();
-        state.outbox.retain(|o| !acked.contains(o.id().as_str()));
-    }
-    for (target, c) in counts {
-        let total = state.deliveries.entry(target).or_default();
-        total.delivered += c.delivered;
-        total.failed_attempts += c.failed_attempts;
-    }
-}

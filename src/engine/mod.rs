@@ -20,7 +20,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::alert::Breach;
-use crate::config::Pipeline;
+use crate::config::Metrics;
 use crate::state::State;
 use udf::{FxTable, UdfContext};
 
@@ -57,7 +57,7 @@ pub enum EngineError {
 /// Evaluates a pipeline's SQL over a state.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
     /// Per table name, the last statement that reads it (`last_reads`).
     last_read: Arc<HashMap<String, usize>>,
 }
@@ -66,10 +66,10 @@ pub struct Engine {
 const TARGET_PARTITIONS: usize = 2;
 
 impl Engine {
-    pub fn new(pipeline: Arc<Pipeline>) -> Engine {
-        let last_read = Arc::new(last_reads(&pipeline));
+    pub fn new(metrics: Arc<Metrics>) -> Engine {
+        let last_read = Arc::new(last_reads(&metrics));
         Engine {
-            pipeline,
+            metrics,
             last_read,
         }
     }
@@ -113,7 +113,7 @@ impl Engine {
         Ok(Prepared {
             ctx,
             state_tables,
-            pipeline: Arc::clone(&self.pipeline),
+            metrics: Arc::clone(&self.metrics),
             last_read: Arc::clone(&self.last_read),
             snapshot_id,
             as_of: state.as_of,
@@ -125,7 +125,7 @@ impl Engine {
         state: &State,
         snapshot_id: u64,
     ) -> Result<(SessionContext, Vec<String>), EngineError> {
-        let p = &self.pipeline;
+        let p = &self.metrics;
         let config = SessionConfig::new()
             .with_target_partitions(TARGET_PARTITIONS)
             .with_information_schema(false);
@@ -133,7 +133,7 @@ impl Engine {
         let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
         for f in state.fx.values().map(|v| &v.latest) {
             let mut r = f.rate_to_corporate;
-            r.rescale(crate::source::decode::RATE_SCALE);
+            r.rescale(crate::event::RATE_SCALE);
             rates
                 .entry(f.currency.clone())
                 .or_default()
@@ -174,7 +174,7 @@ pub struct Prepared {
     ctx: SessionContext,
     /// Names of the state tables registered in `ctx`.
     state_tables: Vec<String>,
-    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
     last_read: Arc<HashMap<String, usize>>,
     snapshot_id: u64,
     as_of: Option<i64>,
@@ -195,7 +195,7 @@ impl Prepared {
         let last_read = self.last_read;
         let live = |name: &str, now: usize| last_read.get(name).is_some_and(|at| *at > now);
         let mut registered = self.state_tables;
-        for (i, spec) in self.pipeline.tables.iter().enumerate() {
+        for (i, spec) in self.metrics.tables.iter().enumerate() {
             let sql_err = |source| EngineError::Sql {
                 table: spec.name.clone(),
                 origin: spec.origin.clone(),
@@ -235,7 +235,7 @@ impl Prepared {
             }
         }
         let mut breaches = Vec::new();
-        for rule in &self.pipeline.alerts {
+        for rule in &self.metrics.alerts {
             let sql_err = |source| EngineError::Sql {
                 table: format!("alert {}", rule.name),
                 origin: rule.origin.clone(),
@@ -289,7 +289,7 @@ impl Prepared {
 /// For every table name, the index of the last statement that names it: the SQL files in
 /// order, then the alert rules after them. Names are found as whole identifiers in the SQL
 /// text, so a column that shares a table's name only keeps that table longer than needed.
-fn last_reads(p: &Pipeline) -> HashMap<String, usize> {
+fn last_reads(p: &Metrics) -> HashMap<String, usize> {
     let statements = p
         .tables
         .iter()

@@ -7,7 +7,11 @@
 //! snapshots/<id>/_state.bin          resumable state (bincode)
 //! snapshots/<id>/_manifest.json      id, as_of, offsets, tables and their files, version
 //! _latest                            {"snapshot_id": N, "manifest": "snapshots/<id>/_manifest.json"}
+//! snapshots/<id>/_alerts.bin         alert lifecycles, outbox, delivery counts
+//! snapshots/<id>/_alert_acks.json    deliveries acknowledged after the snapshot (a run that stopped)
 //! ```
+//! The state, alert and acknowledgement files are opaque bytes here: their owners (`state`,
+//! `alert`) encode and decode them; this module only stores them and checks the state format.
 //! Write order: data files → state → manifest → `_latest`. Each put is atomic and files are
 //! named by snapshot id, so a crash leaves the old snapshot or the new one, and a retried write
 //! is idempotent. Retention deletes old snapshot directories, never the one `_latest` names.
@@ -17,7 +21,6 @@ mod store;
 
 use std::collections::BTreeMap;
 
-use bincode::Options;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
@@ -29,9 +32,6 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 pub use store::Location;
-
-use crate::engine::Table;
-use crate::state::State;
 
 /// A storage or snapshot-format problem, naming the object at fault.
 #[derive(Debug, thiserror::Error)]
@@ -99,68 +99,34 @@ pub struct Manifest {
     pub state_format: u32,
 }
 
-/// A state cut for a snapshot: what its manifest records and its serialised bytes (without
-/// the alert part, which is written after the rules ran: [`AlertsImage`]). Taken at the
-/// moment of the cut, so the pipeline can read on while the snapshot is computed and written.
+/// A state cut for a snapshot: what its manifest records and the state's serialised bytes
+/// (encoded by its owner, `state`, in format `format`; the alert part is written after the
+/// rules ran, as [`AlertsImage`]). Taken at the moment of the cut, so the pipeline can read on
+/// while the snapshot is computed and written.
 #[derive(Debug, Clone)]
 pub struct StateImage {
     pub snapshot_id: u64,
     pub as_of: Option<i64>,
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
-    bytes: bytes::Bytes,
+    /// The encoding's version: a restore refuses another one.
+    pub format: u32,
+    pub bytes: bytes::Bytes,
 }
 
-impl StateImage {
-    pub fn of(state: &State) -> Result<StateImage, SnapshotError> {
-        let bytes = state_codec()
-            .serialize(state)
-            .map_err(|e| SnapshotError::Format {
-                path: "_state.bin".into(),
-                message: e.to_string(),
-            })?;
-        Ok(StateImage {
-            snapshot_id: state.snapshot_id,
-            as_of: state.as_of,
-            offsets: state.offsets.clone(),
-            bytes: bytes.into(),
-        })
-    }
-}
-
-/// The alert part of a state, serialised: lifecycles, outbox, delivery counts.
+/// The alert part of a state, serialised by its owner (`alert`): lifecycles, outbox, counts.
 #[derive(Debug, Clone)]
-pub struct AlertsImage(bytes::Bytes);
+pub struct AlertsImage(pub bytes::Bytes);
 
-impl AlertsImage {
-    pub fn of(state: &State) -> Result<AlertsImage, SnapshotError> {
-        bincode::serialize(&(&state.alerts, &state.outbox, &state.deliveries))
-            .map(|b| AlertsImage(b.into()))
-            .map_err(|e| SnapshotError::Format {
-                path: ALERTS_FILE.into(),
-                message: e.to_string(),
-            })
-    }
+/// The serialised images a snapshot holds, as read back.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub state: Vec<u8>,
+    pub alerts: Vec<u8>,
 }
 
 const ALERTS_FILE: &str = "_alerts.bin";
-
-/// Alert deliveries acknowledged after a snapshot, by outbox id, with their counts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeliveryAcks {
-    pub acked: Vec<String>,
-    pub counts: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
-}
-
 const ACKS_FILE: &str = "_alert_acks.json";
 
-/// Bump when the bincode layout of `State` changes.
-const STATE_FORMAT: u32 = 4;
-
-/// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
-/// small counters and dates (a third of the fixed-width size).
-pub fn state_codec() -> impl bincode::Options + Copy {
-    bincode::DefaultOptions::new()
-}
 /// Rows per Parquet file.
 const ROWS_PER_PART: usize = 1_000_000;
 
@@ -215,35 +181,35 @@ impl Location {
         serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
     }
 
-    /// The state a snapshot recorded, its alert part included.
-    pub async fn read_state(&self, m: &Manifest) -> Result<State, SnapshotError> {
+    /// The state and alert images a snapshot recorded; `format` is the state format the
+    /// caller reads (another one is refused, naming the file).
+    pub async fn read_images(&self, m: &Manifest, format: u32) -> Result<Images, SnapshotError> {
         let rel = format!("{}/{}", dir(m.snapshot_id), m.state);
         let path = self.path(&rel);
-        if m.state_format != STATE_FORMAT {
+        if m.state_format != format {
             return Err(format_err(
                 &path,
                 format!(
-                    "state format {} is not {STATE_FORMAT}: written by another quotaflow version",
+                    "state format {} is not {format}: written by another quotaflow version",
                     m.state_format
                 ),
             ));
         }
-        let bytes = self
+        let state = self
             .get(&rel)
             .await?
             .ok_or_else(|| format_err(&path, "missing"))?;
-        let mut state: State = state_codec()
-            .deserialize(&bytes)
-            .map_err(|e| format_err(&path, e))?;
         let rel = format!("{}/{}", dir(m.snapshot_id), m.alerts);
-        let path = self.path(&rel);
-        let bytes = self
+        let alerts = self
             .get(&rel)
             .await?
-            .ok_or_else(|| format_err(&path, "missing"))?;
-        (state.alerts, state.outbox, state.deliveries) =
-            bincode::deserialize(&bytes).map_err(|e| format_err(&path, e))?;
-        Ok(state)
+            .ok_or_else(|| format_err(&self.path(&rel), "missing"))?;
+        Ok(Images { state, alerts })
+    }
+
+    /// The path of a snapshot's file, for the messages of those who decode it.
+    pub fn file_path(&self, id: u64, file: &str) -> String {
+        self.path(&format!("{}/{file}", dir(id))).to_string()
     }
 
     /// Reads one table of a snapshot.
@@ -281,21 +247,6 @@ impl Location {
             )
         })?;
         Ok((schema, out))
-    }
-
-    /// Writes snapshot `state.snapshot_id` with `tables`, then moves `_latest` to it.
-    pub async fn write(
-        &self,
-        state: &State,
-        tables: &[Table],
-        pipeline: &str,
-    ) -> Result<Manifest, SnapshotError> {
-        let (image, alerts) = (StateImage::of(state)?, AlertsImage::of(state)?);
-        let encoded = tables
-            .iter()
-            .map(EncodedTable::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.write_image(&image, &alerts, &encoded, pipeline).await
     }
 
     /// Writes the snapshot of a state cut: Parquet per table, `_state.bin`, `_alerts.bin`,
@@ -343,7 +294,7 @@ impl Location {
             tables: entries,
             state: state_rel,
             alerts: ALERTS_FILE.to_string(),
-            state_format: STATE_FORMAT,
+            state_format: image.format,
         };
         let manifest_rel = format!("{base}/_manifest.json");
         let json = serde_json::to_vec_pretty(&manifest)
@@ -361,21 +312,14 @@ impl Location {
 
     /// Records alert deliveries acknowledged after snapshot `id` was written (by a run that
     /// stopped), so that the next start does not send them again.
-    pub async fn write_acks(&self, id: u64, acks: &DeliveryAcks) -> Result<(), SnapshotError> {
-        let rel = format!("{}/{ACKS_FILE}", dir(id));
-        let json = serde_json::to_vec(acks).map_err(|e| format_err(&self.path(&rel), e))?;
-        self.put(&rel, json).await
+    /// (`acks` encoded by `alert`: `_alert_acks.json`.)
+    pub async fn write_acks(&self, id: u64, acks: Vec<u8>) -> Result<(), SnapshotError> {
+        self.put(&format!("{}/{ACKS_FILE}", dir(id)), acks).await
     }
 
     /// What `write_acks` recorded for snapshot `id`, if anything.
-    pub async fn read_acks(&self, id: u64) -> Result<DeliveryAcks, SnapshotError> {
-        let rel = format!("{}/{ACKS_FILE}", dir(id));
-        match self.get(&rel).await? {
-            None => Ok(DeliveryAcks::default()),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
-            }
-        }
+    pub async fn read_acks(&self, id: u64) -> Result<Option<Vec<u8>>, SnapshotError> {
+        self.get(&format!("{}/{ACKS_FILE}", dir(id))).await
     }
 
     /// Ids of every snapshot directory under the output, ascending.
@@ -478,32 +422,37 @@ pub struct EncodedTable {
 }
 
 impl EncodedTable {
-    pub fn encode(t: &Table) -> Result<EncodedTable, SnapshotError> {
-        let parts = chunks(t)
+    /// Table `name` with `schema` and `batches`, as Parquet parts.
+    pub fn encode(
+        name: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<EncodedTable, SnapshotError> {
+        let parts = chunks(batches)
             .iter()
             .enumerate()
             .map(|(n, chunk)| {
-                parquet_bytes(&t.schema, chunk)
+                parquet_bytes(schema, chunk)
                     .map(bytes::Bytes::from)
                     .map_err(|e| SnapshotError::Format {
-                        path: format!("{}/part-{n}.parquet", t.name),
+                        path: format!("{name}/part-{n}.parquet"),
                         message: e.to_string(),
                     })
             })
             .collect::<Result<_, _>>()?;
         Ok(EncodedTable {
-            name: t.name.clone(),
+            name: name.to_string(),
             parts,
-            rows: t.num_rows() as u64,
+            rows: batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64,
         })
     }
 }
 
-/// A table's batches cut into parts of at most `ROWS_PER_PART` rows (at least one part).
-fn chunks(t: &Table) -> Vec<Vec<RecordBatch>> {
+/// Batches cut into parts of at most `ROWS_PER_PART` rows (at least one part).
+fn chunks(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new()];
     let mut rows = 0;
-    for b in &t.batches {
+    for b in batches {
         if rows > 0 && rows + b.num_rows() > ROWS_PER_PART {
             parts.push(Vec::new());
             rows = 0;

@@ -8,14 +8,16 @@
 
 use chrono::{DateTime, NaiveDate};
 use rust_decimal::Decimal;
-use std::borrow::Cow;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use super::json::{json_kind, Doc, Members, J};
 
-use super::schema::{EventType, FieldKind, Schema};
+use crate::config::DecodeLimits;
+use crate::event::schema::{EventType, FieldKind, Schema};
 use crate::event::{
     Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
+    MONEY_SCALE, RATE_SCALE,
 };
+use crate::internal::InternalError;
 
 /// Why a message was refused (or set aside): the `reason` of a dead letter.
 #[derive(
@@ -65,14 +67,6 @@ fn bad(reason: Reason, detail: impl Into<String>) -> BadInput {
     }
 }
 
-/// Limits the decoder applies; from the pipeline file.
-#[derive(Debug, Clone, Copy)]
-pub struct DecodeLimits {
-    pub max_message_bytes: usize,
-    /// An instant later than `now + max_clock_skew` is `out_of_range`.
-    pub max_clock_skew_micros: i64,
-}
-
 /// Decodes messages of every event type; built once, shared by the source.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -92,14 +86,11 @@ enum Val {
     Date(Day),
 }
 
-const MONEY_SCALE: u32 = 2;
-/// Decimals kept for fx rates.
-pub const RATE_SCALE: u32 = 12;
 /// DECIMAL(18,2) holds 16 integer digits.
 const MAX_INTEGER_DIGITS: usize = 16;
 
 impl Decoder {
-    pub fn new(limits: DecodeLimits) -> Result<Decoder, crate::error::InternalError> {
+    pub fn new(limits: DecodeLimits) -> Result<Decoder, InternalError> {
         let schemas = EventType::ALL
             .iter()
             .map(|t| Schema::builtin(*t))
@@ -297,189 +288,6 @@ fn bounds<T: std::fmt::Display>(min: &Option<T>, max: &Option<T>) -> String {
         (Some(a), None) => format!(">= {a}"),
         (None, Some(b)) => format!("<= {b}"),
         (None, None) => "any".into(),
-    }
-}
-
-/// A message as the decoder reads it: a top-level object's fields, in order, or what else it
-/// was. Strings borrow from the payload where they can; nested arrays and objects are skipped
-/// (no field takes one) and only their kind is kept, for the error message.
-enum Doc<'a> {
-    Object(Vec<(Cow<'a, str>, J<'a>)>),
-    Other(&'static str),
-}
-
-/// One JSON value of a top-level field.
-#[derive(Debug, Clone, PartialEq)]
-enum J<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    /// An integer above i64::MAX.
-    UInt(u64),
-    Float(f64),
-    Str(Cow<'a, str>),
-    Array,
-    Object,
-}
-
-impl J<'_> {
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            J::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn as_f64(&self) -> Option<f64> {
-        match self {
-            J::Int(n) => Some(*n as f64),
-            J::UInt(n) => Some(*n as f64),
-            J::Float(x) => Some(*x),
-            _ => None,
-        }
-    }
-
-    fn as_bool(&self) -> Option<bool> {
-        match self {
-            J::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-}
-
-/// The fields of a message; a repeated key counts as its last occurrence (as serde_json's map).
-struct Members<'a>(Vec<(Cow<'a, str>, J<'a>)>);
-
-impl<'a> Members<'a> {
-    fn get(&self, name: &str) -> Option<&J<'a>> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-}
-
-/// Visits one JSON value into `J` (nested containers are skipped).
-struct JVisitor;
-
-impl<'de> Visitor<'de> for JVisitor {
-    type Value = J<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_none<E>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<J<'de>, E> {
-        Ok(J::Bool(b))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<J<'de>, E> {
-        Ok(J::Int(n))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<J<'de>, E> {
-        Ok(i64::try_from(n).map_or(J::UInt(n), J::Int))
-    }
-    fn visit_f64<E>(self, x: f64) -> Result<J<'de>, E> {
-        Ok(J::Float(x))
-    }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Borrowed(s)))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Owned(s.to_string())))
-    }
-    fn visit_string<E>(self, s: String) -> Result<J<'de>, E> {
-        Ok(J::Str(Cow::Owned(s)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(J::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(J::Object)
-    }
-}
-
-impl<'de> Deserialize<'de> for J<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JVisitor)
-    }
-}
-
-/// A field name, borrowed when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Doc<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct DocVisitor;
-        impl<'de> Visitor<'de> for DocVisitor {
-            type Value = Doc<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON document")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc<'de>, A::Error> {
-                let mut fields = Vec::with_capacity(12);
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, J<'de>>()? {
-                    fields.push((k, v));
-                }
-                Ok(Doc::Object(fields))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Doc<'de>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Doc::Other("an array"))
-            }
-            fn visit_unit<E>(self) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("null"))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("a boolean"))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("a number"))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("a number"))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("a number"))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Doc<'de>, E> {
-                Ok(Doc::Other("a string"))
-            }
-        }
-        d.deserialize_any(DocVisitor)
-    }
-}
-
-fn json_kind(v: &J<'_>) -> &'static str {
-    match v {
-        J::Null => "null",
-        J::Bool(_) => "a boolean",
-        J::Int(_) | J::UInt(_) | J::Float(_) => "a number",
-        J::Str(_) => "a string",
-        J::Array => "an array",
-        J::Object => "an object",
     }
 }
 

@@ -6,6 +6,7 @@
 //! topic-partition, the data-quality counters and a bounded log of recent dead letters.
 //! It never does I/O; `tables` turns it into Arrow record batches for the SQL engine.
 
+mod columns;
 pub mod tables;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, PeriodType};
+use crate::source::DeadLetter;
 use crate::event::{
     Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
 };
@@ -231,18 +233,6 @@ impl From<RepIds> for Vec<String> {
 /// Stage and time of one deal version: enough for `stage_entered_at` and stage conversion.
 pub type DealVersion = (Stage, Micros);
 
-/// A refused message, kept in the bounded dead-letter log of the snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub reason: String,
-    pub detail: String,
-    /// The raw payload, cut to `DEAD_LETTER_PAYLOAD_BYTES` in the log (the topic gets all of it).
-    pub payload: Vec<u8>,
-}
-
 /// Bytes of payload kept per dead letter in the snapshot's log.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
@@ -258,7 +248,7 @@ pub struct State {
     /// Highest `occurred_at` of accepted, non-duplicate events.
     pub as_of: Option<Micros>,
     /// topic → partition → next offset to read.
-    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub offsets: crate::source::Offsets,
     /// The rep × day grain, by rep id (`rep_ids`).
     pub daily: Map<(u32, Day), DailyCounts>,
     pub rep_ids: RepIds,
@@ -277,7 +267,7 @@ pub struct State {
     pub seen_activities: Map<u128, Micros>,
     /// topic → partition → highest `occurred_at` of a valid event read from it (the watermark's
     /// input, `crate::watermark`).
-    pub partition_high: BTreeMap<String, BTreeMap<i32, Micros>>,
+    pub partition_high: crate::watermark::Highs,
     /// topic → outcome or reason → messages.
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
@@ -294,7 +284,46 @@ pub struct State {
     pub deliveries: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
 }
 
+/// Bump when the bincode layout of `State` (or of its alert part) changes: a snapshot written
+/// in another format is refused at restore, naming the file.
+pub const STATE_FORMAT: u32 = 4;
+
+/// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
+/// small counters and dates (a third of the fixed-width size).
+fn codec() -> impl bincode::Options + Copy {
+    bincode::DefaultOptions::new()
+}
+
+/// Which of a state's two images did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("state image: {0}")]
+    State(bincode::Error),
+    #[error("alert image: {0}")]
+    Alerts(bincode::Error),
+}
+
 impl State {
+    /// The state without its alert part, in [`STATE_FORMAT`] (`_state.bin`).
+    pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+        use bincode::Options;
+        codec().serialize(self)
+    }
+
+    /// The alert part: lifecycles, outbox, delivery counts (`_alerts.bin`).
+    pub fn encode_alerts(&self) -> Result<Vec<u8>, bincode::Error> {
+        bincode::serialize(&(&self.alerts, &self.outbox, &self.deliveries))
+    }
+
+    /// A state from the images [`State::encode`] and [`State::encode_alerts`] made.
+    pub fn decode(state: &[u8], alerts: &[u8]) -> Result<State, DecodeError> {
+        use bincode::Options;
+        let mut s: State = codec().deserialize(state).map_err(DecodeError::State)?;
+        (s.alerts, s.outbox, s.deliveries) =
+            bincode::deserialize(alerts).map_err(DecodeError::Alerts)?;
+        Ok(s)
+    }
+
     /// Folds a valid event; `horizon` is the dedup horizon in microseconds.
     pub fn fold(&mut self, event: Event, cal: &Calendar, horizon: i64) -> Folded {
         let t = event.occurred_at();
@@ -425,7 +454,6 @@ impl State {
         }
     }
 
-    /// Records that `offset` of `topic`/`partition` has been folded.
     /// Records a valid event read from a partition, for the watermark.
     pub fn see(&mut self, topic: &str, partition: i32, occurred_at: Micros) {
         let partitions = match self.partition_high.get_mut(topic) {
@@ -436,6 +464,7 @@ impl State {
         *high = (*high).max(occurred_at);
     }
 
+    /// Records that `offset` of `topic`/`partition` has been folded (the next one is read next).
     pub fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
         let partitions = match self.offsets.get_mut(topic) {
             Some(p) => p,
@@ -445,9 +474,26 @@ impl State {
         *next = (*next).max(offset + 1);
     }
 
+    /// Takes acknowledged alert deliveries out of the outbox and adds the counts per target.
+    pub fn settle_deliveries(
+        &mut self,
+        acked: &[String],
+        counts: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
+    ) {
+        if !acked.is_empty() {
+            let acked: std::collections::BTreeSet<&str> = acked.iter().map(String::as_str).collect();
+            self.outbox.retain(|o| !acked.contains(o.id().as_str()));
+        }
+        for (target, c) in counts {
+            let total = self.deliveries.entry(target).or_default();
+            total.delivered += c.delivered;
+            total.failed_attempts += c.failed_attempts;
+        }
+    }
+
     /// The next offset to read of a topic-partition, if any was read.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.offsets.get(topic)?.get(&partition).copied()
+        crate::source::next_offset(&self.offsets, topic, partition)
     }
 
     /// Forgets activity ids whose event time lies more than two horizons behind the event

@@ -1,25 +1,25 @@
 //! State → Arrow: the tables the SQL in `sql/` reads. Each function here names its columns;
-//! together they are the state schema that the README documents for SQL authors.
+//! together they are the state schema (the SQL reference in docs/sql.md is generated from them
+//! and `catalog`).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array,
-    RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
 };
 use datafusion::arrow::error::ArrowError;
-use rust_decimal::Decimal;
 
+use super::columns::{batch, dates, decimals, i64s, opt_dates, opt_strs, strs, times};
 use super::{DailyCounts, Map, Rollups, State};
 use crate::calendar::PeriodType;
-use crate::config::Pipeline;
+use crate::config::Metrics;
 use crate::event::{Day, Micros, Stage};
-use crate::source::decode::RATE_SCALE;
+use crate::event::RATE_SCALE;
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing.
 pub fn build(
     state: &State,
-    pipeline: &Pipeline,
+    pipeline: &Metrics,
     snapshot_id: u64,
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
     // The pipeline brings the rollups up to date at every cut; any other caller gets them
@@ -64,46 +64,6 @@ pub fn build(
             )])?,
         ),
     ])
-}
-
-fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
-    RecordBatch::try_from_iter(cols)
-}
-
-fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(it))
-}
-fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(it.collect::<StringArray>())
-}
-fn i64s(it: impl Iterator<Item = i64>) -> ArrayRef {
-    Arc::new(it.collect::<Int64Array>())
-}
-fn dates(it: impl Iterator<Item = Day>) -> ArrayRef {
-    Arc::new(Date32Array::from_iter_values(it))
-}
-fn opt_dates(it: impl Iterator<Item = Option<Day>>) -> ArrayRef {
-    Arc::new(it.collect::<Date32Array>())
-}
-fn times(it: impl Iterator<Item = Option<Micros>>) -> ArrayRef {
-    Arc::new(
-        it.collect::<TimestampMicrosecondArray>()
-            .with_timezone("UTC"),
-    )
-}
-fn decimals(
-    it: impl Iterator<Item = Decimal>,
-    precision: u8,
-    scale: u32,
-) -> Result<ArrayRef, ArrowError> {
-    let arr = it
-        .map(|mut d| {
-            d.rescale(scale);
-            d.mantissa()
-        })
-        .collect::<Decimal128Array>()
-        .with_precision_and_scale(precision, scale as i8)?;
-    Ok(Arc::new(arr))
 }
 
 /// The counter columns of the rep × day grain and of its rollups, in one order.
@@ -398,7 +358,7 @@ fn dead_letter_log(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-fn clock(s: &State, p: &Pipeline, snapshot_id: u64) -> Result<RecordBatch, ArrowError> {
+fn clock(s: &State, p: &Metrics, snapshot_id: u64) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("snapshot_id", i64s(std::iter::once(snapshot_id as i64))),
         ("as_of", times(std::iter::once(s.as_of))),
@@ -411,7 +371,7 @@ fn clock(s: &State, p: &Pipeline, snapshot_id: u64) -> Result<RecordBatch, Arrow
 
 /// Every fiscal period between the earliest and latest day the state mentions, with the
 /// elapsed-time columns relative to `as_of_date`.
-fn calendar(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+fn calendar(s: &State, p: &Metrics) -> Result<RecordBatch, ArrowError> {
     let cal = &p.calendar;
     let as_of_date = s.as_of.map(|t| cal.day_of(t));
     let days = s
@@ -492,7 +452,7 @@ fn rep_first_deal(s: &State) -> Result<RecordBatch, ArrowError> {
 }
 
 /// Every ISO week (by its Monday) from the earliest activity or deal event to `as_of_date`.
-fn weeks(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+fn weeks(s: &State, p: &Metrics) -> Result<RecordBatch, ArrowError> {
     let cal = &p.calendar;
     let first = s
         .daily
@@ -512,7 +472,7 @@ fn weeks(s: &State, p: &Pipeline) -> Result<RecordBatch, ArrowError> {
     batch(vec![("week_start", dates(mondays.into_iter()))])
 }
 
-fn leaderboard_weights(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+fn leaderboard_weights(p: &Metrics) -> Result<RecordBatch, ArrowError> {
     let w = &p.leaderboard;
     let one = |x: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![x])) };
     batch(vec![
@@ -527,7 +487,7 @@ fn leaderboard_weights(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-fn stages(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+fn stages(p: &Metrics) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("stage", strs(p.stages.iter().map(|s| s.stage.as_str()))),
         (
@@ -564,7 +524,7 @@ fn stages(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-fn topics(p: &Pipeline) -> Result<RecordBatch, ArrowError> {
+fn topics(p: &Metrics) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("event_type", strs(p.topics.keys().map(|t| t.name()))),
         ("topic", strs(p.topics.values().map(String::as_str))),

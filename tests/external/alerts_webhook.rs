@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use super::{bin, brokers, pipeline_file, run_once, tag};
-use crate::common::{assert_alert_event_schema, canonical, ensure_topics, read_topic, HookServer};
+use crate::common::{assert_alert_event_schema, canonical, read_topic, Cluster, HookServer};
 use crate::harness::{produce, PipelineFile};
 use crate::pipeline_mock::latest_tables;
 
@@ -47,10 +47,13 @@ async fn an_alert_fires_once_survives_restarts_resolves_and_its_webhook_retries(
             .as_str()
             .unwrap()[..10]
             .to_string();
-        msgs.push((day, p.topics[&g.event_type].clone(), g.key, g.value))
+        msgs.push((day, p.source.topics[&g.event_type].clone(), g.key, g.value))
     });
-    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
-    ensure_topics(&brokers, &p, &topics, 3).await.unwrap();
+    let topics: Vec<&str> = p.source.topics.values().map(String::as_str).collect();
+    Cluster::new(&brokers, &p.source.kafka)
+        .ensure_topics(&topics, 3)
+        .await
+        .unwrap();
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
     let alerts_topic = &p.alert_delivery.kafka_topic;

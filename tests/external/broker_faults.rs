@@ -30,11 +30,8 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
 const UNHEALTHY_WITHIN: Duration = Duration::from_secs(25);
 /// How long it may take to be healthy again, every message read, once the broker is back.
 const RECOVERED_WITHIN: Duration = Duration::from_secs(90);
-/// The pipeline's `--once` stall timeout: ONCE_STALL_TIMEOUT in src/pipeline.rs.
-// TODO(stall-timeout): once `quotaflow run --stall-timeout SECS` exists, pass
-// `--stall-timeout 5` to the stalling run below and make this 5 s: the test then waits
-// seconds instead of half a minute for the stall.
-const ONCE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The stalling run's `--stall-timeout`.
+const ONCE_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a stalled run may take beyond its stall timeout (connecting, the last snapshot).
 const STALL_SLACK: Duration = Duration::from_secs(60);
 
@@ -173,7 +170,11 @@ async fn a_once_run_that_stalls_fails_naming_the_partitions() {
         String::from_utf8_lossy(&first.stderr)
     );
     let started = Instant::now();
-    let second = run_command(&file, out).arg("--once").output().unwrap();
+    let second = run_command(&file, out)
+        .args(["--once", "--stall-timeout"])
+        .arg(ONCE_STALL_TIMEOUT.as_secs().to_string())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         !second.status.success(),
@@ -183,6 +184,12 @@ async fn a_once_run_that_stalls_fails_naming_the_partitions() {
         stderr.contains("not at their end") && stderr.contains(".spm."),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(&format!("for {} s", ONCE_STALL_TIMEOUT.as_secs())),
+        "the stall timeout given is the one applied: {stderr}"
+    );
+    // A broker that cannot serve the partitions is a runtime failure, not a usage error.
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(started.elapsed() < ONCE_STALL_TIMEOUT + STALL_SLACK);
     // Nothing read before the stall is lost: the snapshot still holds the first 100 messages.
     let loc = Location::parse(out).unwrap();

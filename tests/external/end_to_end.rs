@@ -8,7 +8,7 @@ use quotaflow::snapshot::Location;
 use super::{
     bin, brokers, env, pipeline_file, produce, run_command, run_once, tag, without_dead_letters,
 };
-use crate::common::{canonical, ensure_topics};
+use crate::common::{canonical, Cluster};
 use crate::harness::{messages_read, PipelineFile};
 use crate::pipeline_mock::{batch_tables, latest_tables};
 
@@ -118,8 +118,11 @@ async fn hostile_input_to_every_topic_of_the_real_broker() {
         &tag("hostile"),
         PipelineFile::default().edit(crate::hostile::small_messages),
     );
-    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
+    let topics: Vec<&str> = p.source.topics.values().map(String::as_str).collect();
     let brokers = brokers();
-    ensure_topics(&brokers, &p, &topics, 3).await.unwrap();
+    Cluster::new(&brokers, &p.source.kafka)
+        .ensure_topics(&topics, 3)
+        .await
+        .unwrap();
     crate::hostile::hostile_run(&brokers, &p).await;
 }

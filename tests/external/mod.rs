@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use quotaflow::config::Pipeline;
 use quotaflow::snapshot::Location;
 
-use crate::common::ensure_topics;
+use crate::common::Cluster;
 pub use crate::harness::{bin, free_port, signal};
 use crate::harness::{eventually_blocking, produce as produce_msgs, renamed, PipelineFile};
 
@@ -69,8 +69,11 @@ pub async fn produce_to(
 ) -> Vec<(String, String, String)> {
     let default = Pipeline::builtin().unwrap();
     let msgs = renamed(p, crate::pipeline_mock::messages(&default, seed));
-    let topics: Vec<&str> = p.topics.values().map(String::as_str).collect();
-    ensure_topics(brokers, p, &topics, 3).await.unwrap();
+    let topics: Vec<&str> = p.source.topics.values().map(String::as_str).collect();
+    Cluster::new(brokers, &p.source.kafka)
+        .ensure_topics(&topics, 3)
+        .await
+        .unwrap();
     produce_msgs(brokers, batch, &msgs);
     msgs
 }

@@ -7,6 +7,13 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub mod schema;
+
+/// Decimals kept for money amounts (DECIMAL(18,2)).
+pub const MONEY_SCALE: u32 = 2;
+/// Decimals kept for fx rates.
+pub const RATE_SCALE: u32 = 12;
+
 /// UTC microseconds since 1970-01-01.
 pub type Micros = i64;
 /// Days since 1970-01-01 (Arrow Date32).

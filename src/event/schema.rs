@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::error::InternalError;
+use crate::internal::InternalError;
 
 /// The six event types of the contract.
 #[derive(

@@ -1,0 +1,446 @@
+//! The run loop: Kafka → ingest (decode, fold into state) → (every trigger) a snapshot.
+//!
+//! `run` reads as the loop it is: each turn it stops, cuts a snapshot the event trigger asks
+//! for, or waits for the first of shutdown, the snapshot in flight, the trigger tick and the
+//! next messages. The message path is [`Runner::on_messages`] (through `ingest`), the trigger
+//! is [`trigger`], the checkpoint (restore, cut, background job, durable hand-over) is
+//! [`checkpoint`]. Offsets only move inside the state, so whatever a snapshot holds is exactly
+//! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
+
+mod checkpoint;
+mod trigger;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message as _;
+
+pub use checkpoint::{read_state, restore};
+
+use crate::alert::deliver::Dispatcher;
+use crate::config::Pipeline;
+use crate::engine::{Engine, EngineError};
+use crate::health::Health;
+use crate::ingest::{Ingest, Message};
+use crate::internal::InternalError;
+use crate::kafka::{Cluster, KafkaIoError, Tp};
+use crate::snapshot::{Location, Manifest, SnapshotError};
+use crate::source::consumer::{group_of, KafkaSource};
+use crate::source::dead_letters::DeadLetterSink;
+use crate::source::DeadLetter;
+use crate::state::State;
+use crate::watermark::Watermark;
+use checkpoint::{written, InFlight};
+use trigger::Trigger;
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub brokers: String,
+    pub output: String,
+    /// Read up to the end offsets found at start, snapshot, stop.
+    pub once: bool,
+    /// Stop (with a snapshot) after this many messages.
+    pub max_events: Option<u64>,
+    /// A `--once` run that receives neither a message nor an end-of-partition event for this
+    /// long stops with [`RunError::Stalled`] ([`DEFAULT_STALL_TIMEOUT`] unless set).
+    pub stall_timeout: Duration,
+}
+
+impl RunOptions {
+    /// A `--once` run from `brokers` into `output`, with the default stall timeout.
+    pub fn once(brokers: &str, output: &str) -> RunOptions {
+        RunOptions {
+            brokers: brokers.to_string(),
+            output: output.to_string(),
+            once: true,
+            max_events: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+/// Why a run stopped with an error: the failing layer's error with its context, or one of the
+/// run's own conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaIoError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Internal(#[from] InternalError),
+    /// `--output` holds another pipeline's snapshots (a user error).
+    #[error("output `{output}` holds snapshots of pipeline `{found}`, not `{expected}`: use another --output")]
+    OtherPipeline {
+        output: String,
+        found: String,
+        expected: String,
+    },
+    /// A `--once` run saw no progress for its stall timeout.
+    #[error(
+        "--once: no message and no end of partition for {} s; partitions not at their end: {} \
+         (the last snapshot holds everything read so far)", .timeout.as_secs(), .partitions.join(", ")
+    )]
+    Stalled {
+        timeout: Duration,
+        partitions: Vec<String>,
+    },
+}
+
+impl RunError {
+    /// Whether the user caused it (a wrong `--output`), rather than the brokers, the store or a bug.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, RunError::OtherPipeline { .. })
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub restored_from: Option<u64>,
+    pub messages: u64,
+    pub bytes: u64,
+    pub snapshots: u64,
+    pub elapsed: Duration,
+    pub last: Option<Manifest>,
+    /// Alert events acknowledged by their Kafka or webhook target during this run.
+    pub alerts_delivered: u64,
+    /// Alert events not acknowledged when the run stopped (retried at the next start).
+    pub alerts_pending: usize,
+}
+
+/// A `--once` run that receives neither a message nor an end-of-partition event for this long
+/// stops with an error naming the partitions, instead of waiting forever (a broker that cannot
+/// serve an offset, a partition without a leader). `quotaflow run --stall-timeout` changes it.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client error this recent (and no message since) makes the broker count as unreachable.
+const BROKER_ERROR_WINDOW: Duration = Duration::from_secs(15);
+/// Messages handled in a row once one arrived, before the trigger and shutdown are checked.
+const BURST: usize = 1024;
+/// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
+const CLOCK_EVERY: u64 = 1024;
+
+/// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end offsets).
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    let (mut r, source, _server) = Runner::start(pipeline, &opts).await?;
+    let mut trigger = Trigger::new(&r.pipeline.snapshot);
+    tokio::pin!(shutdown);
+    loop {
+        if r.done(&opts, &source) {
+            break;
+        }
+        if trigger.counted(r.since_snapshot) && r.inflight.is_none() {
+            r.begin(opts.once).await?;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            result = written(&mut r.inflight) => {
+                r.finish(result, opts.once, &source).await?;
+                if trigger.take_due() && r.since_snapshot > 0 {
+                    r.begin(opts.once).await?;
+                }
+            }
+            _ = trigger.tick() => {
+                r.on_tick(&opts, &source)?;
+                if r.since_snapshot > 0 {
+                    if r.inflight.is_none() {
+                        r.begin(opts.once).await?;
+                    } else {
+                        trigger.set_due();
+                    }
+                }
+            }
+            m = source.consumer.recv() => r.on_messages(m, &source, &opts, &trigger)?,
+        }
+    }
+    // The snapshot in flight, then a last one for what was read since.
+    r.settle_inflight(&source).await?;
+    if r.since_snapshot > 0 || r.state.snapshot_id == 0 {
+        r.begin(true).await?;
+        r.settle_inflight(&source).await?;
+    }
+    r.drain_alerts().await;
+    r.report.elapsed = r.started.elapsed();
+    Ok(r.report)
+}
+
+/// Everything a run holds but the consumer (which the loop borrows while a message is handled).
+struct Runner {
+    pipeline: Arc<Pipeline>,
+    location: Location,
+    engine: Engine,
+    ingest: Ingest,
+    dead_letters: DeadLetterSink,
+    alerts: Dispatcher,
+    state: State,
+    watermark: Watermark,
+    /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
+    pending: Vec<DeadLetter>,
+    since_snapshot: u64,
+    /// The snapshot being computed and written in the background, if any.
+    inflight: Option<InFlight>,
+    /// Partitions at their end as the broker reports it in fetch responses (librdkafka's
+    /// end-of-partition event), where `--once` stops; not ListOffsets results: some
+    /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with stale offsets.
+    ended: BTreeSet<Tp>,
+    /// The `--once` stall guard: when (messages, end-of-partition events) last changed.
+    progress: (Instant, (u64, u64)),
+    end_events: u64,
+    /// The wall clock for the clock-skew bound, read every CLOCK_EVERY messages.
+    now: i64,
+    broker_ok: bool,
+    /// What `/healthz` and `/metrics` report.
+    health: Health,
+    started: Instant,
+    report: RunReport,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+impl Runner {
+    /// Restores the state, connects the consumer, the dead-letter sink and the alert
+    /// dispatcher, serves `/healthz`, and says it is ready.
+    async fn start(
+        pipeline: Arc<Pipeline>,
+        opts: &RunOptions,
+    ) -> Result<(Runner, KafkaSource, AbortOnDrop), RunError> {
+        let started = Instant::now();
+        let location = Location::parse(&opts.output)?;
+        let state = restore(&location, &pipeline).await?;
+        let restored_from = (state.snapshot_id > 0).then_some(state.snapshot_id);
+        let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
+        let source = KafkaSource::connect(
+            &cluster,
+            &group_of(&pipeline.name),
+            &pipeline.source.topics,
+            &state.offsets,
+        )?;
+        let dead_letters = DeadLetterSink::connect(&cluster, &pipeline.name, &pipeline.source)?;
+        dead_letters.ensure_topic(&cluster).await;
+        let alerts =
+            Dispatcher::start(&cluster, &pipeline.alert_delivery, &pipeline.metrics.alerts).await?;
+        // Alert events a previous run recorded but did not see acknowledged go out again.
+        alerts.submit(&state.outbox);
+        for ((topic, p), (low, _)) in &source.watermarks()? {
+            if let Some(next) = state.next_offset(topic, *p) {
+                if *low > next {
+                    tracing::error!(topic, partition = p, next, log_start = low,
+                        "offsets {next}..{low} were deleted by the broker before quotaflow read them: those events are lost");
+                }
+            }
+        }
+        let health = Health::default();
+        let server = match pipeline.http_bind {
+            Some(addr) => health.serve(addr).await,
+            None => None,
+        };
+        let max_snapshot_age =
+            (pipeline.snapshot.trigger_interval * 3).max(Duration::from_secs(60));
+        health.update(|s| {
+            s.ready = true;
+            s.broker_connected = true;
+            s.max_snapshot_age = max_snapshot_age;
+        });
+        let r = Runner {
+            engine: Engine::new(Arc::clone(&pipeline.metrics)),
+            ingest: Ingest::new(&pipeline.source, pipeline.metrics.calendar)?,
+            watermark: Watermark::new(
+                pipeline.source.idle_timeout,
+                pipeline.source.allowed_lateness_micros(),
+                opts.once,
+            ),
+            pipeline,
+            location,
+            dead_letters,
+            alerts,
+            state,
+            pending: Vec::new(),
+            since_snapshot: 0,
+            inflight: None,
+            ended: BTreeSet::new(),
+            progress: (Instant::now(), (0, 0)),
+            end_events: 0,
+            now: chrono::Utc::now().timestamp_micros(),
+            broker_ok: true,
+            health,
+            started,
+            report: RunReport {
+                restored_from,
+                messages: 0,
+                bytes: 0,
+                snapshots: 0,
+                elapsed: Duration::ZERO,
+                last: None,
+                alerts_delivered: 0,
+                alerts_pending: 0,
+            },
+        };
+        Ok((r, source, AbortOnDrop(server)))
+    }
+
+    /// Whether the run has read what it was asked to: every partition at its end (`--once`),
+    /// or `--max-events` messages.
+    fn done(&self, opts: &RunOptions, source: &KafkaSource) -> bool {
+        (opts.once && self.ended.len() >= source.assigned.len())
+            || opts.max_events.is_some_and(|m| self.report.messages >= m)
+    }
+
+    /// The trigger tick: watermark, broker health and `/metrics` refreshed, the wall clock
+    /// read, and the `--once` stall guard checked.
+    fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
+        self.watermark.refresh(&self.state.partition_high, source.partitions(), Instant::now());
+        // Unhealthy while librdkafka reports client errors (a broker down or frozen); healthy
+        // again at the next message or end of partition, or once they stop.
+        if source.consumer.context().errored_within(BROKER_ERROR_WINDOW) {
+            self.broker_health(false, source);
+        } else {
+            self.broker_health(true, source);
+        }
+        self.publish(source);
+        self.now = chrono::Utc::now().timestamp_micros();
+        if opts.once {
+            tracing::info!(messages = self.report.messages, partitions_done = self.ended.len(), partitions = source.assigned.len(), "reading");
+            let mark = (self.report.messages, self.end_events);
+            if mark != self.progress.1 {
+                self.progress = (Instant::now(), mark);
+            }
+            if self.progress.0.elapsed() > opts.stall_timeout {
+                let partitions = source
+                    .assigned
+                    .keys()
+                    .filter(|tp| !self.ended.contains(*tp))
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect();
+                return Err(RunError::Stalled {
+                    timeout: opts.stall_timeout,
+                    partitions,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The message path: `first`, then what is already queued, up to BURST messages, without
+    /// going back through the loop's select (it costs more than a message when data flows).
+    fn on_messages(
+        &mut self,
+        first: KafkaResult<BorrowedMessage<'_>>,
+        source: &KafkaSource,
+        opts: &RunOptions,
+        trigger: &Trigger,
+    ) -> Result<(), RunError> {
+        self.watermark.refresh(&self.state.partition_high, source.partitions(), Instant::now());
+        let mut m = first;
+        let mut handled = 0;
+        loop {
+            match m {
+                Ok(msg) => {
+                    self.broker_health(true, source);
+                    self.on_message(&msg);
+                }
+                Err(KafkaError::PartitionEOF(_)) => {
+                    self.broker_health(true, source);
+                    self.end_events += 1;
+                    let at_end = source.at_end(&self.state.offsets)?;
+                    let t = Instant::now();
+                    for (topic, p) in &at_end {
+                        self.watermark.reached_end(topic, *p, t);
+                    }
+                    if opts.once {
+                        self.ended.extend(at_end);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                    self.broker_health(false, source);
+                }
+            }
+            handled += 1;
+            let cut = trigger.counted(self.since_snapshot) && self.inflight.is_none();
+            let stop = opts.max_events.is_some_and(|max| self.report.messages >= max);
+            if handled >= BURST || cut || stop {
+                break;
+            }
+            // Only what is already queued: a message taken here is always handled.
+            match source.consumer.recv().now_or_never() {
+                Some(next) => m = next,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One message through the ingest path; a refused one waits to go to the dead letters.
+    fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
+        let payload = msg.payload().unwrap_or_default();
+        self.report.messages += 1;
+        self.report.bytes += payload.len() as u64;
+        self.since_snapshot += 1;
+        if self.report.messages.is_multiple_of(CLOCK_EVERY) {
+            self.now = chrono::Utc::now().timestamp_micros();
+        }
+        self.watermark.read(msg.topic(), msg.partition());
+        let m = Message {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            payload,
+        };
+        if let Some(dl) = self
+            .ingest
+            .message(&mut self.state, &self.watermark, m, self.now)
+        {
+            self.pending.push(dl);
+        }
+    }
+
+    /// Records whether the broker answers; `/healthz` follows. A message or an end of partition
+    /// says it does (and clears the client's error), a client error that it does not.
+    fn broker_health(&mut self, ok: bool, source: &KafkaSource) {
+        if ok && !self.broker_ok {
+            source.consumer.context().clear();
+        }
+        if ok != self.broker_ok {
+            self.broker_ok = ok;
+            self.health.update(|s| s.broker_connected = ok);
+        }
+    }
+
+    /// Publishes the counters `/metrics` reports (at every trigger tick, not per message).
+    fn publish(&self, source: &KafkaSource) {
+        let lag = source.lag(&self.state.offsets);
+        let (messages, state_keys) = (self.state.quality.clone(), self.state.size());
+        let alerts_pending = self.alerts.pending();
+        let watermark = self.watermark.current();
+        self.health.update(|s| {
+            s.messages = messages;
+            s.lag = lag;
+            s.state_keys = state_keys;
+            s.watermark = watermark;
+            s.alerts_pending = alerts_pending;
+        });
+    }
+}

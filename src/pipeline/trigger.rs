@@ -1,0 +1,49 @@
+//! When a snapshot is cut: every `trigger_interval` of wall time that saw a message, and, with
+//! `trigger_events`, as soon as that many messages were read since the last cut. One snapshot
+//! is in flight at a time; an interval that comes due meanwhile is remembered, and the next cut
+//! starts as soon as the one in flight is written.
+
+use crate::config::Snapshot;
+
+pub(super) struct Trigger {
+    interval: tokio::time::Interval,
+    /// Messages that trigger a cut (0 = only the interval).
+    events: u64,
+    /// An interval came due while a snapshot was in flight.
+    due: bool,
+}
+
+impl Trigger {
+    pub(super) fn new(snapshot: &Snapshot) -> Trigger {
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + snapshot.trigger_interval,
+            snapshot.trigger_interval,
+        );
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Trigger {
+            interval,
+            events: snapshot.trigger_events,
+            due: false,
+        }
+    }
+
+    /// The next interval tick.
+    pub(super) async fn tick(&mut self) {
+        self.interval.tick().await;
+    }
+
+    /// Whether `since_snapshot` messages call for a cut by count.
+    pub(super) fn counted(&self, since_snapshot: u64) -> bool {
+        self.events > 0 && since_snapshot >= self.events
+    }
+
+    /// Remembers an interval that came due while a snapshot was in flight.
+    pub(super) fn set_due(&mut self) {
+        self.due = true;
+    }
+
+    /// Whether an interval came due meanwhile (and forgets it).
+    pub(super) fn take_due(&mut self) -> bool {
+        std::mem::take(&mut self.due)
+    }
+}

@@ -1,0 +1,237 @@
+//! The consumer: assigned to every partition of the pipeline's topics at the offsets a
+//! snapshot recorded (no group rebalancing; offsets live in the snapshot, the Kafka commit after
+//! a snapshot is advisory), the end-of-partition checks of `--once`, and the read limit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{next_offset, Offsets};
+use crate::event::schema::EventType;
+use crate::kafka::{Cluster, KafkaIoError, Tp, METADATA_TIMEOUT};
+
+/// The consumer group of a pipeline (its offsets are committed there, advisory, for lag tools).
+pub fn group_of(pipeline: &str) -> String {
+    format!("quotaflow-{pipeline}")
+}
+
+/// The consumer's client context: remembers when librdkafka last reported a client-level
+/// error (a broker down, a request timed out), which never comes through `recv()`.
+#[derive(Default)]
+pub struct SourceContext {
+    /// Milliseconds since the epoch of the last client-level error; 0 when none since cleared.
+    last_error_ms: std::sync::atomic::AtomicI64,
+}
+
+impl rdkafka::ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is reported here too; it is news, not an error.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        tracing::warn!(error = %error, reason, "Kafka client error");
+        self.last_error_ms.store(
+            chrono::Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SourceContext {}
+
+impl SourceContext {
+    /// Whether a client-level error came within `window` and since the last `clear`.
+    pub fn errored_within(&self, window: Duration) -> bool {
+        let at = self
+            .last_error_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        at != 0 && chrono::Utc::now().timestamp_millis() - at < window.as_millis() as i64
+    }
+
+    /// Forgets the last error (a message or end of partition arrived since).
+    pub fn clear(&self) {
+        self.last_error_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The consumer side of a run.
+pub struct KafkaSource {
+    pub consumer: StreamConsumer<SourceContext>,
+    /// Every assigned partition with the offset reading starts at.
+    pub assigned: BTreeMap<Tp, i64>,
+}
+
+impl KafkaSource {
+    /// Connects, discovers the partitions of the pipeline's topics and assigns them at the
+    /// `offsets` a snapshot recorded (the beginning for partitions never read).
+    pub fn connect(
+        cluster: &Cluster,
+        group: &str,
+        topics: &BTreeMap<EventType, String>,
+        offsets: &Offsets,
+    ) -> Result<KafkaSource, KafkaIoError> {
+        let mut cfg = cluster.client_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true");
+        let consumer: StreamConsumer<SourceContext> =
+            cfg.create_with_context(SourceContext::default())?;
+        let connect = |source| KafkaIoError::Connect {
+            brokers: cluster.brokers.clone(),
+            source,
+        };
+        // One metadata call for the whole cluster: proves the brokers answer.
+        let md = consumer
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .map_err(connect)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut assigned = BTreeMap::new();
+        for topic in topics.values() {
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                tracing::warn!(topic, "topic does not exist; nothing to read from it");
+                continue;
+            };
+            for p in t.partitions() {
+                let start = next_offset(offsets, topic, p.id());
+                let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(topic, p.id(), offset)
+                    .map_err(|source| KafkaIoError::Topic {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+                assigned.insert((topic.clone(), p.id()), start.unwrap_or(0));
+            }
+        }
+        consumer.assign(&tpl)?;
+        Ok(KafkaSource { consumer, assigned })
+    }
+
+    /// The assigned partitions.
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.assigned.keys().map(|(t, p)| (t.as_str(), *p))
+    }
+
+    /// The current end (high watermark) and log start of every assigned partition.
+    pub fn watermarks(&self) -> Result<BTreeMap<Tp, (i64, i64)>, KafkaIoError> {
+        let mut out = BTreeMap::new();
+        for (topic, p) in self.assigned.keys() {
+            let (lo, hi) = self
+                .consumer
+                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+                .map_err(|source| KafkaIoError::Topic {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            out.insert((topic.clone(), *p), (lo, hi));
+        }
+        Ok(out)
+    }
+
+    /// Partitions whose read position has reached the high watermark of their latest fetch.
+    /// A partition not consumed from yet is at the offset `offsets` recorded for it.
+    pub fn at_end(&self, offsets: &Offsets) -> Result<Vec<Tp>, KafkaIoError> {
+        let positions = self.consumer.position()?;
+        let mut out = Vec::new();
+        for ((topic, p), start) in &self.assigned {
+            let pos = match positions.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => next_offset(offsets, topic, *p).unwrap_or(*start),
+            };
+            let high = self.fetched_high_watermark(topic, *p);
+            tracing::trace!(topic, partition = p, pos, ?high, "end check");
+            if high.is_some_and(|high| pos >= high) {
+                out.push((topic.clone(), *p));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages behind the end of each assigned partition, as of the latest fetch (for
+    /// `/metrics`; a partition not fetched yet is left out).
+    pub fn lag(&self, offsets: &Offsets) -> BTreeMap<Tp, i64> {
+        let mut out = BTreeMap::new();
+        for ((topic, p), start) in &self.assigned {
+            if let Some(high) = self.fetched_high_watermark(topic, *p) {
+                let next = next_offset(offsets, topic, *p).unwrap_or(*start);
+                out.insert((topic.clone(), *p), (high - next).max(0));
+            }
+        }
+        out
+    }
+
+    /// The high watermark of the latest fetch response for a partition (librdkafka's cached
+    /// value; no request is sent). `None` before the first fetch.
+    fn fetched_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives; the call only copies
+        // librdkafka's cached offsets into the two out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
+    }
+
+    /// Advisory commit of the offsets a durable snapshot holds (for lag monitoring tools).
+    pub fn commit(&self, offsets: &Offsets) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in offsets {
+            for (p, o) in parts {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "advisory offset commit failed");
+            }
+        }
+    }
+}
+
+/// Reads every partition of the pipeline's topics from the beginning to its end with the
+/// consumer `run` uses, only counting messages and bytes: the limit of broker and client
+/// that `run --once` is measured against. Returns (messages, bytes).
+pub async fn read_limit(
+    cluster: &Cluster,
+    group: &str,
+    topics: &BTreeMap<EventType, String>,
+) -> Result<(u64, u64), KafkaIoError> {
+    use rdkafka::Message;
+    let empty = Offsets::default();
+    let source = KafkaSource::connect(cluster, group, topics, &empty)?;
+    let total = source.assigned.len();
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < total {
+        match tokio::time::timeout(Duration::from_secs(30), source.consumer.recv()).await {
+            Err(_) => {
+                return Err(KafkaIoError::Stalled {
+                    partitions: total - done.len(),
+                })
+            }
+            Ok(Ok(m)) => {
+                messages += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+            }
+            Ok(Err(KafkaError::PartitionEOF(_))) => done.extend(source.at_end(&empty)?),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
+        }
+    }
+    Ok((messages, bytes))
+}

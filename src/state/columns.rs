@@ -1,0 +1,53 @@
+//! Arrow column builders shared by the state's tables: one spelling per column type (strings,
+//! dates, UTC instants, decimals at a fixed precision and scale).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::error::ArrowError;
+use rust_decimal::Decimal;
+
+use crate::event::{Day, Micros};
+
+pub(super) fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_from_iter(cols)
+}
+
+pub(super) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(it))
+}
+pub(super) fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(it.collect::<StringArray>())
+}
+pub(super) fn i64s(it: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(it.collect::<Int64Array>())
+}
+pub(super) fn dates(it: impl Iterator<Item = Day>) -> ArrayRef {
+    Arc::new(Date32Array::from_iter_values(it))
+}
+pub(super) fn opt_dates(it: impl Iterator<Item = Option<Day>>) -> ArrayRef {
+    Arc::new(it.collect::<Date32Array>())
+}
+pub(super) fn times(it: impl Iterator<Item = Option<Micros>>) -> ArrayRef {
+    Arc::new(
+        it.collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
+}
+pub(super) fn decimals(
+    it: impl Iterator<Item = Decimal>,
+    precision: u8,
+    scale: u32,
+) -> Result<ArrayRef, ArrowError> {
+    let arr = it
+        .map(|mut d| {
+            d.rescale(scale);
+            d.mantissa()
+        })
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(precision, scale as i8)?;
+    Ok(Arc::new(arr))
+}
