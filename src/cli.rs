@@ -48,8 +48,9 @@ pub enum Command {
         /// Stop after this many messages (with a final snapshot), e.g. to replay in chunks
         #[arg(long)]
         max_events: Option<u64>,
-        /// With --once: seconds without a message or an end of partition before the run stops
-        /// with an error naming the partitions not at their end (a broker that cannot serve them)
+        /// With --once: seconds without a message and without a partition newly at its end before
+        /// the run stops with an error naming the partitions not at their end (a broker that
+        /// cannot serve them)
         #[arg(long, default_value_t = crate::pipeline::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
         stall_timeout: u64,
     },

@@ -48,7 +48,7 @@ pub struct RunOptions {
     pub once: bool,
     /// Stop (with a snapshot) after this many messages.
     pub max_events: Option<u64>,
-    /// A `--once` run that receives neither a message nor an end-of-partition event for this
+    /// A `--once` run that reads no message and sees no partition newly at its end for this
     /// long stops with [`RunError::Stalled`] ([`DEFAULT_STALL_TIMEOUT`] unless set).
     pub stall_timeout: Duration,
 }
@@ -87,7 +87,7 @@ pub enum RunError {
     },
     /// A `--once` run saw no progress for its stall timeout.
     #[error(
-        "--once: no message and no end of partition for {} s; partitions not at their end: {} \
+        "--once: no message and no partition newly at its end for {} s; partitions not at their end: {} \
          (the last snapshot holds everything read so far)", .timeout.as_secs(), .partitions.join(", ")
     )]
     Stalled {
@@ -118,12 +118,15 @@ pub struct RunReport {
     pub alerts_pending: usize,
 }
 
-/// A `--once` run that receives neither a message nor an end-of-partition event for this long
+/// A `--once` run that reads no message and sees no partition newly at its end for this long
 /// stops with an error naming the partitions, instead of waiting forever (a broker that cannot
 /// serve an offset, a partition without a leader). `quotaflow run --stall-timeout` changes it.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client error this recent (and no message since) makes the broker count as unreachable.
 const BROKER_ERROR_WINDOW: Duration = Duration::from_secs(15);
+/// How often the watermark, broker health, `/metrics`, the wall clock and the `--once` stall
+/// guard are refreshed, whatever the trigger interval.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Messages handled in a row once one arrived, before the trigger and shutdown are checked.
 const BURST: usize = 1024;
 /// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
@@ -137,6 +140,8 @@ pub async fn run(
 ) -> Result<RunReport, RunError> {
     let (mut r, source, _server) = Runner::start(pipeline, &opts).await?;
     let mut trigger = Trigger::new(&r.pipeline.snapshot);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         if r.done(&opts, &source) {
@@ -154,8 +159,8 @@ pub async fn run(
                     r.begin(opts.once).await?;
                 }
             }
+            _ = housekeeping.tick() => r.on_tick(&opts, &source)?,
             _ = trigger.tick() => {
-                r.on_tick(&opts, &source)?;
                 if r.since_snapshot > 0 {
                     if r.inflight.is_none() {
                         r.begin(opts.once).await?;
@@ -197,9 +202,8 @@ struct Runner {
     /// end-of-partition event), where `--once` stops; not ListOffsets results: some
     /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with stale offsets.
     ended: BTreeSet<Tp>,
-    /// The `--once` stall guard: when (messages, end-of-partition events) last changed.
+    /// The `--once` stall guard: when (messages, partitions at their end) last changed.
     progress: (Instant, (u64, u64)),
-    end_events: u64,
     /// The wall clock for the clock-skew bound, read every CLOCK_EVERY messages.
     now: i64,
     broker_ok: bool,
@@ -282,7 +286,6 @@ impl Runner {
             inflight: None,
             ended: BTreeSet::new(),
             progress: (Instant::now(), (0, 0)),
-            end_events: 0,
             now: chrono::Utc::now().timestamp_micros(),
             broker_ok: true,
             health,
@@ -308,7 +311,7 @@ impl Runner {
             || opts.max_events.is_some_and(|m| self.report.messages >= m)
     }
 
-    /// The trigger tick: watermark, broker health and `/metrics` refreshed, the wall clock
+    /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
     /// read, and the `--once` stall guard checked.
     fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
         self.watermark.refresh(&self.state.partition_high, source.partitions(), Instant::now());
@@ -323,7 +326,9 @@ impl Runner {
         self.now = chrono::Utc::now().timestamp_micros();
         if opts.once {
             tracing::info!(messages = self.report.messages, partitions_done = self.ended.len(), partitions = source.assigned.len(), "reading");
-            let mark = (self.report.messages, self.end_events);
+            // Progress is a message or a partition newly at its end: a broker that answers a
+            // fetch with nothing, over and over, is not progress.
+            let mark = (self.report.messages, self.ended.len() as u64);
             if mark != self.progress.1 {
                 self.progress = (Instant::now(), mark);
             }
@@ -363,7 +368,6 @@ impl Runner {
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
                     self.broker_health(true, source);
-                    self.end_events += 1;
                     let at_end = source.at_end(&self.state.offsets)?;
                     let t = Instant::now();
                     for (topic, p) in &at_end {

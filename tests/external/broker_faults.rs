@@ -154,7 +154,12 @@ async fn survives(mut broker: OwnBroker, fault: BrokerFault) {
 #[ignore = "needs services: run scripts/test"]
 async fn a_once_run_that_stalls_fails_naming_the_partitions() {
     let dir = tempfile::tempdir().unwrap();
-    let (file, p) = pipeline_file(dir.path(), &tag("stall"), PipelineFile::default());
+    // No trigger in the run: the stall guard does not wait for one.
+    let (file, p) = pipeline_file(
+        dir.path(),
+        &tag("stall"),
+        PipelineFile::default().snapshot("trigger_interval", "\"1h\""),
+    );
     // Big record batches, then a stop after 100 messages: positions inside batches, which
     // tansu 0.6 cannot serve again (README, "Known limits").
     produce(&p, 14, 10_000).await;

@@ -205,7 +205,9 @@ async fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
             .snapshot("trigger_events", "0")
             .http_port(port),
     );
-    let msgs = produce(&p, 16, 10_000).await;
+    // One message per record batch: the run stops at whatever offset SIGTERM finds, and tansu
+    // 0.6 cannot serve a fetch from inside a batch (docs/operations.md, "Known limits").
+    let msgs = produce(&p, 16, 1).await;
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
     let mut child = run_command(&file, out)
