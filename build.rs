@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let sql = root.join("sql");
+fn main() -> Result<(), String> {
+    let env = |k: &str| std::env::var(k).map_err(|e| format!("{k}: {e}"));
+    let sql = PathBuf::from(env("CARGO_MANIFEST_DIR")?).join("sql");
     // A directory: cargo rescans everything under it for changes.
     println!("cargo:rerun-if-changed=sql");
     let mut files = Vec::new();
-    collect(&sql, &mut files);
+    collect(&sql, &mut files)?;
     files.sort();
     let mut out = String::from("&[\n");
     let mut names: Vec<String> = Vec::new();
@@ -17,27 +17,33 @@ fn main() {
         let name = f
             .file_name()
             .and_then(|n| n.to_str())
-            .expect("SQL file names are UTF-8")
+            .ok_or_else(|| format!("{}: not a UTF-8 file name", f.display()))?
             .to_string();
-        assert!(
-            !names.contains(&name),
-            "two files under sql/ are named {name}: the built-in pipeline finds them by file name"
-        );
-        out.push_str(&format!("    ({name:?}, include_str!({:?})),\n", f.display().to_string()));
+        if names.contains(&name) {
+            return Err(format!(
+                "two files under sql/ are named {name}: the built-in pipeline finds them by file name"
+            ));
+        }
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            f.display().to_string()
+        ));
         names.push(name);
     }
     out.push(']');
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin_sql.rs");
-    std::fs::write(dest, out).expect("write builtin_sql.rs");
+    let dest = PathBuf::from(env("OUT_DIR")?).join("builtin_sql.rs");
+    std::fs::write(&dest, out).map_err(|e| format!("{}: {e}", dest.display()))
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read sql/") {
-        let path = entry.expect("read sql/").path();
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let read = |e: std::io::Error| format!("{}: {e}", dir.display());
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
         if path.is_dir() {
-            collect(&path, out);
+            collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "sql") {
             out.push(path);
         }
     }
+    Ok(())
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
+use quotaflow::config::DecodeLimits;
 use quotaflow::config::Pipeline;
 use quotaflow::engine::Engine;
 use quotaflow::generate::{generate, GenSpec, Generated};
 use quotaflow::ingest::{Ingest, Message};
 use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
-use quotaflow::config::DecodeLimits;
 use quotaflow::source::decode::Decoder;
 use quotaflow::state::State;
 
@@ -263,7 +263,9 @@ fn snapshot_write(c: &mut Criterion) {
     let (image, alerts) = images(&state);
     let encoded: Vec<EncodedTable> = tables
         .iter()
-        .map(|t| EncodedTable::encode(&t.name, &t.schema, &t.batches).unwrap_or_else(|e| panic!("{e}")))
+        .map(|t| {
+            EncodedTable::encode(&t.name, &t.schema, &t.batches).unwrap_or_else(|e| panic!("{e}"))
+        })
         .collect();
     for (name, url) in [
         ("write_memory", "memory://bench".to_string()),
@@ -291,7 +293,12 @@ fn images(state: &State) -> (StateImage, AlertsImage) {
         format: quotaflow::state::STATE_FORMAT,
         bytes: state.encode().unwrap_or_else(|e| panic!("{e}")).into(),
     };
-    let alerts = AlertsImage(state.encode_alerts().unwrap_or_else(|e| panic!("{e}")).into());
+    let alerts = AlertsImage(
+        state
+            .encode_alerts()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into(),
+    );
     (image, alerts)
 }
 

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Pipeline;
 use crate::error::{Error, UsageError};
-use crate::internal::InternalError;
 use crate::generate::{generate, GenSpec};
+use crate::internal::InternalError;
 use crate::pipeline::{run, RunOptions};
 use crate::query::Format;
 use crate::snapshot::Location;
@@ -263,12 +263,16 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             if let Some(dir) = out_dir {
                 write_jsonl(&spec, &pipeline, &dir)
             } else {
-                let brokers =
-                    brokers.ok_or(UsageError::Flag {
-                        flag: "--brokers",
-                        message: "pass --brokers or --out-dir".into(),
-                    })?;
-                let topics: Vec<&str> = pipeline.source.topics.values().map(String::as_str).collect();
+                let brokers = brokers.ok_or(UsageError::Flag {
+                    flag: "--brokers",
+                    message: "pass --brokers or --out-dir".into(),
+                })?;
+                let topics: Vec<&str> = pipeline
+                    .source
+                    .topics
+                    .values()
+                    .map(String::as_str)
+                    .collect();
                 crate::kafka::Cluster::new(&brokers, &pipeline.source.kafka)
                     .ensure_topics(&topics, partitions)
                     .await?;
@@ -298,19 +302,15 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                         })
                     });
                     match (rate, log.as_mut()) {
-                        (Some(rate), Some(log)) => crate::kafka::produce_paced(
-                            &brokers, rate, rx, log,
-                        )
-                        .and_then(|n| {
-                            std::io::Write::flush(log)?;
-                            Ok(n)
-                        }),
-                        (Some(rate), None) => crate::kafka::produce_paced(
-                            &brokers,
-                            rate,
-                            rx,
-                            &mut std::io::sink(),
-                        ),
+                        (Some(rate), Some(log)) => {
+                            crate::kafka::produce_paced(&brokers, rate, rx, log).and_then(|n| {
+                                std::io::Write::flush(log)?;
+                                Ok(n)
+                            })
+                        }
+                        (Some(rate), None) => {
+                            crate::kafka::produce_paced(&brokers, rate, rx, &mut std::io::sink())
+                        }
                         _ => crate::kafka::produce_all(&brokers, batch_messages, rx, |n| {
                             eprintln!("generate: {n} messages produced")
                         }),
@@ -344,7 +344,9 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,
         Command::Validate { pipeline } => {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
-            let tables = crate::engine::Engine::new(Arc::clone(&p.metrics)).check().await?;
+            let tables = crate::engine::Engine::new(Arc::clone(&p.metrics))
+                .check()
+                .await?;
             let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
             Ok(format!(
                 "{}: pipeline `{}` is valid; snapshots will hold {} tables: {}",

@@ -11,9 +11,9 @@ use rdkafka::mocking::MockCluster;
 
 use crate::config::Pipeline;
 use crate::error::Error;
+use crate::generate::{generate, GenSpec};
 use crate::internal::InternalError;
 use crate::kafka::KafkaIoError;
-use crate::generate::{generate, GenSpec};
 use crate::pipeline::{run, RunOptions};
 use crate::snapshot::Location;
 
@@ -71,7 +71,11 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     );
     let mut messages = Vec::new();
     generate(&spec, |g| {
-        messages.push((pipeline.source.topics[&g.event_type].clone(), g.key, g.value))
+        messages.push((
+            pipeline.source.topics[&g.event_type].clone(),
+            g.key,
+            g.value,
+        ))
     });
     let produced = {
         let brokers = brokers.clone();

@@ -4,9 +4,9 @@
 
 use crate::config::ConfigError;
 use crate::engine::EngineError;
+use crate::kafka::KafkaIoError;
 use crate::pipeline::RunError;
 use crate::snapshot::SnapshotError;
-use crate::kafka::KafkaIoError;
 
 pub use crate::internal::InternalError;
 
@@ -40,7 +40,9 @@ pub enum Error {
 pub enum UsageError {
     #[error("no Kafka brokers: pass --brokers, set QUOTAFLOW_BROKERS or source.brokers in the pipeline file")]
     NoBrokers,
-    #[error("no output: pass --output, set QUOTAFLOW_OUTPUT or snapshot.output in the pipeline file")]
+    #[error(
+        "no output: pass --output, set QUOTAFLOW_OUTPUT or snapshot.output in the pipeline file"
+    )]
     NoOutput,
     #[error("no snapshot under `{output}` yet: run the pipeline first")]
     NoSnapshot { output: String },

@@ -168,7 +168,9 @@ mod tests {
     fn an_event_older_than_the_watermark_minus_lateness_is_late() {
         let i = ingest();
         let activity = |at: &str, id: &str| {
-            format!(r#"{{"event_id":"{id}","occurred_at":"{at}","rep_id":"r1","activity_type":"call"}}"#)
+            format!(
+                r#"{{"event_id":"{id}","occurred_at":"{at}","rep_id":"r1","activity_type":"call"}}"#
+            )
         };
         let mut s = State::default();
         let (new, old) = (
@@ -185,11 +187,19 @@ mod tests {
         }
         let mut w = Watermark::new(Duration::ZERO, 86_400_000_000 * 120, true);
         assert!(i.message(&mut s, &w, msg(new.as_bytes(), 0), NOW).is_none());
-        w.refresh(&s.partition_high, [("spm.activities", 0)], std::time::Instant::now());
+        w.refresh(
+            &s.partition_high,
+            [("spm.activities", 0)],
+            std::time::Instant::now(),
+        );
         let dl = i
             .message(&mut s, &w, msg(old.as_bytes(), 1), NOW)
             .expect("late");
         assert_eq!(dl.reason, "late");
-        assert!(dl.detail.contains("allowed_lateness (120 days)"), "{}", dl.detail);
+        assert!(
+            dl.detail.contains("allowed_lateness (120 days)"),
+            "{}",
+            dl.detail
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 
@@ -86,7 +86,11 @@ impl Cluster {
     }
 
     /// Creates the topics that do not exist yet (an existing one is left as it is).
-        pub async fn ensure_topics(&self, topics: &[&str], partitions: i32) -> Result<(), KafkaIoError> {
+    pub async fn ensure_topics(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+    ) -> Result<(), KafkaIoError> {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
         let probe: BaseConsumer = self.client_config().create()?;
         let md = probe
@@ -286,4 +290,3 @@ pub fn produce_paced(
     }
     Ok(n)
 }
-

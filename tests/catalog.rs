@@ -8,7 +8,8 @@ use quotaflow::catalog::{self, Origin, PROVIDED};
 use quotaflow::config::Pipeline;
 use quotaflow::state::{tables, State};
 
-const BEGIN: &str = "<!-- catalog: generated from src/catalog.rs by tests/catalog.rs; do not edit -->";
+const BEGIN: &str =
+    "<!-- catalog: generated from src/catalog.rs by tests/catalog.rs; do not edit -->";
 const END: &str = "<!-- catalog: end -->";
 
 /// Every provided table with its schema, as the code builds it over an empty state.
@@ -20,10 +21,17 @@ fn schemas() -> Vec<(&'static str, Schema)> {
         .into_iter()
         .map(|(name, b)| (name, b.schema().as_ref().clone()))
         .collect();
-    out.push(("alerts", tables::alerts(&state).unwrap().schema().as_ref().clone()));
+    out.push((
+        "alerts",
+        tables::alerts(&state).unwrap().schema().as_ref().clone(),
+    ));
     out.push((
         "alert_deliveries",
-        tables::alert_deliveries(&state).unwrap().schema().as_ref().clone(),
+        tables::alert_deliveries(&state)
+            .unwrap()
+            .schema()
+            .as_ref()
+            .clone(),
     ));
     out
 }
@@ -35,11 +43,18 @@ fn the_catalog_lists_exactly_the_tables_the_code_builds() {
     let mut sorted = built.clone();
     sorted.sort_unstable();
     listed.sort_unstable();
-    assert_eq!(sorted, listed, "src/catalog.rs and the table builders disagree");
+    assert_eq!(
+        sorted, listed,
+        "src/catalog.rs and the table builders disagree"
+    );
     // The state and config tables are what the SQL reads; the alert tables come after it.
     let state_built = &built[..built.len() - 2];
     for p in catalog::of(Origin::Alerts) {
-        assert!(!state_built.contains(&p.name), "{} is built for the SQL", p.name);
+        assert!(
+            !state_built.contains(&p.name),
+            "{} is built for the SQL",
+            p.name
+        );
     }
 }
 
@@ -67,9 +82,14 @@ fn reference() -> String {
     for (origin, heading) in [
         (Origin::State, "Folded from the events"),
         (Origin::Config, "From the pipeline file"),
-        (Origin::Alerts, "Written after the rules ran (not readable by SQL files)"),
+        (
+            Origin::Alerts,
+            "Written after the rules ran (not readable by SQL files)",
+        ),
     ] {
-        out.push_str(&format!("\n{heading}:\n\n| table | columns | a row is |\n|---|---|---|\n"));
+        out.push_str(&format!(
+            "\n{heading}:\n\n| table | columns | a row is |\n|---|---|---|\n"
+        ));
         for p in catalog::of(origin) {
             let (_, schema) = schemas.iter().find(|(n, _)| *n == p.name).unwrap();
             let cols: Vec<String> = schema
@@ -77,7 +97,12 @@ fn reference() -> String {
                 .iter()
                 .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
                 .collect();
-            out.push_str(&format!("| `{}` | {} | {} |\n", p.name, cols.join(", "), p.about));
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                p.name,
+                cols.join(", "),
+                p.about
+            ));
         }
     }
     out

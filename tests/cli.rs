@@ -272,7 +272,11 @@ fn once_without_a_reachable_broker_fails_clearly() {
         "--output",
         dir.path().to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1), "an unreachable broker is a runtime failure");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an unreachable broker is a runtime failure"
+    );
     let t = text(&o);
     assert!(
         t.contains("cannot reach the Kafka brokers `127.0.0.1:1`"),

@@ -10,11 +10,11 @@ use quotaflow::event::Event;
 
 // Library paths the tests use that are moving: every test module imports them from here, so a
 // path change is a fix in this one file.
-pub use quotaflow::engine::{Engine, Table};
 pub use quotaflow::config::DecodeLimits;
-pub use quotaflow::source::decode::{BadInput, Decoder, Reason};
-pub use quotaflow::kafka::{produce_all, Cluster};
+pub use quotaflow::engine::{Engine, Table};
 pub use quotaflow::event::schema::{EventType, Schema};
+pub use quotaflow::kafka::{produce_all, Cluster};
+pub use quotaflow::source::decode::{BadInput, Decoder, Reason};
 pub use quotaflow::state::State;
 
 /// A wall clock far in the future, so no test instant is rejected for clock skew.
@@ -103,7 +103,10 @@ pub fn event_type(e: &Event) -> EventType {
 }
 
 pub async fn compute(p: &Arc<Pipeline>, s: &State) -> Vec<Table> {
-    Engine::new(Arc::clone(&p.metrics)).compute(s, 1).await.unwrap()
+    Engine::new(Arc::clone(&p.metrics))
+        .compute(s, 1)
+        .await
+        .unwrap()
 }
 
 /// Every table as sorted JSON lines, without `snapshot_id` (which differs between runs that

@@ -351,7 +351,13 @@ pub fn renamed(
 ) -> Vec<(String, String, String)> {
     let default = Pipeline::builtin().unwrap();
     msgs.into_iter()
-        .map(|(t, k, v)| (to.source.topics[&default.source.event_type_of(&t).unwrap()].clone(), k, v))
+        .map(|(t, k, v)| {
+            (
+                to.source.topics[&default.source.event_type_of(&t).unwrap()].clone(),
+                k,
+                v,
+            )
+        })
         .collect()
 }
 

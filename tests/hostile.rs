@@ -188,7 +188,9 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
     }
     let duplicates = rows("data_quality")
         .into_iter()
-        .find(|r| r["topic"] == p.source.topics[&EventType::Deal].as_str() && r["reason"] == "duplicate")
+        .find(|r| {
+            r["topic"] == p.source.topics[&EventType::Deal].as_str() && r["reason"] == "duplicate"
+        })
         .map_or(0, |r| r["count"].as_u64().unwrap());
     assert!(duplicates >= 1, "the repeated deal version is a duplicate");
 

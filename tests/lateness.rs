@@ -39,7 +39,9 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
     let cluster = MockCluster::new(1).unwrap();
     let topic = p.source.topics[&EventType::Activity].clone();
     cluster.create_topic(&topic, 2, 1).unwrap();
-    cluster.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
+    cluster
+        .create_topic(&p.source.dead_letter_topic, 1, 1)
+        .unwrap();
     cluster
         .create_topic(&p.alert_delivery.kafka_topic, 1, 1)
         .unwrap();

@@ -75,7 +75,9 @@ fn strip_comments_and_strings(s: &str) -> String {
             }
             let close = format!("\"{}", "#".repeat(hashes));
             let from = i + 2 + hashes;
-            i = s[from..].find(&close).map_or(b.len(), |e| from + e + close.len());
+            i = s[from..]
+                .find(&close)
+                .map_or(b.len(), |e| from + e + close.len());
             out.push_str("\"\"");
         } else if b[i] == b'"' {
             i += 1;
@@ -116,7 +118,12 @@ fn modules_of_src() -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = top.trim_end_matches(".rs").to_string();
         if module == "lib" || module == "main" {
             continue; // the crate root declares the modules; the binary sits above them all
@@ -158,7 +165,10 @@ fn no_module_names_a_module_above_it() {
     );
     // Every layer exists: the order is not a list of wishes.
     for l in LAYERS {
-        assert!(modules.contains_key(*l), "quotaflow::LAYERS names `{l}`, not in src/");
+        assert!(
+            modules.contains_key(*l),
+            "quotaflow::LAYERS names `{l}`, not in src/"
+        );
     }
 }
 
@@ -188,5 +198,9 @@ fn no_file_in_src_is_over_600_lines() {
         .filter(|(_, n)| *n > 600)
         .map(|(file, n)| format!("src/{file}: {n} lines"))
         .collect();
-    assert!(long.is_empty(), "split these by concern:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "split these by concern:\n{}",
+        long.join("\n")
+    );
 }

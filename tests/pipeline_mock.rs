@@ -81,12 +81,15 @@ pub async fn batch_tables(
     msgs: &[(String, String, String)],
 ) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
     let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap();
-    let messages = msgs.iter().enumerate().map(|(i, (topic, _, value))| ingest::Message {
-        topic,
-        partition: 0,
-        offset: i as i64,
-        payload: value.as_bytes(),
-    });
+    let messages = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (topic, _, value))| ingest::Message {
+            topic,
+            partition: 0,
+            offset: i as i64,
+            payload: value.as_bytes(),
+        });
     let (state, _) = ingest::batch(&ingest, messages, FAR_FUTURE);
     compute(p, &state)
         .await

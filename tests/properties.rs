@@ -77,16 +77,25 @@ fn random_events(seed: u64, n: usize) -> Vec<(EventType, String, String)> {
 }
 
 /// The batch path over `msgs`, as canonical tables.
-async fn batch(p: &Arc<Pipeline>, msgs: &[(String, String, String)]) -> std::collections::BTreeMap<String, Vec<String>> {
+async fn batch(
+    p: &Arc<Pipeline>,
+    msgs: &[(String, String, String)],
+) -> std::collections::BTreeMap<String, Vec<String>> {
     let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap();
-    let messages = msgs.iter().enumerate().map(|(i, (topic, _, value))| Message {
-        topic,
-        partition: 0,
-        offset: i as i64,
-        payload: value.as_bytes(),
-    });
+    let messages = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (topic, _, value))| Message {
+            topic,
+            partition: 0,
+            offset: i as i64,
+            payload: value.as_bytes(),
+        });
     let (state, refused) = quotaflow::ingest::batch(&ingest, messages, FAR_FUTURE);
-    assert!(refused.is_empty(), "the random events are all valid: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "the random events are all valid: {refused:?}"
+    );
     canonical_tables(&compute(p, &state).await)
 }
 

@@ -300,8 +300,11 @@ impl Dispatcher {
         for o in outbox {
             let Some(q) = self.queues.get(&o.target) else {
                 // A target the pipeline file no longer has: its entries wait in the outbox.
-                tracing::warn!(target = o.target, event_id = o.event.event_id,
-                    "alert event for a target this pipeline does not define; kept in the outbox");
+                tracing::warn!(
+                    target = o.target,
+                    event_id = o.event.event_id,
+                    "alert event for a target this pipeline does not define; kept in the outbox"
+                );
                 continue;
             };
             let id = o.id();
@@ -318,7 +321,10 @@ impl Dispatcher {
                     full.insert(o.target.as_str());
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::error!(target = o.target, "alert delivery task stopped; entries kept in the outbox");
+                    tracing::error!(
+                        target = o.target,
+                        "alert delivery task stopped; entries kept in the outbox"
+                    );
                     full.insert(o.target.as_str());
                 }
             }
@@ -423,4 +429,3 @@ fn spawn(
     });
     (tx, task.abort_handle())
 }
-

@@ -306,16 +306,16 @@ impl Pipeline {
             file: file.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate::pipeline(raw, read_sql).map_err(|validate::Invalid { key, message }| {
-            ConfigError::Invalid {
+        validate::pipeline(raw, read_sql)
+            .map_err(|validate::Invalid { key, message }| ConfigError::Invalid {
                 file: file.to_string(),
                 key,
                 message,
-            }
-        }).map(|mut p| {
-            p.file = file.to_string();
-            p
-        })
+            })
+            .map(|mut p| {
+                p.file = file.to_string();
+                p
+            })
     }
 }
 
@@ -516,4 +516,3 @@ mod tests {
         assert!(parse_duration("five s").is_err());
     }
 }
-

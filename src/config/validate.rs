@@ -119,7 +119,8 @@ fn source(s: &RawSource) -> Checked<Source> {
     }
     for t in EventType::ALL {
         if let std::collections::btree_map::Entry::Vacant(slot) = topics.entry(t) {
-            let default = Schema::builtin(t).map_err(|e| invalid("source.topics", e.to_string()))?;
+            let default =
+                Schema::builtin(t).map_err(|e| invalid("source.topics", e.to_string()))?;
             slot.insert(default.default_topic);
         }
     }
@@ -138,7 +139,11 @@ fn source(s: &RawSource) -> Checked<Source> {
             ),
         ));
     }
-    if let Some(key) = s.kafka.keys().find(|k| OWN_KAFKA_PROPERTIES.contains(&k.as_str())) {
+    if let Some(key) = s
+        .kafka
+        .keys()
+        .find(|k| OWN_KAFKA_PROPERTIES.contains(&k.as_str()))
+    {
         return Err(invalid(
             format!("source.kafka.\"{key}\""),
             "is set by quotaflow itself (use --brokers for bootstrap.servers)",
@@ -196,10 +201,16 @@ fn calendar(c: &RawCalendar) -> Checked<(Calendar, String)> {
 fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
     let trigger_interval = duration("snapshot.trigger_interval", &sn.trigger_interval)?;
     if trigger_interval.is_zero() {
-        return Err(invalid("snapshot.trigger_interval", "must be longer than 0"));
+        return Err(invalid(
+            "snapshot.trigger_interval",
+            "must be longer than 0",
+        ));
     }
     if sn.retention == 0 {
-        return Err(invalid("snapshot.retention", "must keep at least 1 snapshot"));
+        return Err(invalid(
+            "snapshot.retention",
+            "must keep at least 1 snapshot",
+        ));
     }
     Ok(Snapshot {
         output: sn.output.clone(),
@@ -299,7 +310,10 @@ fn commission_plan(raw: &RawCommissions) -> Checked<CommissionPlan> {
         tiers.push((from, rate));
     }
     if tiers.is_empty() {
-        return Err(invalid("commissions.tiers", "a plan needs at least one tier"));
+        return Err(invalid(
+            "commissions.tiers",
+            "a plan needs at least one tier",
+        ));
     }
     let cap = raw
         .cap

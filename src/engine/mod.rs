@@ -68,10 +68,7 @@ const TARGET_PARTITIONS: usize = 2;
 impl Engine {
     pub fn new(metrics: Arc<Metrics>) -> Engine {
         let last_read = Arc::new(last_reads(&metrics));
-        Engine {
-            metrics,
-            last_read,
-        }
+        Engine { metrics, last_read }
     }
 
     /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and

@@ -17,8 +17,8 @@ use super::{RunError, Runner};
 use crate::alert::deliver::{self, DeliveryAcks};
 use crate::config::Pipeline;
 use crate::internal::InternalError;
-use crate::source::consumer::KafkaSource;
 use crate::snapshot::{AlertsImage, EncodedTable, Location, Manifest, SnapshotError, StateImage};
+use crate::source::consumer::KafkaSource;
 use crate::state::{State, STATE_FORMAT};
 
 /// Attempts at writing one snapshot before a `--once` run gives up (a continuous run logs the
@@ -306,8 +306,15 @@ impl Runner {
                 Ok(mut acks) => {
                     acks.merge(acked, counts);
                     let written = match acks.encode() {
-                        Ok(bytes) => self.location.write_acks(id, bytes).await.map_err(RunError::from),
-                        Err(e) => Err(InternalError::new(format!("encoding _alert_acks.json: {e}")).into()),
+                        Ok(bytes) => self
+                            .location
+                            .write_acks(id, bytes)
+                            .await
+                            .map_err(RunError::from),
+                        Err(e) => Err(InternalError::new(format!(
+                            "encoding _alert_acks.json: {e}"
+                        ))
+                        .into()),
                     };
                     if let Err(e) = written {
                         tracing::warn!(error = %e, "could not record alert acknowledgements; the next start sends those events again");

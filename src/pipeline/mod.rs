@@ -314,10 +314,18 @@ impl Runner {
     /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
     /// read, and the `--once` stall guard checked.
     fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
-        self.watermark.refresh(&self.state.partition_high, source.partitions(), Instant::now());
+        self.watermark.refresh(
+            &self.state.partition_high,
+            source.partitions(),
+            Instant::now(),
+        );
         // Unhealthy while librdkafka reports client errors (a broker down or frozen); healthy
         // again at the next message or end of partition, or once they stop.
-        if source.consumer.context().errored_within(BROKER_ERROR_WINDOW) {
+        if source
+            .consumer
+            .context()
+            .errored_within(BROKER_ERROR_WINDOW)
+        {
             self.broker_health(false, source);
         } else {
             self.broker_health(true, source);
@@ -325,7 +333,12 @@ impl Runner {
         self.publish(source);
         self.now = chrono::Utc::now().timestamp_micros();
         if opts.once {
-            tracing::info!(messages = self.report.messages, partitions_done = self.ended.len(), partitions = source.assigned.len(), "reading");
+            tracing::info!(
+                messages = self.report.messages,
+                partitions_done = self.ended.len(),
+                partitions = source.assigned.len(),
+                "reading"
+            );
             // Progress is a message or a partition newly at its end: a broker that answers a
             // fetch with nothing, over and over, is not progress.
             let mark = (self.report.messages, self.ended.len() as u64);
@@ -357,7 +370,11 @@ impl Runner {
         opts: &RunOptions,
         trigger: &Trigger,
     ) -> Result<(), RunError> {
-        self.watermark.refresh(&self.state.partition_high, source.partitions(), Instant::now());
+        self.watermark.refresh(
+            &self.state.partition_high,
+            source.partitions(),
+            Instant::now(),
+        );
         let mut m = first;
         let mut handled = 0;
         loop {
@@ -384,7 +401,9 @@ impl Runner {
             }
             handled += 1;
             let cut = trigger.counted(self.since_snapshot) && self.inflight.is_none();
-            let stop = opts.max_events.is_some_and(|max| self.report.messages >= max);
+            let stop = opts
+                .max_events
+                .is_some_and(|max| self.report.messages >= max);
             if handled >= BURST || cut || stop {
                 break;
             }

@@ -188,4 +188,3 @@ pub(super) fn json_kind(v: &J<'_>) -> &'static str {
         J::Object => "an object",
     }
 }
-

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, PeriodType};
-use crate::source::DeadLetter;
 use crate::event::{
     Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
 };
+use crate::source::DeadLetter;
 
 /// Activity counters of one rep on one day: the `rep_daily` grain. Counters are 32-bit (a
 /// rep-day holds far fewer than 4 billion activities); seconds are 64-bit. The grain is the
@@ -481,7 +481,8 @@ impl State {
         counts: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
     ) {
         if !acked.is_empty() {
-            let acked: std::collections::BTreeSet<&str> = acked.iter().map(String::as_str).collect();
+            let acked: std::collections::BTreeSet<&str> =
+                acked.iter().map(String::as_str).collect();
             self.outbox.retain(|o| !acked.contains(o.id().as_str()));
         }
         for (target, c) in counts {

@@ -13,8 +13,8 @@ use super::columns::{batch, dates, decimals, i64s, opt_dates, opt_strs, strs, ti
 use super::{DailyCounts, Map, Rollups, State};
 use crate::calendar::PeriodType;
 use crate::config::Metrics;
-use crate::event::{Day, Micros, Stage};
 use crate::event::RATE_SCALE;
+use crate::event::{Day, Micros, Stage};
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing.
 pub fn build(

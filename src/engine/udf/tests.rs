@@ -15,7 +15,11 @@ fn half_even() {
 
 #[test]
 fn commission_worked_check() {
-    let plan = crate::config::Pipeline::builtin().unwrap().metrics.commissions.clone();
+    let plan = crate::config::Pipeline::builtin()
+        .unwrap()
+        .metrics
+        .commissions
+        .clone();
     let d = |s: &str| s.parse::<Decimal>().unwrap();
     // METRICS.md: quota 250,000.00 and closed_won 325,000.00 (130 %) pay 19,375.00.
     assert_eq!(
@@ -46,7 +50,11 @@ fn session() -> datafusion::prelude::SessionContext {
             corporate: "USD".into(),
             rates: HashMap::new(),
         },
-        commissions: crate::config::Pipeline::builtin().unwrap().metrics.commissions.clone(),
+        commissions: crate::config::Pipeline::builtin()
+            .unwrap()
+            .metrics
+            .commissions
+            .clone(),
     })) {
         ctx.register_udf(f);
     }
@@ -76,8 +84,7 @@ async fn ratio_is_the_cast_division_or_null() {
                                ratio(CAST(5 AS DECIMAL(18,2)), CAST(0 AS DECIMAL(5,1))), \
                                ratio(NULL, 2), ratio(2, NULL), ratio(CAST(NULL AS BIGINT), 0)";
     assert_eq!(doubles_of(&ctx, zero_or_null).await, vec![None; 7]);
-    let integers =
-        "SELECT ratio(1, 3), ratio(-7, 2), ratio(CAST(6 AS INT), CAST(4 AS BIGINT)), \
+    let integers = "SELECT ratio(1, 3), ratio(-7, 2), ratio(CAST(6 AS INT), CAST(4 AS BIGINT)), \
                            ratio(0, 5), ratio(CAST(9007199254740993 AS BIGINT), 1)";
     assert_eq!(
         doubles_of(&ctx, integers).await,
@@ -173,8 +180,7 @@ async fn prorate_with_decimal_factors() {
                       CAST(prorate(CAST(1.00 AS DECIMAL(5,2)), 1, CAST(0.000000000003 AS DECIMAL(20,18))) AS VARCHAR) AS d";
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let col = |i: usize| {
-        datafusion::arrow::util::display::array_value_to_string(batches[0].column(i), 0)
-            .unwrap()
+        datafusion::arrow::util::display::array_value_to_string(batches[0].column(i), 0).unwrap()
     };
     assert_eq!(col(0), "5.000000000000");
     assert_eq!(col(1), "-50000.000000000000");
