@@ -188,3 +188,87 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
         crate::common::assert_alert_event_schema(v);
     }
 }
+
+/// An alert event for the dispatcher tests, numbered `i`.
+fn event(i: usize) -> quotaflow::alert::AlertEvent {
+    quotaflow::alert::AlertEvent {
+        event_id: format!("rule/key-{i}/1/fired"),
+        alert_id: format!("rule/key-{i}/1"),
+        transition: "fired".into(),
+        pipeline: "default".into(),
+        rule: "rep_inactive".into(),
+        severity: "warning".into(),
+        key: format!("key-{i}"),
+        value: Some(1.0),
+        message: "m".into(),
+        fired_at: None,
+        resolved_at: None,
+        snapshot_id: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_queues_are_bounded_and_an_outbox_entry_is_handed_over_once() {
+    use quotaflow::alert::deliver::{Dispatcher, Outgoing, QUEUE_CAPACITY};
+    let hook = HookServer::start(0);
+    hook.set_failing(true);
+    let p = hooked_pipeline(&hook.url, "1s");
+    let rules: Vec<_> = p
+        .metrics
+        .alerts
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.deliver = vec!["managers".into()];
+            r
+        })
+        .collect();
+    // No rule delivers to Kafka, so no client of this address is made.
+    let cluster = quotaflow::kafka::Cluster::new("127.0.0.1:1", &Default::default());
+    let outbox = |n: usize| -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| Outgoing {
+                target: "managers".into(),
+                event: event(i),
+            })
+            .collect()
+    };
+
+    // Handed over once: the run loop submits the whole outbox after every snapshot.
+    let d = Dispatcher::start(&cluster, &p.alert_delivery, &rules)
+        .await
+        .unwrap();
+    let small = outbox(20);
+    for _ in 0..3 {
+        d.submit(&small);
+    }
+    assert_eq!(d.pending(), 20);
+    hook.set_failing(false);
+    assert_eq!(d.drain(std::time::Duration::from_secs(30)).await, 0);
+    let ids: BTreeSet<String> = hook
+        .accepted()
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((ids.len(), hook.accepted().len()), (20, 20), "each event once");
+    let (acked, counts) = d.take();
+    assert_eq!(acked.len(), 20);
+    assert_eq!(counts["managers"].delivered, 20);
+    drop(d);
+
+    // Bounded: with the webhook refusing, a queue takes QUEUE_CAPACITY entries (and the task
+    // holds the one it retries); the rest waits in the outbox instead of in memory twice.
+    hook.set_failing(true);
+    let d = Dispatcher::start(&cluster, &p.alert_delivery, &rules)
+        .await
+        .unwrap();
+    let big = outbox(QUEUE_CAPACITY + 50);
+    d.submit(&big);
+    d.submit(&big);
+    let pending = d.pending();
+    assert!(
+        (QUEUE_CAPACITY..=QUEUE_CAPACITY + 2).contains(&pending),
+        "{pending} handed over of {}",
+        big.len()
+    );
+}
