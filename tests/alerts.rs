@@ -142,8 +142,11 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     let rows = deliveries(out).await;
     assert!(rows.contains(&"managers 0 0 1".to_string()), "{rows:?}");
 
-    // Run 2, no new events: the webhook is back; the outbox goes out.
+    // Run 2, no new events: the webhook is back; the outbox goes out. The drain timeout is
+    // longer now: a drain ends as soon as nothing is pending, and 1 s is too short a wait for
+    // a delivery on a loaded machine.
     hook.set_failing(false);
+    let p = hooked_pipeline(&hook.url, "30s");
     let second = run_in_process(&p, once(&brokers, out)).await;
     assert_eq!((second.messages, second.alerts_pending), (0, 0));
     let got = hook.accepted();
