@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), String> {
     let env = |k: &str| std::env::var(k).map_err(|e| format!("{k}: {e}"));
-    let sql = PathBuf::from(env("CARGO_MANIFEST_DIR")?).join("sql");
+    let root = PathBuf::from(env("CARGO_MANIFEST_DIR")?);
+    let sql = root.join("sql");
     // A directory: cargo rescans everything under it for changes.
     println!("cargo:rerun-if-changed=sql");
     let mut files = Vec::new();
@@ -24,9 +25,16 @@ fn main() -> Result<(), String> {
                 "two files under sql/ are named {name}: the built-in pipeline finds them by file name"
             ));
         }
+        // Relative to the package, resolved when the crate compiles: the build script's output
+        // may be reused by a checkout at another path sharing the target directory.
+        let rel = f
+            .strip_prefix(&root)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .to_str()
+            .ok_or_else(|| format!("{}: not a UTF-8 path", f.display()))?
+            .to_string();
         out.push_str(&format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            f.display().to_string()
+            "    ({name:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/{rel}\"))),\n"
         ));
         names.push(name);
     }

@@ -286,13 +286,8 @@ fn snapshot_write(c: &mut Criterion) {
 
 /// The state's two images, as the pipeline's cut makes them.
 fn images(state: &State) -> (StateImage, AlertsImage) {
-    let image = StateImage {
-        snapshot_id: state.snapshot_id,
-        as_of: state.as_of,
-        offsets: state.offsets.clone(),
-        format: quotaflow::state::STATE_FORMAT,
-        bytes: state.encode().unwrap_or_else(|e| panic!("{e}")).into(),
-    };
+    let image =
+        quotaflow::pipeline::state_image(state, state.encode().unwrap_or_else(|e| panic!("{e}")));
     let alerts = AlertsImage(
         state
             .encode_alerts()

@@ -253,7 +253,11 @@ async fn delivery_queues_are_bounded_and_an_outbox_entry_is_handed_over_once() {
         .iter()
         .map(|v| v["event_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!((ids.len(), hook.accepted().len()), (20, 20), "each event once");
+    assert_eq!(
+        (ids.len(), hook.accepted().len()),
+        (20, 20),
+        "each event once"
+    );
     let (acked, counts) = d.take();
     assert_eq!(acked.len(), 20);
     assert_eq!(counts["managers"].delivered, 20);

@@ -80,6 +80,20 @@ pub async fn batch_tables(
     p: &Arc<Pipeline>,
     msgs: &[(String, String, String)],
 ) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
+    let (state, _) = batch_state(p, msgs);
+    compute(p, &state)
+        .await
+        .into_iter()
+        .map(|t| (t.name, t.batches))
+        .collect()
+}
+
+/// The state of the batch path over `msgs` (one partition, offsets in order), with the
+/// messages it refused.
+pub fn batch_state(
+    p: &Pipeline,
+    msgs: &[(String, String, String)],
+) -> (quotaflow::state::State, Vec<quotaflow::source::DeadLetter>) {
     let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap();
     let messages = msgs
         .iter()
@@ -90,12 +104,7 @@ pub async fn batch_tables(
             offset: i as i64,
             payload: value.as_bytes(),
         });
-    let (state, _) = ingest::batch(&ingest, messages, FAR_FUTURE);
-    compute(p, &state)
-        .await
-        .into_iter()
-        .map(|t| (t.name, t.batches))
-        .collect()
+    ingest::batch(&ingest, messages, FAR_FUTURE)
 }
 
 /// alert_id of every (rule, key) firing in the state of the latest snapshot under `output`.

@@ -15,13 +15,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use quotaflow::config::Pipeline;
-use quotaflow::ingest::{Ingest, Message};
 use quotaflow::pipeline::RunOptions;
 
 use crate::common::EventType::{self, *};
-use crate::common::{canonical, canonical_tables, compute, FAR_FUTURE};
+use crate::common::{canonical, canonical_tables, compute};
 use crate::harness::{once, produce, run_in_process, PipelineFile};
-use crate::pipeline_mock::{cluster, latest_tables, without};
+use crate::pipeline_mock::{batch_state, cluster, latest_tables, without};
 
 const STAGES: &[&str] = &[
     "prospecting",
@@ -81,17 +80,7 @@ async fn batch(
     p: &Arc<Pipeline>,
     msgs: &[(String, String, String)],
 ) -> std::collections::BTreeMap<String, Vec<String>> {
-    let ingest = Ingest::new(&p.source, p.metrics.calendar).unwrap();
-    let messages = msgs
-        .iter()
-        .enumerate()
-        .map(|(i, (topic, _, value))| Message {
-            topic,
-            partition: 0,
-            offset: i as i64,
-            payload: value.as_bytes(),
-        });
-    let (state, refused) = quotaflow::ingest::batch(&ingest, messages, FAR_FUTURE);
+    let (state, refused) = batch_state(p, msgs);
     assert!(
         refused.is_empty(),
         "the random events are all valid: {refused:?}"

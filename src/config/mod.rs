@@ -306,16 +306,13 @@ impl Pipeline {
             file: file.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate::pipeline(raw, read_sql)
-            .map_err(|validate::Invalid { key, message }| ConfigError::Invalid {
+        validate::pipeline(raw, file, read_sql).map_err(|validate::Invalid { key, message }| {
+            ConfigError::Invalid {
                 file: file.to_string(),
                 key,
                 message,
-            })
-            .map(|mut p| {
-                p.file = file.to_string();
-                p
-            })
+            }
+        })
     }
 }
 

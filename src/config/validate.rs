@@ -48,9 +48,10 @@ const OWN_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.offset.store",
 ];
 
-/// The whole file, section by section (`file` is filled in by the caller).
+/// The whole file `file`, section by section.
 pub(super) fn pipeline(
     raw: RawPipeline,
+    file: &str,
     read_sql: &dyn Fn(&str) -> Result<String, String>,
 ) -> Checked<Pipeline> {
     if !is_identifier(&raw.name) {
@@ -74,7 +75,7 @@ pub(super) fn pipeline(
     let http_bind = http_bind(&raw.http.bind)?;
     Ok(Pipeline {
         name: raw.name,
-        file: String::new(),
+        file: file.to_string(),
         metrics: std::sync::Arc::new(Metrics {
             calendar,
             corporate_currency,

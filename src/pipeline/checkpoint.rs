@@ -102,6 +102,17 @@ async fn read_acks(location: &Location, id: u64) -> Result<DeliveryAcks, RunErro
     }
 }
 
+/// The image of `state` for a snapshot, from its encoding (`State::encode`).
+pub fn state_image(state: &State, bytes: Vec<u8>) -> StateImage {
+    StateImage {
+        snapshot_id: state.snapshot_id,
+        as_of: state.as_of,
+        offsets: state.offsets.clone(),
+        format: STATE_FORMAT,
+        bytes: bytes.into(),
+    }
+}
+
 fn encode_err(file: &str) -> impl FnOnce(bincode::Error) -> RunError + '_ {
     move |e| RunError::from(InternalError::new(format!("encoding {file}: {e}")))
 }
@@ -153,13 +164,7 @@ impl Runner {
                 return Err(e);
             }
         };
-        let image = StateImage {
-            snapshot_id: id,
-            as_of: self.state.as_of,
-            offsets: self.state.offsets.clone(),
-            format: STATE_FORMAT,
-            bytes: bytes.into(),
-        };
+        let image = state_image(&self.state, bytes);
         // The alert part goes on in a state of its own: the rules run on the computed tables.
         let mut alerting = State {
             snapshot_id: id,

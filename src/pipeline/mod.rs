@@ -21,7 +21,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
-pub use checkpoint::{read_state, restore};
+pub use checkpoint::{read_state, restore, state_image};
 
 use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;
@@ -321,15 +321,11 @@ impl Runner {
         );
         // Unhealthy while librdkafka reports client errors (a broker down or frozen); healthy
         // again at the next message or end of partition, or once they stop.
-        if source
+        let errored = source
             .consumer
             .context()
-            .errored_within(BROKER_ERROR_WINDOW)
-        {
-            self.broker_health(false, source);
-        } else {
-            self.broker_health(true, source);
-        }
+            .errored_within(BROKER_ERROR_WINDOW);
+        self.broker_health(!errored, source);
         self.publish(source);
         self.now = chrono::Utc::now().timestamp_micros();
         if opts.once {
