@@ -116,6 +116,7 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
                 manager_id: None,
                 role: None,
                 hired_on: None,
+                effective_from: None,
                 active: true,
             }),
         );

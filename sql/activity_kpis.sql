@@ -1,6 +1,7 @@
 -- activity_kpis — grain (level, entity_id, period_type, period_start).
--- Rows: every period with at least one activity. Sums of rep_daily over the period
--- (rep_periods holds them per rep; here they roll up to the levels).
+-- Rows: every period with at least one activity. Sums of rep_daily over the period, each
+-- activity rolled up by the hierarchy of its own day (activity_parts holds the sums per rep
+-- and part of the period in one team; here they roll up to the levels).
 WITH act AS (
     SELECT l.level, l.entity_id, p.period_type, p.period_start,
            SUM(p.calls) AS calls, SUM(p.emails) AS emails, SUM(p.meetings) AS meetings,
@@ -8,8 +9,8 @@ WITH act AS (
            SUM(p.activities) AS activities, SUM(p.call_seconds) AS call_seconds,
            SUM(p.connected_calls) AS connected_calls, SUM(p.replied_emails) AS replied_emails,
            SUM(p.meetings_held) AS meetings_held
-    FROM rep_periods p
-    JOIN rep_levels l ON l.rep_id = p.rep_id
+    FROM activity_parts p
+    JOIN rep_levels l ON l.rep_id = p.rep_id AND p.on_day BETWEEN l.valid_from AND l.valid_to
     GROUP BY l.level, l.entity_id, p.period_type, p.period_start
 ),
 won AS (

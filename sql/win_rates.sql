@@ -1,23 +1,17 @@
 -- win_rates — grain (level, entity_id, period_type, period_start).
 -- Rows: every period with at least one closed deal (won or lost, by close_date).
-WITH open_now AS (
-    SELECT l.level, l.entity_id, SUM(o.open_deals) AS open_deals
-    FROM (SELECT rep_id, COUNT(*) AS open_deals FROM deals_current WHERE NOT is_closed GROUP BY rep_id) o
-    JOIN rep_levels l ON l.rep_id = o.rep_id
-    GROUP BY l.level, l.entity_id
-),
-agg AS (
+-- open_deals: the entity's open deals whose close_date falls in the period.
+WITH agg AS (
     SELECT level, entity_id, period_type, period_start, won_count, lost_count,
+           open_count AS open_deals,
            money(COALESCE(closed_won, 0)) AS won_amount, won_cycle_days
     FROM deals_by_period
     WHERE won_count + lost_count > 0
 ),
 figures AS (
     SELECT a.*,
-           COALESCE(o.open_deals, 0) AS open_deals,
            money(prorate(a.won_amount, 1, a.won_count)) AS avg_deal_size
     FROM agg a
-    LEFT JOIN open_now o ON o.level = a.level AND o.entity_id = a.entity_id
 )
 SELECT level, entity_id, period_type, period_start,
        won_count,

@@ -1,7 +1,8 @@
 //! Deterministic synthetic data for every topic: a sales organisation with regions, teams and
 //! reps of varying skill, quarterly quotas in local currencies, weekly fx rates, deals that move
 //! through the funnel with revisions and end won or lost, activities that rise with skill and
-//! lead to wins, monthly pulse surveys, and a trickle of resent (duplicate) activities.
+//! lead to wins, monthly pulse surveys, a few team transfers recorded days after they took
+//! effect (one of them corrected), and a trickle of resent (duplicate) activities.
 //!
 //! A scenario can silence some reps for a while (`Silence`): they log nothing and their deals
 //! stand still, which is how a test or the demo makes known reps fall behind.
@@ -58,6 +59,8 @@ const REGIONS: &[(&str, &str)] = &[
     ("LATAM", "USD"),
 ];
 const TEAM_SIZE: usize = 8;
+/// How many days after a transfer took effect the roster records it.
+const TRANSFER_RECORDED_AFTER: i64 = 3;
 const STAGES: &[&str] = &["prospecting", "qualification", "proposal", "negotiation"];
 
 struct RepInfo {
@@ -198,18 +201,31 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             }
         }
         for (ri, rep) in reps.iter().enumerate() {
-            // A few reps move team once, half-way through.
-            if day == spec.start + Duration::days(i64::from(spec.days / 2)) && ri % 17 == 5 {
-                let to = &reps[(ri + TEAM_SIZE) % reps.len()];
+            // A few reps move team once, half-way through, and the move is recorded late: it
+            // took effect TRANSFER_RECORDED_AFTER days earlier (back-dated `effective_from`).
+            // Every second mover's move is then corrected the next day (same effective_from,
+            // a higher version, another team).
+            let half_way = spec.start + Duration::days(i64::from(spec.days / 2));
+            let moved = ri % 17 == 5;
+            let took_effect = half_way - Duration::days(TRANSFER_RECORDED_AFTER);
+            let recorded = [
+                (half_way, 2, TEAM_SIZE),
+                (half_way + Duration::days(1), 3, 2 * TEAM_SIZE),
+            ];
+            for (on, version, step) in recorded {
+                if day != on || !moved || (version == 3 && ri % 34 != 5) {
+                    continue;
+                }
+                let to = &reps[(ri + step) % reps.len()];
                 push(
                     &mut out,
                     instant(day, 120),
                     EventType::Rep,
                     &rep.id,
                     json!({
-                    "rep_id": rep.id, "version": 2, "occurred_at": instant(day, 120), "name": format!("Rep {}", &rep.id[4..]),
+                    "rep_id": rep.id, "version": version, "occurred_at": instant(day, 120), "name": format!("Rep {}", &rep.id[4..]),
                     "team_id": to.team, "region": to.region, "manager_id": format!("mgr-{}", to.team), "role": "AE",
-                    "active": true}),
+                    "active": true, "effective_from": took_effect.to_string()}),
                 );
             }
             let silent = spec.silence.as_ref().is_some_and(|s| s.covers(ri, day));
@@ -427,5 +443,35 @@ mod tests {
         for t in EventType::ALL {
             assert!(a.iter().any(|g| g.event_type == t), "no {t:?} generated");
         }
+    }
+
+    #[test]
+    fn transfers_are_back_dated_and_one_is_corrected() {
+        let spec = GenSpec {
+            reps: 30,
+            days: 20,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap(),
+            silence: None,
+        };
+        let mut moves = Vec::new();
+        generate(&spec, |g| {
+            let v: serde_json::Value = serde_json::from_str(&g.value).unwrap();
+            if g.event_type == EventType::Rep && v["rep_id"] == "rep-00005" && v["version"] != 1 {
+                moves.push(v);
+            }
+        });
+        // rep 5 moves on day 10 (recorded then, in force from day 7) and is corrected on day 11.
+        assert_eq!(moves.len(), 2, "{moves:?}");
+        for m in &moves {
+            assert_eq!(m["effective_from"], "2026-03-27");
+            assert!(m["occurred_at"].as_str().unwrap() > "2026-03-30");
+        }
+        assert_eq!(
+            (moves[0]["version"].as_i64(), moves[1]["version"].as_i64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(moves[0]["team_id"], "team-emea-001");
+        assert_eq!(moves[1]["team_id"], "team-uki-002");
     }
 }

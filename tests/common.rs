@@ -182,8 +182,8 @@ fn decimals_as_text(b: &RecordBatch) -> RecordBatch {
 }
 
 /// A real HTTP/1.1 server on a loopback port that receives webhooks: it answers 500 to the
-/// first `fail_first` requests and while `failing` is set, 200 otherwise, and keeps the JSON
-/// bodies of the requests it accepted.
+/// first `fail_first` requests and while `failing` is set, 400 to anything but a JSON POST to
+/// its path, 200 otherwise, and keeps the JSON bodies of the requests it accepted.
 pub struct HookServer {
     pub url: String,
     state: Arc<std::sync::Mutex<HookState>>,
@@ -199,7 +199,6 @@ struct HookState {
 
 impl HookServer {
     pub fn start(fail_first: usize) -> HookServer {
-        use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hooks/quotaflow", listener.local_addr().unwrap());
         let state = Arc::new(std::sync::Mutex::new(HookState {
@@ -207,50 +206,68 @@ impl HookServer {
             ..HookState::default()
         }));
         let shared = Arc::clone(&state);
+        // A thread per connection, and a connection that breaks off (a client stopped
+        // mid-request) ends only that thread: one stuck or broken connection must not keep
+        // the server from answering the next client.
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                // One request per connection (the answer says `connection: close`).
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    continue;
-                }
-                assert!(line.starts_with("POST /hooks/quotaflow "), "{line}");
-                let mut length = 0;
-                let mut json = false;
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    let h = h.trim_end().to_ascii_lowercase();
-                    if h.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    json |= h == "content-type: application/json";
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let status = {
-                    let mut s = shared.lock().unwrap();
-                    s.requests += 1;
-                    if s.requests <= s.fail_first || s.failing {
-                        "500 Internal Server Error"
-                    } else {
-                        assert!(json, "webhook without content-type: application/json");
-                        s.accepted.push(serde_json::from_slice(&body).unwrap());
-                        "200 OK"
-                    }
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
+                let Ok(conn) = conn else { continue };
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let _ = HookServer::answer(conn, &shared);
+                });
             }
         });
         HookServer { url, state }
+    }
+
+    /// Reads one request from `conn` and answers it (`connection: close`).
+    fn answer(
+        mut conn: std::net::TcpStream,
+        shared: &std::sync::Mutex<HookState>,
+    ) -> std::io::Result<()> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0;
+        let mut json = false;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            json |= h == "content-type: application/json";
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let status = {
+            let mut s = shared.lock().unwrap();
+            s.requests += 1;
+            let parsed = serde_json::from_slice::<serde_json::Value>(&body);
+            if !line.starts_with("POST /hooks/quotaflow ") || !json || parsed.is_err() {
+                // Counted, never accepted: a test that expects deliveries then fails.
+                "400 Bad Request"
+            } else if s.requests <= s.fail_first || s.failing {
+                "500 Internal Server Error"
+            } else {
+                s.accepted.push(parsed.unwrap_or_default());
+                "200 OK"
+            }
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
     }
 
     /// Bodies of the requests answered 200, in arrival order.

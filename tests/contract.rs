@@ -227,6 +227,38 @@ fn message_level_reasons_come_first() {
     assert_eq!(err.reason, Reason::TooLarge);
 }
 
+#[test]
+fn effective_from_is_an_optional_date_checked_last() {
+    use serde_json::json;
+    const REP: &str = r#"{"rep_id":"r","version":2,"occurred_at":"2026-10-05T09:00:00Z","name":"n","team_id":"t","region":"NA","active":true}"#;
+    let from = |json: &str| match decode(Rep, json).unwrap() {
+        Event::Rep(r) => r.effective_from,
+        other => panic!("{other:?}"),
+    };
+    // Absent or null: the state takes the day of occurred_at (state::hierarchy).
+    assert_eq!(from(REP), None);
+    assert_eq!(from(&with(REP, "effective_from", json!(null))), None);
+    let back_dated = from(&with(REP, "effective_from", json!("2026-09-28"))).unwrap();
+    assert_eq!(
+        quotaflow::calendar::date_of(back_dated).to_string(),
+        "2026-09-28"
+    );
+    // Like every date: a day that does not exist, another format, a number.
+    for bad in [json!("2026-02-30"), json!("28.09.2026"), json!(20260928)] {
+        let j = with(REP, "effective_from", bad.clone());
+        assert_eq!(reason(Rep, &j), Some(Reason::WrongType), "{bad}");
+    }
+    // It is the last field of the table: any other faulty field wins.
+    let j = with(
+        &with(REP, "effective_from", json!("x")),
+        "team_id",
+        json!(""),
+    );
+    assert_eq!(reason(Rep, &j), Some(Reason::EmptyId));
+    let err = decode(Rep, &with(REP, "effective_from", json!("2026-02-30"))).unwrap_err();
+    assert!(err.detail.contains("`effective_from`"), "{}", err.detail);
+}
+
 fn decoder_err(t: EventType, bytes: &[u8]) -> Reason {
     crate::common::decoder()
         .decode(t, bytes, FAR_FUTURE)
@@ -284,6 +316,22 @@ fn schemas_list_the_fields_of_the_contract_in_order() {
             "forecast_category",
             "probability",
             "created_at"
+        ]
+    );
+    assert_eq!(
+        names(Rep),
+        [
+            "rep_id",
+            "version",
+            "occurred_at",
+            "name",
+            "team_id",
+            "region",
+            "manager_id",
+            "role",
+            "hired_on",
+            "active",
+            "effective_from"
         ]
     );
     assert_eq!(

@@ -1,12 +1,14 @@
 //! Property tests of the two invariants, on the real pipeline (`quotaflow::pipeline::run` on
 //! librdkafka's in-process mock cluster) against the library's batch path
 //! (`quotaflow::ingest::batch`, then the same SQL):
-//! - incremental = batch: random events, spread over partitions by key (so they arrive in
-//!   another order than the batch reads them) and read by runs that snapshot every few events,
-//!   end in the same tables as the batch;
+//! - incremental = batch: random events (roster moves, back-dated and corrected, among them),
+//!   spread over partitions by key (so they arrive in another order than the batch reads them)
+//!   and read by runs that snapshot every few events, end in the same tables as the batch;
 //! - restart = no restart: the same runs stop after a random number of messages each and the
 //!   next one restores the last snapshot, so random cuts restart and the others go on with the
 //!   state in memory; the property covers both.
+//!
+//! Beside them, on the batch path: moves change only team and region figures, and those add up.
 
 use std::sync::Arc;
 
@@ -61,9 +63,13 @@ fn random_events(seed: u64, n: usize) -> Vec<(EventType, String, String)> {
                 3 => (Quota, format!("r{r}"), format!(
                     r#"{{"rep_id":"r{r}","period_start":"2026-01-01","period_end":"2026-03-31","amount":"{}.00","currency":"USD","version":{rv},"occurred_at":"{}"}}"#,
                     50_000 + rv * 1000, at(rv, 1))),
+                // Version 1 takes effect on the day it occurred; 2 and 4 move the rep on other
+                // days (back- or forward-dated), 3 corrects 2 (same effective_from).
                 4 => (Rep, format!("r{r}"), format!(
-                    r#"{{"rep_id":"r{r}","version":{rv},"occurred_at":"{}","name":"n","team_id":"t{}","region":"g{}","active":true}}"#,
-                    at(rv, 2), (r + rv) % 2, rv % 2)),
+                    r#"{{"rep_id":"r{r}","version":{rv},"occurred_at":"{}","name":"n","team_id":"t{}","region":"g{}","active":true{}}}"#,
+                    at(rv, 2), (r + rv) % 3, rv % 2,
+                    match rv { 1 => String::new(), 4 => format!(r#","effective_from":"{}""#, day(r + 9)),
+                               _ => format!(r#","effective_from":"{}""#, day(r + 4)) })),
                 5 => (Survey, format!("s{k}"), format!(
                     r#"{{"response_id":"s{k}","occurred_at":"{}","rep_id":"r{}","survey":"pulse-{}","score":{}}}"#,
                     at(k, 4), k % 3, k % 2, k % 11)),
@@ -131,5 +137,143 @@ fn random_events_are_reproducible_and_spread_over_every_type() {
     assert_eq!(a, random_events(7, 200));
     for t in EventType::ALL {
         assert!(a.iter().any(|(e, _, _)| *e == t), "{t:?}");
+    }
+}
+
+/// `events` with every roster version in team `t0`, region `g0` and no effective_from: the
+/// same facts under a hierarchy without moves.
+fn without_moves(events: &[(EventType, String, String)]) -> Vec<(EventType, String, String)> {
+    events
+        .iter()
+        .map(|(t, key, json)| {
+            if *t != Rep {
+                return (*t, key.clone(), json.clone());
+            }
+            let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.insert("team_id".into(), "t0".into());
+            o.insert("region".into(), "g0".into());
+            o.remove("effective_from");
+            (*t, key.clone(), v.to_string())
+        })
+        .collect()
+}
+
+/// The tables of the batch path over `events`.
+fn batch_tables_of(
+    p: &Arc<Pipeline>,
+    events: &[(EventType, String, String)],
+) -> Vec<quotaflow::engine::Table> {
+    let msgs: Vec<(String, String, String)> = events
+        .iter()
+        .map(|(t, key, json)| (p.source.topics[t].clone(), key.clone(), json.clone()))
+        .collect();
+    let (state, refused) = batch_state(p, &msgs);
+    assert!(refused.is_empty(), "{refused:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(compute(p, &state))
+}
+
+/// Rolled-up tables: (name, the columns besides level and entity_id that make a row's key,
+/// the columns that are sums of their reps' records on every row that can hold them).
+const ROLLED_UP: &[(&str, &[&str], &[&str])] = &[
+    (
+        "attainment",
+        &["period_type", "period_start"],
+        &["closed_won"],
+    ),
+    (
+        "forecast",
+        &["period_type", "period_start"],
+        &["closed_won", "commit", "best_case", "pipeline"],
+    ),
+    // (Not open_deals: a row exists only where the entity closed a deal in the period.)
+    (
+        "win_rates",
+        &["period_type", "period_start"],
+        &["won_count", "lost_count", "won_amount"],
+    ),
+    // (Not won_count: a row exists only where the entity had activities, so a team's wins
+    // without an activity of its own in the period are on no row of it.)
+    (
+        "activity_kpis",
+        &["period_type", "period_start"],
+        &["activities", "calls", "call_seconds"],
+    ),
+    (
+        "stage_conversion",
+        &["cohort_quarter", "stage"],
+        &["reached", "advanced"],
+    ),
+    (
+        "survey_nps",
+        &["survey"],
+        &["responses", "promoters", "detractors"],
+    ),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// METRICS.md "Hierarchy": moves change only team and region figures (rep and company
+    /// figures are those of the same facts without moves), and every period's team and region
+    /// figures add up to the company's.
+    #[test]
+    fn moves_change_only_team_and_region_figures_and_those_add_up(
+        seed in any::<u64>(),
+        n in 1usize..150,
+    ) {
+        let p = crate::common::pipeline();
+        let events = random_events(seed, n);
+        let moved = batch_tables_of(&p, &events);
+        let flat = batch_tables_of(&p, &without_moves(&events));
+        let lines = |tables: &[quotaflow::engine::Table], name: &str, levels: &[&str]| {
+            let mut v: Vec<String> = crate::common::rows(tables, name)
+                .into_iter()
+                .filter(|r| levels.contains(&r["level"].as_str().unwrap_or("")))
+                .map(|r| r.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        for (name, keys, sums) in ROLLED_UP {
+            prop_assert_eq!(
+                lines(&moved, name, &["rep", "company"]),
+                lines(&flat, name, &["rep", "company"]),
+                "{}: rep and company rows", name
+            );
+            let rows = crate::common::rows(&moved, name);
+            let total = |level: &str| {
+                let mut by_key: std::collections::BTreeMap<String, Vec<rust_decimal::Decimal>> =
+                    Default::default();
+                for r in rows.iter().filter(|r| r["level"] == level) {
+                    let key: Vec<String> = keys.iter().map(|k| r[*k].to_string()).collect();
+                    let cells = by_key
+                        .entry(key.join("|"))
+                        .or_insert_with(|| vec![rust_decimal::Decimal::ZERO; sums.len()]);
+                    for (cell, col) in cells.iter_mut().zip(sums.iter()) {
+                        let text = match &r[*col] {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        *cell += text.parse::<rust_decimal::Decimal>().unwrap();
+                    }
+                }
+                by_key
+            };
+            prop_assert_eq!(total("team"), total("company"), "{}: teams add up", name);
+            prop_assert_eq!(total("region"), total("company"), "{}: regions add up", name);
+        }
+        // Rep-grain tables do not see the hierarchy at all.
+        let (moved, flat) = (
+            crate::common::canonical_tables(&moved),
+            crate::common::canonical_tables(&flat),
+        );
+        for name in ["rep_daily", "deals_current", "leaderboard", "trends", "commissions"] {
+            prop_assert_eq!(moved.get(name), flat.get(name), "{}", name);
+        }
     }
 }

@@ -139,6 +139,9 @@ pub struct Rep {
     pub role: Option<String>,
     pub hired_on: Option<Day>,
     pub active: bool,
+    /// First day this version's team and region apply; `None`: the day of `occurred_at` in
+    /// the pipeline's time zone (resolved when the state folds it, `state::Placement`).
+    pub effective_from: Option<Day>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

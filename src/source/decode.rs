@@ -414,6 +414,7 @@ fn build(schema: &Schema, vals: Vec<Option<Val>>) -> Result<Event, String> {
             role: f.opt_text("role"),
             hired_on: f.opt_date("hired_on"),
             active: f.bool("active")?,
+            effective_from: f.opt_date("effective_from"),
         }),
         EventType::Survey => Event::Survey(Survey {
             response_id: f.text("response_id")?,

@@ -1,159 +1,26 @@
 //! Pipeline state: everything a snapshot needs to resume, bounded by keys × days.
 //!
 //! Facts fold into the rep × day grain on arrival (`daily`), entities keep their latest version
-//! plus the set of versions seen (for duplicates and `stage_entered_at`), fact ids are kept for
-//! the dedup horizon only. The state owns the event clock (`as_of`), the next offset of every
-//! topic-partition, the data-quality counters and a bounded log of recent dead letters.
-//! It never does I/O; `tables` turns it into Arrow record batches for the SQL engine.
+//! plus the set of versions seen (for duplicates, `stage_entered_at` and, for the roster, the
+//! effective-dated hierarchy: `hierarchy`), fact ids are kept for the dedup horizon only. The
+//! state owns the event clock (`as_of`), the next offset of every topic-partition, the
+//! data-quality counters and a bounded log of recent dead letters. It never does I/O; `tables` turns it into Arrow record batches for the SQL engine.
 
 mod columns;
+mod grain;
+pub mod hierarchy;
 pub mod tables;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{Calendar, PeriodType};
-use crate::event::{
-    Activity, ActivityType, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey,
-};
+use crate::calendar::Calendar;
+use crate::event::{Activity, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
 use crate::source::DeadLetter;
-
-/// Activity counters of one rep on one day: the `rep_daily` grain. Counters are 32-bit (a
-/// rep-day holds far fewer than 4 billion activities); seconds are 64-bit. The grain is the
-/// largest part of the state, so every byte here counts once per rep-day of history.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DailyCounts {
-    pub calls: u32,
-    pub emails: u32,
-    pub meetings: u32,
-    pub webinars: u32,
-    pub demos: u32,
-    pub tasks: u32,
-    pub activities: u32,
-    pub connected_calls: u32,
-    pub replied_emails: u32,
-    pub meetings_held: u32,
-    /// Held demos alone (they also count in `meetings_held`); the leaderboard weighs them extra.
-    pub demos_held: u32,
-    pub call_seconds: i64,
-}
-
-impl DailyCounts {
-    /// Adds another cell's counters to this one.
-    fn absorb(&mut self, o: &DailyCounts) {
-        self.calls += o.calls;
-        self.emails += o.emails;
-        self.meetings += o.meetings;
-        self.webinars += o.webinars;
-        self.demos += o.demos;
-        self.tasks += o.tasks;
-        self.activities += o.activities;
-        self.connected_calls += o.connected_calls;
-        self.replied_emails += o.replied_emails;
-        self.meetings_held += o.meetings_held;
-        self.demos_held += o.demos_held;
-        self.call_seconds = self.call_seconds.saturating_add(o.call_seconds);
-    }
-
-    fn add(&mut self, a: &Activity) {
-        let outcome = a.outcome.as_deref();
-        self.activities += 1;
-        match a.activity_type {
-            ActivityType::Call => {
-                self.calls += 1;
-                self.call_seconds = self.call_seconds.saturating_add(a.duration_s.unwrap_or(0));
-                self.connected_calls += u32::from(outcome == Some("connected"));
-            }
-            ActivityType::Email => {
-                self.emails += 1;
-                self.replied_emails += u32::from(outcome == Some("replied"));
-            }
-            ActivityType::Meeting => {
-                self.meetings += 1;
-                self.meetings_held += u32::from(outcome == Some("held"));
-            }
-            ActivityType::Demo => {
-                self.demos += 1;
-                self.meetings_held += u32::from(outcome == Some("held"));
-                self.demos_held += u32::from(outcome == Some("held"));
-            }
-            ActivityType::Webinar => self.webinars += 1,
-            ActivityType::Task => self.tasks += 1,
-        }
-    }
-}
-
-/// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
-/// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
-/// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
-/// Derived from `daily`, so never serialised: a restored state rebuilds it once.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Rollups {
-    /// (rep id, period type, period start) → counters.
-    pub periods: Map<(u32, PeriodType, Day), DailyCounts>,
-    /// (rep id, Monday of the week) → counters.
-    pub weeks: Map<(u32, Day), DailyCounts>,
-    /// Activities folded since the last `roll_up`, per rep × day.
-    pending: Map<(u32, Day), DailyCounts>,
-    /// Whether `periods` and `weeks` cover all of `daily` but `pending`.
-    built: bool,
-}
-
-impl Rollups {
-    /// Adds the counters `c` of `rep` on `day` to the rep's period and week sums.
-    fn add(&mut self, (rep, day): (u32, Day), c: &DailyCounts, starts: &mut Starts) {
-        let (periods, week) = starts.of(day);
-        for (p, start) in PeriodType::ALL.into_iter().zip(periods) {
-            self.periods.entry((rep, p, start)).or_default().absorb(c);
-        }
-        self.weeks.entry((rep, week)).or_default().absorb(c);
-    }
-
-    /// Whether the rollups hold every activity folded so far.
-    pub fn is_current(&self) -> bool {
-        self.built && self.pending.is_empty()
-    }
-
-    /// The rollups of a whole grain, summed from scratch.
-    pub fn of(daily: &Map<(u32, Day), DailyCounts>, cal: &Calendar) -> Rollups {
-        let mut r = Rollups {
-            built: true,
-            ..Rollups::default()
-        };
-        let mut starts = Starts::new(cal);
-        for (key, c) in daily {
-            r.add(*key, c, &mut starts);
-        }
-        r
-    }
-}
-
-/// The period starts and the week of a day, remembered per day: a grain has many rep-days
-/// but few distinct days.
-struct Starts<'a> {
-    cal: &'a Calendar,
-    known: Map<Day, ([Day; 3], Day)>,
-}
-
-impl<'a> Starts<'a> {
-    fn new(cal: &'a Calendar) -> Starts<'a> {
-        Starts {
-            cal,
-            known: Map::default(),
-        }
-    }
-
-    fn of(&mut self, day: Day) -> ([Day; 3], Day) {
-        let cal = self.cal;
-        *self.known.entry(day).or_insert_with(|| {
-            (
-                PeriodType::ALL.map(|p| cal.period_start(p, day)),
-                crate::calendar::week_start(day),
-            )
-        })
-    }
-}
+use grain::Starts;
+pub use grain::{DailyCounts, Rollups};
+use hierarchy::Placement;
 
 /// What folding one valid event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +127,8 @@ pub struct State {
     /// Earliest `occurred_at` of any deal version naming the rep (where the rep's trends start).
     pub rep_first_deal: Map<String, Micros>,
     pub quotas: Map<(String, Day), Versioned<Quota>>,
-    pub roster: Map<String, Versioned<Rep>>,
+    /// Every roster version's placement is kept: the hierarchy is effective-dated.
+    pub roster: Map<String, Versioned<Rep, Placement>>,
     pub fx: Map<(String, Day), Versioned<FxRate>>,
     pub surveys: Map<String, Survey>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
@@ -286,7 +154,7 @@ pub struct State {
 
 /// Bump when the bincode layout of `State` (or of its alert part) changes: a snapshot written
 /// in another format is refused at restore, naming the file.
-pub const STATE_FORMAT: u32 = 4;
+pub const STATE_FORMAT: u32 = 5;
 
 /// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
 /// small counters and dates (a third of the fixed-width size).
@@ -346,7 +214,17 @@ impl State {
                 q,
                 (),
             ),
-            Event::Rep(r) => fold_entity(&mut self.roster, r.rep_id.clone(), r.version, r, ()),
+            Event::Rep(mut r) => {
+                let effective_from = *r
+                    .effective_from
+                    .get_or_insert_with(|| cal.day_of(r.occurred_at));
+                let placement = Placement {
+                    effective_from,
+                    team_id: r.team_id.clone(),
+                    region: r.region.clone(),
+                };
+                fold_entity(&mut self.roster, r.rep_id.clone(), r.version, r, placement)
+            }
             Event::FxRate(f) => fold_entity(
                 &mut self.fx,
                 (f.currency.clone(), f.effective_date),

@@ -9,12 +9,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::error::ArrowError;
 
+mod settings;
+
 use super::columns::{batch, dates, decimals, i64s, opt_dates, opt_strs, strs, times};
+use super::hierarchy::{ranges, Range};
 use super::{DailyCounts, Map, Rollups, State};
 use crate::calendar::PeriodType;
 use crate::config::Metrics;
 use crate::event::RATE_SCALE;
-use crate::event::{Day, Micros, Stage};
+use crate::event::{Day, Micros};
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing.
 pub fn build(
@@ -31,39 +34,25 @@ pub fn build(
         summed = Rollups::of(&state.daily, &pipeline.calendar);
         &summed
     };
-    Ok(vec![
+    let mut tables = vec![
         ("activity_days", activity_days(state)?),
         ("activity_periods", activity_periods(state, rollups)?),
         ("activity_weeks", activity_weeks(state, rollups)?),
         ("deals", deals(state)?),
         ("quotas", quotas(state)?),
         ("roster", roster(state)?),
+        ("roster_ranges", roster_ranges(state)?),
         ("fx_rates", fx_rates(state)?),
         ("surveys", surveys(state)?),
         ("quality_counts", quality_counts(state)?),
         ("dead_letter_log", dead_letter_log(state)?),
         ("clock", clock(state, pipeline, snapshot_id)?),
         ("calendar", calendar(state, pipeline)?),
-        ("stages", stages(pipeline)?),
-        ("topics", topics(pipeline)?),
         ("rep_first_deal", rep_first_deal(state)?),
         ("weeks", weeks(state, pipeline)?),
-        ("leaderboard_weights", leaderboard_weights(pipeline)?),
-        (
-            "commission_plan",
-            batch(vec![(
-                "plan",
-                strs(std::iter::once(pipeline.commissions.name.as_str())),
-            )])?,
-        ),
-        (
-            "period_types",
-            batch(vec![(
-                "period_type",
-                strs(PeriodType::ALL.iter().map(|p| p.as_str())),
-            )])?,
-        ),
-    ])
+    ];
+    tables.extend(settings::tables(pipeline)?);
+    Ok(tables)
 }
 
 /// The counter columns of the rep × day grain and of its rollups, in one order.
@@ -262,6 +251,30 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
                     .collect::<BooleanArray>(),
             ),
         ),
+        (
+            "effective_from",
+            opt_dates(rows.iter().map(|r| r.effective_from)),
+        ),
+    ])
+}
+
+/// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
+fn roster_ranges(s: &State) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<(&str, Range<'_>)> = s
+        .roster
+        .iter()
+        .flat_map(|(rep, v)| {
+            ranges(&v.history)
+                .into_iter()
+                .map(move |r| (rep.as_str(), r))
+        })
+        .collect();
+    batch(vec![
+        ("rep_id", strs(rows.iter().map(|(rep, _)| *rep))),
+        ("valid_from", dates(rows.iter().map(|(_, r)| r.valid_from))),
+        ("valid_to", dates(rows.iter().map(|(_, r)| r.valid_to))),
+        ("team_id", strs(rows.iter().map(|(_, r)| r.team_id))),
+        ("region", strs(rows.iter().map(|(_, r)| r.region))),
     ])
 }
 
@@ -470,65 +483,6 @@ fn weeks(s: &State, p: &Metrics) -> Result<RecordBatch, ArrowError> {
         }
     }
     batch(vec![("week_start", dates(mondays.into_iter()))])
-}
-
-fn leaderboard_weights(p: &Metrics) -> Result<RecordBatch, ArrowError> {
-    let w = &p.leaderboard;
-    let one = |x: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![x])) };
-    batch(vec![
-        ("calls", one(w.calls)),
-        ("emails", one(w.emails)),
-        ("meetings_held", one(w.meetings_held)),
-        ("demos_held", one(w.demos_held)),
-        ("webinars", one(w.webinars)),
-        ("tasks", one(w.tasks)),
-        ("won_deals", one(w.won_deals)),
-        ("per_1000_won", one(w.per_1000_won)),
-    ])
-}
-
-fn stages(p: &Metrics) -> Result<RecordBatch, ArrowError> {
-    batch(vec![
-        ("stage", strs(p.stages.iter().map(|s| s.stage.as_str()))),
-        (
-            "funnel_rank",
-            Arc::new(
-                p.stages
-                    .iter()
-                    .map(|s| s.stage.funnel_rank())
-                    .collect::<Int64Array>(),
-            ),
-        ),
-        (
-            "probability",
-            Arc::new(
-                p.stages
-                    .iter()
-                    .map(|s| Some(s.probability))
-                    .collect::<Float64Array>(),
-            ),
-        ),
-        (
-            "forecast_category",
-            strs(p.stages.iter().map(|s| s.forecast_category.as_str())),
-        ),
-        (
-            "is_closed",
-            Arc::new(
-                p.stages
-                    .iter()
-                    .map(|s| Some(matches!(s.stage, Stage::ClosedWon | Stage::ClosedLost)))
-                    .collect::<BooleanArray>(),
-            ),
-        ),
-    ])
-}
-
-fn topics(p: &Metrics) -> Result<RecordBatch, ArrowError> {
-    batch(vec![
-        ("event_type", strs(p.topics.keys().map(|t| t.name()))),
-        ("topic", strs(p.topics.values().map(String::as_str))),
-    ])
 }
 
 /// The `alerts` table: every (rule, key) that ever fired, firing or resolved.

@@ -1,0 +1,144 @@
+//! The rep × day grain of activity counters (`DailyCounts`) and its rollups per rep and
+//! fiscal period and per rep and ISO week (`Rollups`), kept up to date as activities fold.
+
+use serde::{Deserialize, Serialize};
+
+use super::Map;
+use crate::calendar::{Calendar, PeriodType};
+use crate::event::{Activity, ActivityType, Day};
+
+/// Activity counters of one rep on one day: the `rep_daily` grain. Counters are 32-bit (a
+/// rep-day holds far fewer than 4 billion activities); seconds are 64-bit. The grain is the
+/// largest part of the state, so every byte here counts once per rep-day of history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyCounts {
+    pub calls: u32,
+    pub emails: u32,
+    pub meetings: u32,
+    pub webinars: u32,
+    pub demos: u32,
+    pub tasks: u32,
+    pub activities: u32,
+    pub connected_calls: u32,
+    pub replied_emails: u32,
+    pub meetings_held: u32,
+    /// Held demos alone (they also count in `meetings_held`); the leaderboard weighs them extra.
+    pub demos_held: u32,
+    pub call_seconds: i64,
+}
+
+impl DailyCounts {
+    /// Adds another cell's counters to this one.
+    pub(super) fn absorb(&mut self, o: &DailyCounts) {
+        self.calls += o.calls;
+        self.emails += o.emails;
+        self.meetings += o.meetings;
+        self.webinars += o.webinars;
+        self.demos += o.demos;
+        self.tasks += o.tasks;
+        self.activities += o.activities;
+        self.connected_calls += o.connected_calls;
+        self.replied_emails += o.replied_emails;
+        self.meetings_held += o.meetings_held;
+        self.demos_held += o.demos_held;
+        self.call_seconds = self.call_seconds.saturating_add(o.call_seconds);
+    }
+
+    pub(super) fn add(&mut self, a: &Activity) {
+        let outcome = a.outcome.as_deref();
+        self.activities += 1;
+        match a.activity_type {
+            ActivityType::Call => {
+                self.calls += 1;
+                self.call_seconds = self.call_seconds.saturating_add(a.duration_s.unwrap_or(0));
+                self.connected_calls += u32::from(outcome == Some("connected"));
+            }
+            ActivityType::Email => {
+                self.emails += 1;
+                self.replied_emails += u32::from(outcome == Some("replied"));
+            }
+            ActivityType::Meeting => {
+                self.meetings += 1;
+                self.meetings_held += u32::from(outcome == Some("held"));
+            }
+            ActivityType::Demo => {
+                self.demos += 1;
+                self.meetings_held += u32::from(outcome == Some("held"));
+                self.demos_held += u32::from(outcome == Some("held"));
+            }
+            ActivityType::Webinar => self.webinars += 1,
+            ActivityType::Task => self.tasks += 1,
+        }
+    }
+}
+
+/// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
+/// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
+/// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
+/// Derived from `daily`, so never serialised: a restored state rebuilds it once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rollups {
+    /// (rep id, period type, period start) → counters.
+    pub periods: Map<(u32, PeriodType, Day), DailyCounts>,
+    /// (rep id, Monday of the week) → counters.
+    pub weeks: Map<(u32, Day), DailyCounts>,
+    /// Activities folded since the last `roll_up`, per rep × day.
+    pub(super) pending: Map<(u32, Day), DailyCounts>,
+    /// Whether `periods` and `weeks` cover all of `daily` but `pending`.
+    pub(super) built: bool,
+}
+
+impl Rollups {
+    /// Adds the counters `c` of `rep` on `day` to the rep's period and week sums.
+    pub(super) fn add(&mut self, (rep, day): (u32, Day), c: &DailyCounts, starts: &mut Starts) {
+        let (periods, week) = starts.of(day);
+        for (p, start) in PeriodType::ALL.into_iter().zip(periods) {
+            self.periods.entry((rep, p, start)).or_default().absorb(c);
+        }
+        self.weeks.entry((rep, week)).or_default().absorb(c);
+    }
+
+    /// Whether the rollups hold every activity folded so far.
+    pub fn is_current(&self) -> bool {
+        self.built && self.pending.is_empty()
+    }
+
+    /// The rollups of a whole grain, summed from scratch.
+    pub fn of(daily: &Map<(u32, Day), DailyCounts>, cal: &Calendar) -> Rollups {
+        let mut r = Rollups {
+            built: true,
+            ..Rollups::default()
+        };
+        let mut starts = Starts::new(cal);
+        for (key, c) in daily {
+            r.add(*key, c, &mut starts);
+        }
+        r
+    }
+}
+
+/// The period starts and the week of a day, remembered per day: a grain has many rep-days
+/// but few distinct days.
+pub(super) struct Starts<'a> {
+    cal: &'a Calendar,
+    known: Map<Day, ([Day; 3], Day)>,
+}
+
+impl<'a> Starts<'a> {
+    pub(super) fn new(cal: &'a Calendar) -> Starts<'a> {
+        Starts {
+            cal,
+            known: Map::default(),
+        }
+    }
+
+    pub(super) fn of(&mut self, day: Day) -> ([Day; 3], Day) {
+        let cal = self.cal;
+        *self.known.entry(day).or_insert_with(|| {
+            (
+                PeriodType::ALL.map(|p| cal.period_start(p, day)),
+                crate::calendar::week_start(day),
+            )
+        })
+    }
+}
