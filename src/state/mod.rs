@@ -4,7 +4,8 @@
 //! plus the set of versions seen (for duplicates, `stage_entered_at` and, for the roster, the
 //! effective-dated hierarchy: `hierarchy`), fact ids are kept for the dedup horizon only. The
 //! state owns the event clock (`as_of`), the next offset of every topic-partition, the
-//! data-quality counters and a bounded log of recent dead letters. It never does I/O; `tables` turns it into Arrow record batches for the SQL engine.
+//! data-quality counters and a bounded log of recent dead letters. It never does I/O;
+//! `tables` turns it into Arrow record batches for the SQL engine.
 
 mod columns;
 mod grain;
