@@ -471,10 +471,10 @@ mod tests {
             (
                 "name = \"rep_daily\"",
                 "name = \"../rep_daily\"",
-                "tables[2].name",
+                "tables[3].name",
             ),
-            ("name = \"rep_daily\"", "name = \"x/y\"", "tables[2].name"),
-            ("name = \"rep_daily\"", "name = \"..\"", "tables[2].name"),
+            ("name = \"rep_daily\"", "name = \"x/y\"", "tables[3].name"),
+            ("name = \"rep_daily\"", "name = \"..\"", "tables[3].name"),
         ] {
             let text = builtin::PIPELINE.replacen(from, to, 1);
             let err = Pipeline::parse(&text, "p.toml", &sql)
@@ -498,7 +498,7 @@ mod tests {
                 .to_string();
             assert!(
                 err.contains("p.toml")
-                    && err.contains("key `tables[2].name`")
+                    && err.contains("key `tables[3].name`")
                     && err.contains(&format!("`{reserved}` is reserved")),
                 "{reserved}: {err}"
             );
