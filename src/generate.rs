@@ -182,6 +182,16 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
     let mut deals: Vec<OpenDeal> = Vec::new();
     let (mut n_act, mut n_deal, mut n_resp) = (0u64, 0u64, 0u64);
     let mut last_activity: Option<serde_json::Value> = None;
+    // A few reps move team once, half-way through, and the move is recorded late: it took
+    // effect TRANSFER_RECORDED_AFTER days earlier (back-dated `effective_from`). Every second
+    // mover's move is then corrected the next day (same effective_from, a higher version,
+    // another team). (day recorded, version, how many reps further on the new team's rep is)
+    let half_way = spec.start + Duration::days(i64::from(spec.days / 2));
+    let took_effect = half_way - Duration::days(TRANSFER_RECORDED_AFTER);
+    let transfers = [
+        (half_way, 2, TEAM_SIZE),
+        (half_way + Duration::days(1), 3, 2 * TEAM_SIZE),
+    ];
     let mut day = spec.start;
     while day < end {
         let weekday = !matches!(day.weekday(), Weekday::Sat | Weekday::Sun);
@@ -201,18 +211,8 @@ pub fn generate(spec: &GenSpec, mut emit: impl FnMut(Generated)) {
             }
         }
         for (ri, rep) in reps.iter().enumerate() {
-            // A few reps move team once, half-way through, and the move is recorded late: it
-            // took effect TRANSFER_RECORDED_AFTER days earlier (back-dated `effective_from`).
-            // Every second mover's move is then corrected the next day (same effective_from,
-            // a higher version, another team).
-            let half_way = spec.start + Duration::days(i64::from(spec.days / 2));
             let moved = ri % 17 == 5;
-            let took_effect = half_way - Duration::days(TRANSFER_RECORDED_AFTER);
-            let recorded = [
-                (half_way, 2, TEAM_SIZE),
-                (half_way + Duration::days(1), 3, 2 * TEAM_SIZE),
-            ];
-            for (on, version, step) in recorded {
+            for (on, version, step) in transfers {
                 if day != on || !moved || (version == 3 && ri % 34 != 5) {
                     continue;
                 }
@@ -417,15 +417,20 @@ fn deal_json(
 mod tests {
     use super::*;
 
-    #[test]
-    fn same_seed_same_stream_and_every_message_is_valid() {
-        let spec = GenSpec {
-            reps: 10,
+    /// 20 days from 2026-03-20, seed 7.
+    fn spec(reps: usize) -> GenSpec {
+        GenSpec {
+            reps,
             days: 20,
             seed: 7,
             start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap(),
             silence: None,
-        };
+        }
+    }
+
+    #[test]
+    fn same_seed_same_stream_and_every_message_is_valid() {
+        let spec = spec(10);
         let mut a = Vec::new();
         generate(&spec, |g| a.push(g));
         let mut b = Vec::new();
@@ -447,13 +452,7 @@ mod tests {
 
     #[test]
     fn transfers_are_back_dated_and_one_is_corrected() {
-        let spec = GenSpec {
-            reps: 30,
-            days: 20,
-            seed: 7,
-            start: NaiveDate::from_ymd_opt(2026, 3, 20).unwrap(),
-            silence: None,
-        };
+        let spec = spec(30);
         let mut moves = Vec::new();
         generate(&spec, |g| {
             let v: serde_json::Value = serde_json::from_str(&g.value).unwrap();

@@ -353,11 +353,16 @@ async fn trends_with_an_empty_week_by_hand() {
     assert_eq!(weeks("rep-x"), 3);
 }
 
+/// The default pipeline plus the shipped example metric `sql/examples/<name>.sql`.
+fn with_example(name: &str) -> std::sync::Arc<quotaflow::config::Pipeline> {
+    pipeline_with(|t| {
+        format!("{t}\n[[tables]]\nname = \"{name}\"\nsql = \"../sql/examples/{name}.sql\"\n")
+    })
+}
+
 #[tokio::test]
 async fn a_custom_metric_is_a_sql_file_and_a_table_entry() {
-    let p = pipeline_with(|t| {
-        format!("{}\n[[tables]]\nname = \"call_minutes_weekly\"\nsql = \"../sql/examples/call_minutes_weekly.sql\"\n", t)
-    });
+    let p = with_example("call_minutes_weekly");
     let tables = compute(&p, &fold_all(&p, events("ranking"))).await;
     check_table(&tables, "ranking/custom_metric", "call_minutes_weekly");
 }
@@ -452,9 +457,7 @@ async fn effective_dated_hierarchy_by_hand() {
 
 #[tokio::test]
 async fn a_custom_metric_can_roll_up_by_the_hierarchy() {
-    let p = pipeline_with(|t| {
-        format!("{}\n[[tables]]\nname = \"team_calls_weekly\"\nsql = \"../sql/examples/team_calls_weekly.sql\"\n", t)
-    });
+    let p = with_example("team_calls_weekly");
     let tables = compute(&p, &fold_all(&p, events("moves"))).await;
     check_table(&tables, "moves/custom_metric", "team_calls_weekly");
 }

@@ -20,7 +20,7 @@ use quotaflow::config::Pipeline;
 use quotaflow::pipeline::RunOptions;
 
 use crate::common::EventType::{self, *};
-use crate::common::{canonical, canonical_tables, compute};
+use crate::common::{canonical, canonical_tables, compute, Table};
 use crate::harness::{once, produce, run_in_process, PipelineFile};
 use crate::pipeline_mock::{batch_state, cluster, latest_tables, without};
 
@@ -81,17 +81,25 @@ fn random_events(seed: u64, n: usize) -> Vec<(EventType, String, String)> {
         .collect()
 }
 
-/// The batch path over `msgs`, as canonical tables.
-async fn batch(
-    p: &Arc<Pipeline>,
-    msgs: &[(String, String, String)],
-) -> std::collections::BTreeMap<String, Vec<String>> {
+/// `events` as (topic, key, value) messages of the pipeline's topics.
+fn on_topics(
+    p: &Pipeline,
+    events: &[(EventType, String, String)],
+) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .map(|(t, key, json)| (p.source.topics[t].clone(), key.clone(), json.clone()))
+        .collect()
+}
+
+/// The tables of the batch path over `msgs`, which are all valid.
+async fn batch(p: &Arc<Pipeline>, msgs: &[(String, String, String)]) -> Vec<Table> {
     let (state, refused) = batch_state(p, msgs);
     assert!(
         refused.is_empty(),
         "the random events are all valid: {refused:?}"
     );
-    canonical_tables(&compute(p, &state).await)
+    compute(p, &state).await
 }
 
 proptest! {
@@ -109,10 +117,7 @@ proptest! {
             .snapshot("trigger_events", &every.to_string())
             .snapshot("trigger_interval", "\"1h\"")
             .load();
-        let msgs: Vec<(String, String, String)> = random_events(seed, n)
-            .into_iter()
-            .map(|(t, key, json)| (p.source.topics[&t].clone(), key, json))
-            .collect();
+        let msgs = on_topics(&p, &random_events(seed, n));
         let c = cluster(&p);
         let brokers = c.bootstrap_servers();
         produce(&brokers, 1 + n / 3, &msgs);
@@ -126,7 +131,7 @@ proptest! {
         let last = rt.block_on(run_in_process(&p, once(&brokers, out)));
         prop_assert_eq!(read + last.messages, n as u64, "every message read exactly once");
         let streamed = without(canonical(&rt.block_on(latest_tables(out))), "dead_letters");
-        let want = without(rt.block_on(batch(&p, &msgs)), "dead_letters");
+        let want = without(canonical_tables(&rt.block_on(batch(&p, &msgs))), "dead_letters");
         prop_assert_eq!(streamed, want);
     }
 }
@@ -157,24 +162,6 @@ fn without_moves(events: &[(EventType, String, String)]) -> Vec<(EventType, Stri
             (*t, key.clone(), v.to_string())
         })
         .collect()
-}
-
-/// The tables of the batch path over `events`.
-fn batch_tables_of(
-    p: &Arc<Pipeline>,
-    events: &[(EventType, String, String)],
-) -> Vec<quotaflow::engine::Table> {
-    let msgs: Vec<(String, String, String)> = events
-        .iter()
-        .map(|(t, key, json)| (p.source.topics[t].clone(), key.clone(), json.clone()))
-        .collect();
-    let (state, refused) = batch_state(p, &msgs);
-    assert!(refused.is_empty(), "{refused:?}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(compute(p, &state))
 }
 
 /// Rolled-up tables: (name, the columns besides level and entity_id that make a row's key,
@@ -226,11 +213,12 @@ proptest! {
         seed in any::<u64>(),
         n in 1usize..150,
     ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let p = crate::common::pipeline();
         let events = random_events(seed, n);
-        let moved = batch_tables_of(&p, &events);
-        let flat = batch_tables_of(&p, &without_moves(&events));
-        let lines = |tables: &[quotaflow::engine::Table], name: &str, levels: &[&str]| {
+        let moved = rt.block_on(batch(&p, &on_topics(&p, &events)));
+        let flat = rt.block_on(batch(&p, &on_topics(&p, &without_moves(&events))));
+        let lines = |tables: &[Table], name: &str, levels: &[&str]| {
             let mut v: Vec<String> = crate::common::rows(tables, name)
                 .into_iter()
                 .filter(|r| levels.contains(&r["level"].as_str().unwrap_or("")))
@@ -269,8 +257,8 @@ proptest! {
         }
         // Rep-grain tables do not see the hierarchy at all.
         let (moved, flat) = (
-            crate::common::canonical_tables(&moved),
-            crate::common::canonical_tables(&flat),
+            canonical_tables(&moved),
+            canonical_tables(&flat),
         );
         for name in ["rep_daily", "deals_current", "leaderboard", "trends", "commissions"] {
             prop_assert_eq!(moved.get(name), flat.get(name), "{}", name);
