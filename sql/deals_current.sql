@@ -19,7 +19,9 @@ SELECT d.deal_id,
        d.last_activity_at,
        CASE WHEN s.is_closed THEN days_between(day_of(d.created_at), d.close_date)
             ELSE days_between(day_of(d.created_at), c.as_of_date) END AS age_days,
-       days_between(day_of(d.stage_entered_at), c.as_of_date) AS days_in_stage
+       -- NULL once closed, so that a closed deal's row stops changing.
+       CASE WHEN NOT s.is_closed
+            THEN days_between(day_of(d.stage_entered_at), c.as_of_date) END AS days_in_stage
 FROM deals d
 JOIN stages s ON s.stage = d.stage
 CROSS JOIN clock c
