@@ -246,8 +246,10 @@ fn snapshot_tables(c: &mut Criterion) {
     g.finish();
 }
 
-/// Writing one snapshot (every table's Parquet, the state, the manifest, `_latest`) for a
-/// quarter of 1,000 reps, to memory and to local disk.
+/// Writing one snapshot (the state files, a Delta commit per table, the checkpoint, `_latest`)
+/// for a quarter of 1,000 reps, to memory and to local disk: the first snapshot of a new output
+/// (every table created), and the next one when nothing changed (no table but `snapshots`
+/// would commit; here none, as the benchmark leaves `snapshots` out).
 fn snapshot_write(c: &mut Criterion) {
     let p = Arc::new(Pipeline::builtin().unwrap_or_else(|e| panic!("{e}")));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
@@ -265,24 +267,69 @@ fn snapshot_write(c: &mut Criterion) {
     let encoded: Vec<EncodedTable> = tables
         .iter()
         .map(|t| {
-            EncodedTable::encode(&t.name, &t.schema, &t.batches).unwrap_or_else(|e| panic!("{e}"))
+            EncodedTable::encode(&layout(t), &t.schema, &t.batches)
+                .unwrap_or_else(|e| panic!("{e}"))
         })
         .collect();
     for (name, url) in [
         ("write_memory", "memory://bench".to_string()),
         ("write_local_disk", dir.display().to_string()),
     ] {
-        let loc = quotaflow::snapshot::Location::parse(&url).unwrap_or_else(|e| panic!("{e}"));
-        g.bench_function(BenchmarkId::new(name, "1000_reps_one_quarter"), |b| {
+        let mut n = 0;
+        g.bench_function(BenchmarkId::new(name, "1000_reps_one_quarter_first"), |b| {
             b.iter(|| {
-                rt.block_on(loc.write_image(&image, &alerts, &encoded, "default"))
-                    .map(|m| m.tables.len())
+                n += 1;
+                let loc = quotaflow::snapshot::Location::parse(&format!("{url}/{n}"))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                rt.block_on(loc.write_snapshot(&image, &alerts, &encoded, &meta(&p)))
+                    .map(|(_, commits)| commits.len())
                     .unwrap_or(0)
             })
         });
+        let loc = quotaflow::snapshot::Location::parse(&format!("{url}/unchanged"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut image = image.clone();
+        rt.block_on(loc.write_snapshot(&image, &alerts, &encoded, &meta(&p)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        g.bench_function(
+            BenchmarkId::new(name, "1000_reps_one_quarter_unchanged"),
+            |b| {
+                b.iter(|| {
+                    image.snapshot_id += 1;
+                    rt.block_on(loc.write_snapshot(&image, &alerts, &encoded, &meta(&p)))
+                        .map(|(_, commits)| commits.iter().filter(|(_, c)| c.committed).count())
+                        .unwrap_or(0)
+                })
+            },
+        );
     }
     g.finish();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A table's layout, as the pipeline file declares it.
+fn layout(t: &quotaflow::engine::Table) -> quotaflow::snapshot::Layout {
+    quotaflow::snapshot::Layout {
+        name: t.name.clone(),
+        partition_by: t.partition_by.clone(),
+    }
+}
+
+/// What a snapshot write is given besides its tables, for the built-in pipeline.
+fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
+    quotaflow::snapshot::SnapshotMeta {
+        pipeline: p.name.clone(),
+        calendar: quotaflow::snapshot::CalendarRef {
+            time_zone: p.metrics.calendar.timezone.name().to_string(),
+            fiscal_year_start_month: p.metrics.calendar.fiscal_year_start_month,
+            corporate_currency: p.metrics.corporate_currency.clone(),
+        },
+        events: 0,
+        written_at: chrono::Utc::now(),
+        log: quotaflow::snapshot::LogSettings {
+            checkpoint_interval: p.snapshot.log_checkpoint_interval,
+        },
+    }
 }
 
 /// The state's two images, as the pipeline's cut makes them.
@@ -338,7 +385,7 @@ fn memory(spec: &str) {
             .run(|t| {
                 let t0 = std::time::Instant::now();
                 tables.push(
-                    EncodedTable::encode(&t.name, &t.schema, &t.batches)
+                    EncodedTable::encode(&layout(&t), &t.schema, &t.batches)
                         .unwrap_or_else(|e| panic!("{e}")),
                 );
                 encoding += t0.elapsed();
@@ -347,19 +394,21 @@ fn memory(spec: &str) {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         step("SQL and Parquet");
-        let m = loc
-            .write_image(&image, &alerts, &tables, "default")
+        let (_, commits) = loc
+            .write_snapshot(&image, &alerts, &tables, &meta(&p))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        step("puts");
-        steps.push(format!("of which Parquet {:.2} s", encoding.as_secs_f64()));
-        (
-            m.tables.iter().map(|t| t.rows).sum::<u64>(),
-            steps.join(", "),
-        )
+        step("Delta commits");
+        let bytes: u64 = commits.iter().map(|(_, c)| c.bytes_written).sum();
+        let files: u64 = commits.iter().map(|(_, c)| c.files_added).sum();
+        steps.push(format!(
+            "of which Parquet {:.2} s; {files} files, {:.1} MB written",
+            encoding.as_secs_f64(),
+            bytes as f64 / 1e6
+        ));
+        (tables.iter().map(|t| t.rows).sum::<u64>(), steps.join(", "))
     });
     let took = started.elapsed();
-    let _ = std::fs::remove_dir_all(dir);
     println!(
         "memory {reps} reps x {days} days: state {} rep-days, {} deals; peak RSS after building the state {state_peak} MiB, after one snapshot ({rows} rows, {:.2} s: {steps}) {} MiB",
         state.daily.len(),
@@ -367,6 +416,57 @@ fn memory(spec: &str) {
         took.as_secs_f64(),
         peak_rss_mib()
     );
+    // The next snapshot after five more calls of one rep on the last day: still computed in
+    // full, but only the partitions whose rows changed are written.
+    if let Some(day) = state.daily.keys().map(|(_, d)| *d).max() {
+        if let Some(c) = state.daily.iter_mut().find(|((_, d), _)| *d == day).map(|(_, c)| c) {
+            c.calls += 5;
+            c.activities += 5;
+        }
+    }
+    state.roll_up_all(&p.metrics.calendar);
+    state.snapshot_id = 2;
+    let started = std::time::Instant::now();
+    let commits = rt.block_on(async {
+        let mut tables = Vec::new();
+        Engine::new(Arc::clone(&p.metrics))
+            .prepare(&state, 2)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .run(|t| {
+                tables.push(
+                    EncodedTable::encode(&layout(&t), &t.schema, &t.batches)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+                Ok::<_, quotaflow::engine::EngineError>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (image, alerts) = images(&state);
+        let written = std::time::Instant::now();
+        let (_, commits) = loc
+            .write_snapshot(&image, &alerts, &tables, &meta(&p))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (commits, written.elapsed())
+    });
+    let (commits, writing) = commits;
+    let committed: Vec<&str> = commits
+        .iter()
+        .filter(|(_, c)| c.committed)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    println!(
+        "next snapshot (5 more calls on the last day): {:.2} s, of which writing {:.3} s; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        started.elapsed().as_secs_f64(),
+        writing.as_secs_f64(),
+        committed.len(),
+        commits.len(),
+        committed.join(" "),
+        commits.iter().map(|(_, c)| c.files_added).sum::<u64>(),
+        commits.iter().map(|(_, c)| c.bytes_written).sum::<u64>() as f64 / 1e6,
+        commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The process's peak resident set (VmHWM), in MiB.

@@ -11,8 +11,9 @@ pub enum Origin {
     State,
     /// The pipeline file's settings, as rows (`state::tables`).
     Config,
-    /// The alert state after the rules ran (written with the snapshot, not readable by SQL files).
-    Alerts,
+    /// Written with the snapshot after the SQL and the rules ran (the alert state, the
+    /// retained snapshots); not readable by SQL files.
+    Written,
 }
 
 /// A table quotaflow provides.
@@ -54,8 +55,9 @@ pub const PROVIDED: &[Provided] = &[
     t("period_types", Origin::Config, "`month`, `quarter`, `year`"),
     t("leaderboard_weights", Origin::Config, "one row: the leaderboard's points per counted thing"),
     t("commission_plan", Origin::Config, "one row: the commission plan's name"),
-    t("alerts", Origin::Alerts, "every alert (rule, key) ever fired, with its lifecycle"),
-    t("alert_deliveries", Origin::Alerts, "deliveries and failed attempts per target"),
+    t("alerts", Origin::Written, "every alert (rule, key) ever fired, with its lifecycle"),
+    t("alert_deliveries", Origin::Written, "deliveries and failed attempts per target"),
+    t("snapshots", Origin::Written, "one retained snapshot: its event clock, when it was written and the messages it includes"),
 ];
 
 /// The provided table named `name`, if any: a pipeline table may not take such a name.

@@ -116,12 +116,23 @@ pub enum Command {
         #[arg(long, env = "QUOTAFLOW_BROKERS")]
         brokers: String,
     },
-    /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name.
+    /// Query a snapshot with SQL (read-only). Every table of the snapshot is registered by name,
+    /// at the Delta version the snapshot's checkpoint names.
     Sql {
         #[command(flatten)]
         at: SnapshotArgs,
         /// The query, e.g. "SELECT * FROM attainment WHERE level = 'team'"
         query: String,
+    },
+    /// List the retained snapshots (time travel: `sql --snapshot ID`, or a Delta reader at the
+    /// versions `_checkpoints/<id>.json` names).
+    Snapshots {
+        /// Snapshot location (as for `run`)
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: String,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// List the alerts firing now, from the latest snapshot (or another one).
     Alerts {
@@ -160,8 +171,8 @@ impl SnapshotArgs {
     /// Runs one read-only query over the chosen snapshot and renders the result.
     async fn query(&self, sql: &str) -> Result<String, Error> {
         let location = Location::parse(&self.output)?;
-        let manifest = crate::query::manifest(&location, self.snapshot).await?;
-        let ctx = crate::query::session(&location, &manifest).await?;
+        let checkpoint = crate::query::checkpoint(&location, self.snapshot).await?;
+        let ctx = crate::query::session(&location, &checkpoint).await?;
         let batches = crate::query::query(&ctx, sql).await?;
         crate::query::render(&batches, self.format)
     }
@@ -342,6 +353,11 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         }
         Command::Sql { at, query } => at.query(&query).await,
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,
+        Command::Snapshots { output, format } => {
+            let location = Location::parse(&output)?;
+            let batch = crate::query::snapshots(&location).await?;
+            crate::query::render(&[batch], format)
+        }
         Command::Validate { pipeline } => {
             let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let tables = crate::engine::Engine::new(Arc::clone(&p.metrics))

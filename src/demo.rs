@@ -91,8 +91,8 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     drop(cluster);
 
     let location = Location::parse(dir)?;
-    let manifest = crate::query::manifest(&location, None).await?;
-    let ctx = crate::query::session(&location, &manifest).await?;
+    let checkpoint = crate::query::checkpoint(&location, None).await?;
+    let ctx = crate::query::session(&location, &checkpoint).await?;
     let teams = crate::query::query(
         &ctx,
         "SELECT entity_id AS team, quota, closed_won, ROUND(attainment * 100, 1) AS attainment_pct, \
@@ -119,8 +119,8 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
         report.messages,
         secs,
         report.messages as f64 / secs.max(1e-9),
-        manifest.snapshot_id,
-        manifest.as_of.as_deref().unwrap_or("-")
+        checkpoint.snapshot_id,
+        checkpoint.as_of.as_deref().unwrap_or("-")
     ));
     out.push_str("Current quarter by team:\n");
     out.push_str(&crate::query::render(&teams, crate::query::Format::Table)?);
@@ -143,12 +143,19 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
         crate::query::Format::Table,
     )?);
     out.push_str(&format!(
-        "\n\nSnapshots are in {dir}/snapshots/, the newest named by {dir}/_latest. Explore them:\n\
+        "\n\nThe tables are Delta Lake tables in {dir}/tables/ (snapshot {} is named by {dir}/_latest). Explore them:\n\
          \x20 quotaflow sql --output {dir} \"SELECT * FROM attainment WHERE level = 'rep' AND is_current ORDER BY attainment DESC LIMIT 10\"\n\
          \x20 quotaflow sql --output {dir} --format csv \"SELECT * FROM rep_daily\"\n\
          \x20 quotaflow alerts --output {dir}\n\
-         \x20 duckdb -c \"SELECT * FROM read_parquet('{dir}/snapshots/{:020}/attainment/*.parquet') LIMIT 5\"\n",
-        manifest.snapshot_id
+         \x20 quotaflow snapshots --output {dir}\n\
+         \x20 duckdb -c \"INSTALL delta; LOAD delta; SELECT * FROM delta_scan('{tables}/attainment') WHERE level = 'team' LIMIT 5\"\n",
+        checkpoint.snapshot_id,
+        tables = absolute(dir).join("tables").display(),
     ));
     Ok(out)
+}
+
+/// `dir` as an absolute path, for commands run from elsewhere.
+fn absolute(dir: &str) -> std::path::PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.into())
 }

@@ -33,6 +33,33 @@ pub struct Status {
     pub alerts_pending: usize,
     /// A snapshot older than this makes the pipeline unhealthy.
     pub max_snapshot_age: Duration,
+    /// What the last snapshot's Delta commits did, and the sums over the run.
+    pub last_write: Option<SnapshotWrite>,
+    pub writes_total: SnapshotWrite,
+    /// Table maintenance (vacuum and log cleanup) runs, and the data files they removed.
+    pub vacuum_runs: u64,
+    pub vacuum_files_removed: u64,
+}
+
+/// What one snapshot's Delta commits did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SnapshotWrite {
+    pub tables_committed: u64,
+    pub files_added: u64,
+    pub files_removed: u64,
+    pub bytes_written: u64,
+    /// From the first state file put to `_latest`.
+    pub commit_seconds: f64,
+}
+
+impl SnapshotWrite {
+    pub fn add(&mut self, w: &SnapshotWrite) {
+        self.tables_committed += w.tables_committed;
+        self.files_added += w.files_added;
+        self.files_removed += w.files_removed;
+        self.bytes_written += w.bytes_written;
+        self.commit_seconds += w.commit_seconds;
+    }
 }
 
 /// The published status, shared between the run loop and the server.
@@ -200,6 +227,31 @@ fn metrics(s: &Status) -> String {
         lines.push(format!("{n4} {}", at.elapsed().as_secs_f64()));
         lines.push(format!("{n5} {}", took.as_secs_f64()));
         lines.push(format!("{n6} {id}"));
+    }
+    if let Some(w) = s.last_write {
+        let gauges = [
+            ("quotaflow_snapshot_commit_seconds", "Seconds the last snapshot took to write (state files, Delta commits, checkpoint, _latest).", w.commit_seconds),
+            ("quotaflow_snapshot_tables_committed", "Tables the last snapshot committed to (unchanged tables get no commit).", w.tables_committed as f64),
+            ("quotaflow_snapshot_files_added", "Data files the last snapshot added.", w.files_added as f64),
+            ("quotaflow_snapshot_bytes_written", "Bytes of data files the last snapshot wrote.", w.bytes_written as f64),
+        ];
+        for (name, help, v) in gauges {
+            let n = family(name, "gauge", help);
+            lines.push(format!("{n} {v}"));
+        }
+    }
+    let t = s.writes_total;
+    let counters = [
+        ("quotaflow_table_commits_total", "Delta commits made by snapshots.", t.tables_committed),
+        ("quotaflow_files_added_total", "Data files added by snapshots.", t.files_added),
+        ("quotaflow_files_replaced_total", "Data files snapshots removed from their tables' latest versions (kept for time travel until vacuumed).", t.files_removed),
+        ("quotaflow_bytes_written_total", "Bytes of data files written by snapshots.", t.bytes_written),
+        ("quotaflow_vacuum_runs_total", "Table maintenance runs (vacuum and log cleanup).", s.vacuum_runs),
+        ("quotaflow_vacuum_files_removed_total", "Data files deleted by vacuum.", s.vacuum_files_removed),
+    ];
+    for (name, help, v) in counters {
+        let n = family(name, "counter", help);
+        lines.push(format!("{n} {v}"));
     }
     let n7 = family("quotaflow_state_keys", "gauge", "Keys held in the state.");
     lines.push(format!("{n7} {}", s.state_keys));

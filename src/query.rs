@@ -1,5 +1,6 @@
 //! `quotaflow sql`: every table of one snapshot registered by name in a read-only DataFusion
-//! session. DDL, DML, COPY and other statements are refused before planning.
+//! session, each at the Delta version the snapshot's checkpoint names (so the tables agree
+//! with each other). DDL, DML, COPY and other statements are refused before planning.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, QueryError, UsageError};
-use crate::snapshot::{Location, Manifest};
+use crate::snapshot::{Checkpoint, Location};
 
 /// Output formats of `quotaflow sql`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,8 +20,8 @@ pub enum Format {
     Json,
 }
 
-/// The manifest of snapshot `id`, or of the one `_latest` names.
-pub async fn manifest(location: &Location, id: Option<u64>) -> Result<Manifest, Error> {
+/// The checkpoint of snapshot `id`, or of the one `_latest` names.
+pub async fn checkpoint(location: &Location, id: Option<u64>) -> Result<Checkpoint, Error> {
     let id = match id {
         Some(id) => id,
         None => {
@@ -33,20 +34,57 @@ pub async fn manifest(location: &Location, id: Option<u64>) -> Result<Manifest, 
                 .snapshot_id
         }
     };
-    Ok(location.manifest(id).await?)
+    Ok(location.checkpoint(id).await?)
+}
+
+/// The retained snapshots, oldest first: id, event clock, wall clock, messages, and which
+/// tables each committed to (`quotaflow snapshots`).
+pub async fn snapshots(location: &Location) -> Result<RecordBatch, Error> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    if location.latest().await?.is_none() {
+        return Err(UsageError::NoSnapshot {
+            output: location.url.to_string(),
+        }
+        .into());
+    }
+    let mut rows = Vec::new();
+    for id in location.checkpoint_ids().await? {
+        match location.checkpoint(id).await {
+            Ok(c) => rows.push(c),
+            // Forgotten by retention while listing.
+            Err(crate::snapshot::SnapshotError::Format { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let strs = |f: &dyn Fn(&Checkpoint) -> Option<String>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let ints = |f: &dyn Fn(&Checkpoint) -> i64| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<Int64Array>())
+    };
+    let batch = RecordBatch::try_from_iter(vec![
+        ("snapshot_id", ints(&|c| c.snapshot_id as i64)),
+        ("as_of", strs(&|c| c.as_of.clone())),
+        ("written_at", strs(&|c| Some(c.written_at.clone()))),
+        ("events", ints(&|c| c.events as i64)),
+        ("tables_committed", ints(&|c| c.committed.len() as i64)),
+        ("committed", strs(&|c| Some(c.committed.join(" ")))),
+    ])
+    .map_err(QueryError::Render)?;
+    Ok(batch)
 }
 
 /// A read-only session with every table of the snapshot registered.
-pub async fn session(location: &Location, m: &Manifest) -> Result<SessionContext, Error> {
+pub async fn session(location: &Location, c: &Checkpoint) -> Result<SessionContext, Error> {
     let ctx = SessionContext::new();
-    for t in &m.tables {
-        let (schema, batches) = location.read_table(m, &t.name).await?;
+    for name in c.tables.keys() {
+        let (schema, batches) = location.read_table(c, name).await?;
         let table_err = |source| QueryError::Table {
-            table: t.name.clone(),
+            table: name.clone(),
             source,
         };
         let mem = MemTable::try_new(schema, vec![batches]).map_err(table_err)?;
-        ctx.register_table(t.name.as_str(), Arc::new(mem))
+        ctx.register_table(name.as_str(), Arc::new(mem))
             .map_err(table_err)?;
     }
     Ok(ctx)

@@ -166,7 +166,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     let topic = read_topic(&brokers, &p.alert_delivery.kafka_topic);
     let loc = Location::parse(out).unwrap();
     let m = loc
-        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .checkpoint(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
     let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();

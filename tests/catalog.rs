@@ -33,6 +33,14 @@ fn schemas() -> Vec<(&'static str, Schema)> {
             .as_ref()
             .clone(),
     ));
+    out.push((
+        "snapshots",
+        quotaflow::snapshot::retention::table(&[], &p.metrics.calendar)
+            .unwrap()
+            .schema()
+            .as_ref()
+            .clone(),
+    ));
     out
 }
 
@@ -48,8 +56,8 @@ fn the_catalog_lists_exactly_the_tables_the_code_builds() {
         "src/catalog.rs and the table builders disagree"
     );
     // The state and config tables are what the SQL reads; the alert tables come after it.
-    let state_built = &built[..built.len() - 2];
-    for p in catalog::of(Origin::Alerts) {
+    let state_built = &built[..built.len() - 3];
+    for p in catalog::of(Origin::Written) {
         assert!(
             !state_built.contains(&p.name),
             "{} is built for the SQL",
@@ -83,8 +91,8 @@ fn reference() -> String {
         (Origin::State, "Folded from the events"),
         (Origin::Config, "From the pipeline file"),
         (
-            Origin::Alerts,
-            "Written after the rules ran (not readable by SQL files)",
+            Origin::Written,
+            "Written with the snapshot, after the SQL and the rules ran (not readable by SQL files)",
         ),
     ] {
         out.push_str(&format!(

@@ -19,7 +19,14 @@ fn text(o: &Output) -> String {
 #[test]
 fn every_command_has_help() {
     for cmd in [
-        "run", "generate", "sql", "alerts", "validate", "demo", "limit",
+        "run",
+        "generate",
+        "sql",
+        "snapshots",
+        "alerts",
+        "validate",
+        "demo",
+        "limit",
     ] {
         let o = quotaflow(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd}: {}", text(&o));
@@ -193,11 +200,39 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
         out,
         "--format",
         "json",
-        "SELECT snapshot_id FROM data_quality LIMIT 1",
+        "SELECT snapshot_id, as_of_date IS NOT NULL AS dated FROM snapshots",
     ]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        r#"[{"snapshot_id":1}]"#
+        r#"[{"snapshot_id":1,"dated":true}]"#
+    );
+    // Rows carry no snapshot-wide columns any more (contract version 2).
+    let o = quotaflow(&[
+        "sql",
+        "--output",
+        out,
+        "SELECT snapshot_id FROM data_quality",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    // `quotaflow snapshots` lists the retained snapshots and what each committed.
+    let o = quotaflow(&["snapshots", "--output", out, "--format", "csv"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    let mut lines = listed.lines();
+    assert_eq!(
+        lines.next(),
+        Some("snapshot_id,as_of,written_at,events,tables_committed,committed")
+    );
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[0], "1", "{listed}");
+    assert!(
+        first[5].split(' ').any(|t| t == "attainment") && first[5].ends_with("snapshots"),
+        "{listed}"
+    );
+    assert_eq!(
+        first[4],
+        first[5].split(' ').count().to_string(),
+        "{listed}"
     );
     for stmt in [
         "DROP TABLE attainment",
@@ -224,6 +259,29 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
     let o = quotaflow(&["sql", "--output", out, "--snapshot", "99", "SELECT 1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no such snapshot"), "{}", text(&o));
+}
+
+#[test]
+fn an_output_in_the_version_1_layout_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("_latest"),
+        r#"{"snapshot_id": 3, "manifest": "snapshots/00000000000000000003/_manifest.json"}"#,
+    )
+    .unwrap();
+    for args in [
+        vec!["sql", "--output", dir.path().to_str().unwrap(), "SELECT 1"],
+        vec!["snapshots", "--output", dir.path().to_str().unwrap()],
+    ] {
+        let o = quotaflow(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let t = text(&o);
+        assert!(
+            t.contains("_latest") && t.contains("version-1 layout"),
+            "{t}"
+        );
+        assert!(t.contains("Upgrading an output"), "{t}");
+    }
 }
 
 #[test]

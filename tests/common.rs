@@ -109,8 +109,8 @@ pub async fn compute(p: &Arc<Pipeline>, s: &State) -> Vec<Table> {
         .unwrap()
 }
 
-/// Every table as sorted JSON lines, without `snapshot_id` (which differs between runs that
-/// took different numbers of snapshots).
+/// Every table as sorted JSON lines, without `snapshot_id` (the `snapshots` table's and the
+/// alert tables' differ between runs that took different numbers of snapshots).
 pub fn canonical(tables: &[(String, Vec<RecordBatch>)]) -> BTreeMap<String, Vec<String>> {
     tables
         .iter()

@@ -197,7 +197,13 @@ pub async fn hostile_run(brokers: &str, p: &Arc<quotaflow::config::Pipeline>) {
     // The good events give the same tables as they do alone.
     let alone = canonical(&batch_tables(p, &good).await);
     let strip = |mut t: BTreeMap<String, Vec<String>>| {
-        for name in ["dead_letters", "data_quality", "alerts", "alert_deliveries"] {
+        for name in [
+            "dead_letters",
+            "data_quality",
+            "alerts",
+            "alert_deliveries",
+            "snapshots",
+        ] {
             t.remove(name);
         }
         t

@@ -66,10 +66,10 @@ pub async fn latest_tables(
 ) -> Vec<(String, Vec<datafusion::arrow::array::RecordBatch>)> {
     let loc = Location::parse(output).unwrap();
     let id = loc.latest().await.unwrap().expect("a snapshot").snapshot_id;
-    let m = loc.manifest(id).await.unwrap();
+    let m = loc.checkpoint(id).await.unwrap();
     let mut out = Vec::new();
-    for t in &m.tables {
-        out.push((t.name.clone(), loc.read_table(&m, &t.name).await.unwrap().1));
+    for name in m.tables.keys() {
+        out.push((name.clone(), loc.read_table(&m, name).await.unwrap().1));
     }
     out
 }
@@ -111,7 +111,7 @@ pub fn batch_state(
 async fn firing_ids(output: &str) -> std::collections::BTreeMap<(String, String), String> {
     let loc = Location::parse(output).unwrap();
     let m = loc
-        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .checkpoint(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
     let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
@@ -159,6 +159,8 @@ pub fn without(
     t.remove(name);
     t.remove("alerts");
     t.remove("alert_deliveries");
+    // Wall-clock times and snapshot ids: `snapshots` has tests of its own.
+    t.remove("snapshots");
     t
 }
 
@@ -319,19 +321,31 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
         snapshots += r.snapshots;
     }
     let loc = Location::parse(&out).unwrap();
-    let ids = loc.snapshot_ids().await.unwrap();
+    let ids = loc.checkpoint_ids().await.unwrap();
     let latest = loc.latest().await.unwrap().unwrap().snapshot_id;
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(*ids.last().unwrap(), latest);
     assert_eq!(latest, snapshots);
-    // The manifest accounts for every message: offsets sum to the messages produced.
-    let m = loc.manifest(latest).await.unwrap();
+    // The checkpoint accounts for every message: offsets sum to the messages produced, and
+    // `events` counts them.
+    let m = loc.checkpoint(latest).await.unwrap();
     let total: i64 = m.offsets.values().flat_map(|p| p.values()).sum();
     assert_eq!(total as usize, msgs.len());
-    assert!(m
-        .tables
-        .iter()
-        .any(|t| t.name == "attainment" && t.rows > 0));
+    assert_eq!(m.events as usize, msgs.len());
+    let (_, attainment) = loc.read_table(&m, "attainment").await.unwrap();
+    assert!(attainment.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+    // `snapshots` holds one row per retained snapshot, the latest with every message.
+    let (_, rows) = loc.read_table(&m, "snapshots").await.unwrap();
+    let rows = quotaflow::snapshot::retention::rows(&rows).unwrap();
+    assert_eq!(rows.iter().map(|r| r.snapshot_id).collect::<Vec<_>>(), ids);
+    assert_eq!(rows.last().unwrap().events as usize, msgs.len());
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0].events <= w[1].events && w[0].written_at <= w[1].written_at));
+    // Forgotten snapshots' state files are gone with their checkpoints.
+    for id in 1..ids[0] {
+        assert!(loc.checkpoint(id).await.is_err(), "snapshot {id} was kept");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,6 +391,23 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
     );
     assert!(metrics.contains("quotaflow_up 1"), "{metrics}");
     assert!(metrics.contains("\nquotaflow_snapshot_id "), "{metrics}");
+    // The snapshot's Delta commits are counted: it created every table.
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        sample("quotaflow_table_commits_total")
+            >= p.metrics.tables.iter().filter(|t| t.publish).count() as f64
+    );
+    assert!(sample("quotaflow_files_added_total") > 0.0);
+    assert!(sample("quotaflow_snapshot_bytes_written") > 0.0);
+    assert!(sample("quotaflow_snapshot_commit_seconds") > 0.0);
+    assert!(sample("quotaflow_vacuum_runs_total") >= 0.0);
     running.stop().await;
     // The endpoint stops with the run.
     assert!(!endpoint.answers().await);

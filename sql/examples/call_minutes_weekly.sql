@@ -6,8 +6,9 @@
 --   sql = "../sql/examples/call_minutes_weekly.sql"
 --
 -- It reads `rep_daily` (computed earlier in the pipeline) and the functions `week_start()` and
--- `ratio()` (NULL when a week has no calls); every snapshot then holds the table, with
--- snapshot_id and as_of added.
+-- `ratio()` (NULL when a week has no calls); every snapshot then holds the table, as the Delta
+-- table tables/call_minutes_weekly/ (add `partition_by = "week_start"` to the entry to give
+-- each week its own files).
 SELECT rep_id,
        week_start(day) AS week_start,
        SUM(calls) AS calls,

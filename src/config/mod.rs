@@ -123,7 +123,14 @@ pub struct Snapshot {
     pub trigger_interval: Duration,
     /// Snapshot after this many events as well as on the interval (0 = off).
     pub trigger_events: u64,
+    /// The last this many snapshots stay readable...
     pub retention: usize,
+    /// ... and the last one of each of this many days.
+    pub retention_days: usize,
+    /// A Delta log checkpoint every this many commits of a table.
+    pub log_checkpoint_interval: u32,
+    /// Vacuum and log cleanup every this many snapshots (not at every one).
+    pub maintenance_every: u32,
 }
 
 /// Where alert transitions go (`[alert_delivery]`); each rule picks targets by name.
@@ -222,6 +229,8 @@ pub struct TableSpec {
     pub origin: String,
     pub sql: String,
     pub publish: bool,
+    /// The column whose value decides a published row's partition (None: one partition).
+    pub partition_by: Option<String>,
 }
 
 /// The stage table of EVENTS.md.
@@ -395,6 +404,30 @@ mod tests {
                 .cap,
             Some("50000.00".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn partitioning_and_retention_settings_are_checked() {
+        let sql = |_: &str| Ok("SELECT 1 AS x".to_string());
+        let p = Pipeline::parse(builtin::PIPELINE, "p.toml", &sql).unwrap();
+        let att = p.metrics.tables.iter().find(|t| t.name == "attainment").unwrap();
+        assert_eq!(att.partition_by.as_deref(), Some("period_start"));
+        assert_eq!((p.snapshot.retention_days, p.snapshot.maintenance_every), (7, 10));
+        // A helper view is not written, so it cannot be partitioned.
+        let helper = builtin::PIPELINE.replace(
+            "name = \"reps\"\n",
+            "name = \"reps\"\npartition_by = \"team_id\"\n",
+        );
+        let err = Pipeline::parse(&helper, "p.toml", &sql).unwrap_err().to_string();
+        assert!(err.contains("tables[0].partition_by") && err.contains("published"), "{err}");
+        for (key, value) in [("log_checkpoint_interval", "10"), ("maintenance_every", "10")] {
+            let zero = builtin::PIPELINE.replace(
+                &format!("{key} = {value}"),
+                &format!("{key} = 0"),
+            );
+            let err = Pipeline::parse(&zero, "p.toml", &sql).unwrap_err().to_string();
+            assert!(err.contains(&format!("snapshot.{key}")), "{err}");
+        }
     }
 
     #[test]

@@ -191,6 +191,9 @@ pub(super) struct RawSnapshot {
     pub(super) trigger_interval: String,
     pub(super) trigger_events: u64,
     pub(super) retention: usize,
+    pub(super) retention_days: usize,
+    pub(super) log_checkpoint_interval: u32,
+    pub(super) maintenance_every: u32,
 }
 
 impl Default for RawSnapshot {
@@ -200,6 +203,9 @@ impl Default for RawSnapshot {
             trigger_interval: "5s".into(),
             trigger_events: 0,
             retention: 20,
+            retention_days: 7,
+            log_checkpoint_interval: 10,
+            maintenance_every: 10,
         }
     }
 }
@@ -218,6 +224,8 @@ pub(super) struct RawTable {
     pub(super) sql: String,
     #[serde(default = "yes")]
     pub(super) publish: bool,
+    #[serde(default)]
+    pub(super) partition_by: Option<String>,
 }
 
 pub(super) fn yes() -> bool {

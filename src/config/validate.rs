@@ -213,11 +213,26 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
             "must keep at least 1 snapshot",
         ));
     }
+    if sn.log_checkpoint_interval == 0 {
+        return Err(invalid(
+            "snapshot.log_checkpoint_interval",
+            "must be at least 1 commit",
+        ));
+    }
+    if sn.maintenance_every == 0 {
+        return Err(invalid(
+            "snapshot.maintenance_every",
+            "must be at least 1 snapshot",
+        ));
+    }
     Ok(Snapshot {
         output: sn.output.clone(),
         trigger_interval,
         trigger_events: sn.trigger_events,
         retention: sn.retention,
+        retention_days: sn.retention_days,
+        log_checkpoint_interval: sn.log_checkpoint_interval,
+        maintenance_every: sn.maintenance_every,
     })
 }
 
@@ -363,12 +378,27 @@ fn tables(
                 format!("`{}` is already the name of an earlier table", t.name),
             ));
         }
+        if let Some(c) = &t.partition_by {
+            if !t.publish {
+                return Err(invalid(
+                    format!("{key}.partition_by"),
+                    "only a published table is partitioned: remove it or the `publish = false`",
+                ));
+            }
+            if !is_identifier(c) {
+                return Err(invalid(
+                    format!("{key}.partition_by"),
+                    format!("`{c}` must be one of the table's column names"),
+                ));
+            }
+        }
         let sql = read_sql(&t.sql).map_err(|m| invalid(format!("{key}.sql"), m))?;
         tables.push(TableSpec {
             name: t.name.clone(),
             origin: t.sql.clone(),
             sql,
             publish: t.publish,
+            partition_by: t.partition_by.clone(),
         });
     }
     Ok(tables)

@@ -1,20 +1,18 @@
 //! The metric engine: a DataFusion session over the state tables, evaluating the pipeline's
 //! SQL files in order. Each file's result is registered under its name while a later file or
 //! alert rule names it, so later files can build on earlier ones (helper views have
-//! `publish = false`); every published table gets the snapshot-wide columns `snapshot_id` and
-//! `as_of` and goes to the caller as soon as it is computed. The engine owns no state between
-//! calls.
+//! `publish = false`); every published table goes to the caller as soon as it is computed,
+//! with no snapshot-wide columns (a row stays the same bytes until its inputs change). The
+//! engine owns no state between calls.
 
 pub mod udf;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float64Type;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -28,6 +26,8 @@ use udf::{FxTable, UdfContext};
 #[derive(Debug, Clone)]
 pub struct Table {
     pub name: String,
+    /// Its partition column in the output (`partition_by` of the pipeline file).
+    pub partition_by: Option<String>,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
 }
@@ -74,7 +74,22 @@ impl Engine {
     /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and
     /// functions without any I/O (`quotaflow validate`).
     pub async fn check(&self) -> Result<Vec<Table>, EngineError> {
-        Ok(self.compute_with_alerts(&State::default(), 0).await?.0)
+        let tables = self.compute_with_alerts(&State::default(), 0).await?.0;
+        for t in &tables {
+            if let Some(c) = &t.partition_by {
+                if t.schema.column_with_name(c).is_none() {
+                    let spec = self.metrics.tables.iter().find(|s| s.name == t.name);
+                    return Err(EngineError::Sql {
+                        table: t.name.clone(),
+                        origin: spec.map(|s| s.origin.clone()).unwrap_or_default(),
+                        source: DataFusionError::Plan(format!(
+                            "partition_by = \"{c}\" is not one of the columns it returns"
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(tables)
     }
 
     /// Computes every published table for `state` as snapshot `snapshot_id`.
@@ -112,8 +127,6 @@ impl Engine {
             state_tables,
             metrics: Arc::clone(&self.metrics),
             last_read: Arc::clone(&self.last_read),
-            snapshot_id,
-            as_of: state.as_of,
         })
     }
 
@@ -173,8 +186,6 @@ pub struct Prepared {
     state_tables: Vec<String>,
     metrics: Arc<Metrics>,
     last_read: Arc<HashMap<String, usize>>,
-    snapshot_id: u64,
-    as_of: Option<i64>,
 }
 
 impl Prepared {
@@ -221,11 +232,9 @@ impl Prepared {
                 }
             });
             if spec.publish {
-                let (schema, batches) =
-                    with_snapshot_columns(&schema, batches, self.snapshot_id, self.as_of)
-                        .map_err(sql_err)?;
                 publish(Table {
                     name: spec.name.clone(),
+                    partition_by: spec.partition_by.clone(),
                     schema,
                     batches,
                 })?;
@@ -301,34 +310,4 @@ fn last_reads(p: &Metrics) -> HashMap<String, usize> {
         }
     }
     out
-}
-
-/// Appends `snapshot_id` (BIGINT) and `as_of` (TIMESTAMP UTC) to every row.
-pub(crate) fn with_snapshot_columns(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    snapshot_id: u64,
-    as_of: Option<i64>,
-) -> Result<(SchemaRef, Vec<RecordBatch>), DataFusionError> {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("snapshot_id", DataType::Int64, false));
-    fields.push(Field::new(
-        "as_of",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        true,
-    ));
-    let out_schema = Arc::new(Schema::new(fields));
-    let out = batches
-        .into_iter()
-        .map(|b| {
-            let n = b.num_rows();
-            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-            cols.push(Arc::new(Int64Array::from(vec![snapshot_id as i64; n])));
-            cols.push(Arc::new(
-                TimestampMicrosecondArray::from(vec![as_of; n]).with_timezone("UTC"),
-            ));
-            RecordBatch::try_new(Arc::clone(&out_schema), cols).map_err(DataFusionError::from)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((out_schema, out))
 }

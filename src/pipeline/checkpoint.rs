@@ -4,20 +4,27 @@
 //!    deliveries settled, state pruned and rolled up, its Arrow tables taken and its image
 //!    serialised (side by side, on two threads).
 //! 2. **Background job** (while reading goes on): the SQL, the alert rules on a copy of the
-//!    alert part of the state, then Parquet, `_state.bin`, `_alerts.bin`, manifest, `_latest`.
+//!    alert part of the state, then the state files, a Delta commit per changed table
+//!    (`snapshots` last), the checkpoint and `_latest` (`snapshot::Location::write_snapshot`).
 //! 3. **Durable hand-over** (on the consuming task again): the alert lifecycles taken over,
 //!    transitions logged and handed to the dispatcher, offsets committed (advisory), retention.
 //!
 //! One snapshot is in flight at a time. Offsets only move inside the state, so whatever the
-//! snapshot holds is exactly what its offsets say was read.
+//! snapshot holds is exactly what its offsets say was read. Snapshot ids are never reused: a
+//! snapshot that failed (or whose run crashed) may have committed to some tables with its id,
+//! so the next one takes the id after it, and a restart starts above every `txn` in the logs.
 
 use std::time::{Duration, Instant};
 
 use super::{RunError, Runner};
 use crate::alert::deliver::{self, DeliveryAcks};
 use crate::config::Pipeline;
+use crate::health::SnapshotWrite;
 use crate::internal::InternalError;
-use crate::snapshot::{AlertsImage, EncodedTable, Location, Manifest, SnapshotError, StateImage};
+use crate::snapshot::{
+    retention, AlertsImage, CalendarRef, Checkpoint, Committed, EncodedTable, Layout, Location,
+    LogSettings, SnapshotError, SnapshotMeta, SnapshotRow, StateImage,
+};
 use crate::source::consumer::KafkaSource;
 use crate::state::{State, STATE_FORMAT};
 
@@ -28,8 +35,6 @@ const SNAPSHOT_ATTEMPTS: u32 = 4;
 /// A snapshot being computed and written in the background.
 pub(super) struct InFlight {
     task: tokio::task::JoinHandle<Result<Written, RunError>>,
-    /// The snapshot id before this one (restored if it fails).
-    previous_id: u64,
     /// Messages its cut took in.
     messages: u64,
     started: Instant,
@@ -37,7 +42,10 @@ pub(super) struct InFlight {
 
 /// What a background snapshot produced.
 pub(super) struct Written {
-    manifest: Manifest,
+    checkpoint: Checkpoint,
+    write: SnapshotWrite,
+    /// The retained snapshots, this one included (the `snapshots` table it committed).
+    history: Vec<SnapshotRow>,
     alerts: crate::alert::AlertBook,
     outbox: Vec<deliver::Outgoing>,
     events: Vec<crate::alert::AlertEvent>,
@@ -53,37 +61,99 @@ pub(super) async fn written(inflight: &mut Option<InFlight>) -> Result<Written, 
     }
 }
 
-/// Restores the state `_latest` names (with the alert deliveries acknowledged after it), or an
-/// empty one.
-pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<State, RunError> {
-    let Some(latest) = location.latest().await? else {
-        return Ok(State::default());
-    };
-    let manifest = location.manifest(latest.snapshot_id).await?;
-    if manifest.pipeline != pipeline.name {
-        return Err(RunError::OtherPipeline {
-            output: location.url.to_string(),
-            found: manifest.pipeline.clone(),
-            expected: pipeline.name.clone(),
-        });
-    }
-    let mut state = read_state(location, &manifest).await?;
-    let acks = read_acks(location, manifest.snapshot_id).await?;
-    state.settle_deliveries(&acks.acked, acks.counts);
-    tracing::info!(snapshot_id = manifest.snapshot_id, as_of = ?manifest.as_of, "restored state");
-    Ok(state)
+/// What a run starts from.
+pub struct Restored {
+    /// The state `_latest` names (empty without one), its `snapshot_id` raised to the highest
+    /// id any table's log holds, so that the next snapshot takes an unused id.
+    pub state: State,
+    /// The checkpoint it came from.
+    pub checkpoint: Option<Checkpoint>,
+    /// The retained snapshots, as its `snapshots` table has them.
+    pub history: Vec<SnapshotRow>,
 }
 
-/// The state snapshot `manifest` recorded, its alert part included.
-pub async fn read_state(location: &Location, manifest: &Manifest) -> Result<State, RunError> {
-    let images = location.read_images(manifest, STATE_FORMAT).await?;
+/// Restores the state `_latest` names (with the alert deliveries acknowledged after it), or an
+/// empty one.
+pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restored, RunError> {
+    let checkpoint = match location.latest().await? {
+        Some(latest) => Some(location.checkpoint(latest.snapshot_id).await?),
+        None => None,
+    };
+    let (mut state, history) = match &checkpoint {
+        None => (State::default(), Vec::new()),
+        Some(c) => {
+            if c.pipeline != pipeline.name {
+                return Err(RunError::OtherPipeline {
+                    output: location.url.to_string(),
+                    found: c.pipeline.clone(),
+                    expected: pipeline.name.clone(),
+                });
+            }
+            let mut state = read_state(location, c).await?;
+            let acks = read_acks(location, c.snapshot_id).await?;
+            state.settle_deliveries(&acks.acked, acks.counts);
+            let history = read_history(location, c).await?;
+            tracing::info!(snapshot_id = c.snapshot_id, as_of = ?c.as_of, "restored state");
+            (state, history)
+        }
+    };
+    // A snapshot that crashed after some commits used its id: go above it.
+    let used = location
+        .highest_txn(&table_names(pipeline), &pipeline.name)
+        .await?;
+    if used > state.snapshot_id {
+        tracing::info!(
+            restored = state.snapshot_id,
+            used,
+            "a later snapshot was partly committed; the next one takes the id after it"
+        );
+        state.snapshot_id = used;
+    }
+    Ok(Restored {
+        state,
+        checkpoint,
+        history,
+    })
+}
+
+/// Every table a snapshot of `pipeline` commits to, `snapshots` last.
+pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
+    let mut names: Vec<String> = pipeline
+        .metrics
+        .tables
+        .iter()
+        .filter(|t| t.publish)
+        .map(|t| t.name.clone())
+        .collect();
+    names.extend(OPERATIONAL.iter().map(|(n, _)| n.to_string()));
+    names.push(SNAPSHOTS.to_string());
+    names
+}
+
+/// The `snapshots` table of checkpoint `c`, as rows.
+async fn read_history(location: &Location, c: &Checkpoint) -> Result<Vec<SnapshotRow>, RunError> {
+    if !c.tables.contains_key(SNAPSHOTS) {
+        return Ok(vec![c.row()]);
+    }
+    let (_, batches) = location.read_table(c, SNAPSHOTS).await?;
+    retention::rows(&batches).map_err(|message| {
+        RunError::from(SnapshotError::Table {
+            table: SNAPSHOTS.into(),
+            message,
+        })
+    })
+}
+
+/// The state checkpoint `c` recorded, its alert part included.
+pub async fn read_state(location: &Location, c: &Checkpoint) -> Result<State, RunError> {
+    let images = location.read_images(c, STATE_FORMAT).await?;
     State::decode(&images.state, &images.alerts).map_err(|e| {
         let file = match e {
-            crate::state::DecodeError::State(_) => &manifest.state,
-            crate::state::DecodeError::Alerts(_) => &manifest.alerts,
+            crate::state::DecodeError::State(_) => &c.state.state,
+            crate::state::DecodeError::Alerts(_) => &c.state.alerts,
         };
         RunError::from(SnapshotError::Format {
-            path: location.file_path(manifest.snapshot_id, file),
+            path: location.file_path(file),
             message: e.to_string(),
         })
     })
@@ -95,7 +165,7 @@ async fn read_acks(location: &Location, id: u64) -> Result<DeliveryAcks, RunErro
         None => Ok(DeliveryAcks::default()),
         Some(bytes) => DeliveryAcks::decode(&bytes).map_err(|e| {
             RunError::from(SnapshotError::Format {
-                path: location.file_path(id, "_alert_acks.json"),
+                path: location.file_path(&crate::snapshot::acks_path(id)),
                 message: e.to_string(),
             })
         }),
@@ -142,8 +212,8 @@ impl Runner {
         self.state
             .prune(self.pipeline.source.dedup_horizon_micros());
         self.state.roll_up(&self.pipeline.metrics.calendar);
-        let previous_id = self.state.snapshot_id;
-        let id = previous_id + 1;
+        // Never reused: an id that failed may have commits in some tables.
+        let id = self.state.snapshot_id + 1;
         self.state.snapshot_id = id;
         // The two halves of the cut read the state side by side (this pauses the reader):
         // its Arrow tables here, its serialised image on a second thread.
@@ -154,17 +224,36 @@ impl Runner {
             let image = image
                 .join()
                 .map_err(|_| InternalError::new("serialising the state panicked"))?
-                .map_err(encode_err("_state.bin"))?;
+                .map_err(encode_err("state.bin"))?;
             Ok::<_, RunError>((prepared?, image))
         });
-        let (prepared, bytes) = match cut {
-            Ok(c) => c,
-            Err(e) => {
-                self.state.snapshot_id = previous_id;
-                return Err(e);
-            }
-        };
+        let (prepared, bytes) = cut?;
         let image = state_image(&self.state, bytes);
+        let written_at = chrono::Utc::now();
+        let snapshot = &self.pipeline.snapshot;
+        let mut history = self.history.clone();
+        history.push(SnapshotRow {
+            snapshot_id: id,
+            as_of: self.state.as_of,
+            written_at: written_at.timestamp_micros(),
+            events: self.state.quality.values().flat_map(|o| o.values()).sum(),
+        });
+        let history =
+            crate::snapshot::retained(&history, snapshot.retention, snapshot.retention_days);
+        let cal = &self.pipeline.metrics;
+        let meta = SnapshotMeta {
+            pipeline: self.pipeline.name.clone(),
+            calendar: CalendarRef {
+                time_zone: cal.calendar.timezone.name().to_string(),
+                fiscal_year_start_month: cal.calendar.fiscal_year_start_month,
+                corporate_currency: cal.corporate_currency.clone(),
+            },
+            events: history.last().map_or(0, |r| r.events),
+            written_at,
+            log: LogSettings {
+                checkpoint_interval: snapshot.log_checkpoint_interval,
+            },
+        };
         // The alert part goes on in a state of its own: the rules run on the computed tables.
         let mut alerting = State {
             snapshot_id: id,
@@ -179,7 +268,11 @@ impl Runner {
             let mut tables = Vec::new();
             let breaches = prepared
                 .run(|t| {
-                    tables.push(EncodedTable::encode(&t.name, &t.schema, &t.batches)?);
+                    let layout = Layout {
+                        name: t.name,
+                        partition_by: t.partition_by,
+                    };
+                    tables.push(EncodedTable::encode(&layout, &t.schema, &t.batches)?);
                     Ok::<_, RunError>(())
                 })
                 .await?;
@@ -193,22 +286,27 @@ impl Runner {
             alerting
                 .outbox
                 .extend(deliver::outgoing(&pipeline.metrics.alerts, &events));
-            for (name, build) in [
-                ("alerts", crate::state::tables::alerts as StateTableFn),
-                ("alert_deliveries", crate::state::tables::alert_deliveries),
-            ] {
-                let t = state_table(&alerting, name, build)?;
-                tables.push(EncodedTable::encode(&t.name, &t.schema, &t.batches)?);
+            for (name, build) in OPERATIONAL {
+                let batch = build(&alerting)
+                    .map_err(|e| InternalError::new(format!("{name} table: {e}")))?;
+                tables.push(unpartitioned(name, &batch)?);
             }
+            let batch = retention::table(&history, &pipeline.metrics.calendar)
+                .map_err(|e| InternalError::new(format!("{SNAPSHOTS} table: {e}")))?;
+            tables.push(unpartitioned(SNAPSHOTS, &batch)?);
             let alerts_image = AlertsImage(
                 alerting
                     .encode_alerts()
-                    .map_err(encode_err("_alerts.bin"))?
+                    .map_err(encode_err("alerts.bin"))?
                     .into(),
             );
-            let manifest = write(&location, &image, &alerts_image, &tables, &pipeline.name).await?;
+            let writing = Instant::now();
+            let (checkpoint, commits) =
+                write(&location, &image, &alerts_image, &tables, &meta).await?;
             Ok(Written {
-                manifest,
+                checkpoint,
+                write: write_summary(&commits, writing.elapsed()),
+                history,
                 alerts: alerting.alerts,
                 outbox: alerting.outbox,
                 events,
@@ -216,7 +314,6 @@ impl Runner {
         });
         self.inflight = Some(InFlight {
             task,
-            previous_id,
             messages: self.since_snapshot,
             started,
         });
@@ -246,8 +343,7 @@ impl Runner {
         let w = match result {
             Ok(w) => w,
             Err(e) => {
-                // Not durable: the next snapshot (same id, files overwritten) covers its messages.
-                self.state.snapshot_id = inflight.previous_id;
+                // Not durable: the next snapshot (the next id) covers its messages.
                 self.since_snapshot += inflight.messages;
                 if fatal {
                     return Err(e);
@@ -262,34 +358,72 @@ impl Runner {
         // Transitions go out only once the snapshot that records them is durable.
         deliver::to_log(&self.pipeline.metrics.alerts, &w.events);
         self.alerts.submit(&self.state.outbox);
-        let manifest = w.manifest;
-        source.commit(&manifest.offsets);
-        match self
-            .location
-            .retain(self.pipeline.snapshot.retention, manifest.snapshot_id)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "retention"),
-            Err(e) => {
-                tracing::warn!(error = %e, "retention failed; old snapshots stay until the next one")
-            }
-        }
+        let checkpoint = w.checkpoint;
+        source.commit(&checkpoint.offsets);
+        self.durable = checkpoint.snapshot_id;
+        self.history = w.history;
+        self.retain(&checkpoint).await;
         let took = inflight.started.elapsed();
+        let written = w.write;
         tracing::info!(
-            snapshot_id = manifest.snapshot_id,
-            as_of = ?manifest.as_of,
+            snapshot_id = checkpoint.snapshot_id,
+            as_of = ?checkpoint.as_of,
             messages = inflight.messages,
             state_keys = self.state.size(),
+            tables_committed = written.tables_committed,
+            files_added = written.files_added,
+            bytes_written = written.bytes_written,
             ms = took.as_millis() as u64,
             "snapshot written"
         );
         self.health.update(|s| {
-            s.last_snapshot = Some((Instant::now(), manifest.snapshot_id, took));
+            s.last_snapshot = Some((Instant::now(), checkpoint.snapshot_id, took));
+            s.last_write = Some(written);
+            s.writes_total.add(&written);
         });
         self.report.snapshots += 1;
-        self.report.last = Some(manifest);
+        self.report.last = Some(checkpoint);
         Ok(())
+    }
+
+    /// Retention after a durable snapshot: the checkpoints and state files of snapshots no
+    /// longer retained go at once; every `maintenance_every` snapshots, the tables' files
+    /// and log entries that no retained version needs (vacuum, log cleanup). A failure is
+    /// logged: what it did not delete goes next time.
+    async fn retain(&mut self, latest: &Checkpoint) {
+        let keep: Vec<u64> = self.history.iter().map(|r| r.snapshot_id).collect();
+        match self.location.forget(&keep, latest.snapshot_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "retention: checkpoints forgotten"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention failed; old checkpoints stay until the next snapshot");
+                return;
+            }
+        }
+        self.since_maintenance += 1;
+        if self.since_maintenance < self.pipeline.snapshot.maintenance_every {
+            return;
+        }
+        self.since_maintenance = 0;
+        let started = Instant::now();
+        match self.location.maintain(&keep, latest).await {
+            Ok(m) => {
+                tracing::info!(
+                    oldest_retained = keep.first().copied().unwrap_or(latest.snapshot_id),
+                    files_removed = m.files_removed,
+                    log_entries_removed = m.log_entries_removed,
+                    ms = started.elapsed().as_millis() as u64,
+                    "table maintenance"
+                );
+                self.health.update(|s| {
+                    s.vacuum_runs += 1;
+                    s.vacuum_files_removed += m.files_removed;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "table maintenance failed; retried at the next one")
+            }
+        }
     }
 
     /// Waits (up to the pipeline's drain timeout) for alert deliveries in flight, and records
@@ -306,7 +440,7 @@ impl Runner {
             // An earlier run may have recorded acknowledgements after the same snapshot: they
             // are kept. If they cannot be read, nothing is written over them (the next start
             // then sends this run's acknowledged events again: at least once).
-            let id = self.state.snapshot_id;
+            let id = self.durable;
             match read_acks(&self.location, id).await {
                 Ok(mut acks) => {
                     acks.merge(acked, counts);
@@ -339,20 +473,21 @@ impl Runner {
     }
 }
 
-/// Writes a snapshot, retrying the whole write with backoff (files are named by snapshot id,
-/// so a retry overwrites what a failed attempt left).
+/// Writes a snapshot, retrying the whole write with backoff: a retry commits only to the
+/// tables whose logs do not hold the snapshot's `txn` yet, and overwrites the state files and
+/// the checkpoint (named by snapshot id) with the same bytes.
 async fn write(
     location: &Location,
     image: &StateImage,
     alerts: &AlertsImage,
     tables: &[EncodedTable],
-    pipeline: &str,
-) -> Result<Manifest, RunError> {
+    meta: &SnapshotMeta,
+) -> Result<(Checkpoint, Vec<(String, Committed)>), RunError> {
     let mut delay = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
-        match location.write_image(image, alerts, tables, pipeline).await {
-            Ok(m) => return Ok(m),
+        match location.write_snapshot(image, alerts, tables, meta).await {
+            Ok(done) => return Ok(done),
             Err(e) if attempt == SNAPSHOT_ATTEMPTS => return Err(RunError::from(e)),
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "snapshot write failed; retrying");
@@ -364,31 +499,48 @@ async fn write(
     }
 }
 
+/// The `snapshots` table's name (METRICS.md, "Where the tables live").
+pub const SNAPSHOTS: &str = "snapshots";
+
 /// A builder of one Arrow table from the state (`state::tables`).
 type StateTableFn =
     fn(
         &State,
     ) -> Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>;
 
-/// A snapshot table built from the state in Rust (`alerts`, `alert_deliveries`), with the
-/// snapshot-wide columns.
-fn state_table(
-    state: &State,
+/// The operational tables built from the alert part of the state in Rust, after the rules ran
+/// (`dead_letters` is SQL over the state, like the metrics).
+const OPERATIONAL: [(&str, StateTableFn); 2] = [
+    ("alerts", crate::state::tables::alerts as StateTableFn),
+    ("alert_deliveries", crate::state::tables::alert_deliveries),
+];
+
+fn unpartitioned(
     name: &str,
-    build: StateTableFn,
-) -> Result<crate::engine::Table, RunError> {
-    let internal = |e: &dyn std::fmt::Display| InternalError::new(format!("{name} table: {e}"));
-    let batch = build(state).map_err(|e| internal(&e))?;
-    let (schema, batches) = crate::engine::with_snapshot_columns(
-        &batch.schema(),
-        vec![batch],
-        state.snapshot_id,
-        state.as_of,
-    )
-    .map_err(|e| internal(&e))?;
-    Ok(crate::engine::Table {
+    batch: &datafusion::arrow::array::RecordBatch,
+) -> Result<EncodedTable, RunError> {
+    let layout = Layout {
         name: name.into(),
-        schema,
-        batches,
-    })
+        partition_by: None,
+    };
+    Ok(EncodedTable::encode(
+        &layout,
+        &batch.schema(),
+        std::slice::from_ref(batch),
+    )?)
+}
+
+/// What one snapshot's commits did, for the log and `/metrics`.
+fn write_summary(commits: &[(String, Committed)], took: Duration) -> SnapshotWrite {
+    let mut w = SnapshotWrite {
+        commit_seconds: took.as_secs_f64(),
+        ..SnapshotWrite::default()
+    };
+    for (_, c) in commits {
+        w.tables_committed += u64::from(c.committed);
+        w.files_added += c.files_added;
+        w.files_removed += c.files_removed;
+        w.bytes_written += c.bytes_written;
+    }
+    w
 }

@@ -21,7 +21,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
-pub use checkpoint::{read_state, restore, state_image};
+pub use checkpoint::{read_state, restore, state_image, table_names, Restored, SNAPSHOTS};
 
 use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;
@@ -30,7 +30,7 @@ use crate::health::Health;
 use crate::ingest::{Ingest, Message};
 use crate::internal::InternalError;
 use crate::kafka::{Cluster, KafkaIoError, Tp};
-use crate::snapshot::{Location, Manifest, SnapshotError};
+use crate::snapshot::{Checkpoint, Location, SnapshotError, SnapshotRow};
 use crate::source::consumer::{group_of, KafkaSource};
 use crate::source::dead_letters::DeadLetterSink;
 use crate::source::DeadLetter;
@@ -111,7 +111,7 @@ pub struct RunReport {
     pub bytes: u64,
     pub snapshots: u64,
     pub elapsed: Duration,
-    pub last: Option<Manifest>,
+    pub last: Option<Checkpoint>,
     /// Alert events acknowledged by their Kafka or webhook target during this run.
     pub alerts_delivered: u64,
     /// Alert events not acknowledged when the run stopped (retried at the next start).
@@ -174,7 +174,7 @@ pub async fn run(
     }
     // The snapshot in flight, then a last one for what was read since.
     r.settle_inflight(&source).await?;
-    if r.since_snapshot > 0 || r.state.snapshot_id == 0 {
+    if r.since_snapshot > 0 || r.durable == 0 {
         r.begin(true).await?;
         r.settle_inflight(&source).await?;
     }
@@ -192,6 +192,12 @@ struct Runner {
     dead_letters: DeadLetterSink,
     alerts: Dispatcher,
     state: State,
+    /// The last durable snapshot's id (0 before the first): acknowledgements go next to it.
+    durable: u64,
+    /// The retained snapshots, the last durable one included (rows of `snapshots`).
+    history: Vec<SnapshotRow>,
+    /// Snapshots since table maintenance last ran.
+    since_maintenance: u32,
     watermark: Watermark,
     /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
     pending: Vec<DeadLetter>,
@@ -233,8 +239,13 @@ impl Runner {
     ) -> Result<(Runner, KafkaSource, AbortOnDrop), RunError> {
         let started = Instant::now();
         let location = Location::parse(&opts.output)?;
-        let state = restore(&location, &pipeline).await?;
-        let restored_from = (state.snapshot_id > 0).then_some(state.snapshot_id);
+        let Restored {
+            state,
+            checkpoint,
+            history,
+        } = restore(&location, &pipeline).await?;
+        let durable = checkpoint.as_ref().map_or(0, |c| c.snapshot_id);
+        let restored_from = (durable > 0).then_some(durable);
         let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
         let source = KafkaSource::connect(
             &cluster,
@@ -281,6 +292,9 @@ impl Runner {
             dead_letters,
             alerts,
             state,
+            durable,
+            history,
+            since_maintenance: 0,
             pending: Vec::new(),
             since_snapshot: 0,
             inflight: None,

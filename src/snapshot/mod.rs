@@ -1,22 +1,28 @@
-//! Snapshots: the metric tables as Parquet, the state needed to resume, and the manifest that
-//! ties them to the Kafka offsets they include — the pipeline's checkpoint.
+//! Snapshots: the published tables as Delta Lake tables, the state needed to resume, and the
+//! checkpoint that ties them to the Kafka offsets they include (METRICS.md, "Where the tables
+//! live", contract version 2).
 //!
 //! Layout under the output URL:
 //! ```text
-//! snapshots/<id, 20 digits>/<table>/part-<n>.parquet
-//! snapshots/<id>/_state.bin          resumable state (bincode)
-//! snapshots/<id>/_manifest.json      id, as_of, offsets, tables and their files, version
-//! _latest                            {"snapshot_id": N, "manifest": "snapshots/<id>/_manifest.json"}
-//! snapshots/<id>/_alerts.bin         alert lifecycles, outbox, delivery counts
-//! snapshots/<id>/_alert_acks.json    deliveries acknowledged after the snapshot (a run that stopped)
+//! tables/<table>/                    a Delta table: _delta_log/ and <partition>=<value>/part-*.parquet
+//! _state/<id, 20 digits>/state.bin   resumable state (bincode, opaque here)
+//! _state/<id>/alerts.bin             alert lifecycles, outbox, delivery counts
+//! _state/<id>/alert_acks.json        deliveries acknowledged after the snapshot (a run that stopped)
+//! _checkpoints/<id>.json             the checkpoint: offsets, table versions, state files
+//! _latest                            {"snapshot_id": N, "checkpoint": "_checkpoints/<id>.json"}
 //! ```
 //! The state, alert and acknowledgement files are opaque bytes here: their owners (`state`,
 //! `alert`) encode and decode them; this module only stores them and checks the state format.
-//! Write order: data files → state → manifest → `_latest`. Each put is atomic and files are
-//! named by snapshot id, so a crash leaves the old snapshot or the new one, and a retried write
-//! is idempotent. Retention deletes old snapshot directories, never the one `_latest` names.
+//! Write order: state files → one Delta commit per changed table (each with the snapshot's
+//! `txn`; `snapshots` last) → checkpoint → `_latest`. Every put is atomic and every file is
+//! named by snapshot id or content, so a crash leaves the old snapshot or the new one, and a
+//! retried write is idempotent (a table whose log holds the `txn` is not committed again).
 
+mod delta;
+mod encode;
 pub mod faults;
+pub mod retention;
+mod retry;
 mod store;
 
 use std::collections::BTreeMap;
@@ -25,12 +31,14 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+pub use delta::{Committed, Layout, LogSettings, Maintained};
+pub use encode::{EncodedPart, EncodedTable};
+pub use retention::{retained, SnapshotRow};
 pub use store::Location;
 
 /// A storage or snapshot-format problem, naming the object at fault.
@@ -45,6 +53,8 @@ pub enum SnapshotError {
     },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
+    #[error("table `{table}`: {message}")]
+    Table { table: String, message: String },
 }
 
 fn store_err(
@@ -63,40 +73,371 @@ fn format_err(path: &object_store::path::Path, e: impl std::fmt::Display) -> Sna
     }
 }
 
+/// The version of the output contract this layout follows.
+pub const CONTRACT_VERSION: u32 = 2;
+
 /// The `_latest` pointer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latest {
     pub snapshot_id: u64,
-    pub manifest: String,
+    /// The checkpoint's path, relative to the output.
+    pub checkpoint: String,
 }
 
-/// One table's files in a manifest.
+/// One table's place in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TableEntry {
-    pub name: String,
-    /// Paths relative to the snapshot directory.
-    pub files: Vec<String>,
-    pub rows: u64,
+pub struct TableRef {
+    /// Relative to the output.
+    pub path: String,
+    /// The Delta version that holds this snapshot's rows.
+    pub version: u64,
 }
 
-/// `_manifest.json`.
+/// The calendar a snapshot was computed in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct CalendarRef {
+    pub time_zone: String,
+    pub fiscal_year_start_month: u32,
+    pub corporate_currency: String,
+}
+
+/// Where a snapshot's resumable state is, relative to the output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateFiles {
+    pub state: String,
+    pub alerts: String,
+    /// The state encoding's version: a restore refuses another one.
+    pub format: u32,
+}
+
+/// `_checkpoints/<id>.json`: the pipeline's checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
     pub snapshot_id: u64,
+    pub pipeline: String,
+    pub contract_version: u32,
+    pub quotaflow_version: String,
     /// Event clock (RFC 3339, UTC); null before the first event.
     pub as_of: Option<String>,
-    /// Wall-clock time the snapshot was written.
+    /// Wall-clock time the snapshot was written (RFC 3339, UTC).
     pub written_at: String,
-    pub pipeline: String,
-    pub quotaflow_version: String,
+    /// Messages of every outcome before the offsets.
+    pub events: u64,
+    pub calendar: CalendarRef,
     /// topic → partition → next offset to read.
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
-    pub tables: Vec<TableEntry>,
-    /// The resumable state, relative to the snapshot directory.
-    pub state: String,
-    /// Alert lifecycles, outbox and delivery counts, relative to the snapshot directory.
-    pub alerts: String,
-    pub state_format: u32,
+    pub tables: BTreeMap<String, TableRef>,
+    pub state: StateFiles,
+    /// The tables this snapshot committed to (the others were unchanged). Not in the
+    /// contract: for `quotaflow snapshots`.
+    #[serde(default)]
+    pub committed: Vec<String>,
+}
+
+impl Checkpoint {
+    /// This snapshot as a row of the `snapshots` table.
+    pub fn row(&self) -> SnapshotRow {
+        let micros = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.timestamp_micros())
+        };
+        SnapshotRow {
+            snapshot_id: self.snapshot_id,
+            as_of: self.as_of.as_deref().and_then(micros),
+            written_at: micros(&self.written_at).unwrap_or_default(),
+            events: self.events,
+        }
+    }
+}
+
+/// The checkpoint of an id, relative to the output.
+pub fn checkpoint_path(id: u64) -> String {
+    format!("_checkpoints/{id:020}.json")
+}
+
+/// The directory of a snapshot's state files, relative to the output.
+pub fn state_dir(id: u64) -> String {
+    format!("_state/{id:020}")
+}
+
+const ACKS_FILE: &str = "alert_acks.json";
+
+/// Rows per Parquet file.
+const ROWS_PER_PART: usize = 1_000_000;
+
+/// Crash points of `QUOTAFLOW_CRASH_AT`, in the order a snapshot passes them.
+pub const CRASH_POINTS: [&str; 4] = [
+    "after_first_table",
+    "after_tables",
+    "after_checkpoint",
+    "after_latest",
+];
+
+/// What a snapshot's write is given besides its tables.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    pub pipeline: String,
+    pub calendar: CalendarRef,
+    pub events: u64,
+    pub written_at: chrono::DateTime<chrono::Utc>,
+    pub log: LogSettings,
+}
+
+impl Location {
+    async fn put(&self, rel: &str, data: impl Into<PutPayload>) -> Result<(), SnapshotError> {
+        let path = self.path(rel);
+        let data = data.into();
+        self.store
+            .put(&path, data)
+            .await
+            .map_err(store_err(&path))?;
+        Ok(())
+    }
+
+    async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let path = self.path(rel);
+        let got = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map(Some),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(bytes) => Ok(bytes.map(|b| b.to_vec())),
+            Err(e) => Err(store_err(&path)(e)),
+        }
+    }
+
+    /// The `_latest` pointer, if a snapshot was ever written. An output in the version-1
+    /// layout (`snapshots/<id>/_manifest.json`) is refused with what to do.
+    pub async fn latest(&self) -> Result<Option<Latest>, SnapshotError> {
+        let Some(bytes) = self.get("_latest").await? else {
+            return Ok(None);
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path("_latest"), e))?;
+        if value.get("manifest").is_some() {
+            return Err(format_err(
+                &self.path("_latest"),
+                "this output is in the version-1 layout (snapshots/<id>/, _manifest.json), \
+                 which this quotaflow does not read: replay the topics into a new output \
+                 (README, \"Upgrading an output\")",
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| format_err(&self.path("_latest"), e))
+    }
+
+    /// The checkpoint of snapshot `id`.
+    pub async fn checkpoint(&self, id: u64) -> Result<Checkpoint, SnapshotError> {
+        let rel = checkpoint_path(id);
+        let bytes = self
+            .get(&rel)
+            .await?
+            .ok_or_else(|| format_err(&self.path(&rel), "no such snapshot"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
+    }
+
+    /// Ids of every checkpoint under the output, ascending.
+    pub async fn checkpoint_ids(&self) -> Result<Vec<u64>, SnapshotError> {
+        let root = self.path("_checkpoints");
+        let listing: Vec<_> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(store_err(&root))?;
+        let mut ids: Vec<u64> = listing
+            .iter()
+            .filter_map(|o| o.location.filename())
+            .filter_map(|f| f.strip_suffix(".json"))
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The state and alert images a checkpoint names; `format` is the state format the
+    /// caller reads (another one is refused, naming the file).
+    pub async fn read_images(&self, c: &Checkpoint, format: u32) -> Result<Images, SnapshotError> {
+        let path = self.path(&c.state.state);
+        if c.state.format != format {
+            return Err(format_err(
+                &path,
+                format!(
+                    "state format {} is not {format}: written by another quotaflow version",
+                    c.state.format
+                ),
+            ));
+        }
+        let state = self
+            .get(&c.state.state)
+            .await?
+            .ok_or_else(|| format_err(&path, "missing"))?;
+        let alerts = self
+            .get(&c.state.alerts)
+            .await?
+            .ok_or_else(|| format_err(&self.path(&c.state.alerts), "missing"))?;
+        Ok(Images { state, alerts })
+    }
+
+    /// The path of a file under the output, for the messages of those who decode it.
+    pub fn file_path(&self, rel: &str) -> String {
+        self.path(rel).to_string()
+    }
+
+    /// Reads one table at the version a checkpoint names.
+    pub async fn read_table(
+        &self,
+        c: &Checkpoint,
+        name: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
+        let t = c.tables.get(name).ok_or_else(|| SnapshotError::Table {
+            table: name.to_string(),
+            message: format!("snapshot {} has no such table", c.snapshot_id),
+        })?;
+        self.read_delta(name, t.version).await
+    }
+
+    /// The highest snapshot id any of `tables` holds a commit of (`txn` of `pipeline`): a
+    /// snapshot whose checkpoint was never written still used its id.
+    pub async fn highest_txn(
+        &self,
+        tables: &[String],
+        pipeline: &str,
+    ) -> Result<u64, SnapshotError> {
+        let mut high = 0;
+        for t in tables {
+            if let Some(v) = self.table_txn(t, pipeline).await? {
+                high = high.max(v.max(0) as u64);
+            }
+        }
+        Ok(high)
+    }
+
+    /// Writes the snapshot of a state cut: its state files, a Delta commit per changed table
+    /// (`snapshots` last), the checkpoint, then `_latest`.
+    pub async fn write_snapshot(
+        &self,
+        image: &StateImage,
+        alerts: &AlertsImage,
+        tables: &[EncodedTable],
+        meta: &SnapshotMeta,
+    ) -> Result<(Checkpoint, Vec<(String, Committed)>), SnapshotError> {
+        let id = image.snapshot_id;
+        let dir = state_dir(id);
+        let files = StateFiles {
+            state: format!("{dir}/state.bin"),
+            alerts: format!("{dir}/alerts.bin"),
+            format: image.format,
+        };
+        self.put(&files.state, image.bytes.clone()).await?;
+        self.put(&files.alerts, alerts.0.clone()).await?;
+        let mut refs = BTreeMap::new();
+        let mut commits = Vec::with_capacity(tables.len());
+        for (i, t) in tables.iter().enumerate() {
+            let done = self.commit_table(t, &meta.pipeline, id, meta.log).await?;
+            if i == 0 {
+                crash_point("after_first_table", id);
+            }
+            refs.insert(
+                t.layout.name.clone(),
+                TableRef {
+                    path: format!("tables/{}", t.layout.name),
+                    version: done.version,
+                },
+            );
+            commits.push((t.layout.name.clone(), done));
+        }
+        crash_point("after_tables", id);
+        let checkpoint = Checkpoint {
+            snapshot_id: id,
+            pipeline: meta.pipeline.clone(),
+            contract_version: CONTRACT_VERSION,
+            quotaflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            as_of: image
+                .as_of
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            written_at: meta
+                .written_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            events: meta.events,
+            calendar: meta.calendar.clone(),
+            offsets: image.offsets.clone(),
+            tables: refs,
+            state: files,
+            committed: commits
+                .iter()
+                .filter(|(_, c)| c.committed)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        };
+        let rel = checkpoint_path(id);
+        let json =
+            serde_json::to_vec_pretty(&checkpoint).map_err(|e| format_err(&self.path(&rel), e))?;
+        self.put(&rel, json).await?;
+        crash_point("after_checkpoint", id);
+        let latest = Latest {
+            snapshot_id: id,
+            checkpoint: rel,
+        };
+        let json = serde_json::to_vec(&latest).map_err(|e| format_err(&self.path("_latest"), e))?;
+        self.put("_latest", json).await?;
+        crash_point("after_latest", id);
+        Ok((checkpoint, commits))
+    }
+
+    /// Records alert deliveries acknowledged after snapshot `id` was written (by a run that
+    /// stopped), so that the next start does not send them again.
+    /// (`acks` encoded by `alert`: `alert_acks.json`.)
+    pub async fn write_acks(&self, id: u64, acks: Vec<u8>) -> Result<(), SnapshotError> {
+        self.put(&acks_path(id), acks).await
+    }
+
+    /// What `write_acks` recorded for snapshot `id`, if anything.
+    pub async fn read_acks(&self, id: u64) -> Result<Option<Vec<u8>>, SnapshotError> {
+        self.get(&acks_path(id)).await
+    }
+
+    /// Deletes the checkpoints and state files of snapshots not in `keep` (never `latest`'s).
+    /// The checkpoint goes first, so a half-deleted snapshot is never taken for a whole one.
+    /// Returns how many were deleted.
+    pub async fn forget(&self, keep: &[u64], latest: u64) -> Result<usize, SnapshotError> {
+        let doomed: Vec<u64> = self
+            .checkpoint_ids()
+            .await?
+            .into_iter()
+            .filter(|id| *id != latest && !keep.contains(id))
+            .collect();
+        for id in &doomed {
+            self.delete(&self.path(&checkpoint_path(*id))).await?;
+            let prefix = self.path(&state_dir(*id));
+            let objects: Vec<_> = self
+                .store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(store_err(&prefix))?;
+            for o in objects {
+                self.delete(&o.location).await?;
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    async fn delete(&self, p: &object_store::path::Path) -> Result<(), SnapshotError> {
+        match self.store.delete(p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(p)(e)),
+        }
+    }
+}
+
+/// Where the acknowledgements recorded after snapshot `id` are, relative to the output.
+pub fn acks_path(id: u64) -> String {
+    format!("{}/{ACKS_FILE}", state_dir(id))
 }
 
 /// A state cut for a snapshot: what its manifest records and the state's serialised bytes
@@ -124,258 +465,10 @@ pub struct Images {
     pub alerts: Vec<u8>,
 }
 
-const ALERTS_FILE: &str = "_alerts.bin";
-const ACKS_FILE: &str = "_alert_acks.json";
-
-/// Rows per Parquet file.
-const ROWS_PER_PART: usize = 1_000_000;
-
-/// The snapshot directory of an id, relative to the output.
-pub fn dir(id: u64) -> String {
-    format!("snapshots/{id:020}")
-}
-
-impl Location {
-    async fn put(&self, rel: &str, data: impl Into<PutPayload>) -> Result<(), SnapshotError> {
-        let path = self.path(rel);
-        let data = data.into();
-        retrying(|| self.store.put(&path, data.clone()))
-            .await
-            .map_err(store_err(&path))?;
-        Ok(())
-    }
-
-    async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
-        let path = self.path(rel);
-        let got = retrying(|| async {
-            match self.store.get(&path).await {
-                Ok(r) => r.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await;
-        match got {
-            Ok(bytes) => Ok(bytes.map(|b| b.to_vec())),
-            Err(e) => Err(store_err(&path)(e)),
-        }
-    }
-
-    /// The `_latest` pointer, if a snapshot was ever written.
-    pub async fn latest(&self) -> Result<Option<Latest>, SnapshotError> {
-        let Some(bytes) = self.get("_latest").await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format_err(&self.path("_latest"), e))
-    }
-
-    /// The manifest of snapshot `id`.
-    pub async fn manifest(&self, id: u64) -> Result<Manifest, SnapshotError> {
-        let rel = format!("{}/_manifest.json", dir(id));
-        let bytes = self
-            .get(&rel)
-            .await?
-            .ok_or_else(|| format_err(&self.path(&rel), "no such snapshot"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
-    }
-
-    /// The state and alert images a snapshot recorded; `format` is the state format the
-    /// caller reads (another one is refused, naming the file).
-    pub async fn read_images(&self, m: &Manifest, format: u32) -> Result<Images, SnapshotError> {
-        let rel = format!("{}/{}", dir(m.snapshot_id), m.state);
-        let path = self.path(&rel);
-        if m.state_format != format {
-            return Err(format_err(
-                &path,
-                format!(
-                    "state format {} is not {format}: written by another quotaflow version",
-                    m.state_format
-                ),
-            ));
-        }
-        let state = self
-            .get(&rel)
-            .await?
-            .ok_or_else(|| format_err(&path, "missing"))?;
-        let rel = format!("{}/{}", dir(m.snapshot_id), m.alerts);
-        let alerts = self
-            .get(&rel)
-            .await?
-            .ok_or_else(|| format_err(&self.path(&rel), "missing"))?;
-        Ok(Images { state, alerts })
-    }
-
-    /// The path of a snapshot's file, for the messages of those who decode it.
-    pub fn file_path(&self, id: u64, file: &str) -> String {
-        self.path(&format!("{}/{file}", dir(id))).to_string()
-    }
-
-    /// Reads one table of a snapshot.
-    pub async fn read_table(
-        &self,
-        m: &Manifest,
-        name: &str,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
-        let entry = m.tables.iter().find(|t| t.name == name).ok_or_else(|| {
-            format_err(
-                &self.path(&dir(m.snapshot_id)),
-                format!("snapshot has no table `{name}`"),
-            )
-        })?;
-        let mut schema = None;
-        let mut out = Vec::new();
-        for f in &entry.files {
-            let rel = format!("{}/{f}", dir(m.snapshot_id));
-            let path = self.path(&rel);
-            let bytes = self
-                .get(&rel)
-                .await?
-                .ok_or_else(|| format_err(&path, "missing"))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                .map_err(|e| format_err(&path, e))?;
-            schema.get_or_insert_with(|| reader.schema().clone());
-            for b in reader.build().map_err(|e| format_err(&path, e))? {
-                out.push(b.map_err(|e| format_err(&path, e))?);
-            }
-        }
-        let schema = schema.ok_or_else(|| {
-            format_err(
-                &self.path(&dir(m.snapshot_id)),
-                format!("table `{name}` has no files"),
-            )
-        })?;
-        Ok((schema, out))
-    }
-
-    /// Writes the snapshot of a state cut: Parquet per table, `_state.bin`, `_alerts.bin`,
-    /// `_manifest.json`, then `_latest`. Files are named by snapshot id, so a retry overwrites.
-    pub async fn write_image(
-        &self,
-        image: &StateImage,
-        alerts: &AlertsImage,
-        tables: &[EncodedTable],
-        pipeline: &str,
-    ) -> Result<Manifest, SnapshotError> {
-        let id = image.snapshot_id;
-        let base = dir(id);
-        let mut entries = Vec::with_capacity(tables.len());
-        for t in tables {
-            let mut files = Vec::new();
-            for (n, part) in t.parts.iter().enumerate() {
-                let rel = format!("{}/part-{n}.parquet", t.name);
-                self.put(&format!("{base}/{rel}"), part.clone()).await?;
-                files.push(rel);
-            }
-            entries.push(TableEntry {
-                name: t.name.clone(),
-                files,
-                rows: t.rows,
-            });
-        }
-        crash_point("before_state", id);
-        let state_rel = "_state.bin".to_string();
-        self.put(&format!("{base}/{state_rel}"), image.bytes.clone())
-            .await?;
-        self.put(&format!("{base}/{ALERTS_FILE}"), alerts.0.clone())
-            .await?;
-        crash_point("before_manifest", id);
-        let manifest = Manifest {
-            snapshot_id: id,
-            as_of: image
-                .as_of
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-            written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            pipeline: pipeline.to_string(),
-            quotaflow_version: env!("CARGO_PKG_VERSION").to_string(),
-            offsets: image.offsets.clone(),
-            tables: entries,
-            state: state_rel,
-            alerts: ALERTS_FILE.to_string(),
-            state_format: image.format,
-        };
-        let manifest_rel = format!("{base}/_manifest.json");
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| format_err(&self.path(&manifest_rel), e))?;
-        self.put(&manifest_rel, json).await?;
-        crash_point("before_latest", id);
-        let latest = Latest {
-            snapshot_id: id,
-            manifest: manifest_rel,
-        };
-        let json = serde_json::to_vec(&latest).map_err(|e| format_err(&self.path("_latest"), e))?;
-        self.put("_latest", json).await?;
-        Ok(manifest)
-    }
-
-    /// Records alert deliveries acknowledged after snapshot `id` was written (by a run that
-    /// stopped), so that the next start does not send them again.
-    /// (`acks` encoded by `alert`: `_alert_acks.json`.)
-    pub async fn write_acks(&self, id: u64, acks: Vec<u8>) -> Result<(), SnapshotError> {
-        self.put(&format!("{}/{ACKS_FILE}", dir(id)), acks).await
-    }
-
-    /// What `write_acks` recorded for snapshot `id`, if anything.
-    pub async fn read_acks(&self, id: u64) -> Result<Option<Vec<u8>>, SnapshotError> {
-        self.get(&format!("{}/{ACKS_FILE}", dir(id))).await
-    }
-
-    /// Ids of every snapshot directory under the output, ascending.
-    pub async fn snapshot_ids(&self) -> Result<Vec<u64>, SnapshotError> {
-        let root = self.path("snapshots");
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&root))
-            .await
-            .map_err(store_err(&root))?;
-        let mut ids: Vec<u64> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(|f| f.parse().ok()))
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
-    }
-
-    /// Deletes all but the newest `keep` snapshots, never the one `_latest` names.
-    /// Returns how many were deleted.
-    pub async fn retain(&self, keep: usize, latest: u64) -> Result<usize, SnapshotError> {
-        let ids = self.snapshot_ids().await?;
-        let doomed: Vec<u64> = ids
-            .iter()
-            .rev()
-            .skip(keep)
-            .copied()
-            .filter(|id| *id != latest)
-            .collect();
-        for id in &doomed {
-            let prefix = self.path(&dir(*id));
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(store_err(&prefix))?;
-            // The manifest goes first, so a half-deleted snapshot is never taken for a whole one.
-            let mut paths: Vec<_> = objects.into_iter().map(|o| o.location).collect();
-            paths.sort_by_key(|p| p.filename() != Some("_manifest.json"));
-            for p in paths {
-                match self.store.delete(&p).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(store_err(&p)(e)),
-                }
-            }
-        }
-        Ok(doomed.len())
-    }
-}
-
 /// The crash tests' fail points: with `QUOTAFLOW_CRASH_AT=<point>:<snapshot id>` the process
-/// aborts at that point of writing that snapshot (`before_state`: its Parquet files written;
-/// `before_manifest`: its state written too; `before_latest`: its manifest written too), as a
-/// power cut would. Never set in production.
+/// aborts at that point of writing that snapshot, as a power cut would ([`CRASH_POINTS`]:
+/// after its first table commit, after every table commit, after its checkpoint, after
+/// `_latest`). Never set in production.
 fn crash_point(point: &str, id: u64) {
     if let Ok(at) = std::env::var("QUOTAFLOW_CRASH_AT") {
         if at == format!("{point}:{id}") {
@@ -383,86 +476,6 @@ fn crash_point(point: &str, id: u64) {
             std::process::abort();
         }
     }
-}
-
-/// Calls of one object-store operation: a failure that may pass (a server error, a timeout)
-/// is retried with backoff; a definite answer (not found, refused) is not.
-const STORE_ATTEMPTS: u32 = 5;
-
-async fn retrying<T, F, Fut>(mut call: F) -> Result<T, object_store::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, object_store::Error>>,
-{
-    let mut delay = std::time::Duration::from_millis(50);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(
-                e @ (object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }),
-            ) if attempt < STORE_ATTEMPTS => {
-                tracing::debug!(error = %e, attempt, "object-store call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(2));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// A metric table encoded as its Parquet files, ready to put (and to put again when a write is
-/// retried): a snapshot keeps its tables in this compressed form, not as Arrow arrays.
-#[derive(Debug, Clone)]
-pub struct EncodedTable {
-    pub name: String,
-    /// One Parquet file per part of at most `ROWS_PER_PART` rows.
-    pub parts: Vec<bytes::Bytes>,
-    pub rows: u64,
-}
-
-impl EncodedTable {
-    /// Table `name` with `schema` and `batches`, as Parquet parts.
-    pub fn encode(
-        name: &str,
-        schema: &SchemaRef,
-        batches: &[RecordBatch],
-    ) -> Result<EncodedTable, SnapshotError> {
-        let parts = chunks(batches)
-            .iter()
-            .enumerate()
-            .map(|(n, chunk)| {
-                parquet_bytes(schema, chunk)
-                    .map(bytes::Bytes::from)
-                    .map_err(|e| SnapshotError::Format {
-                        path: format!("{name}/part-{n}.parquet"),
-                        message: e.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(EncodedTable {
-            name: name.to_string(),
-            parts,
-            rows: batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64,
-        })
-    }
-}
-
-/// Batches cut into parts of at most `ROWS_PER_PART` rows (at least one part).
-fn chunks(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new()];
-    let mut rows = 0;
-    for b in batches {
-        if rows > 0 && rows + b.num_rows() > ROWS_PER_PART {
-            parts.push(Vec::new());
-            rows = 0;
-        }
-        rows += b.num_rows();
-        if let Some(last) = parts.last_mut() {
-            last.push(b.clone());
-        }
-    }
-    parts
 }
 
 fn parquet_bytes(

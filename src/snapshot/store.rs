@@ -99,6 +99,7 @@ impl Location {
             }
             Err(_) => store,
         };
+        let store = Arc::new(super::retry::Retrying::new(store)) as Arc<dyn ObjectStore>;
         // For file:// the store is rooted at `/`, so the prefix is the whole path; for buckets
         // the URL's path is the prefix inside the bucket.
         Ok(Location { url, store, prefix })

@@ -12,32 +12,32 @@ use rust_decimal::Decimal;
 
 use crate::event::{Day, Micros};
 
-pub(super) fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
+pub(crate) fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_from_iter(cols)
 }
 
-pub(super) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
+pub(crate) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(it))
 }
-pub(super) fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+pub(crate) fn opt_strs<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(it.collect::<StringArray>())
 }
-pub(super) fn i64s(it: impl Iterator<Item = i64>) -> ArrayRef {
+pub(crate) fn i64s(it: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(it.collect::<Int64Array>())
 }
-pub(super) fn dates(it: impl Iterator<Item = Day>) -> ArrayRef {
+pub(crate) fn dates(it: impl Iterator<Item = Day>) -> ArrayRef {
     Arc::new(Date32Array::from_iter_values(it))
 }
-pub(super) fn opt_dates(it: impl Iterator<Item = Option<Day>>) -> ArrayRef {
+pub(crate) fn opt_dates(it: impl Iterator<Item = Option<Day>>) -> ArrayRef {
     Arc::new(it.collect::<Date32Array>())
 }
-pub(super) fn times(it: impl Iterator<Item = Option<Micros>>) -> ArrayRef {
+pub(crate) fn times(it: impl Iterator<Item = Option<Micros>>) -> ArrayRef {
     Arc::new(
         it.collect::<TimestampMicrosecondArray>()
             .with_timezone("UTC"),
     )
 }
-pub(super) fn decimals(
+pub(crate) fn decimals(
     it: impl Iterator<Item = Decimal>,
     precision: u8,
     scale: u32,

@@ -7,7 +7,7 @@
 //! data-quality counters and a bounded log of recent dead letters. It never does I/O;
 //! `tables` turns it into Arrow record batches for the SQL engine.
 
-mod columns;
+pub(crate) mod columns;
 mod grain;
 pub mod hierarchy;
 pub mod tables;

@@ -199,7 +199,7 @@ async fn a_once_run_that_stalls_fails_naming_the_partitions() {
     // Nothing read before the stall is lost: the snapshot still holds the first 100 messages.
     let loc = Location::parse(out).unwrap();
     let m = loc
-        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .checkpoint(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
     let read: i64 = m.offsets.values().flat_map(|p| p.values()).sum();

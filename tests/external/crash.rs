@@ -99,7 +99,7 @@ async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_
     );
     // One message per record batch (tansu 0.6 and mid-batch fetches: see README).
     let msgs = produce(&p, 22, 1).await;
-    for point in ["before_state", "before_manifest", "before_latest"] {
+    for point in quotaflow::snapshot::CRASH_POINTS {
         let out = dir.path().join(point);
         let out = out.to_str().unwrap();
         // The crash comes while writing snapshot 2: snapshot 1 is durable by then.
@@ -110,10 +110,19 @@ async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_
             .unwrap();
         assert!(!crashed.status.success(), "{point}: no crash");
         let loc = Location::parse(out).unwrap();
-        // A reader sees snapshot 1, whole.
-        assert_eq!(read_latest_whole(&loc).await, 1, "{point}");
+        // A reader of `_latest` sees snapshot 1 whole (2 once `_latest` was written), and a
+        // reader of any one table sees its latest version whole.
+        let durable = if point == "after_latest" { 2 } else { 1 };
+        assert_eq!(read_latest_whole(&loc).await, durable, "{point}");
+        read_each_table_latest(&loc).await;
         let resumed = run_once(&file, out);
-        assert!(messages_read(&resumed) > 0, "{point}");
+        if point != "after_latest" {
+            // Snapshot 2 was not durable: what it held is read again, under a new id (its
+            // commits or its checkpoint used 2).
+            assert!(messages_read(&resumed) > 0, "{point}");
+            let latest = loc.latest().await.unwrap().unwrap().snapshot_id;
+            assert!(latest >= 3, "{point}: resumed at snapshot {latest}");
+        }
         let streamed = canonical(&latest_tables(out).await);
         let batch = canonical(&batch_tables(&p, &msgs).await);
         assert_eq!(
@@ -121,6 +130,20 @@ async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_
             without_dead_letters(batch),
             "{point}"
         );
+    }
+}
+
+/// Reads the latest Delta version of every table of the latest checkpoint, as a reader of one
+/// table would; panics if any is torn (a file it names missing or unreadable).
+async fn read_each_table_latest(loc: &Location) {
+    let latest = loc.latest().await.unwrap().unwrap();
+    let c = loc.checkpoint(latest.snapshot_id).await.unwrap();
+    for name in c.tables.keys() {
+        let table = loc.open_table(name, None).await.unwrap().unwrap();
+        let version = table.version().unwrap();
+        loc.read_delta(name, version)
+            .await
+            .unwrap_or_else(|e| panic!("{name} at version {version}: {e}"));
     }
 }
 
@@ -246,7 +269,7 @@ async fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     assert!(stdout.contains("1 snapshot(s)"), "{stdout}");
     let loc = Location::parse(out).unwrap();
     let m = loc
-        .manifest(loc.latest().await.unwrap().unwrap().snapshot_id)
+        .checkpoint(loc.latest().await.unwrap().unwrap().snapshot_id)
         .await
         .unwrap();
     let read: i64 = m.offsets.values().flat_map(|p| p.values()).sum();

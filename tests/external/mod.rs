@@ -97,7 +97,7 @@ pub async fn durable_messages(loc: &Location) -> i64 {
     let Ok(Some(latest)) = loc.latest().await else {
         return 0;
     };
-    let m = loc.manifest(latest.snapshot_id).await.unwrap();
+    let m = loc.checkpoint(latest.snapshot_id).await.unwrap();
     m.offsets.values().flat_map(|p| p.values()).sum()
 }
 
@@ -107,9 +107,9 @@ pub async fn read_latest_whole(loc: &Location) -> u64 {
     let Some(latest) = loc.latest().await.unwrap() else {
         return 0;
     };
-    let m = loc.manifest(latest.snapshot_id).await.unwrap();
-    for t in &m.tables {
-        loc.read_table(&m, &t.name)
+    let m = loc.checkpoint(latest.snapshot_id).await.unwrap();
+    for name in m.tables.keys() {
+        loc.read_table(&m, name)
             .await
             .unwrap_or_else(|e| panic!("snapshot {}: {e}", m.snapshot_id));
     }
