@@ -296,16 +296,20 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
+    // Maintenance after every snapshot, a Delta log checkpoint at every commit.
     let p = PipelineFile::default()
         .snapshot("trigger_events", "200")
         .snapshot("trigger_interval", "\"1h\"")
         .snapshot("retention", "3")
+        .snapshot("maintenance_every", "1")
+        .snapshot("log_checkpoint_interval", "1")
         .load();
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
     let msgs = messages(&p, 3);
     produce(&brokers, 10_000, &msgs);
-    let out = format!("memory://retention-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap().to_string();
     // Two runs of at most a third of the messages each, then one to the end.
     let mut snapshots = 0;
     let third = msgs.len() as u64 / 3;
@@ -345,7 +349,18 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     // Forgotten snapshots' state files are gone with their checkpoints.
     for id in 1..ids[0] {
         assert!(loc.checkpoint(id).await.is_err(), "snapshot {id} was kept");
+        assert!(!dir.path().join(format!("_state/{id:020}")).exists(), "state of {id}");
     }
+    // Every retained snapshot reads whole at its versions; the first version of a table that
+    // changed since is gone (vacuumed, its log cleaned up).
+    for id in &ids {
+        let c = loc.checkpoint(*id).await.unwrap();
+        for name in c.tables.keys() {
+            loc.read_table(&c, name).await.unwrap_or_else(|e| panic!("{id} {name}: {e}"));
+        }
+    }
+    assert!(m.tables["attainment"].version > 0);
+    assert!(loc.read_delta("attainment", 0).await.is_err(), "version 0 is still readable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

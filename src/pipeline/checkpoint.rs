@@ -6,8 +6,10 @@
 //! 2. **Background job** (while reading goes on): the SQL, the alert rules on a copy of the
 //!    alert part of the state, then the state files, a Delta commit per changed table
 //!    (`snapshots` last), the checkpoint and `_latest` (`snapshot::Location::write_snapshot`).
+//!    Once durable, still in the background: retention (and, every `maintenance_every`
+//!    snapshots, vacuum and log cleanup).
 //! 3. **Durable hand-over** (on the consuming task again): the alert lifecycles taken over,
-//!    transitions logged and handed to the dispatcher, offsets committed (advisory), retention.
+//!    transitions logged and handed to the dispatcher, offsets committed (advisory).
 //!
 //! One snapshot is in flight at a time. Offsets only move inside the state, so whatever the
 //! snapshot holds is exactly what its offsets say was read. Snapshot ids are never reused: a
@@ -23,7 +25,7 @@ use crate::health::SnapshotWrite;
 use crate::internal::InternalError;
 use crate::snapshot::{
     retention, AlertsImage, CalendarRef, Checkpoint, Committed, EncodedTable, Layout, Location,
-    LogSettings, SnapshotError, SnapshotMeta, SnapshotRow, StateImage,
+    LogSettings, Maintained, SnapshotError, SnapshotMeta, SnapshotRow, StateImage,
 };
 use crate::source::consumer::KafkaSource;
 use crate::state::{State, STATE_FORMAT};
@@ -46,6 +48,8 @@ pub(super) struct Written {
     write: SnapshotWrite,
     /// The retained snapshots, this one included (the `snapshots` table it committed).
     history: Vec<SnapshotRow>,
+    /// What table maintenance removed, if it ran after this snapshot.
+    maintained: Option<Maintained>,
     alerts: crate::alert::AlertBook,
     outbox: Vec<deliver::Outgoing>,
     events: Vec<crate::alert::AlertEvent>,
@@ -240,6 +244,11 @@ impl Runner {
         });
         let history =
             crate::snapshot::retained(&history, snapshot.retention, snapshot.retention_days);
+        self.since_maintenance += 1;
+        let maintain = self.since_maintenance >= snapshot.maintenance_every;
+        if maintain {
+            self.since_maintenance = 0;
+        }
         let cal = &self.pipeline.metrics;
         let meta = SnapshotMeta {
             pipeline: self.pipeline.name.clone(),
@@ -303,7 +312,9 @@ impl Runner {
             let writing = Instant::now();
             let (checkpoint, commits) =
                 write(&location, &image, &alerts_image, &tables, &meta).await?;
+            let maintained = retain(&location, &history, &checkpoint, maintain).await;
             Ok(Written {
+                maintained,
                 checkpoint,
                 write: write_summary(&commits, writing.elapsed()),
                 history,
@@ -362,7 +373,12 @@ impl Runner {
         source.commit(&checkpoint.offsets);
         self.durable = checkpoint.snapshot_id;
         self.history = w.history;
-        self.retain(&checkpoint).await;
+        if let Some(m) = w.maintained {
+            self.health.update(|s| {
+                s.vacuum_runs += 1;
+                s.vacuum_files_removed += m.files_removed;
+            });
+        }
         let took = inflight.started.elapsed();
         let written = w.write;
         tracing::info!(
@@ -384,46 +400,6 @@ impl Runner {
         self.report.snapshots += 1;
         self.report.last = Some(checkpoint);
         Ok(())
-    }
-
-    /// Retention after a durable snapshot: the checkpoints and state files of snapshots no
-    /// longer retained go at once; every `maintenance_every` snapshots, the tables' files
-    /// and log entries that no retained version needs (vacuum, log cleanup). A failure is
-    /// logged: what it did not delete goes next time.
-    async fn retain(&mut self, latest: &Checkpoint) {
-        let keep: Vec<u64> = self.history.iter().map(|r| r.snapshot_id).collect();
-        match self.location.forget(&keep, latest.snapshot_id).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "retention: checkpoints forgotten"),
-            Err(e) => {
-                tracing::warn!(error = %e, "retention failed; old checkpoints stay until the next snapshot");
-                return;
-            }
-        }
-        self.since_maintenance += 1;
-        if self.since_maintenance < self.pipeline.snapshot.maintenance_every {
-            return;
-        }
-        self.since_maintenance = 0;
-        let started = Instant::now();
-        match self.location.maintain(&keep, latest).await {
-            Ok(m) => {
-                tracing::info!(
-                    oldest_retained = keep.first().copied().unwrap_or(latest.snapshot_id),
-                    files_removed = m.files_removed,
-                    log_entries_removed = m.log_entries_removed,
-                    ms = started.elapsed().as_millis() as u64,
-                    "table maintenance"
-                );
-                self.health.update(|s| {
-                    s.vacuum_runs += 1;
-                    s.vacuum_files_removed += m.files_removed;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "table maintenance failed; retried at the next one")
-            }
-        }
     }
 
     /// Waits (up to the pipeline's drain timeout) for alert deliveries in flight, and records
@@ -469,6 +445,47 @@ impl Runner {
                 pending = left,
                 "alert deliveries still pending at stop; the next start retries them"
             );
+        }
+    }
+}
+
+/// Retention once a snapshot is durable, in its background task (the reader reads on): the
+/// checkpoints and state files of snapshots no longer retained go at once; with `maintain`,
+/// the tables' files and log entries no retained version needs go too (vacuum, log
+/// cleanup). A failure is logged: what it did not delete goes next time.
+async fn retain(
+    location: &Location,
+    history: &[SnapshotRow],
+    latest: &Checkpoint,
+    maintain: bool,
+) -> Option<Maintained> {
+    let keep: Vec<u64> = history.iter().map(|r| r.snapshot_id).collect();
+    match location.forget(&keep, latest.snapshot_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deleted = n, "retention: checkpoints forgotten"),
+        Err(e) => {
+            tracing::warn!(error = %e, "retention failed; old checkpoints stay until the next snapshot");
+            return None;
+        }
+    }
+    if !maintain {
+        return None;
+    }
+    let started = Instant::now();
+    match location.maintain(&keep, latest).await {
+        Ok(m) => {
+            tracing::info!(
+                oldest_retained = keep.first().copied().unwrap_or(latest.snapshot_id),
+                files_removed = m.files_removed,
+                log_entries_removed = m.log_entries_removed,
+                ms = started.elapsed().as_millis() as u64,
+                "table maintenance"
+            );
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "table maintenance failed; retried at the next one");
+            None
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One published table as a Delta Lake table at `<output>/tables/<table>/` (METRICS.md, "Where
 //! the tables live"): a snapshot's rows are split by the table's partition column, each
-//! partition's rows put in a canonical order and hashed, and only the partitions whose hash
+//! partition's rows hashed as a multiset (`encode`), and only the partitions whose hash
 //! differs from the table's latest version are rewritten, in one commit that carries the
 //! snapshot's `txn` action. A table whose rows did not change gets no commit.
 //!

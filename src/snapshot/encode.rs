@@ -1,8 +1,8 @@
 //! A table's rows encoded for a snapshot, before any I/O: split by the table's partition
-//! column, each partition's rows put in a canonical order (by every column) and hashed, then
-//! written as Parquet files without the partition column (the Delta protocol keeps partition
-//! values in the log). Equal rows give an equal hash whatever order the SQL returned them in,
-//! which is how `delta` tells an unchanged partition from a changed one.
+//! column, each partition's rows hashed as a multiset (every row hashed, the hashes summed),
+//! then written as Parquet files without the partition column (the Delta protocol keeps
+//! partition values in the log). Equal rows give an equal hash whatever order the SQL returned
+//! them in, with no sort, which is how `delta` tells an unchanged partition from a changed one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,12 +10,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 
 use super::delta::{arrow_err, Layout};
 use super::{parquet_bytes, SnapshotError, ROWS_PER_PART};
 
-/// One partition of a table, encoded: the hash of its rows in canonical order, and its
+/// One partition of a table, encoded: the hash of its rows (in any order), and its
 /// Parquet files (at most `ROWS_PER_PART` rows each) with their row counts.
 #[derive(Debug, Clone)]
 pub struct EncodedPart {
@@ -37,7 +36,7 @@ pub struct EncodedTable {
 
 impl EncodedTable {
     /// The rows of a table split by partition value (the value as Delta writes it: a DATE as
-    /// `YYYY-MM-DD`), each in a canonical order (by every column), hashed and encoded.
+    /// `YYYY-MM-DD`), each hashed and encoded in the order the SQL returned them.
     pub fn encode(
         layout: &Layout,
         schema: &SchemaRef,
@@ -70,29 +69,26 @@ impl EncodedTable {
                 }
             }
         }
-        let converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(arrow_err(name))?;
-        let rows = converter
-            .convert_columns(all.columns())
-            .map_err(arrow_err(name))?;
+        let row_hashes = row_hashes(&all).map_err(|e| SnapshotError::Table {
+            table: name.to_string(),
+            message: format!("hashing rows: {e}"),
+        })?;
         let keep = data_indices(schema, layout);
         let data_schema = Arc::new(schema.project(&keep).map_err(arrow_err(name))?);
         let mut parts = BTreeMap::new();
-        for (key, mut idx) in groups {
-            idx.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+        for (key, idx) in groups {
+            // A multiset hash: the same rows in any order give the same hash.
+            let (mut a, mut b) = (0u64, 0u64);
+            for i in &idx {
+                let (x, y) = row_hashes[*i as usize];
+                a = a.wrapping_add(x);
+                b = b.wrapping_add(y);
+            }
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             h.update(schema.to_string().as_bytes());
-            for i in &idx {
-                let r = rows.row(*i as usize);
-                h.update(&(r.as_ref().len() as u64).to_le_bytes());
-                h.update(r.as_ref());
-            }
+            h.update(&(idx.len() as u64).to_le_bytes());
+            h.update(&a.to_le_bytes());
+            h.update(&b.to_le_bytes());
             let hash = format!("{:032x}", h.digest128());
             let mut files = Vec::new();
             for chunk in idx.chunks(ROWS_PER_PART) {
@@ -120,6 +116,39 @@ impl EncodedTable {
             rows: all.num_rows() as u64,
         })
     }
+}
+
+/// Two independent 64-bit hashes of every row (of every column's value, and of which columns
+/// are NULL), by DataFusion's vectorised hashing with fixed seeds: stable across runs of the
+/// same build.
+fn row_hashes(
+    batch: &RecordBatch,
+) -> Result<Vec<(u64, u64)>, datafusion::error::DataFusionError> {
+    use datafusion::common::hash_utils::{create_hashes, QualityRandomState};
+    let n = batch.num_rows();
+    let (mut a, mut b) = (vec![0u64; n], vec![0u64; n]);
+    create_hashes(batch.columns(), &QualityRandomState::with_seed(0x51_7c_c1_b7), &mut a)?;
+    create_hashes(batch.columns(), &QualityRandomState::with_seed(0x27_22_0a_95), &mut b)?;
+    // The hashing skips NULLs: mark which columns are NULL, per row.
+    let mut nulls = vec![0u64; n];
+    for (c, col) in batch.columns().iter().enumerate() {
+        if let Some(mask) = col.nulls() {
+            let mark = mix(c as u64 + 1);
+            for i in (0..n).filter(|i| mask.is_null(*i)) {
+                nulls[i] ^= mark;
+            }
+        }
+    }
+    Ok((0..n)
+        .map(|i| (mix(a[i] ^ nulls[i]), mix(b[i] ^ nulls[i].rotate_left(29))))
+        .collect())
+}
+
+/// splitmix64's finaliser: spreads the bits of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// The indices of the columns a data file holds (all but the partition column).
