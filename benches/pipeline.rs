@@ -419,7 +419,12 @@ fn memory(spec: &str) {
     // The next snapshot after five more calls of one rep on the last day: still computed in
     // full, but only the partitions whose rows changed are written.
     if let Some(day) = state.daily.keys().map(|(_, d)| *d).max() {
-        if let Some(c) = state.daily.iter_mut().find(|((_, d), _)| *d == day).map(|(_, c)| c) {
+        if let Some(c) = state
+            .daily
+            .iter_mut()
+            .find(|((_, d), _)| *d == day)
+            .map(|(_, c)| c)
+        {
             c.calls += 5;
             c.activities += 5;
         }

@@ -49,12 +49,8 @@ pub async fn snapshots(location: &Location) -> Result<RecordBatch, Error> {
     }
     let mut rows = Vec::new();
     for id in location.checkpoint_ids().await? {
-        match location.checkpoint(id).await {
-            Ok(c) => rows.push(c),
-            // Forgotten by retention while listing.
-            Err(crate::snapshot::SnapshotError::Format { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        // None: forgotten by retention while listing.
+        rows.extend(location.find_checkpoint(id).await?);
     }
     let strs = |f: &dyn Fn(&Checkpoint) -> Option<String>| -> ArrayRef {
         Arc::new(rows.iter().map(f).collect::<StringArray>())

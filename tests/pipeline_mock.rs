@@ -349,18 +349,26 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     // Forgotten snapshots' state files are gone with their checkpoints.
     for id in 1..ids[0] {
         assert!(loc.checkpoint(id).await.is_err(), "snapshot {id} was kept");
-        assert!(!dir.path().join(format!("_state/{id:020}")).exists(), "state of {id}");
+        assert!(
+            !dir.path().join(format!("_state/{id:020}")).exists(),
+            "state of {id}"
+        );
     }
     // Every retained snapshot reads whole at its versions; the first version of a table that
     // changed since is gone (vacuumed, its log cleaned up).
     for id in &ids {
         let c = loc.checkpoint(*id).await.unwrap();
         for name in c.tables.keys() {
-            loc.read_table(&c, name).await.unwrap_or_else(|e| panic!("{id} {name}: {e}"));
+            loc.read_table(&c, name)
+                .await
+                .unwrap_or_else(|e| panic!("{id} {name}: {e}"));
         }
     }
     assert!(m.tables["attainment"].version > 0);
-    assert!(loc.read_delta("attainment", 0).await.is_err(), "version 0 is still readable");
+    assert!(
+        loc.read_delta("attainment", 0).await.is_err(),
+        "version 0 is still readable"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

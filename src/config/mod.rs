@@ -410,22 +410,38 @@ mod tests {
     fn partitioning_and_retention_settings_are_checked() {
         let sql = |_: &str| Ok("SELECT 1 AS x".to_string());
         let p = Pipeline::parse(builtin::PIPELINE, "p.toml", &sql).unwrap();
-        let att = p.metrics.tables.iter().find(|t| t.name == "attainment").unwrap();
+        let att = p
+            .metrics
+            .tables
+            .iter()
+            .find(|t| t.name == "attainment")
+            .unwrap();
         assert_eq!(att.partition_by.as_deref(), Some("period_start"));
-        assert_eq!((p.snapshot.retention_days, p.snapshot.maintenance_every), (7, 10));
+        assert_eq!(
+            (p.snapshot.retention_days, p.snapshot.maintenance_every),
+            (7, 10)
+        );
         // A helper view is not written, so it cannot be partitioned.
         let helper = builtin::PIPELINE.replace(
             "name = \"reps\"\n",
             "name = \"reps\"\npartition_by = \"team_id\"\n",
         );
-        let err = Pipeline::parse(&helper, "p.toml", &sql).unwrap_err().to_string();
-        assert!(err.contains("tables[0].partition_by") && err.contains("published"), "{err}");
-        for (key, value) in [("log_checkpoint_interval", "10"), ("maintenance_every", "10")] {
-            let zero = builtin::PIPELINE.replace(
-                &format!("{key} = {value}"),
-                &format!("{key} = 0"),
-            );
-            let err = Pipeline::parse(&zero, "p.toml", &sql).unwrap_err().to_string();
+        let err = Pipeline::parse(&helper, "p.toml", &sql)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tables[0].partition_by") && err.contains("published"),
+            "{err}"
+        );
+        for (key, value) in [
+            ("log_checkpoint_interval", "10"),
+            ("maintenance_every", "10"),
+        ] {
+            let zero =
+                builtin::PIPELINE.replace(&format!("{key} = {value}"), &format!("{key} = 0"));
+            let err = Pipeline::parse(&zero, "p.toml", &sql)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&format!("snapshot.{key}")), "{err}");
         }
     }

@@ -136,9 +136,6 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
 
 /// The `snapshots` table of checkpoint `c`, as rows.
 async fn read_history(location: &Location, c: &Checkpoint) -> Result<Vec<SnapshotRow>, RunError> {
-    if !c.tables.contains_key(SNAPSHOTS) {
-        return Ok(vec![c.row()]);
-    }
     let (_, batches) = location.read_table(c, SNAPSHOTS).await?;
     retention::rows(&batches).map_err(|message| {
         RunError::from(SnapshotError::Table {

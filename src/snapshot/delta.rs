@@ -29,6 +29,7 @@ use deltalake_core::logstore::{
 };
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::TryFutureExt;
 use object_store::ObjectStoreExt;
 use url::Url;
 
@@ -175,14 +176,10 @@ impl Location {
 
     /// The highest snapshot id (`txn` version of `app_id`) committed to table `name`.
     pub async fn table_txn(&self, name: &str, app_id: &str) -> Result<Option<i64>, SnapshotError> {
-        let Some(table) = self.open_table(name, None).await? else {
-            return Ok(None);
-        };
-        let state = table.snapshot().map_err(delta_err(name))?;
-        state
-            .transaction_version(table.log_store().as_ref(), app_id)
-            .await
-            .map_err(delta_err(name))
+        match self.open_table(name, None).await? {
+            Some(table) => txn_of(&table, name, app_id).await,
+            None => Ok(None),
+        }
     }
 
     /// Commits `table` at snapshot `snapshot_id` of pipeline `app_id`: only partitions whose
@@ -199,14 +196,12 @@ impl Location {
         let name = layout.name.as_str();
         let table = self.open_table(name, None).await?;
         if let Some(t) = &table {
-            let state = t.snapshot().map_err(delta_err(name))?;
-            let done = state
-                .transaction_version(t.log_store().as_ref(), app_id)
-                .await
-                .map_err(delta_err(name))?;
-            if done.is_some_and(|v| v >= snapshot_id as i64) {
+            if txn_of(t, name, app_id)
+                .await?
+                .is_some_and(|v| v >= snapshot_id as i64)
+            {
                 return Ok(Committed {
-                    version: state.version(),
+                    version: t.version().unwrap_or_default(),
                     committed: true,
                     ..Committed::default()
                 });
@@ -382,11 +377,9 @@ impl Location {
             versions.entry(name.clone()).or_default().insert(t.version);
         }
         for id in keep.iter().filter(|id| **id != latest.snapshot_id) {
-            let c = match self.checkpoint(*id).await {
-                Ok(c) => c,
-                // Forgotten meanwhile: nothing of it needs keeping.
-                Err(SnapshotError::Format { .. }) => continue,
-                Err(e) => return Err(e),
+            // Forgotten meanwhile: nothing of it needs keeping.
+            let Some(c) = self.find_checkpoint(*id).await? else {
+                continue;
             };
             for (name, t) in &c.tables {
                 versions.entry(name.clone()).or_default().insert(t.version);
@@ -455,7 +448,10 @@ impl Location {
         for f in state.log_data().iter() {
             let rel = format!("tables/{name}/{}", f.path());
             let path = self.path(&rel);
-            let bytes = async { self.store.get(&path).await?.bytes().await }
+            let bytes = self
+                .store
+                .get(&path)
+                .and_then(|r| r.bytes())
                 .await
                 .map_err(super::store_err(&path))?;
             let reader =
@@ -485,6 +481,20 @@ impl Location {
         }
         Ok((schema, out))
     }
+}
+
+/// The `txn` version of `app_id` in `table`'s log (the last snapshot id committed there).
+async fn txn_of(
+    table: &DeltaTable,
+    name: &str,
+    app_id: &str,
+) -> Result<Option<i64>, SnapshotError> {
+    table
+        .snapshot()
+        .map_err(delta_err(name))?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(delta_err(name))
 }
 
 /// `n` copies of a partition value, typed as its column.

@@ -91,15 +91,19 @@ impl EncodedTable {
             h.update(&b.to_le_bytes());
             let hash = format!("{:032x}", h.digest128());
             let mut files = Vec::new();
-            for chunk in idx.chunks(ROWS_PER_PART) {
-                let indices = UInt32Array::from(chunk.to_vec());
-                let cols = keep
-                    .iter()
-                    .map(|i| take(all.column(*i).as_ref(), &indices, None))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(arrow_err(name))?;
-                let batch = RecordBatch::try_new(Arc::clone(&data_schema), cols)
-                    .map_err(arrow_err(name))?;
+            for (n, chunk) in idx.chunks(ROWS_PER_PART).enumerate() {
+                let batch = if layout.partition_by.is_none() {
+                    // One partition, its rows in order: a slice, not a copy.
+                    all.slice(n * ROWS_PER_PART, chunk.len())
+                } else {
+                    let indices = UInt32Array::from(chunk.to_vec());
+                    let cols = keep
+                        .iter()
+                        .map(|i| take(all.column(*i).as_ref(), &indices, None))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(arrow_err(name))?;
+                    RecordBatch::try_new(Arc::clone(&data_schema), cols).map_err(arrow_err(name))?
+                };
                 let bytes =
                     parquet_bytes(&data_schema, &[batch]).map_err(|e| SnapshotError::Format {
                         path: format!("tables/{name}"),
@@ -121,14 +125,20 @@ impl EncodedTable {
 /// Two independent 64-bit hashes of every row (of every column's value, and of which columns
 /// are NULL), by DataFusion's vectorised hashing with fixed seeds: stable across runs of the
 /// same build.
-fn row_hashes(
-    batch: &RecordBatch,
-) -> Result<Vec<(u64, u64)>, datafusion::error::DataFusionError> {
+fn row_hashes(batch: &RecordBatch) -> Result<Vec<(u64, u64)>, datafusion::error::DataFusionError> {
     use datafusion::common::hash_utils::{create_hashes, QualityRandomState};
     let n = batch.num_rows();
     let (mut a, mut b) = (vec![0u64; n], vec![0u64; n]);
-    create_hashes(batch.columns(), &QualityRandomState::with_seed(0x51_7c_c1_b7), &mut a)?;
-    create_hashes(batch.columns(), &QualityRandomState::with_seed(0x27_22_0a_95), &mut b)?;
+    create_hashes(
+        batch.columns(),
+        &QualityRandomState::with_seed(0x51_7c_c1_b7),
+        &mut a,
+    )?;
+    create_hashes(
+        batch.columns(),
+        &QualityRandomState::with_seed(0x27_22_0a_95),
+        &mut b,
+    )?;
     // The hashing skips NULLs: mark which columns are NULL, per row.
     let mut nulls = vec![0u64; n];
     for (c, col) in batch.columns().iter().enumerate() {

@@ -134,23 +134,6 @@ pub struct Checkpoint {
     pub committed: Vec<String>,
 }
 
-impl Checkpoint {
-    /// This snapshot as a row of the `snapshots` table.
-    pub fn row(&self) -> SnapshotRow {
-        let micros = |t: &str| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .ok()
-                .map(|t| t.timestamp_micros())
-        };
-        SnapshotRow {
-            snapshot_id: self.snapshot_id,
-            as_of: self.as_of.as_deref().and_then(micros),
-            written_at: micros(&self.written_at).unwrap_or_default(),
-            events: self.events,
-        }
-    }
-}
-
 /// The checkpoint of an id, relative to the output.
 pub fn checkpoint_path(id: u64) -> String {
     format!("_checkpoints/{id:020}.json")
@@ -231,12 +214,21 @@ impl Location {
 
     /// The checkpoint of snapshot `id`.
     pub async fn checkpoint(&self, id: u64) -> Result<Checkpoint, SnapshotError> {
-        let rel = checkpoint_path(id);
-        let bytes = self
-            .get(&rel)
+        self.find_checkpoint(id)
             .await?
-            .ok_or_else(|| format_err(&self.path(&rel), "no such snapshot"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format_err(&self.path(&rel), e))
+            .ok_or_else(|| format_err(&self.path(&checkpoint_path(id)), "no such snapshot"))
+    }
+
+    /// The checkpoint of snapshot `id`, or `None` if there is none (never written, or
+    /// forgotten by retention); an unreadable one is an error.
+    pub async fn find_checkpoint(&self, id: u64) -> Result<Option<Checkpoint>, SnapshotError> {
+        let rel = checkpoint_path(id);
+        match self.get(&rel).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format_err(&self.path(&rel), e)),
+        }
     }
 
     /// Ids of every checkpoint under the output, ascending.
