@@ -349,10 +349,10 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     // Forgotten snapshots' state files are gone with their checkpoints.
     for id in 1..ids[0] {
         assert!(loc.checkpoint(id).await.is_err(), "snapshot {id} was kept");
-        assert!(
-            !dir.path().join(format!("_state/{id:020}")).exists(),
-            "state of {id}"
-        );
+        // (A local store leaves the emptied directory behind.)
+        let state = dir.path().join(format!("_state/{id:020}"));
+        let files = std::fs::read_dir(&state).map_or(0, |d| d.count());
+        assert_eq!(files, 0, "state of {id}");
     }
     // Every retained snapshot reads whole at its versions; the first version of a table that
     // changed since is gone (vacuumed, its log cleaned up).
