@@ -364,9 +364,10 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
                 .unwrap_or_else(|e| panic!("{id} {name}: {e}"));
         }
     }
-    assert!(m.tables["attainment"].version > 0);
+    // (`snapshots` changes at every snapshot; whether attainment does depends on the cuts.)
+    assert!(m.tables["snapshots"].version > 0);
     assert!(
-        loc.read_delta("attainment", 0).await.is_err(),
+        loc.read_delta("snapshots", 0).await.is_err(),
         "version 0 is still readable"
     );
 }
