@@ -329,6 +329,7 @@ fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
         log: quotaflow::snapshot::LogSettings {
             checkpoint_interval: p.snapshot.log_checkpoint_interval,
         },
+        fingerprints: Default::default(),
     }
 }
 
@@ -373,15 +374,16 @@ fn memory(spec: &str) {
             steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
             lap = std::time::Instant::now();
         };
-        let prepared = Engine::new(Arc::clone(&p.metrics))
-            .prepare(&state, 1)
+        let engine = Engine::new(Arc::clone(&p.metrics));
+        let prepared = engine
+            .prepare(&state, 1, engine.full_plan())
             .unwrap_or_else(|e| panic!("{e}"));
         step("state tables");
         let (image, alerts) = images(&state);
         step("state image");
         let mut tables = Vec::new();
         let mut encoding = std::time::Duration::ZERO;
-        prepared
+        let rules = prepared
             .run(|t| {
                 let t0 = std::time::Instant::now();
                 tables.push(
@@ -393,6 +395,7 @@ fn memory(spec: &str) {
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
         step("SQL and Parquet");
         let (_, commits) = loc
             .write_snapshot(&image, &alerts, &tables, &meta(&p))
@@ -416,53 +419,146 @@ fn memory(spec: &str) {
         took.as_secs_f64(),
         peak_rss_mib()
     );
-    // The next snapshot after five more calls of one rep on the last day: still computed in
-    // full, but only the partitions whose rows changed are written.
-    if let Some(day) = state.daily.keys().map(|(_, d)| *d).max() {
-        if let Some(c) = state
-            .daily
-            .iter_mut()
-            .find(|((_, d), _)| *d == day)
-            .map(|(_, c)| c)
-        {
-            c.calls += 5;
-            c.activities += 5;
+    // Next snapshots, evaluated incrementally as the pipeline does: after five more calls
+    // of one rep on the last day, after a day of new events, and after one late revision of
+    // a deal that closed in an old quarter (a restatement).
+    let cal = p.metrics.calendar;
+    let horizon = p.source.dedup_horizon_micros();
+    let last = state.as_of.map_or(0, |t| cal.day_of(t));
+    let call = |i: usize, rep: usize, day: i32| {
+        quotaflow::event::Event::Activity(quotaflow::event::Activity {
+            event_id: format!("bench-{day}-{rep}-{i}"),
+            occurred_at: i64::from(day) * 86_400_000_000 + 50_000_000_000,
+            rep_id: format!("rep-{rep:05}"),
+            activity_type: quotaflow::event::ActivityType::Call,
+            duration_s: Some(60),
+            outcome: Some("connected".into()),
+            deal_id: None,
+            account_id: None,
+        })
+    };
+    // The state as a restored pipeline has it: rollups summed, nothing changed since the cut.
+    state.roll_up(&cal);
+    let _ = state.take_changes(&cal);
+    for i in 0..5 {
+        state.fold(call(i, 0, last), &cal, horizon);
+    }
+    next_snapshot(&rt, &p, &loc, &mut state, 2, "5 more calls on the last day");
+    for rep in 0..reps {
+        for i in 0..20 {
+            state.fold(call(i, rep, last + 1), &cal, horizon);
         }
     }
-    state.roll_up_all(&p.metrics.calendar);
-    state.snapshot_id = 2;
+    next_snapshot(
+        &rt,
+        &p,
+        &loc,
+        &mut state,
+        3,
+        "a new day: 20 calls of every rep",
+    );
+    let old = state
+        .deals
+        .values()
+        .filter(|d| d.latest.close_date < last - 200)
+        .map(|d| d.latest.clone())
+        .next();
+    if let Some(mut d) = old {
+        d.version += 1;
+        d.amount += rust_decimal::Decimal::new(10_000, 2);
+        state.fold(quotaflow::event::Event::Deal(d), &cal, horizon);
+    }
+    next_snapshot(
+        &rt,
+        &p,
+        &loc,
+        &mut state,
+        4,
+        "a restatement: one late deal revision into a closed quarter",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One snapshot of `state` as the pipeline takes it after what was folded since the last:
+/// plan, state tables over the scope, SQL, the alert rules over the merged tables, Parquet,
+/// commits. Prints its steps and what it wrote.
+fn next_snapshot(
+    rt: &tokio::runtime::Runtime,
+    p: &Arc<Pipeline>,
+    loc: &quotaflow::snapshot::Location,
+    state: &mut State,
+    id: u64,
+    what: &str,
+) {
+    use quotaflow::engine::plan::Publish;
     let started = std::time::Instant::now();
-    let commits = rt.block_on(async {
+    state.roll_up(&p.metrics.calendar);
+    state.snapshot_id = id;
+    let changes = state.take_changes(&p.metrics.calendar);
+    let engine = Engine::new(Arc::clone(&p.metrics));
+    let plan = engine.plan(state, &changes);
+    let months = plan.scope.as_ref().map_or(0, |s| s.months.len());
+    let computed = plan.compute.iter().filter(|c| **c).count();
+    let prepared = engine
+        .prepare(state, id, plan)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cut = started.elapsed();
+    let (image, alerts) = images(state);
+    let imaged = started.elapsed();
+    let (commits, sql, writing) = rt.block_on(async {
+        let t0 = std::time::Instant::now();
         let mut tables = Vec::new();
-        Engine::new(Arc::clone(&p.metrics))
-            .prepare(&state, 2)
-            .unwrap_or_else(|e| panic!("{e}"))
+        let mut rules = prepared
             .run(|t| {
+                let l = layout(&t);
                 tables.push(
-                    EncodedTable::encode(&layout(&t), &t.schema, &t.batches)
-                        .unwrap_or_else(|e| panic!("{e}")),
+                    match t.publish {
+                        Publish::Full => EncodedTable::encode(&l, &t.schema, &t.batches),
+                        Publish::Partitions(only) => {
+                            EncodedTable::encode_only(&l, &t.schema, &t.batches, Some(only))
+                        }
+                        Publish::Unchanged => Ok(EncodedTable::unchanged(&l)),
+                    }
+                    .unwrap_or_else(|e| panic!("{e}")),
                 );
                 Ok::<_, quotaflow::engine::EngineError>(())
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let (image, alerts) = images(&state);
+        for i in 0..rules.merges().len() {
+            let m = &rules.merges()[i];
+            let except = match &m.publish {
+                Publish::Partitions(p) => Some(p.clone()),
+                _ => None,
+            };
+            let (schema, rows) = loc
+                .read_delta_where(&m.table, None, except.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            rules
+                .provide(i, schema, rows)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
+        let sql = t0.elapsed();
         let written = std::time::Instant::now();
         let (_, commits) = loc
-            .write_snapshot(&image, &alerts, &tables, &meta(&p))
+            .write_snapshot(&image, &alerts, &tables, &meta(p))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        (commits, written.elapsed())
+        (commits, sql, written.elapsed())
     });
-    let (commits, writing) = commits;
     let committed: Vec<&str> = commits
         .iter()
         .filter(|(_, c)| c.committed)
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot (5 more calls on the last day): {:.2} s, of which writing {:.3} s; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {:.2} s (cut {:.2} s, state image {:.2} s, SQL, rules and Parquet {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
         started.elapsed().as_secs_f64(),
+        cut.as_secs_f64(),
+        (imaged - cut).as_secs_f64(),
+        sql.as_secs_f64(),
         writing.as_secs_f64(),
         committed.len(),
         commits.len(),
@@ -471,7 +567,6 @@ fn memory(spec: &str) {
         commits.iter().map(|(_, c)| c.bytes_written).sum::<u64>() as f64 / 1e6,
         commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The process's peak resident set (VmHWM), in MiB.

@@ -21,7 +21,9 @@ SELECT d.deal_id,
             ELSE days_between(day_of(d.created_at), c.as_of_date) END AS age_days,
        -- NULL once closed, so that a closed deal's row stops changing.
        CASE WHEN NOT s.is_closed
-            THEN days_between(day_of(d.stage_entered_at), c.as_of_date) END AS days_in_stage
+            THEN days_between(day_of(d.stage_entered_at), c.as_of_date) END AS days_in_stage,
+       -- the partition column: the fiscal month of close_date
+       fiscal_period_start('month', d.close_date) AS close_month
 FROM deals d
 JOIN stages s ON s.stage = d.stage
 CROSS JOIN clock c

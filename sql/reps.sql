@@ -2,12 +2,8 @@
 -- as_of_date (the rep's current place; to roll a figure up, use rep_levels, which follows the
 -- hierarchy day by day). Reps missing from the roster are in team and region `unassigned`.
 WITH ids AS (
-    SELECT rep_id FROM roster
-    UNION SELECT rep_id FROM quotas
-    UNION SELECT rep_id FROM deals
-    -- every rep with an activity has a row per fiscal year (a few per rep, not one a day)
-    UNION SELECT rep_id FROM activity_periods WHERE period_type = 'year'
-    UNION SELECT rep_id FROM surveys
+    -- the state keeps them: roster, quota records, deals, activities and survey responses
+    SELECT rep_id FROM rep_ids
 ),
 placed AS (
     SELECT h.rep_id, h.team_id, h.region

@@ -6,14 +6,14 @@
 WITH first_week AS (
     SELECT rep_id, MIN(week_start) AS first_week
     FROM (
-        SELECT rep_id, week_start FROM activity_weeks
+        SELECT rep_id, week_start(first_day) AS week_start FROM rep_activity
         UNION ALL
         SELECT rep_id, week_start(day_of(first_deal_at)) AS week_start FROM rep_first_deal
     ) AS firsts
     GROUP BY rep_id
 ),
 grid AS (
-    SELECT f.rep_id, w.week_start
+    SELECT f.rep_id, f.first_week, w.week_start
     FROM first_week f
     JOIN weeks w ON w.week_start >= f.first_week
 ),
@@ -31,7 +31,8 @@ series AS (
            COALESCE(a.activities, 0) AS activities,
            COALESCE(a.meetings_held, 0) AS meetings_held,
            money(COALESCE(w.won_amount, 0)) AS won_amount,
-           CAST(ROW_NUMBER() OVER (PARTITION BY g.rep_id ORDER BY g.week_start) - 1 AS BIGINT) AS x
+           -- the week's index in the rep's series (the grid has every week from the first)
+           CAST(days_between(g.first_week, g.week_start) / 7 AS BIGINT) AS x
     FROM grid g
     LEFT JOIN act a ON a.rep_id = g.rep_id AND a.week_start = g.week_start
     LEFT JOIN won w ON w.rep_id = g.rep_id AND w.week_start = g.week_start

@@ -134,6 +134,23 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Check a snapshot: recompute every table in full from the snapshot's state (the batch
+    /// path) and report every row that differs from the published tables. Exits 3 when any
+    /// row differs.
+    Verify {
+        /// Pipeline file the snapshot was computed with [default: pipelines/default.toml, else the built-in copy]
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Snapshot location (as for `run`) [default: snapshot.output of the pipeline file]
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: Option<String>,
+        /// Snapshot id [default: the one `_latest` names]
+        #[arg(long)]
+        snapshot: Option<u64>,
+        /// Differing rows listed per table and side
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// List the alerts firing now, from the latest snapshot (or another one).
     Alerts {
         #[command(flatten)]
@@ -353,6 +370,25 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         }
         Command::Sql { at, query } => at.query(&query).await,
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,
+        Command::Verify {
+            pipeline,
+            output,
+            snapshot,
+            limit,
+        } => {
+            let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
+            let output = output
+                .or_else(|| p.snapshot.output.clone())
+                .ok_or(UsageError::NoOutput)?;
+            let location = Location::parse(&output)?;
+            let report = crate::verify::verify(&location, &p, snapshot).await?;
+            if report.differences() > 0 {
+                return Err(Error::Differs {
+                    report: report.render(limit),
+                });
+            }
+            Ok(report.render(limit))
+        }
         Command::Snapshots { output, format } => {
             let location = Location::parse(&output)?;
             let batch = crate::query::snapshots(&location).await?;

@@ -28,6 +28,9 @@ pub enum Error {
     Usage(#[from] UsageError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// `quotaflow verify` found rows that differ from a full recompute.
+    #[error("{report}the published tables differ from a full recompute")]
+    Differs { report: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -71,6 +74,8 @@ pub enum QueryError {
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a runtime failure: brokers, storage, the file system (retry once it is back).
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of `quotaflow verify` when a published table differs from a full recompute.
+pub const EXIT_DIFFERS: u8 = 3;
 /// Exit code of a bug in quotaflow (EX_SOFTWARE).
 pub const EXIT_INTERNAL: u8 = 70;
 
@@ -84,6 +89,7 @@ impl Error {
             | Error::Query(QueryError::Refused(_) | QueryError::Failed(_))
             | Error::Engine(EngineError::Sql { .. }) => EXIT_USAGE,
             Error::Run(e) if e.is_user_error() => EXIT_USAGE,
+            Error::Differs { .. } => EXIT_DIFFERS,
             // The state's own tables always build: one that does not is a bug.
             Error::Internal(_)
             | Error::Engine(EngineError::State { .. })

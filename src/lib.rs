@@ -22,7 +22,8 @@
 //! health    /healthz and /metrics
 //! pipeline  the run loop: cut, background snapshot, durable hand-over
 //! error     the tools' error type and exit codes (no layer imports it)
-//! query, generate, demo, cli: `quotaflow sql`, synthetic data, the demo, the command line
+//! query, verify, generate, demo, cli: `quotaflow sql`, `quotaflow verify`, synthetic data,
+//!           the demo, the command line
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -46,6 +47,7 @@ pub mod query;
 pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod verify;
 pub mod watermark;
 
 pub use error::Error;
@@ -69,6 +71,7 @@ pub const LAYERS: &[&str] = &[
     "pipeline",
     "error",
     "query",
+    "verify",
     "generate",
     "demo",
     "cli",

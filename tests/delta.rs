@@ -54,6 +54,7 @@ fn meta(checkpoint_interval: u32) -> SnapshotMeta {
         log: LogSettings {
             checkpoint_interval,
         },
+        fingerprints: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@ mod external;
 mod golden;
 mod harness;
 mod hostile;
+mod incremental;
 mod lateness;
 mod layers;
 mod pipeline_mock;

@@ -1,7 +1,7 @@
 -- rep_inactive: an active rep (or one missing from the roster) with no activity in the last
 -- ${days} days of the event clock.
 WITH last_activity AS (
-    SELECT rep_id, MAX(day) AS last_day FROM rep_daily GROUP BY rep_id
+    SELECT rep_id, last_day FROM rep_activity
 )
 SELECT r.rep_id AS key,
        CAST(days_between(a.last_day, c.as_of_date) AS DOUBLE) AS value,

@@ -74,6 +74,20 @@ pub fn apply(
     snapshot_id: u64,
     as_of: Option<Micros>,
 ) -> Vec<AlertEvent> {
+    apply_evaluated(book, breaches, None, pipeline, snapshot_id, as_of)
+}
+
+/// [`apply`] when only the rules `evaluated` ran (`None`: all): the firing alerts of the
+/// others stay as they are (their inputs did not change).
+pub fn apply_evaluated(
+    book: &mut AlertBook,
+    breaches: Vec<Breach>,
+    evaluated: Option<&[String]>,
+    pipeline: &str,
+    snapshot_id: u64,
+    as_of: Option<Micros>,
+) -> Vec<AlertEvent> {
+    let ran = |rule: &str| evaluated.is_none_or(|e| e.iter().any(|r| r == rule));
     let mut events = Vec::new();
     let mut breaching: BTreeMap<(String, String), Breach> = BTreeMap::new();
     for b in breaches {
@@ -82,7 +96,7 @@ pub fn apply(
             .or_insert(b);
     }
     for (id, alert) in book.iter_mut() {
-        if alert.firing && !breaching.contains_key(id) {
+        if alert.firing && ran(&id.0) && !breaching.contains_key(id) {
             alert.firing = false;
             alert.resolved_at = as_of;
             alert.resolved_snapshot = Some(snapshot_id);

@@ -5,7 +5,7 @@
 //! system for configuration. Each stage takes its own section: the source [`Source`], the
 //! engine [`Metrics`], the run loop [`Snapshot`], alert delivery [`AlertDelivery`].
 
-mod builtin;
+pub mod builtin;
 mod raw;
 mod validate;
 

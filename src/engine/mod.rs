@@ -5,6 +5,7 @@
 //! with no snapshot-wide columns (a row stays the same bytes until its inputs change). The
 //! engine owns no state between calls.
 
+pub mod plan;
 pub mod udf;
 
 use std::collections::HashMap;
@@ -19,7 +20,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::alert::Breach;
 use crate::config::Metrics;
+use crate::state::changes::Changes;
 use crate::state::State;
+pub use plan::fingerprints;
+use plan::{Analysis, Plan, Publish};
 use udf::{FxTable, UdfContext};
 
 /// A metric table a snapshot holds.
@@ -30,6 +34,8 @@ pub struct Table {
     pub partition_by: Option<String>,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Which of its partitions these rows replace.
+    pub publish: Publish,
 }
 
 impl Table {
@@ -60,6 +66,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Per table name, the last statement that reads it (`last_reads`).
     last_read: Arc<HashMap<String, usize>>,
+    analysis: Arc<Analysis>,
 }
 
 /// Threads a snapshot's SQL may use: bounded, so the consumer keeps a core.
@@ -68,7 +75,28 @@ const TARGET_PARTITIONS: usize = 2;
 impl Engine {
     pub fn new(metrics: Arc<Metrics>) -> Engine {
         let last_read = Arc::new(last_reads(&metrics));
-        Engine { metrics, last_read }
+        let analysis = Arc::new(Analysis::of(&metrics));
+        Engine {
+            metrics,
+            last_read,
+            analysis,
+        }
+    }
+
+    /// Why every snapshot of this pipeline is evaluated in full, if it is.
+    pub fn full_because(&self) -> Option<&str> {
+        self.analysis.full_because.as_deref()
+    }
+
+    /// The plan of a snapshot of `state` after `changes`.
+    pub fn plan(&self, state: &State, changes: &Changes) -> Plan {
+        let bounds = crate::state::tables::day_bounds(state, &self.metrics.calendar);
+        Plan::of(&self.analysis, &self.metrics, changes, bounds)
+    }
+
+    /// The plan that evaluates everything over the whole state (the batch path).
+    pub fn full_plan(&self) -> Plan {
+        Plan::full(&self.analysis, &self.metrics)
     }
 
     /// Plans and runs every SQL file over an empty state: catches unknown tables, columns and
@@ -108,25 +136,33 @@ impl Engine {
         snapshot_id: u64,
     ) -> Result<(Vec<Table>, Vec<Breach>), EngineError> {
         let mut tables = Vec::new();
-        let breaches = self
-            .prepare(state, snapshot_id)?
+        let rules = self
+            .prepare(state, snapshot_id, self.full_plan())?
             .run(|t| {
                 tables.push(t);
                 Ok::<_, EngineError>(())
             })
             .await?;
+        let (breaches, _) = rules.evaluate().await?;
         Ok((tables, breaches))
     }
 
-    /// Takes what a snapshot's SQL reads from `state` (its Arrow tables): after this the state
-    /// may change while [`Prepared::run`] computes.
-    pub fn prepare(&self, state: &State, snapshot_id: u64) -> Result<Prepared, EngineError> {
-        let (ctx, state_tables) = self.session(state, snapshot_id)?;
+    /// Takes what a snapshot's SQL reads from `state` (its Arrow tables, restricted to the
+    /// plan's scope): after this the state may change while [`Prepared::run`] computes.
+    pub fn prepare(
+        &self,
+        state: &State,
+        snapshot_id: u64,
+        plan: Plan,
+    ) -> Result<Prepared, EngineError> {
+        let (ctx, state_tables) = self.session(state, snapshot_id, &plan)?;
         Ok(Prepared {
             ctx,
             state_tables,
             metrics: Arc::clone(&self.metrics),
             last_read: Arc::clone(&self.last_read),
+            analysis: Arc::clone(&self.analysis),
+            plan,
         })
     }
 
@@ -134,6 +170,7 @@ impl Engine {
         &self,
         state: &State,
         snapshot_id: u64,
+        plan: &Plan,
     ) -> Result<(SessionContext, Vec<String>), EngineError> {
         let p = &self.metrics;
         let config = SessionConfig::new()
@@ -150,22 +187,28 @@ impl Engine {
                 .push((f.effective_date, r.mantissa()));
         }
         rates.values_mut().for_each(|v| v.sort_unstable());
+        let fx = FxTable {
+            corporate: p.corporate_currency.clone(),
+            rates,
+        };
+        let unconverted = udf::unconverted(state, &fx).map_err(|e| EngineError::State {
+            table: "unconverted".into(),
+            source: e.into(),
+        })?;
         let udf_ctx = Arc::new(UdfContext {
             calendar: p.calendar,
-            fx: FxTable {
-                corporate: p.corporate_currency.clone(),
-                rates,
-            },
+            fx,
             commissions: p.commissions.clone(),
         });
         for f in udf::all(udf_ctx) {
             ctx.register_udf(f);
         }
-        let tables =
-            crate::state::tables::build(state, p, snapshot_id).map_err(|e| EngineError::State {
+        let mut tables = crate::state::tables::build(state, p, snapshot_id, plan.scope.as_ref())
+            .map_err(|e| EngineError::State {
                 table: "*".into(),
                 source: e.into(),
             })?;
+        tables.push(("unconverted", unconverted));
         let names = tables.iter().map(|(name, _)| name.to_string()).collect();
         for (name, batch) in tables {
             let state_err = |source| EngineError::State {
@@ -186,6 +229,26 @@ pub struct Prepared {
     state_tables: Vec<String>,
     metrics: Arc<Metrics>,
     last_read: Arc<HashMap<String, usize>>,
+    analysis: Arc<Analysis>,
+    plan: Plan,
+}
+
+/// A snapshot's alert rules, ready to run once the tables they read whole are provided.
+pub struct Rules {
+    ctx: SessionContext,
+    metrics: Arc<Metrics>,
+    /// Per rule, whether it is evaluated.
+    evaluate: Vec<bool>,
+    merges: Vec<Merge>,
+}
+
+/// A published table a rule reads whole, of which this snapshot computed only a part.
+pub struct Merge {
+    pub table: String,
+    pub partition_by: Option<String>,
+    /// `Partitions`: the latest version's rows outside them are needed; `Unchanged`: all.
+    pub publish: Publish,
+    computed: Option<(SchemaRef, Vec<RecordBatch>)>,
 }
 
 impl Prepared {
@@ -198,12 +261,35 @@ impl Prepared {
     pub async fn run<E: From<EngineError>>(
         self,
         mut publish: impl FnMut(Table) -> Result<(), E>,
-    ) -> Result<Vec<Breach>, E> {
+    ) -> Result<Rules, E> {
         let ctx = self.ctx;
         let last_read = self.last_read;
+        let plan = self.plan;
         let live = |name: &str, now: usize| last_read.get(name).is_some_and(|at| *at > now);
         let mut registered = self.state_tables;
+        let merging = plan.merges(&self.analysis);
+        let mut merges = Vec::new();
         for (i, spec) in self.metrics.tables.iter().enumerate() {
+            if !plan.compute[i] {
+                if spec.publish {
+                    publish(Table {
+                        name: spec.name.clone(),
+                        partition_by: spec.partition_by.clone(),
+                        schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                        batches: Vec::new(),
+                        publish: Publish::Unchanged,
+                    })?;
+                }
+                if let Some(p) = merging.get(&i) {
+                    merges.push(Merge {
+                        table: spec.name.clone(),
+                        partition_by: spec.partition_by.clone(),
+                        publish: p.clone(),
+                        computed: None,
+                    });
+                }
+                continue;
+            }
             let sql_err = |source| EngineError::Sql {
                 table: spec.name.clone(),
                 origin: spec.origin.clone(),
@@ -212,15 +298,17 @@ impl Prepared {
             let started = std::time::Instant::now();
             let df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(sql_err)?;
+            let all = df.collect().await.map_err(sql_err)?;
             tracing::debug!(
                 table = spec.name,
                 ms = started.elapsed().as_millis() as u64,
                 "table computed"
             );
+            // Later statements read every row computed (the scope's context included); the
+            // table publishes the partitions it replaces.
             if live(&spec.name, i) {
-                let mem = MemTable::try_new(Arc::clone(&schema), vec![batches.clone()])
-                    .map_err(sql_err)?;
+                let mem =
+                    MemTable::try_new(Arc::clone(&schema), vec![all.clone()]).map_err(sql_err)?;
                 ctx.register_table(spec.name.as_str(), Arc::new(mem))
                     .map_err(sql_err)?;
                 registered.push(spec.name.clone());
@@ -231,17 +319,98 @@ impl Prepared {
                     false
                 }
             });
+            let batches = match (&plan.publish[i], &spec.partition_by) {
+                (Publish::Partitions(keep), Some(c)) => {
+                    only_partitions(&all, c, keep).map_err(sql_err)?
+                }
+                _ => all,
+            };
+            if let Some(p) = merging.get(&i) {
+                merges.push(Merge {
+                    table: spec.name.clone(),
+                    partition_by: spec.partition_by.clone(),
+                    publish: p.clone(),
+                    computed: Some((Arc::clone(&schema), batches.clone())),
+                });
+            }
             if spec.publish {
                 publish(Table {
                     name: spec.name.clone(),
                     partition_by: spec.partition_by.clone(),
                     schema,
                     batches,
+                    publish: plan.publish[i].clone(),
                 })?;
             }
         }
+        Ok(Rules {
+            ctx,
+            metrics: self.metrics,
+            evaluate: plan.rules,
+            merges,
+        })
+    }
+}
+
+impl Rules {
+    /// The tables to provide (`Rules::provide`) before the rules run.
+    pub fn merges(&self) -> &[Merge] {
+        &self.merges
+    }
+
+    /// Registers table `merges()[i]` for the rules: `previous` are the latest version's rows
+    /// of the partitions this snapshot did not replace, in `schema` (the table's).
+    pub fn provide(
+        &mut self,
+        i: usize,
+        schema: SchemaRef,
+        previous: Vec<RecordBatch>,
+    ) -> Result<(), EngineError> {
+        let m = &mut self.merges[i];
+        let table = m.table.clone();
+        let err = |source: DataFusionError| EngineError::Sql {
+            table: table.clone(),
+            origin: "its latest version".into(),
+            source,
+        };
+        let mut batches = previous;
+        if let Some((_, computed)) = m.computed.take() {
+            for b in computed {
+                let cols = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let c = b.column_by_name(f.name()).ok_or_else(|| {
+                            DataFusionError::Plan(format!("no column `{}`", f.name()))
+                        })?;
+                        Ok(datafusion::arrow::compute::cast(c, f.data_type())?)
+                    })
+                    .collect::<Result<Vec<_>, DataFusionError>>()
+                    .map_err(err)?;
+                batches.push(
+                    RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| err(e.into()))?,
+                );
+            }
+        }
+        let mem = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+        let _ = self.ctx.deregister_table(table.as_str());
+        self.ctx
+            .register_table(table.as_str(), Arc::new(mem))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Runs the rules the plan evaluates: their breaches, and the names of the rules run
+    /// (the alerts of the others stay as they are).
+    pub async fn evaluate(self) -> Result<(Vec<Breach>, Vec<String>), EngineError> {
+        let ctx = self.ctx;
         let mut breaches = Vec::new();
-        for rule in &self.metrics.alerts {
+        let mut evaluated = Vec::new();
+        for (rule, on) in self.metrics.alerts.iter().zip(&self.evaluate) {
+            if !on {
+                continue;
+            }
+            evaluated.push(rule.name.clone());
             let sql_err = |source| EngineError::Sql {
                 table: format!("alert {}", rule.name),
                 origin: rule.origin.clone(),
@@ -288,8 +457,33 @@ impl Prepared {
                 }
             }
         }
-        Ok(breaches)
+        Ok((breaches, evaluated))
     }
+}
+
+/// The rows of `batches` whose column `c` (a DATE) is one of `keep` (as `YYYY-MM-DD`).
+fn only_partitions(
+    batches: &[RecordBatch],
+    c: &str,
+    keep: &std::collections::BTreeSet<String>,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    use datafusion::arrow::array::BooleanArray;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let col = b
+            .column_by_name(c)
+            .ok_or_else(|| DataFusionError::Plan(format!("no partition column `{c}`")))?;
+        let text = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let mask: BooleanArray = (0..text.len())
+            .map(|i| Some(!text.is_null(i) && keep.contains(text.value(i))))
+            .collect();
+        let kept = datafusion::arrow::compute::filter_record_batch(b, &mask)?;
+        if kept.num_rows() > 0 {
+            out.push(kept);
+        }
+    }
+    Ok(out)
 }
 
 /// For every table name, the index of the last statement that names it: the SQL files in

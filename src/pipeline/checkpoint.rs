@@ -18,14 +18,16 @@
 
 use std::time::{Duration, Instant};
 
+use super::restore::read_acks;
 use super::{RunError, Runner};
-use crate::alert::deliver::{self, DeliveryAcks};
+use crate::alert::deliver;
 use crate::config::Pipeline;
+use crate::engine::plan::Publish;
 use crate::health::SnapshotWrite;
 use crate::internal::InternalError;
 use crate::snapshot::{
     retention, AlertsImage, CalendarRef, Checkpoint, Committed, EncodedTable, Layout, Location,
-    LogSettings, Maintained, SnapshotError, SnapshotMeta, SnapshotRow, StateImage,
+    LogSettings, Maintained, SnapshotMeta, SnapshotRow, StateImage,
 };
 use crate::source::consumer::KafkaSource;
 use crate::state::{State, STATE_FORMAT};
@@ -65,61 +67,6 @@ pub(super) async fn written(inflight: &mut Option<InFlight>) -> Result<Written, 
     }
 }
 
-/// What a run starts from.
-pub struct Restored {
-    /// The state `_latest` names (empty without one), its `snapshot_id` raised to the highest
-    /// id any table's log holds, so that the next snapshot takes an unused id.
-    pub state: State,
-    /// The checkpoint it came from.
-    pub checkpoint: Option<Checkpoint>,
-    /// The retained snapshots, as its `snapshots` table has them.
-    pub history: Vec<SnapshotRow>,
-}
-
-/// Restores the state `_latest` names (with the alert deliveries acknowledged after it), or an
-/// empty one.
-pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restored, RunError> {
-    let checkpoint = match location.latest().await? {
-        Some(latest) => Some(location.checkpoint(latest.snapshot_id).await?),
-        None => None,
-    };
-    let (mut state, history) = match &checkpoint {
-        None => (State::default(), Vec::new()),
-        Some(c) => {
-            if c.pipeline != pipeline.name {
-                return Err(RunError::OtherPipeline {
-                    output: location.url.to_string(),
-                    found: c.pipeline.clone(),
-                    expected: pipeline.name.clone(),
-                });
-            }
-            let mut state = read_state(location, c).await?;
-            let acks = read_acks(location, c.snapshot_id).await?;
-            state.settle_deliveries(&acks.acked, acks.counts);
-            let history = read_history(location, c).await?;
-            tracing::info!(snapshot_id = c.snapshot_id, as_of = ?c.as_of, "restored state");
-            (state, history)
-        }
-    };
-    // A snapshot that crashed after some commits used its id: go above it.
-    let used = location
-        .highest_txn(&table_names(pipeline), &pipeline.name)
-        .await?;
-    if used > state.snapshot_id {
-        tracing::info!(
-            restored = state.snapshot_id,
-            used,
-            "a later snapshot was partly committed; the next one takes the id after it"
-        );
-        state.snapshot_id = used;
-    }
-    Ok(Restored {
-        state,
-        checkpoint,
-        history,
-    })
-}
-
 /// Every table a snapshot of `pipeline` commits to, `snapshots` last.
 pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
     let mut names: Vec<String> = pipeline
@@ -132,45 +79,6 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
     names.extend(OPERATIONAL.iter().map(|(n, _)| n.to_string()));
     names.push(SNAPSHOTS.to_string());
     names
-}
-
-/// The `snapshots` table of checkpoint `c`, as rows.
-async fn read_history(location: &Location, c: &Checkpoint) -> Result<Vec<SnapshotRow>, RunError> {
-    let (_, batches) = location.read_table(c, SNAPSHOTS).await?;
-    retention::rows(&batches).map_err(|message| {
-        RunError::from(SnapshotError::Table {
-            table: SNAPSHOTS.into(),
-            message,
-        })
-    })
-}
-
-/// The state checkpoint `c` recorded, its alert part included.
-pub async fn read_state(location: &Location, c: &Checkpoint) -> Result<State, RunError> {
-    let images = location.read_images(c, STATE_FORMAT).await?;
-    State::decode(&images.state, &images.alerts).map_err(|e| {
-        let file = match e {
-            crate::state::DecodeError::State(_) => &c.state.state,
-            crate::state::DecodeError::Alerts(_) => &c.state.alerts,
-        };
-        RunError::from(SnapshotError::Format {
-            path: location.file_path(file),
-            message: e.to_string(),
-        })
-    })
-}
-
-/// The deliveries a stopped run recorded after snapshot `id`.
-async fn read_acks(location: &Location, id: u64) -> Result<DeliveryAcks, RunError> {
-    match location.read_acks(id).await? {
-        None => Ok(DeliveryAcks::default()),
-        Some(bytes) => DeliveryAcks::decode(&bytes).map_err(|e| {
-            RunError::from(SnapshotError::Format {
-                path: location.file_path(&crate::snapshot::acks_path(id)),
-                message: e.to_string(),
-            })
-        }),
-    }
 }
 
 /// The image of `state` for a snapshot, from its encoding (`State::encode`).
@@ -197,6 +105,8 @@ impl Runner {
             Ok(()) => Ok(()),
             Err(e) if fatal => Err(e),
             Err(e) => {
+                // What the cut took as changed is gone with it.
+                self.full_next = true;
                 tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
                 Ok(())
             }
@@ -213,6 +123,9 @@ impl Runner {
         self.state
             .prune(self.pipeline.source.dedup_horizon_micros());
         self.state.roll_up(&self.pipeline.metrics.calendar);
+        let mut changes = self.state.take_changes(&self.pipeline.metrics.calendar);
+        changes.all |= std::mem::take(&mut self.full_next);
+        let plan = self.engine.plan(&self.state, &changes);
         // Never reused: an id that failed may have commits in some tables.
         let id = self.state.snapshot_id + 1;
         self.state.snapshot_id = id;
@@ -221,7 +134,7 @@ impl Runner {
         let (state, engine) = (&self.state, &self.engine);
         let cut = std::thread::scope(|s| {
             let image = s.spawn(|| state.encode());
-            let prepared = engine.prepare(state, id).map_err(RunError::from);
+            let prepared = engine.prepare(state, id, plan).map_err(RunError::from);
             let image = image
                 .join()
                 .map_err(|_| InternalError::new("serialising the state panicked"))?
@@ -259,6 +172,7 @@ impl Runner {
             log: LogSettings {
                 checkpoint_interval: snapshot.log_checkpoint_interval,
             },
+            fingerprints: self.fingerprints.clone(),
         };
         // The alert part goes on in a state of its own: the rules run on the computed tables.
         let mut alerting = State {
@@ -272,19 +186,38 @@ impl Runner {
         let (pipeline, location) = (std::sync::Arc::clone(&self.pipeline), self.location.clone());
         let task = tokio::spawn(async move {
             let mut tables = Vec::new();
-            let breaches = prepared
+            let mut rules = prepared
                 .run(|t| {
                     let layout = Layout {
                         name: t.name,
                         partition_by: t.partition_by,
                     };
-                    tables.push(EncodedTable::encode(&layout, &t.schema, &t.batches)?);
+                    tables.push(match t.publish {
+                        Publish::Full => EncodedTable::encode(&layout, &t.schema, &t.batches)?,
+                        Publish::Partitions(only) => {
+                            EncodedTable::encode_only(&layout, &t.schema, &t.batches, Some(only))?
+                        }
+                        Publish::Unchanged => EncodedTable::unchanged(&layout),
+                    });
                     Ok::<_, RunError>(())
                 })
                 .await?;
-            let events = crate::alert::apply(
+            // The rules read whole tables: what this snapshot did not compute comes from
+            // the tables' latest versions.
+            for i in 0..rules.merges().len() {
+                let m = &rules.merges()[i];
+                let except = match &m.publish {
+                    Publish::Partitions(p) => Some(p),
+                    _ => None,
+                };
+                let (schema, rows) = location.read_delta_where(&m.table, None, except).await?;
+                rules.provide(i, schema, rows)?;
+            }
+            let (breaches, evaluated) = rules.evaluate().await?;
+            let events = crate::alert::apply_evaluated(
                 &mut alerting.alerts,
                 breaches,
+                Some(&evaluated),
                 &pipeline.name,
                 id,
                 alerting.as_of,
@@ -351,8 +284,10 @@ impl Runner {
         let w = match result {
             Ok(w) => w,
             Err(e) => {
-                // Not durable: the next snapshot (the next id) covers its messages.
+                // Not durable: the next snapshot (the next id) covers its messages, and
+                // recomputes everything (what this one took as changed is lost with it).
                 self.since_snapshot += inflight.messages;
+                self.full_next = true;
                 if fatal {
                     return Err(e);
                 }

@@ -8,6 +8,7 @@
 //! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
 
 mod checkpoint;
+mod restore;
 mod trigger;
 
 use std::collections::BTreeSet;
@@ -21,7 +22,8 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
-pub use checkpoint::{read_state, restore, state_image, table_names, Restored, SNAPSHOTS};
+pub use checkpoint::{state_image, table_names, SNAPSHOTS};
+pub use restore::{read_state, restore, Restored};
 
 use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;
@@ -85,6 +87,20 @@ pub enum RunError {
         found: String,
         expected: String,
     },
+    /// The pipeline's calendar is not the one the output was computed in (a user error).
+    #[error(
+        "output `{output}` was computed with time zone {}, fiscal year from month {}, corporate currency {}; \
+         the pipeline now says {}, {}, {}: every figure would change, so quotaflow does not mix them. \
+         To rebuild, run the pipeline into a new --output (it replays the topics from the start), \
+         or put the calendar back",
+        .calendars.0.time_zone, .calendars.0.fiscal_year_start_month, .calendars.0.corporate_currency,
+        .calendars.1.time_zone, .calendars.1.fiscal_year_start_month, .calendars.1.corporate_currency
+    )]
+    CalendarChanged {
+        output: String,
+        /// (the output's, the pipeline's)
+        calendars: Box<(crate::snapshot::CalendarRef, crate::snapshot::CalendarRef)>,
+    },
     /// A `--once` run saw no progress for its stall timeout.
     #[error(
         "--once: no message and no partition newly at its end for {} s; partitions not at their end: {} \
@@ -99,7 +115,10 @@ pub enum RunError {
 impl RunError {
     /// Whether the user caused it (a wrong `--output`), rather than the brokers, the store or a bug.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, RunError::OtherPipeline { .. })
+        matches!(
+            self,
+            RunError::OtherPipeline { .. } | RunError::CalendarChanged { .. }
+        )
     }
 }
 
@@ -204,6 +223,11 @@ struct Runner {
     since_snapshot: u64,
     /// The snapshot being computed and written in the background, if any.
     inflight: Option<InFlight>,
+    /// Whether the next snapshot is evaluated in full (the first after a restore that needs
+    /// it, or after a failed snapshot, whose changes are lost with it).
+    full_next: bool,
+    /// The pipeline's fingerprints, for the checkpoint.
+    fingerprints: std::collections::BTreeMap<String, String>,
     /// Partitions at their end as the broker reports it in fetch responses (librdkafka's
     /// end-of-partition event), where `--once` stops; not ListOffsets results: some
     /// Kafka-protocol brokers (tansu 0.6) answer ListOffsets with stale offsets.
@@ -243,7 +267,12 @@ impl Runner {
             state,
             checkpoint,
             history,
+            full,
         } = restore(&location, &pipeline).await?;
+        let engine = Engine::new(Arc::clone(&pipeline.metrics));
+        if let Some(why) = engine.full_because() {
+            tracing::info!(reason = why, "every snapshot is evaluated in full");
+        }
         let durable = checkpoint.as_ref().map_or(0, |c| c.snapshot_id);
         let restored_from = (durable > 0).then_some(durable);
         let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
@@ -280,7 +309,9 @@ impl Runner {
             s.max_snapshot_age = max_snapshot_age;
         });
         let r = Runner {
-            engine: Engine::new(Arc::clone(&pipeline.metrics)),
+            engine,
+            full_next: full,
+            fingerprints: crate::engine::fingerprints(&pipeline.metrics),
             ingest: Ingest::new(&pipeline.source, pipeline.metrics.calendar)?,
             watermark: Watermark::new(
                 pipeline.source.idle_timeout,

@@ -207,6 +207,18 @@ impl Location {
                 });
             }
         }
+        if encoded.only.is_some() && table.is_none() {
+            return Err(SnapshotError::Table {
+                table: name.to_string(),
+                message: "a snapshot computed part of a table that has no version yet".into(),
+            });
+        }
+        if encoded.only.as_ref().is_some_and(|o| o.is_empty()) {
+            return Ok(Committed {
+                version: table.as_ref().and_then(|t| t.version()).unwrap_or_default(),
+                ..Committed::default()
+            });
+        }
         let kernel_schema: StructType =
             encoded
                 .schema
@@ -289,10 +301,22 @@ impl Location {
                 actions.extend(removes.into_iter().map(Action::Remove));
             }
         }
-        // Partitions that changed shape or have no rows any more.
+        // Partitions that changed shape or have no rows any more (of those recomputed).
+        let recomputed = |key: &Option<String>| {
+            encoded
+                .only
+                .as_ref()
+                .is_none_or(|o| key.as_ref().is_some_and(|k| o.contains(k)))
+        };
+        if encoded.only.is_some() && !same_shape {
+            return Err(SnapshotError::Table {
+                table: name.to_string(),
+                message: "a snapshot computed part of a table whose schema changed".into(),
+            });
+        }
         let gone: Vec<_> = old
             .into_iter()
-            .filter(|(key, _)| !same_shape || !encoded.parts.contains_key(key))
+            .filter(|(key, _)| recomputed(key) && (!same_shape || !encoded.parts.contains_key(key)))
             .flat_map(|(_, (_, removes))| removes)
             .collect();
         out.files_removed += gone.len() as u64;
@@ -425,13 +449,24 @@ impl Location {
         name: &str,
         version: u64,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
-        let table =
-            self.open_table(name, Some(version))
-                .await?
-                .ok_or_else(|| SnapshotError::Table {
-                    table: name.to_string(),
-                    message: "no Delta log".into(),
-                })?;
+        self.read_delta_where(name, Some(version), None).await
+    }
+
+    /// Reads table `name` at `version` (`None`: its latest), leaving out the partitions
+    /// (values of its partition column, as Delta writes them) in `except`.
+    pub async fn read_delta_where(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        except: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
+        let table = self
+            .open_table(name, version)
+            .await?
+            .ok_or_else(|| SnapshotError::Table {
+                table: name.to_string(),
+                message: "no Delta log".into(),
+            })?;
         let state = table.snapshot().map_err(delta_err(name))?;
         let kernel = state.schema();
         let schema: Schema =
@@ -446,6 +481,19 @@ impl Location {
         let partition_columns = state.metadata().partition_columns().to_vec();
         let mut out = Vec::new();
         for f in state.log_data().iter() {
+            let values = f.partition_values_map();
+            let skipped = except.is_some_and(|e| {
+                partition_columns.iter().any(|c| {
+                    values
+                        .get(c)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|v| e.contains(&v))
+                })
+            });
+            if skipped {
+                continue;
+            }
             let rel = format!("tables/{name}/{}", f.path());
             let path = self.path(&rel);
             let bytes = self
@@ -458,7 +506,6 @@ impl Location {
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
                     .and_then(|r| r.build())
                     .map_err(|e| super::format_err(&path, e))?;
-            let values = f.partition_values_map();
             for b in reader {
                 let b = b.map_err(|e| super::format_err(&path, e))?;
                 let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());

@@ -32,6 +32,9 @@ pub struct EncodedTable {
     pub schema: SchemaRef,
     pub parts: BTreeMap<Option<String>, EncodedPart>,
     pub rows: u64,
+    /// The partitions these rows replace (`None`: all of them); the table's other
+    /// partitions stay as its latest version has them.
+    pub only: Option<std::collections::BTreeSet<String>>,
 }
 
 impl EncodedTable {
@@ -41,6 +44,27 @@ impl EncodedTable {
         layout: &Layout,
         schema: &SchemaRef,
         batches: &[RecordBatch],
+    ) -> Result<EncodedTable, SnapshotError> {
+        EncodedTable::encode_only(layout, schema, batches, None)
+    }
+
+    /// A table none of whose rows were computed: its latest version stays.
+    pub fn unchanged(layout: &Layout) -> EncodedTable {
+        EncodedTable {
+            layout: layout.clone(),
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            parts: BTreeMap::new(),
+            rows: 0,
+            only: Some(Default::default()),
+        }
+    }
+
+    /// The rows of the partitions `only` (`None`: every partition), encoded.
+    pub fn encode_only(
+        layout: &Layout,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        only: Option<std::collections::BTreeSet<String>>,
     ) -> Result<EncodedTable, SnapshotError> {
         let name = layout.name.as_str();
         let all =
@@ -118,6 +142,7 @@ impl EncodedTable {
             schema: Arc::clone(schema),
             parts,
             rows: all.num_rows() as u64,
+            only,
         })
     }
 }

@@ -132,6 +132,10 @@ pub struct Checkpoint {
     /// contract: for `quotaflow snapshots`.
     #[serde(default)]
     pub committed: Vec<String>,
+    /// Per published table, the fingerprint of the SQL files and settings it reads: a table
+    /// whose fingerprint changed is recomputed in full. Not in the contract.
+    #[serde(default)]
+    pub fingerprints: BTreeMap<String, String>,
 }
 
 /// The checkpoint of an id, relative to the output.
@@ -165,6 +169,8 @@ pub struct SnapshotMeta {
     pub events: u64,
     pub written_at: chrono::DateTime<chrono::Utc>,
     pub log: LogSettings,
+    /// Per published table, the fingerprint of the SQL and settings it reads.
+    pub fingerprints: BTreeMap<String, String>,
 }
 
 impl Location {
@@ -365,6 +371,7 @@ impl Location {
                 .filter(|(_, c)| c.committed)
                 .map(|(name, _)| name.clone())
                 .collect(),
+            fingerprints: meta.fingerprints.clone(),
         };
         let rel = checkpoint_path(id);
         let json =

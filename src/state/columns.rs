@@ -12,8 +12,10 @@ use rust_decimal::Decimal;
 
 use crate::event::{Day, Micros};
 
+/// A batch of named columns, every one nullable: a table's schema must not depend on whether
+/// its rows hold a NULL today (the SQL's output schemas, and so the Delta tables', follow it).
 pub(crate) fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
-    RecordBatch::try_from_iter(cols)
+    RecordBatch::try_from_iter_with_nullable(cols.into_iter().map(|(n, a)| (n, a, true)))
 }
 
 pub(crate) fn strs<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {

@@ -7,6 +7,7 @@
 //! data-quality counters and a bounded log of recent dead letters. It never does I/O;
 //! `tables` turns it into Arrow record batches for the SQL engine.
 
+pub mod changes;
 pub(crate) mod columns;
 mod grain;
 pub mod hierarchy;
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::calendar::Calendar;
 use crate::event::{Activity, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
 use crate::source::DeadLetter;
+pub use changes::Pending;
+use changes::{deal_days, Input};
 use grain::Starts;
 pub use grain::{DailyCounts, Rollups};
 use hierarchy::Placement;
@@ -151,6 +154,12 @@ pub struct State {
     /// Deliveries per target.
     #[serde(skip)]
     pub deliveries: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
+    /// First and last day with an activity, per rep id (derived from `daily`).
+    #[serde(skip)]
+    pub activity_span: Map<u32, (Day, Day)>,
+    /// What changed since the last cut (`State::take_changes`).
+    #[serde(skip)]
+    pub changes: Pending,
 }
 
 /// Bump when the bincode layout of `State` (or of its alert part) changes: a snapshot written
@@ -190,6 +199,7 @@ impl State {
         let mut s: State = codec().deserialize(state).map_err(DecodeError::State)?;
         (s.alerts, s.outbox, s.deliveries) =
             bincode::deserialize(alerts).map_err(DecodeError::Alerts)?;
+        s.rebuild_derived();
         Ok(s)
     }
 
@@ -199,22 +209,40 @@ impl State {
         let folded = match event {
             Event::Activity(a) => self.fold_activity(a, cal, horizon),
             Event::Deal(d) => {
+                let before = self.rep_first_deal.get(&d.rep_id).map(|t| cal.day_of(*t));
                 let first = self
                     .rep_first_deal
                     .entry(d.rep_id.clone())
                     .or_insert(d.occurred_at);
                 *first = (*first).min(d.occurred_at);
-                let key = d.deal_id.clone();
+                let day = cal.day_of(d.occurred_at);
+                let (rep, deal) = (d.rep_id.clone(), d.deal_id.clone());
+                let old = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
                 let h = (d.stage, d.occurred_at);
-                fold_entity(&mut self.deals, key, d.version, d, h)
+                let folded = fold_entity(&mut self.deals, deal.clone(), d.version, d, h);
+                self.first_day(&rep, day, before, cal);
+                if folded == Folded::Ok {
+                    self.rep_ids.id(&rep);
+                    let new = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
+                    for (close, created) in old.into_iter().chain(new) {
+                        self.changes.changes.day(Input::Deals, close);
+                        self.changes.changes.day(Input::Deals, created);
+                    }
+                }
+                folded
             }
-            Event::Quota(q) => fold_entity(
-                &mut self.quotas,
-                (q.rep_id.clone(), q.period_start),
-                q.version,
-                q,
-                (),
-            ),
+            Event::Quota(q) => {
+                let key = (q.rep_id.clone(), q.period_start);
+                let old = self.quotas.get(&key).map(|v| v.latest.period_end);
+                let (rep, start, end) = (q.rep_id.clone(), q.period_start, q.period_end);
+                let folded = fold_entity(&mut self.quotas, key, q.version, q, ());
+                if folded == Folded::Ok {
+                    self.rep_ids.id(&rep);
+                    let end = end.max(old.unwrap_or(end));
+                    self.changes.changes.span(Input::Quotas, start, end);
+                }
+                folded
+            }
             Event::Rep(mut r) => {
                 let effective_from = *r
                     .effective_from
@@ -224,19 +252,30 @@ impl State {
                     team_id: r.team_id.clone(),
                     region: r.region.clone(),
                 };
-                fold_entity(&mut self.roster, r.rep_id.clone(), r.version, r, placement)
+                let rep = r.rep_id.clone();
+                let folded = fold_entity(&mut self.roster, rep.clone(), r.version, r, placement);
+                if folded == Folded::Ok {
+                    // A move changes every figure of the teams involved: rare, so all of it.
+                    self.rep_ids.id(&rep);
+                    self.changes.changes.all = true;
+                    self.changes.changes.input(Input::Roster);
+                }
+                folded
             }
-            Event::FxRate(f) => fold_entity(
-                &mut self.fx,
-                (f.currency.clone(), f.effective_date),
-                f.version,
-                f,
-                (),
-            ),
+            Event::FxRate(f) => {
+                let (currency, from) = (f.currency.clone(), f.effective_date);
+                let folded = fold_entity(&mut self.fx, (currency.clone(), from), f.version, f, ());
+                if folded == Folded::Ok {
+                    self.fx_changed(&currency, from);
+                }
+                folded
+            }
             Event::Survey(s) => {
                 if self.surveys.contains_key(&s.response_id) {
                     Folded::Duplicate
                 } else {
+                    self.rep_ids.id(&s.rep_id);
+                    self.changes.changes.input(Input::Surveys);
                     self.surveys.insert(s.response_id.clone(), s);
                     Folded::Ok
                 }
@@ -268,7 +307,22 @@ impl State {
                 .or_insert(a.occurred_at);
             *last = (*last).max(a.occurred_at);
         }
+        if let Some(deal) = a.deal_id.as_ref().and_then(|d| self.deals.get(d)) {
+            // its last_activity_at
+            let close = deal.latest.close_date;
+            self.changes.changes.day(Input::Deals, close);
+        }
         let key = (self.rep_ids.id(&a.rep_id), cal.day_of(a.occurred_at));
+        self.changes.changes.day(Input::Activities, key.1);
+        match self.activity_span.get_mut(&key.0) {
+            Some(span) if span.0 <= key.1 => span.1 = span.1.max(key.1),
+            _ => {
+                let deal = self.rep_first_deal.get(&a.rep_id).map(|t| cal.day_of(*t));
+                self.first_day(&a.rep_id, key.1, deal, cal);
+                let span = self.activity_span.entry(key.0).or_insert((key.1, key.1));
+                *span = (span.0.min(key.1), span.1.max(key.1));
+            }
+        }
         self.daily.entry(key).or_default().add(&a);
         if self.rollups.built {
             self.rollups.pending.entry(key).or_default().add(&a);
@@ -282,6 +336,9 @@ impl State {
     pub fn daily_mut(&mut self, rep: &str, day: Day) -> &mut DailyCounts {
         self.rollups.built = false;
         let id = self.rep_ids.id(rep);
+        let span = self.activity_span.entry(id).or_insert((day, day));
+        *span = (span.0.min(day), span.1.max(day));
+        self.changes.changes.day(Input::Activities, day);
         self.daily.entry((id, day)).or_default()
     }
 
@@ -307,6 +364,7 @@ impl State {
 
     /// Counts one message outcome for `topic`.
     pub fn count(&mut self, topic: &str, outcome: &str) {
+        self.changes.changes.input(Input::Quality);
         // Looked up by reference first: this runs for every message.
         if let Some(n) = self
             .quality
@@ -326,6 +384,7 @@ impl State {
 
     /// Records a refused message in the bounded log (`keep` most recent).
     pub fn log_dead_letter(&mut self, mut dl: DeadLetter, keep: usize) {
+        self.changes.changes.input(Input::DeadLetters);
         dl.payload.truncate(DEAD_LETTER_PAYLOAD_BYTES);
         self.dead_letters.push_back(dl);
         while self.dead_letters.len() > keep {

@@ -59,6 +59,44 @@ impl FxTable {
     }
 }
 
+/// The `unconverted` table: per event type (`deal`, `quota`), the latest deal versions and
+/// quota records whose amount `to_corporate` cannot convert (no rate in force on the deal's
+/// close date or the record's period_start), over the whole state.
+pub fn unconverted(
+    state: &crate::state::State,
+    fx: &FxTable,
+) -> std::result::Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>
+{
+    let fails = |amount: Decimal, currency: &str, day: Day| {
+        let mut a = amount;
+        a.rescale(2);
+        fx.rate(currency, day)
+            .is_none_or(|r| a.mantissa().checked_mul(r).is_none())
+    };
+    let deals = state
+        .deals
+        .values()
+        .filter(|d| fails(d.latest.amount, &d.latest.currency, d.latest.close_date))
+        .count();
+    let quotas = state
+        .quotas
+        .values()
+        .filter(|q| fails(q.latest.amount, &q.latest.currency, q.latest.period_start))
+        .count();
+    datafusion::arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "event_type",
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "deal", "quota",
+            ])) as ArrayRef,
+        ),
+        (
+            "count",
+            Arc::new(Int64Array::from(vec![deals as i64, quotas as i64])) as ArrayRef,
+        ),
+    ])
+}
+
 /// What a UDF needs to know of the pipeline.
 #[derive(Debug)]
 pub struct UdfContext {

@@ -9,8 +9,13 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::error::ArrowError;
 
+mod calendar;
 mod settings;
 
+pub use calendar::day_bounds;
+use calendar::{calendar, clock, weeks};
+
+use super::changes::Scope;
 use super::columns::{batch, dates, decimals, i64s, opt_dates, opt_strs, strs, times};
 use super::hierarchy::{ranges, Range};
 use super::{DailyCounts, Map, Rollups, State};
@@ -19,12 +24,28 @@ use crate::config::Metrics;
 use crate::event::RATE_SCALE;
 use crate::event::{Day, Micros};
 
-/// The state tables for one snapshot, with the snapshot id the engine is computing.
+/// The state tables that hold facts by day, and so are restricted to a snapshot's scope.
+pub const SCOPED: [&str; 6] = [
+    "activity_days",
+    "activity_periods",
+    "activity_weeks",
+    "deals",
+    "quotas",
+    "weeks",
+];
+
+/// The state tables for one snapshot, with the snapshot id the engine is computing. With a
+/// scope, the tables of [`SCOPED`] hold only the facts of its days: an activity of a day in
+/// it, a period sum or a week sum or a quota record overlapping it, a deal whose close date
+/// or created day lies in it.
 pub fn build(
     state: &State,
     pipeline: &Metrics,
     snapshot_id: u64,
+    scope: Option<&Scope>,
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
+    let cal = &pipeline.calendar;
+    let keep = |from: Day, to: Day| scope.is_none_or(|s| s.overlaps(from, to));
     // The pipeline brings the rollups up to date at every cut; any other caller gets them
     // summed here.
     let summed;
@@ -35,11 +56,22 @@ pub fn build(
         &summed
     };
     let mut tables = vec![
-        ("activity_days", activity_days(state)?),
-        ("activity_periods", activity_periods(state, rollups)?),
-        ("activity_weeks", activity_weeks(state, rollups)?),
-        ("deals", deals(state)?),
-        ("quotas", quotas(state)?),
+        ("activity_days", activity_days(state, &|d| keep(d, d))?),
+        (
+            "activity_periods",
+            activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))?,
+        ),
+        (
+            "activity_weeks",
+            activity_weeks(state, rollups, &|d| keep(d, d + 6))?,
+        ),
+        (
+            "deals",
+            deals(state, &|c, t| {
+                keep(c, c) || keep(cal.day_of(t), cal.day_of(t))
+            })?,
+        ),
+        ("quotas", quotas(state, &keep)?),
         ("roster", roster(state)?),
         ("roster_ranges", roster_ranges(state)?),
         ("fx_rates", fx_rates(state)?),
@@ -49,7 +81,9 @@ pub fn build(
         ("clock", clock(state, pipeline, snapshot_id)?),
         ("calendar", calendar(state, pipeline)?),
         ("rep_first_deal", rep_first_deal(state)?),
-        ("weeks", weeks(state, pipeline)?),
+        ("rep_ids", rep_ids(state)?),
+        ("rep_activity", rep_activity(state)?),
+        ("weeks", weeks(state, pipeline, &|d| keep(d, d + 6))?),
     ];
     tables.extend(settings::tables(pipeline)?);
     Ok(tables)
@@ -74,8 +108,8 @@ fn counters(cells: &[&DailyCounts]) -> Vec<(&'static str, ArrayRef)> {
     ]
 }
 
-fn activity_days(s: &State) -> Result<RecordBatch, ArrowError> {
-    by_rep_and_day(s, &s.daily, "day")
+fn activity_days(s: &State, keep: &dyn Fn(Day) -> bool) -> Result<RecordBatch, ArrowError> {
+    by_rep_and_day(s, &s.daily, "day", keep)
 }
 
 /// A rep × day-keyed map of counters as a table: `rep_id`, the day column, the counters.
@@ -83,8 +117,9 @@ fn by_rep_and_day(
     s: &State,
     cells: &Map<(u32, Day), DailyCounts>,
     day_column: &'static str,
+    keep: &dyn Fn(Day) -> bool,
 ) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = cells.iter().collect();
+    let rows: Vec<_> = cells.iter().filter(|((_, d), _)| keep(*d)).collect();
     let counts: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
     let mut cols = vec![
         (
@@ -98,8 +133,16 @@ fn by_rep_and_day(
 }
 
 /// `activity_days` summed per rep and fiscal period.
-fn activity_periods(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = r.periods.iter().collect();
+fn activity_periods(
+    s: &State,
+    r: &Rollups,
+    keep: &dyn Fn(PeriodType, Day) -> bool,
+) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = r
+        .periods
+        .iter()
+        .filter(|((_, p, d), _)| keep(*p, *d))
+        .collect();
     let cells: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
     let mut cols = vec![
         (
@@ -117,14 +160,22 @@ fn activity_periods(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
 }
 
 /// `activity_days` summed per rep and ISO week (by its Monday).
-fn activity_weeks(s: &State, r: &Rollups) -> Result<RecordBatch, ArrowError> {
-    by_rep_and_day(s, &r.weeks, "week_start")
+fn activity_weeks(
+    s: &State,
+    r: &Rollups,
+    keep: &dyn Fn(Day) -> bool,
+) -> Result<RecordBatch, ArrowError> {
+    by_rep_and_day(s, &r.weeks, "week_start", keep)
 }
 
 /// Latest version of each deal, with what the history tells: when the current stage was
 /// entered and the furthest funnel stage ever reached.
-fn deals(s: &State) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = s.deals.values().collect();
+fn deals(s: &State, keep: &dyn Fn(Day, Micros) -> bool) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = s
+        .deals
+        .values()
+        .filter(|d| keep(d.latest.close_date, d.latest.created_at))
+        .collect();
     let entered: Vec<Micros> = rows
         .iter()
         .map(|d| {
@@ -209,8 +260,13 @@ fn deals(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-fn quotas(s: &State) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = s.quotas.values().map(|v| &v.latest).collect();
+fn quotas(s: &State, keep: &dyn Fn(Day, Day) -> bool) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = s
+        .quotas
+        .values()
+        .map(|v| &v.latest)
+        .filter(|q| keep(q.period_start, q.period_end))
+        .collect();
     batch(vec![
         ("rep_id", strs(rows.iter().map(|q| q.rep_id.as_str()))),
         ("period_start", dates(rows.iter().map(|q| q.period_start))),
@@ -371,89 +427,6 @@ fn dead_letter_log(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-fn clock(s: &State, p: &Metrics, snapshot_id: u64) -> Result<RecordBatch, ArrowError> {
-    batch(vec![
-        ("snapshot_id", i64s(std::iter::once(snapshot_id as i64))),
-        ("as_of", times(std::iter::once(s.as_of))),
-        (
-            "as_of_date",
-            opt_dates(std::iter::once(s.as_of.map(|t| p.calendar.day_of(t)))),
-        ),
-    ])
-}
-
-/// Every fiscal period between the earliest and latest day the state mentions, with the
-/// elapsed-time columns relative to `as_of_date`.
-fn calendar(s: &State, p: &Metrics) -> Result<RecordBatch, ArrowError> {
-    let cal = &p.calendar;
-    let as_of_date = s.as_of.map(|t| cal.day_of(t));
-    let days = s
-        .daily
-        .keys()
-        .map(|(_, d)| *d)
-        .chain(
-            s.quotas
-                .values()
-                .flat_map(|q| [q.latest.period_start, q.latest.period_end]),
-        )
-        .chain(
-            s.deals
-                .values()
-                .flat_map(|d| [d.latest.close_date, cal.day_of(d.latest.created_at)]),
-        )
-        .chain(as_of_date);
-    let (lo, hi) = days.fold((Day::MAX, Day::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
-    let mut rows: Vec<(PeriodType, Day, Day)> = Vec::new();
-    if lo <= hi {
-        for pt in PeriodType::ALL {
-            let mut start = cal.period_start(pt, lo);
-            while start <= hi {
-                let end = cal.period_end(pt, start);
-                rows.push((pt, start, end));
-                start = end + 1;
-            }
-        }
-    }
-    let period_days = |(_, s, e): &(PeriodType, Day, Day)| i64::from(e - s + 1);
-    let elapsed = |r: &(PeriodType, Day, Day)| {
-        as_of_date.map(|a| i64::from(a - r.1 + 1).clamp(0, period_days(r)))
-    };
-    batch(vec![
-        ("period_type", strs(rows.iter().map(|r| r.0.as_str()))),
-        ("period_start", dates(rows.iter().map(|r| r.1))),
-        ("period_end", dates(rows.iter().map(|r| r.2))),
-        ("period_days", i64s(rows.iter().map(period_days))),
-        (
-            "is_current",
-            Arc::new(
-                rows.iter()
-                    .map(|r| as_of_date.map(|a| r.1 <= a && a <= r.2))
-                    .collect::<BooleanArray>(),
-            ),
-        ),
-        (
-            "elapsed_days",
-            Arc::new(rows.iter().map(elapsed).collect::<Int64Array>()),
-        ),
-        (
-            "remaining_days",
-            Arc::new(
-                rows.iter()
-                    .map(|r| elapsed(r).map(|e| period_days(r) - e))
-                    .collect::<Int64Array>(),
-            ),
-        ),
-        (
-            "time_elapsed",
-            Arc::new(
-                rows.iter()
-                    .map(|r| elapsed(r).map(|e| e as f64 / period_days(r) as f64))
-                    .collect::<Float64Array>(),
-            ),
-        ),
-    ])
-}
-
 fn rep_first_deal(s: &State) -> Result<RecordBatch, ArrowError> {
     batch(vec![
         ("rep_id", strs(s.rep_first_deal.keys().map(String::as_str))),
@@ -464,25 +437,25 @@ fn rep_first_deal(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-/// Every ISO week (by its Monday) from the earliest activity or deal event to `as_of_date`.
-fn weeks(s: &State, p: &Metrics) -> Result<RecordBatch, ArrowError> {
-    let cal = &p.calendar;
-    let first = s
-        .daily
-        .keys()
-        .map(|(_, d)| *d)
-        .chain(s.rep_first_deal.values().map(|t| cal.day_of(*t)))
-        .min();
-    let last = s.as_of.map(|t| cal.day_of(t));
-    let mut mondays = Vec::new();
-    if let (Some(first), Some(last)) = (first, last) {
-        let mut w = crate::calendar::week_start(first);
-        while w <= last {
-            mondays.push(w);
-            w += 7;
-        }
-    }
-    batch(vec![("week_start", dates(mondays.into_iter()))])
+/// Every rep any fact or entity of the state names.
+fn rep_ids(s: &State) -> Result<RecordBatch, ArrowError> {
+    batch(vec![(
+        "rep_id",
+        strs(s.rep_ids.names.iter().map(String::as_str)),
+    )])
+}
+
+/// The first and last day of each rep's activities, over the whole history.
+fn rep_activity(s: &State) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = s.activity_span.iter().collect();
+    batch(vec![
+        (
+            "rep_id",
+            strs(rows.iter().map(|(r, _)| s.rep_ids.name(**r))),
+        ),
+        ("first_day", dates(rows.iter().map(|(_, (a, _))| *a))),
+        ("last_day", dates(rows.iter().map(|(_, (_, b))| *b))),
+    ])
 }
 
 /// The `alerts` table: every (rule, key) that ever fired, firing or resolved.

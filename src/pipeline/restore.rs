@@ -1,0 +1,125 @@
+//! Where a run starts: the state `_latest` names (or an empty one), refused when the output
+//! belongs to another pipeline or was computed in another calendar, with whether its first
+//! snapshot must be evaluated in full.
+
+use super::checkpoint::{table_names, SNAPSHOTS};
+use super::RunError;
+use crate::alert::deliver::DeliveryAcks;
+use crate::config::Pipeline;
+use crate::snapshot::{retention, CalendarRef, Checkpoint, Location, SnapshotError, SnapshotRow};
+use crate::state::{State, STATE_FORMAT};
+
+/// What a run starts from.
+pub struct Restored {
+    /// The state `_latest` names (empty without one), its `snapshot_id` raised to the highest
+    /// id any table's log holds, so that the next snapshot takes an unused id.
+    pub state: State,
+    /// The checkpoint it came from.
+    pub checkpoint: Option<Checkpoint>,
+    /// The retained snapshots, as its `snapshots` table has them.
+    pub history: Vec<SnapshotRow>,
+    /// Whether the first snapshot must be evaluated in full.
+    pub full: bool,
+}
+
+/// Restores the state `_latest` names (with the alert deliveries acknowledged after it), or an
+/// empty one.
+pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restored, RunError> {
+    let metrics = &pipeline.metrics;
+    let calendar = CalendarRef {
+        time_zone: metrics.calendar.timezone.name().to_string(),
+        fiscal_year_start_month: metrics.calendar.fiscal_year_start_month,
+        corporate_currency: metrics.corporate_currency.clone(),
+    };
+    let checkpoint = match location.latest().await? {
+        Some(latest) => Some(location.checkpoint(latest.snapshot_id).await?),
+        None => None,
+    };
+    let (mut state, history) = match &checkpoint {
+        None => (State::default(), Vec::new()),
+        Some(c) => {
+            if c.pipeline != pipeline.name {
+                return Err(RunError::OtherPipeline {
+                    output: location.url.to_string(),
+                    found: c.pipeline.clone(),
+                    expected: pipeline.name.clone(),
+                });
+            }
+            if c.calendar != calendar {
+                return Err(RunError::CalendarChanged {
+                    output: location.url.to_string(),
+                    calendars: Box::new((c.calendar.clone(), calendar)),
+                });
+            }
+            let mut state = read_state(location, c).await?;
+            let acks = read_acks(location, c.snapshot_id).await?;
+            state.settle_deliveries(&acks.acked, acks.counts);
+            let history = read_history(location, c).await?;
+            tracing::info!(snapshot_id = c.snapshot_id, as_of = ?c.as_of, "restored state");
+            (state, history)
+        }
+    };
+    // A snapshot that crashed after some commits used its id: go above it.
+    let used = location
+        .highest_txn(&table_names(pipeline), &pipeline.name)
+        .await?;
+    // Evaluate the first snapshot in full: with no earlier tables, after a crashed snapshot
+    // left commits, or when a SQL file or setting changed since the checkpoint.
+    let fingerprints = crate::engine::fingerprints(metrics);
+    let full = checkpoint
+        .as_ref()
+        .is_none_or(|c| used > c.snapshot_id || c.fingerprints != fingerprints);
+    if used > state.snapshot_id {
+        tracing::info!(
+            restored = state.snapshot_id,
+            used,
+            "a later snapshot was partly committed; the next one takes the id after it"
+        );
+        state.snapshot_id = used;
+    }
+    Ok(Restored {
+        state,
+        checkpoint,
+        history,
+        full,
+    })
+}
+
+/// The `snapshots` table of checkpoint `c`, as rows.
+async fn read_history(location: &Location, c: &Checkpoint) -> Result<Vec<SnapshotRow>, RunError> {
+    let (_, batches) = location.read_table(c, SNAPSHOTS).await?;
+    retention::rows(&batches).map_err(|message| {
+        RunError::from(SnapshotError::Table {
+            table: SNAPSHOTS.into(),
+            message,
+        })
+    })
+}
+
+/// The state checkpoint `c` recorded, its alert part included.
+pub async fn read_state(location: &Location, c: &Checkpoint) -> Result<State, RunError> {
+    let images = location.read_images(c, STATE_FORMAT).await?;
+    State::decode(&images.state, &images.alerts).map_err(|e| {
+        let file = match e {
+            crate::state::DecodeError::State(_) => &c.state.state,
+            crate::state::DecodeError::Alerts(_) => &c.state.alerts,
+        };
+        RunError::from(SnapshotError::Format {
+            path: location.file_path(file),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// The deliveries a stopped run recorded after snapshot `id`.
+pub(super) async fn read_acks(location: &Location, id: u64) -> Result<DeliveryAcks, RunError> {
+    match location.read_acks(id).await? {
+        None => Ok(DeliveryAcks::default()),
+        Some(bytes) => DeliveryAcks::decode(&bytes).map_err(|e| {
+            RunError::from(SnapshotError::Format {
+                path: location.file_path(&crate::snapshot::acks_path(id)),
+                message: e.to_string(),
+            })
+        }),
+    }
+}
