@@ -39,32 +39,6 @@ async fn snapshot(
     let mut changes = state.take_changes(&p.metrics.calendar);
     changes.all |= first;
     let plan = engine.plan(state, &changes);
-    if std::env::var("DEBUG_INC").is_ok() {
-        let d6 = state.deals.get("d6").map(|d| {
-            (
-                d.latest_version,
-                quotaflow::calendar::date_of(d.latest.close_date),
-            )
-        });
-        let months: Vec<String> = plan
-            .scope
-            .as_ref()
-            .map(|s| {
-                s.months
-                    .iter()
-                    .map(|d| quotaflow::calendar::date_of(*d).to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        eprintln!(
-            "snapshot {id}: all {} d6 {d6:?} months {:?}",
-            changes.all,
-            months
-                .iter()
-                .filter(|m| m.starts_with("2026-1"))
-                .collect::<Vec<_>>()
-        );
-    }
     let mut tables: Vec<Table> = Vec::new();
     let mut rules = engine
         .prepare(state, id, plan.clone())
@@ -138,12 +112,6 @@ async fn differences(
         let (schema, published) = loc.read_delta_where(&t.name, None, None).await.unwrap();
         let check = quotaflow::verify::compare(&t.name, &schema, &published, &t.batches).unwrap();
         if check.differs() {
-            if std::env::var("DEBUG_INC").is_ok() {
-                let t2 = loc.open_table(&t.name, None).await.unwrap().unwrap();
-                for f in t2.snapshot().unwrap().log_data().iter() {
-                    eprintln!("{} file {}", t.name, f.path());
-                }
-            }
             out.push(format!(
                 "{}: only published {:?}; only recomputed {:?}",
                 t.name,
