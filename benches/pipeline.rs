@@ -211,13 +211,17 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
     s
 }
 
-fn snapshot_tables(c: &mut Criterion) {
-    // QUOTAFLOW_LOG=quotaflow=debug shows the time of every table.
+/// QUOTAFLOW_LOG=quotaflow=debug shows the time of every table.
+fn log_from_env() {
     if let Ok(filter) = std::env::var("QUOTAFLOW_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .try_init();
     }
+}
+
+fn snapshot_tables(c: &mut Criterion) {
+    log_from_env();
     let p = Arc::new(Pipeline::builtin().unwrap_or_else(|e| panic!("{e}")));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
     let mut g = c.benchmark_group("engine");
@@ -457,12 +461,12 @@ fn memory(spec: &str) {
         3,
         "a new day: 20 calls of every rep",
     );
+    // The deal that closed earliest: in the first quarter of the history.
     let old = state
         .deals
         .values()
-        .filter(|d| d.latest.close_date < last - 200)
-        .map(|d| d.latest.clone())
-        .next();
+        .min_by_key(|d| (d.latest.close_date, d.latest.deal_id.clone()))
+        .map(|d| d.latest.clone());
     if let Some(mut d) = old {
         d.version += 1;
         d.amount += rust_decimal::Decimal::new(10_000, 2);
@@ -493,10 +497,12 @@ fn next_snapshot(
     use quotaflow::engine::plan::Publish;
     let started = std::time::Instant::now();
     state.roll_up(&p.metrics.calendar);
+    let rolled = started.elapsed();
     state.snapshot_id = id;
     let changes = state.take_changes(&p.metrics.calendar);
     let engine = Engine::new(Arc::clone(&p.metrics));
     let plan = engine.plan(state, &changes);
+    let planned = started.elapsed();
     let months = plan.scope.as_ref().map_or(0, |s| s.months.len());
     let computed = plan.compute.iter().filter(|c| **c).count();
     let prepared = engine
@@ -525,6 +531,7 @@ fn next_snapshot(
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let computed = t0.elapsed();
         for i in 0..rules.merges().len() {
             let m = &rules.merges()[i];
             let except = match &m.publish {
@@ -539,8 +546,9 @@ fn next_snapshot(
                 .provide(i, schema, rows)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        let merged = t0.elapsed();
         rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
-        let sql = t0.elapsed();
+        let sql = (computed, merged - computed, t0.elapsed() - merged);
         let written = std::time::Instant::now();
         let (_, commits) = loc
             .write_snapshot(&image, &alerts, &tables, &meta(p))
@@ -554,11 +562,16 @@ fn next_snapshot(
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot ({what}): {:.2} s (cut {:.2} s, state image {:.2} s, SQL, rules and Parquet {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}; state image {:.2} s, SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
         started.elapsed().as_secs_f64(),
         cut.as_secs_f64(),
+        rolled.as_secs_f64(),
+        (planned - rolled).as_secs_f64(),
+        (cut - planned).as_secs_f64(),
         (imaged - cut).as_secs_f64(),
-        sql.as_secs_f64(),
+        sql.0.as_secs_f64(),
+        sql.1.as_secs_f64(),
+        sql.2.as_secs_f64(),
         writing.as_secs_f64(),
         committed.len(),
         commits.len(),
@@ -583,6 +596,7 @@ fn peak_rss_mib() -> u64 {
 
 fn main() {
     if let Ok(spec) = std::env::var("QUOTAFLOW_BENCH_MEMORY") {
+        log_from_env();
         memory(&spec);
         return;
     }

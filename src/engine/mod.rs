@@ -177,6 +177,7 @@ impl Engine {
             .with_target_partitions(TARGET_PARTITIONS)
             .with_information_schema(false);
         let ctx = SessionContext::new_with_config(config);
+        let started = std::time::Instant::now();
         let mut rates: HashMap<String, Vec<(i32, i128)>> = HashMap::new();
         for f in state.fx.values().map(|v| &v.latest) {
             let mut r = f.rate_to_corporate;
@@ -203,12 +204,18 @@ impl Engine {
         for f in udf::all(udf_ctx) {
             ctx.register_udf(f);
         }
+        let converted = started.elapsed();
         let mut tables = crate::state::tables::build(state, p, snapshot_id, plan.scope.as_ref())
             .map_err(|e| EngineError::State {
                 table: "*".into(),
                 source: e.into(),
             })?;
         tables.push(("unconverted", unconverted));
+        tracing::debug!(
+            fx_and_unconverted_ms = converted.as_millis() as u64,
+            state_tables_ms = (started.elapsed() - converted).as_millis() as u64,
+            "state tables built"
+        );
         let names = tables.iter().map(|(name, _)| name.to_string()).collect();
         for (name, batch) in tables {
             let state_err = |source| EngineError::State {

@@ -115,6 +115,12 @@ pub struct Scope {
     pub months: BTreeSet<Day>,
     /// ISO weeks (by Monday) recomputed by `trends`; `spans` holds their context weeks too.
     pub weeks: BTreeSet<Day>,
+    /// The days of `weeks` and of their context weeks alone: what the week tables, which
+    /// only `trends` reads, keep (a subset of `spans`, which also hold whole years).
+    pub week_spans: Vec<(Day, Day)>,
+    /// The days of `months` alone: what `activity_days` keeps of reps that did not move in
+    /// the hierarchy (`rep_daily` reads it per month; only a move splits a longer period).
+    pub month_spans: Vec<(Day, Day)>,
 }
 
 impl Scope {
@@ -157,11 +163,31 @@ impl Scope {
                 }
             }
         }
-        for w in &s.weeks {
-            spans.push((w - 7 * TREND_WEEKS, w + 6));
-        }
+        s.week_spans = merge(
+            s.weeks
+                .iter()
+                .map(|w| (w - 7 * TREND_WEEKS, w + 6))
+                .collect(),
+        );
+        spans.extend(&s.week_spans);
+        s.month_spans = merge(
+            s.months
+                .iter()
+                .map(|m| (*m, cal.period_end(PeriodType::Month, *m)))
+                .collect(),
+        );
         s.spans = merge(spans);
         s
+    }
+
+    /// Whether any day of `from..=to` lies in the days of the week tables.
+    pub fn overlaps_weeks(&self, from: Day, to: Day) -> bool {
+        overlaps(&self.week_spans, from, to)
+    }
+
+    /// Whether `day` lies in a recomputed month.
+    pub fn holds_month(&self, day: Day) -> bool {
+        overlaps(&self.month_spans, day, day)
     }
 
     /// Whether `day` lies in the scope's days.
@@ -172,9 +198,14 @@ impl Scope {
 
     /// Whether any day of `from..=to` lies in the scope's days.
     pub fn overlaps(&self, from: Day, to: Day) -> bool {
-        let i = self.spans.partition_point(|(_, b)| *b < from);
-        self.spans.get(i).is_some_and(|(a, _)| *a <= to)
+        overlaps(&self.spans, from, to)
     }
+}
+
+/// Whether any day of `from..=to` lies in `spans` (sorted, merged).
+fn overlaps(spans: &[(Day, Day)], from: Day, to: Day) -> bool {
+    let i = spans.partition_point(|(_, b)| *b < from);
+    spans.get(i).is_some_and(|(a, _)| *a <= to)
 }
 
 // The state's side: what the fold and the cut record.

@@ -110,9 +110,9 @@ pub(super) fn weeks(
 ) -> Result<RecordBatch, ArrowError> {
     let cal = &p.calendar;
     let first = s
-        .daily
-        .keys()
-        .map(|(_, d)| *d)
+        .activity_span
+        .values()
+        .map(|(a, _)| *a)
         .chain(s.rep_first_deal.values().map(|t| cal.day_of(*t)))
         .min();
     let last = s.as_of.map(|t| cal.day_of(t));

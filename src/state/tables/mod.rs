@@ -46,6 +46,16 @@ pub fn build(
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
     let cal = &pipeline.calendar;
     let keep = |from: Day, to: Day| scope.is_none_or(|s| s.overlaps(from, to));
+    let keep_week = |_: u32, w: Day| scope.is_none_or(|s| s.overlaps_weeks(w, w + 6));
+    // `rep_daily` needs the recomputed months; `activity_parts` the whole scoped periods of
+    // the reps whose hierarchy range starts inside one (only reps that moved).
+    let moved = match scope {
+        Some(_) => moved_reps(state),
+        None => Default::default(),
+    };
+    let keep_day = |rep: u32, d: Day| {
+        scope.is_none_or(|s| s.holds_month(d) || (moved.contains(&rep) && s.holds(d)))
+    };
     // The pipeline brings the rollups up to date at every cut; any other caller gets them
     // summed here.
     let summed;
@@ -56,37 +66,46 @@ pub fn build(
         &summed
     };
     let mut tables = vec![
-        ("activity_days", activity_days(state, &|d| keep(d, d))?),
-        (
-            "activity_periods",
-            activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))?,
-        ),
-        (
-            "activity_weeks",
-            activity_weeks(state, rollups, &|d| keep(d, d + 6))?,
-        ),
-        (
-            "deals",
+        timed("activity_days", || activity_days(state, &keep_day))?,
+        timed("activity_periods", || {
+            activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))
+        })?,
+        timed("activity_weeks", || {
+            activity_weeks(state, rollups, &keep_week)
+        })?,
+        timed("deals", || {
             deals(state, &|c, t| {
                 keep(c, c) || keep(cal.day_of(t), cal.day_of(t))
-            })?,
-        ),
-        ("quotas", quotas(state, &keep)?),
-        ("roster", roster(state)?),
-        ("roster_ranges", roster_ranges(state)?),
-        ("fx_rates", fx_rates(state)?),
-        ("surveys", surveys(state)?),
-        ("quality_counts", quality_counts(state)?),
-        ("dead_letter_log", dead_letter_log(state)?),
-        ("clock", clock(state, pipeline, snapshot_id)?),
-        ("calendar", calendar(state, pipeline)?),
-        ("rep_first_deal", rep_first_deal(state)?),
-        ("rep_ids", rep_ids(state)?),
-        ("rep_activity", rep_activity(state)?),
-        ("weeks", weeks(state, pipeline, &|d| keep(d, d + 6))?),
+            })
+        })?,
+        timed("quotas", || quotas(state, &keep))?,
+        timed("roster", || roster(state))?,
+        timed("roster_ranges", || roster_ranges(state))?,
+        timed("fx_rates", || fx_rates(state))?,
+        timed("surveys", || surveys(state))?,
+        timed("quality_counts", || quality_counts(state))?,
+        timed("dead_letter_log", || dead_letter_log(state))?,
+        timed("clock", || clock(state, pipeline, snapshot_id))?,
+        timed("calendar", || calendar(state, pipeline))?,
+        timed("rep_first_deal", || rep_first_deal(state))?,
+        timed("rep_ids", || rep_ids(state))?,
+        timed("rep_activity", || rep_activity(state))?,
+        timed("weeks", || weeks(state, pipeline, &|w| keep_week(0, w)))?,
     ];
     tables.extend(settings::tables(pipeline)?);
     Ok(tables)
+}
+
+/// Builds state table `name` with `f`, logging (at trace level) how long it took.
+fn timed(
+    name: &'static str,
+    f: impl FnOnce() -> Result<RecordBatch, ArrowError>,
+) -> Result<(&'static str, RecordBatch), ArrowError> {
+    let started = std::time::Instant::now();
+    let batch = f()?;
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::trace!(table = name, ms, "state table built");
+    Ok((name, batch))
 }
 
 /// The counter columns of the rep × day grain and of its rollups, in one order.
@@ -108,7 +127,7 @@ fn counters(cells: &[&DailyCounts]) -> Vec<(&'static str, ArrayRef)> {
     ]
 }
 
-fn activity_days(s: &State, keep: &dyn Fn(Day) -> bool) -> Result<RecordBatch, ArrowError> {
+fn activity_days(s: &State, keep: &dyn Fn(u32, Day) -> bool) -> Result<RecordBatch, ArrowError> {
     by_rep_and_day(s, &s.daily, "day", keep)
 }
 
@@ -117,9 +136,9 @@ fn by_rep_and_day(
     s: &State,
     cells: &Map<(u32, Day), DailyCounts>,
     day_column: &'static str,
-    keep: &dyn Fn(Day) -> bool,
+    keep: &dyn Fn(u32, Day) -> bool,
 ) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = cells.iter().filter(|((_, d), _)| keep(*d)).collect();
+    let rows: Vec<_> = cells.iter().filter(|((r, d), _)| keep(*r, *d)).collect();
     let counts: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
     let mut cols = vec![
         (
@@ -163,7 +182,7 @@ fn activity_periods(
 fn activity_weeks(
     s: &State,
     r: &Rollups,
-    keep: &dyn Fn(Day) -> bool,
+    keep: &dyn Fn(u32, Day) -> bool,
 ) -> Result<RecordBatch, ArrowError> {
     by_rep_and_day(s, &r.weeks, "week_start", keep)
 }
@@ -315,6 +334,15 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
 }
 
 /// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
+/// The (interned) reps with more than one place in the hierarchy.
+fn moved_reps(s: &State) -> std::collections::HashSet<u32> {
+    s.roster
+        .iter()
+        .filter(|(_, v)| ranges(&v.history).len() > 1)
+        .filter_map(|(rep, _)| s.rep_ids.index.get(rep.as_str()).copied())
+        .collect()
+}
+
 fn roster_ranges(s: &State) -> Result<RecordBatch, ArrowError> {
     let rows: Vec<(&str, Range<'_>)> = s
         .roster
