@@ -242,8 +242,8 @@ def freshness(args, work, brokers, rate):
         total += count
     pairs.sort()
     # What each measured snapshot cost, from its cut to its `_latest` (the run's log).
-    took = [int(re.search(r"\bms=(\d+)", line).group(1))
-            for line in open(os.path.join(work, "fresh-run.err")) if "snapshot written" in line]
+    took = [int(m.group(1)) for line in open(os.path.join(work, "fresh-run.err"))
+            if "snapshot written" in line and (m := re.search(r"\bms=(\d+)", line))]
     took = sorted(took[first_measured:]) or [0]
     return {
         "snapshot_ms_p50": took[len(took) // 2],

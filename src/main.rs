@@ -10,6 +10,8 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "quotaflow=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or collector gets plain `key=value` fields.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = quotaflow::cli::Cli::parse();
     match quotaflow::cli::execute(cli).await {

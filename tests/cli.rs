@@ -341,3 +341,51 @@ fn once_without_a_reachable_broker_fails_clearly() {
         "{t}"
     );
 }
+
+#[test]
+fn verify_finds_the_demo_equal_to_the_recompute_and_exits_3_when_a_setting_changed_the_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let out = out.to_str().unwrap();
+    let o = quotaflow(&["demo", "--dir", out]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = quotaflow(&["verify", "--output", out]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(report.contains(", 0 differing rows"), "{report}");
+    assert!(report.contains("leaderboard"), "{report}");
+    assert!(!report.contains("DIFFERS"), "{report}");
+
+    // The same snapshot against a pipeline whose leaderboard counts calls double: only the
+    // leaderboard differs, and the report lists its rows.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text_of = std::fs::read_to_string(format!("{root}/pipelines/default.toml")).unwrap();
+    assert!(text_of.contains("[leaderboard]\ncalls = 1.0\n"));
+    let changed = text_of
+        .replace("\"../sql/", &format!("\"{root}/sql/"))
+        .replace(
+            "[leaderboard]\ncalls = 1.0\n",
+            "[leaderboard]\ncalls = 2.0\n",
+        );
+    let pipeline = dir.path().join("changed.toml");
+    std::fs::write(&pipeline, changed).unwrap();
+    let o = quotaflow(&[
+        "verify",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--output",
+        out,
+        "--limit",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let all = text(&o);
+    let differs: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("DIFFERS"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(differs, ["leaderboard"], "{all}");
+    assert!(all.contains("only published  ×1:"), "{all}");
+    assert!(all.contains("only recomputed ×1:"), "{all}");
+}
