@@ -209,19 +209,19 @@ def freshness(args, work, brokers, rate):
         env={**os.environ, "QUOTAFLOW_LOG": "quotaflow=warn,quotaflow::pipeline::checkpoint=info"},
     )
     time.sleep(3)  # connect and assign (the run logs nothing before its first snapshot)
-    start = "2026-07-01"
+    # Events end today: the contract refuses events too far ahead of the wall clock.
+    start = (date.today() - timedelta(days=days)).isoformat()
     history = {}
     if args.history_days:
         log(f"freshness: {reps} reps x {args.history_days} days of history first")
         text, _, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.history_days),
-                               "--start", "2024-07-01", "--seed", "11", "--brokers", brokers, "--pipeline", pipeline])
+                               "--start", (date.today() - timedelta(days=days + args.history_days)).isoformat(), "--seed", "11", "--brokers", brokers, "--pipeline", pipeline])
         history["events"] = int(re.search(r"produced (\d+) messages", text).group(1))
         waited = time.monotonic()
         wait_for(out, history["events"], 1200)
         history["caught_up_s"] = round(time.monotonic() - waited, 1)
         history["snapshots"] = len(checkpoints(out))
-        # Fresh days after the history (2024-07-01 + H days), another seed for new ids.
-        start = (date(2024, 7, 1) + timedelta(days=args.history_days)).isoformat()
+        # The measured events follow the history (another seed: new ids).
     delivery_log = os.path.join(work, "deliveries.csv")
     log(f"freshness: producing ~{events:,} events at {rate:,.0f}/s with a {args.trigger_interval} trigger")
     text, wall, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(days),
@@ -276,12 +276,13 @@ def main():
     brokers = os.environ.get("QUOTAFLOW_TEST_BROKERS") or sys.exit("bench: QUOTAFLOW_TEST_BROKERS is not set")
     work = tempfile.mkdtemp(prefix="quotaflow-bench-")
     reps = max(8, round(args.events / (EVENTS_PER_REP_DAY * args.days)))
+    start = (date.today() - timedelta(days=args.days)).isoformat()
     tag = f"bench{int(time.time())}"
     pipeline = pipeline_file(work, tag)
 
     log(f"generating {reps} reps x {args.days} days into fresh topics ({tag}.spm.*)")
     text, gen_wall, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.days),
-                                  "--start", "2026-07-01", "--partitions", "8", "--brokers", brokers,
+                                  "--start", start, "--partitions", "8", "--brokers", brokers,
                                   "--pipeline", pipeline])
     events = int(re.search(r"produced (\d+) messages", text).group(1))
 
@@ -301,7 +302,7 @@ def main():
 
     log("DuckDB batch over the same events as JSONL")
     jsonl = os.path.join(work, "jsonl")
-    timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.days), "--start", "2026-07-01",
+    timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.days), "--start", start,
            "--out-dir", jsonl, "--pipeline", pipeline])
     jsonl_mb = sum(os.path.getsize(f) for f in glob.glob(os.path.join(jsonl, "*.jsonl"))) / 1e6
     duck_secs, duck_activities, duck_rows = duckdb_batch(jsonl, os.path.join(work, "duckdb-out"))
