@@ -35,9 +35,10 @@ pub const SCOPED: [&str; 6] = [
 ];
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing. With a
-/// scope, the tables of [`SCOPED`] hold only the facts of its days: an activity of a day in
-/// it, a period sum or a week sum or a quota record overlapping it, a deal whose close date
-/// or created day lies in it.
+/// scope, the tables of [`SCOPED`] hold only the facts their readers need: a period sum or a
+/// quota record overlapping the scope's days, a deal whose close date or created day lies in
+/// them; the week sums and weeks of the trend weeks and their context; the rep-days of the
+/// recomputed months, and of the scope's days for reps that moved in the hierarchy.
 pub fn build(
     state: &State,
     pipeline: &Metrics,
