@@ -34,6 +34,22 @@ from datetime import date, datetime, timedelta
 EVENTS_PER_REP_DAY = 11.62
 
 
+def reps_for(events, days):
+    """How many reps the generator needs for about `events` events over `days` days."""
+    return max(8, round(events / (EVENTS_PER_REP_DAY * days)))
+
+
+def days_ago(n):
+    """The date n days before today (the generated events end today: the contract refuses
+    events too far ahead of the wall clock)."""
+    return (date.today() - timedelta(days=n)).isoformat()
+
+
+def produced(text):
+    """The message count `quotaflow generate` reports."""
+    return int(re.search(r"produced (\d+) messages", text).group(1))
+
+
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -191,10 +207,10 @@ def freshness(args, work, brokers, rate):
     events = int(rate * args.freshness_seconds)
     if args.history_days:
         # The reps of the main run, over as many new days as the events fill.
-        reps = max(8, round(args.events / (EVENTS_PER_REP_DAY * args.days)))
+        reps = reps_for(args.events, args.days)
         days = max(1, round(events / (EVENTS_PER_REP_DAY * reps)))
     else:
-        reps = max(8, round(events / (EVENTS_PER_REP_DAY * args.days)))
+        reps = reps_for(events, args.days)
         days = args.days
     # Topics first, so the pipeline is assigned to them before the first event is produced.
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -209,14 +225,12 @@ def freshness(args, work, brokers, rate):
         env={**os.environ, "QUOTAFLOW_LOG": "quotaflow=warn,quotaflow::pipeline::checkpoint=info"},
     )
     time.sleep(3)  # connect and assign (the run logs nothing before its first snapshot)
-    # Events end today: the contract refuses events too far ahead of the wall clock.
-    start = (date.today() - timedelta(days=days)).isoformat()
     history = {}
     if args.history_days:
         log(f"freshness: {reps} reps x {args.history_days} days of history first")
         text, _, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.history_days),
-                               "--start", (date.today() - timedelta(days=days + args.history_days)).isoformat(), "--seed", "11", "--brokers", brokers, "--pipeline", pipeline])
-        history["events"] = int(re.search(r"produced (\d+) messages", text).group(1))
+                               "--start", days_ago(days + args.history_days), "--seed", "11", "--brokers", brokers, "--pipeline", pipeline])
+        history["events"] = produced(text)
         waited = time.monotonic()
         wait_for(out, history["events"], 1200)
         history["caught_up_s"] = round(time.monotonic() - waited, 1)
@@ -225,10 +239,10 @@ def freshness(args, work, brokers, rate):
     delivery_log = os.path.join(work, "deliveries.csv")
     log(f"freshness: producing ~{events:,} events at {rate:,.0f}/s with a {args.trigger_interval} trigger")
     text, wall, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(days),
-                              "--start", start, "--brokers", brokers, "--pipeline", pipeline,
+                              "--start", days_ago(days), "--brokers", brokers, "--pipeline", pipeline,
                               "--rate", str(int(rate)), "--delivery-log", delivery_log])
-    produced = int(re.search(r"produced (\d+) messages", text).group(1))
-    wait_for(out, produced + history.get("events", 0), 300)
+    live = produced(text)
+    wait_for(out, live + history.get("events", 0), 300)
     run.send_signal(signal.SIGTERM)
     _, status, ru = os.wait4(run.pid, 0)
     ms = checkpoints(out)
@@ -250,9 +264,9 @@ def freshness(args, work, brokers, rate):
         "snapshot_ms_max": took[-1],
         "history": history,
         "snapshots_measured": len(ms) - first_measured,
-        "events": produced,
+        "events": live,
         "rate_target": int(rate),
-        "rate_achieved": round(produced / wall),
+        "rate_achieved": round(live / wall),
         "trigger_interval": args.trigger_interval,
         "snapshots": len(ms),
         "p50_ms": percentile(pairs, total, 0.5),
@@ -275,8 +289,8 @@ def main():
     args = ap.parse_args()
     brokers = os.environ.get("QUOTAFLOW_TEST_BROKERS") or sys.exit("bench: QUOTAFLOW_TEST_BROKERS is not set")
     work = tempfile.mkdtemp(prefix="quotaflow-bench-")
-    reps = max(8, round(args.events / (EVENTS_PER_REP_DAY * args.days)))
-    start = (date.today() - timedelta(days=args.days)).isoformat()
+    reps = reps_for(args.events, args.days)
+    start = days_ago(args.days)
     tag = f"bench{int(time.time())}"
     pipeline = pipeline_file(work, tag)
 
@@ -284,7 +298,7 @@ def main():
     text, gen_wall, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.days),
                                   "--start", start, "--partitions", "8", "--brokers", brokers,
                                   "--pipeline", pipeline])
-    events = int(re.search(r"produced (\d+) messages", text).group(1))
+    events = produced(text)
 
     log("limit: no-op consumer")
     text, limit_wall, limit_cpu, limit_rss = timed([args.bin, "limit", "--pipeline", pipeline, "--brokers", brokers])

@@ -192,8 +192,7 @@ impl Scope {
 
     /// Whether `day` lies in the scope's days.
     pub fn holds(&self, day: Day) -> bool {
-        let i = self.spans.partition_point(|(_, b)| *b < day);
-        self.spans.get(i).is_some_and(|(a, _)| *a <= day)
+        overlaps(&self.spans, day, day)
     }
 
     /// Whether any day of `from..=to` lies in the scope's days.

@@ -47,7 +47,7 @@ pub fn build(
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
     let cal = &pipeline.calendar;
     let keep = |from: Day, to: Day| scope.is_none_or(|s| s.overlaps(from, to));
-    let keep_week = |_: u32, w: Day| scope.is_none_or(|s| s.overlaps_weeks(w, w + 6));
+    let keep_week = |w: Day| scope.is_none_or(|s| s.overlaps_weeks(w, w + 6));
     // `rep_daily` needs the recomputed months; `activity_parts` the whole scoped periods of
     // the reps whose hierarchy range starts inside one (only reps that moved).
     let moved = match scope {
@@ -72,7 +72,7 @@ pub fn build(
             activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))
         })?,
         timed("activity_weeks", || {
-            activity_weeks(state, rollups, &keep_week)
+            activity_weeks(state, rollups, &|_, w| keep_week(w))
         })?,
         timed("deals", || {
             deals(state, &|c, t| {
@@ -91,7 +91,7 @@ pub fn build(
         timed("rep_first_deal", || rep_first_deal(state))?,
         timed("rep_ids", || rep_ids(state))?,
         timed("rep_activity", || rep_activity(state))?,
-        timed("weeks", || weeks(state, pipeline, &|w| keep_week(0, w)))?,
+        timed("weeks", || weeks(state, pipeline, &keep_week))?,
     ];
     tables.extend(settings::tables(pipeline)?);
     Ok(tables)
