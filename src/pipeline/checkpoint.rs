@@ -210,7 +210,10 @@ impl Runner {
                     Publish::Partitions(p) => Some(p),
                     _ => None,
                 };
-                let (schema, rows) = location.read_delta_where(&m.table, None, except).await?;
+                let (schema, rows) = with_retries("reading a table for the rules", || {
+                    location.read_delta_where(&m.table, None, except)
+                })
+                .await?;
                 rules.provide(i, schema, rows)?;
             }
             let (breaches, evaluated) = rules.evaluate().await?;
@@ -432,14 +435,30 @@ async fn write(
     tables: &[EncodedTable],
     meta: &SnapshotMeta,
 ) -> Result<(Checkpoint, Vec<(String, Committed)>), RunError> {
+    with_retries("snapshot write", || {
+        location.write_snapshot(image, alerts, tables, meta)
+    })
+    .await
+}
+
+/// Runs a snapshot's step against the output up to `SNAPSHOT_ATTEMPTS` times with backoff:
+/// the object-store calls inside it are retried already, so this covers a step whose calls
+/// kept failing for longer (the step must be safe to repeat).
+async fn with_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, RunError>
+where
+    E: std::fmt::Display,
+    RunError: From<E>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut delay = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
-        match location.write_snapshot(image, alerts, tables, meta).await {
+        match step().await {
             Ok(done) => return Ok(done),
             Err(e) if attempt == SNAPSHOT_ATTEMPTS => return Err(RunError::from(e)),
             Err(e) => {
-                tracing::warn!(error = %e, attempt, "snapshot write failed; retrying");
+                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
