@@ -21,7 +21,7 @@ use quotaflow::engine::{Engine, EngineError, Table};
 use quotaflow::snapshot::{EncodedTable, Layout, Location, LogSettings};
 use quotaflow::state::State;
 
-use crate::common::{ev, fold_one, pipeline, EventType};
+use crate::common::{canonical, ev, fold_one, pipeline, EventType};
 
 /// One snapshot as the pipeline takes it: plan, scoped evaluation, the rules over the tables
 /// merged with their latest versions, then the commits. The plan, and per table whether it
@@ -420,4 +420,84 @@ fn a_custom_sql_file_makes_every_snapshot_full_and_says_why() {
     assert!(why.contains("`mine`"), "{why}");
     let plan = engine.plan(&State::default(), &Default::default());
     assert!(plan.scope.is_none() && plan.compute.iter().all(|c| *c));
+}
+
+/// A changed setting (leaderboard weights) recomputes in full, at the next snapshot, the
+/// tables that read it (their fingerprints are in the checkpoint): partitions the new events
+/// do not touch follow the new setting too. A changed calendar is refused, saying how to
+/// rebuild, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_is_refused() {
+    use crate::harness::{once, produce, run_in_process, PipelineFile};
+    use crate::pipeline_mock::{batch_tables, cluster, latest_tables, without};
+    use quotaflow::engine::fingerprints;
+
+    let p = crate::common::pipeline();
+    let c = cluster(&p);
+    let brokers = c.bootstrap_servers();
+    // Three fiscal months, so that the last message's scope leaves whole months out.
+    let spec = quotaflow::generate::GenSpec {
+        days: 70,
+        start: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(),
+        ..crate::pipeline_mock::spec(4)
+    };
+    let mut msgs = Vec::new();
+    quotaflow::generate::generate(&spec, |g| {
+        msgs.push((p.source.topics[&g.event_type].clone(), g.key, g.value))
+    });
+    let (last, history) = msgs.split_last().unwrap();
+    produce(&brokers, 10_000, history);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    run_in_process(&p, once(&brokers, out)).await;
+
+    // Calls count double: only the leaderboard's fingerprint moves.
+    let doubled = PipelineFile::default()
+        .set("leaderboard", "calls", "2.0")
+        .load();
+    let (before, after) = (fingerprints(&p.metrics), fingerprints(&doubled.metrics));
+    let moved: Vec<&String> = before
+        .keys()
+        .filter(|t| before.get(*t) != after.get(*t))
+        .collect();
+    assert_eq!(moved, ["leaderboard"]);
+    produce(&brokers, 10_000, std::slice::from_ref(last));
+    let r = run_in_process(&doubled, once(&brokers, out)).await;
+    assert_eq!((r.messages, r.snapshots), (1, 1));
+    let streamed = canonical(&latest_tables(out).await);
+    let batch = canonical(&batch_tables(&doubled, &msgs).await);
+    let old = canonical(&batch_tables(&p, &msgs).await);
+    assert_ne!(
+        streamed["leaderboard"], old["leaderboard"],
+        "the weights change the leaderboard"
+    );
+    let (streamed, batch) = (
+        without(streamed, "dead_letters"),
+        without(batch, "dead_letters"),
+    );
+    let differ: Vec<&String> = batch
+        .keys()
+        .filter(|t| streamed.get(*t) != batch.get(*t))
+        .collect();
+    assert!(differ.is_empty(), "differ from the batch path: {differ:?}");
+    assert_eq!(streamed.len(), batch.len());
+
+    // Another time zone: refused before anything is read or written.
+    let loc = Location::parse(out).unwrap();
+    let latest = loc.latest().await.unwrap();
+    let berlin = PipelineFile::default()
+        .set("calendar", "timezone", "\"Europe/Berlin\"")
+        .load();
+    let e = quotaflow::pipeline::run(berlin, once(&brokers, out), std::future::pending())
+        .await
+        .expect_err("a changed calendar is refused");
+    let text = e.to_string();
+    assert!(
+        text.contains(out)
+            && text.contains("UTC")
+            && text.contains("Europe/Berlin")
+            && text.contains("new --output"),
+        "{text}"
+    );
+    assert_eq!(loc.latest().await.unwrap(), latest);
 }

@@ -11,8 +11,10 @@
 //! - evaluates a whole (unpartitioned) table over unrestricted inputs.
 //!
 //! It evaluates everything in full (the batch path) when anything may have changed (a
-//! restore after a crashed snapshot, a roster move, a changed SQL file or setting) or when
-//! the pipeline has a table or helper view without a declaration, such as a custom SQL file.
+//! restore after a crashed snapshot, a roster move) or when the pipeline has a table or
+//! helper view without a declaration, such as a custom SQL file. After a changed SQL file or
+//! setting (a fingerprint), the tables it redefines and those whose inputs changed are
+//! evaluated in full over the whole state, and the others not at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -284,6 +286,9 @@ impl Plan {
         if changes.all || a.full_because.is_some() {
             return Plan::full(a, p);
         }
+        if !changes.redefined.is_empty() {
+            return Plan::redefined(a, p, changes);
+        }
         let hi = bounds.map_or(0, |(_, hi)| hi);
         let scope = Scope::of(&changes.days, &p.calendar, hi);
         let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
@@ -316,6 +321,40 @@ impl Plan {
         let rules = a.rules.iter().map(|(ins, _)| dirty(ins)).collect();
         Plan {
             scope: Some(scope),
+            compute,
+            publish,
+            rules,
+        }
+    }
+
+    /// After a change of SQL or settings: the redefined tables and those whose inputs changed,
+    /// each computed in full over the whole state; the others unchanged.
+    fn redefined(a: &Analysis, p: &Metrics, changes: &Changes) -> Plan {
+        let n = p.tables.len();
+        let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
+        let redefined: BTreeSet<usize> = (0..n)
+            .filter(|i| p.tables[*i].publish && changes.redefined.contains(&p.tables[*i].name))
+            .collect();
+        let mut compute = vec![false; n];
+        let mut publish = vec![Publish::Unchanged; n];
+        for i in (0..n).rev() {
+            if p.tables[i].publish && (dirty(&a.inputs[i]) || redefined.contains(&i)) {
+                compute[i] = true;
+                publish[i] = Publish::Full;
+            }
+            if compute[i] {
+                for r in &a.reads[i] {
+                    compute[*r] = true;
+                }
+            }
+        }
+        let rules = a
+            .rules
+            .iter()
+            .map(|(ins, tables)| dirty(ins) || !tables.is_disjoint(&redefined))
+            .collect();
+        Plan {
+            scope: None,
             compute,
             publish,
             rules,

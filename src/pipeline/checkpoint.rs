@@ -125,6 +125,7 @@ impl Runner {
         self.state.roll_up(&self.pipeline.metrics.calendar);
         let mut changes = self.state.take_changes(&self.pipeline.metrics.calendar);
         changes.all |= std::mem::take(&mut self.full_next);
+        changes.redefined = std::mem::take(&mut self.redefined_next);
         let plan = self.engine.plan(&self.state, &changes);
         // Never reused: an id that failed may have commits in some tables.
         let id = self.state.snapshot_id + 1;
@@ -441,12 +442,12 @@ async fn write(
     .await
 }
 
-/// Runs a snapshot's step against the output up to `SNAPSHOT_ATTEMPTS` times with backoff:
-/// the object-store calls inside it are retried already, so this covers a step whose calls
-/// kept failing for longer (the step must be safe to repeat).
-async fn with_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, RunError>
+/// Runs a step against the output (a restore, a snapshot's write or reads) up to
+/// `SNAPSHOT_ATTEMPTS` times with backoff: the object-store calls inside it are retried
+/// already, so this covers a step whose calls kept failing for longer. The step must be safe
+/// to repeat; a user's error (another pipeline's output, a changed calendar) is not retried.
+pub(super) async fn with_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, RunError>
 where
-    E: std::fmt::Display,
     RunError: From<E>,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -454,9 +455,9 @@ where
     let mut delay = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
-        match step().await {
+        match step().await.map_err(RunError::from) {
             Ok(done) => return Ok(done),
-            Err(e) if attempt == SNAPSHOT_ATTEMPTS => return Err(RunError::from(e)),
+            Err(e) if attempt == SNAPSHOT_ATTEMPTS || e.is_user_error() => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "{what} failed; retrying");
                 tokio::time::sleep(delay).await;

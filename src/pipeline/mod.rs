@@ -226,6 +226,9 @@ struct Runner {
     /// Whether the next snapshot is evaluated in full (the first after a restore that needs
     /// it, or after a failed snapshot, whose changes are lost with it).
     full_next: bool,
+    /// The tables the next snapshot recomputes in full because their SQL or settings changed
+    /// since the restored checkpoint (`Changes::redefined`).
+    redefined_next: BTreeSet<String>,
     /// The pipeline's fingerprints, for the checkpoint.
     fingerprints: std::collections::BTreeMap<String, String>,
     /// Partitions at their end as the broker reports it in fetch responses (librdkafka's
@@ -268,7 +271,11 @@ impl Runner {
             checkpoint,
             history,
             full,
-        } = restore(&location, &pipeline).await?;
+            redefined,
+        } = checkpoint::with_retries("restoring the last checkpoint", || {
+            restore(&location, &pipeline)
+        })
+        .await?;
         let engine = Engine::new(Arc::clone(&pipeline.metrics));
         if let Some(why) = engine.full_because() {
             tracing::info!(reason = why, "every snapshot is evaluated in full");
@@ -311,6 +318,7 @@ impl Runner {
         let r = Runner {
             engine,
             full_next: full,
+            redefined_next: redefined,
             fingerprints: crate::engine::fingerprints(&pipeline.metrics),
             ingest: Ingest::new(&pipeline.source, pipeline.metrics.calendar)?,
             watermark: Watermark::new(

@@ -1,6 +1,8 @@
 //! Where a run starts: the state `_latest` names (or an empty one), refused when the output
 //! belongs to another pipeline or was computed in another calendar, with whether its first
-//! snapshot must be evaluated in full.
+//! snapshot must be evaluated in full and which tables' SQL or settings changed.
+
+use std::collections::BTreeSet;
 
 use super::checkpoint::{table_names, SNAPSHOTS};
 use super::RunError;
@@ -20,6 +22,8 @@ pub struct Restored {
     pub history: Vec<SnapshotRow>,
     /// Whether the first snapshot must be evaluated in full.
     pub full: bool,
+    /// The tables whose fingerprint differs from the checkpoint's (`Changes::redefined`).
+    pub redefined: BTreeSet<String>,
 }
 
 /// Restores the state `_latest` names (with the alert deliveries acknowledged after it), or an
@@ -63,12 +67,21 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
     let used = location
         .highest_txn(&table_names(pipeline), &pipeline.name)
         .await?;
-    // Evaluate the first snapshot in full: with no earlier tables, after a crashed snapshot
-    // left commits, or when a SQL file or setting changed since the checkpoint.
+    // Evaluate the first snapshot in full with no earlier tables, or after a crashed snapshot
+    // left commits; recompute in full the tables whose SQL or settings changed since the
+    // checkpoint.
+    let full = checkpoint.as_ref().is_none_or(|c| used > c.snapshot_id);
     let fingerprints = crate::engine::fingerprints(metrics);
-    let full = checkpoint
-        .as_ref()
-        .is_none_or(|c| used > c.snapshot_id || c.fingerprints != fingerprints);
+    let redefined = checkpoint.as_ref().map_or_else(BTreeSet::new, |c| {
+        fingerprints
+            .iter()
+            .filter(|(t, f)| c.fingerprints.get(*t) != Some(*f))
+            .map(|(t, _)| t.clone())
+            .collect()
+    });
+    if !redefined.is_empty() && !full {
+        tracing::info!(tables = ?redefined, "SQL or settings changed since the checkpoint: these tables are recomputed in full");
+    }
     if used > state.snapshot_id {
         tracing::info!(
             restored = state.snapshot_id,
@@ -82,6 +95,7 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
         checkpoint,
         history,
         full,
+        redefined,
     })
 }
 

@@ -39,6 +39,9 @@ pub struct Changes {
     pub days: Vec<(Day, Day)>,
     /// Rep-days created since the cut (a late first day moves where the rep's trends start).
     pub new_rep_days: Vec<(u32, Day)>,
+    /// Published tables whose SQL or settings changed since the checkpoint (their
+    /// fingerprints differ): recomputed in full. Set by the pipeline at a restore, not the fold.
+    pub redefined: BTreeSet<String>,
 }
 
 impl Changes {
