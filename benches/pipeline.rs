@@ -334,6 +334,7 @@ fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
             checkpoint_interval: p.snapshot.log_checkpoint_interval,
         },
         fingerprints: Default::default(),
+        lost_offsets: Default::default(),
     }
 }
 

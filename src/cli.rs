@@ -19,9 +19,10 @@ use crate::snapshot::Location;
 #[command(
     name = "quotaflow",
     version,
-    about = "Streaming sales-performance analytics: Kafka events → DataFusion SQL → exactly-once Parquet snapshots.",
+    about = "Streaming sales-performance analytics: Kafka events → DataFusion SQL → exactly-once Delta Lake snapshots.",
     long_about = "quotaflow reads sales activity and deal events from Kafka, folds them into state, computes quota attainment \
-and the other metric tables of METRICS.md with SQL, and writes Parquet snapshots to object storage (file://, s3://, gs://, az://).\n\n\
+and the other metric tables of METRICS.md with SQL, and writes them as Delta Lake tables to object storage (file://, s3://, gs://, az://), \
+recomputing at each snapshot only what changed.\n\n\
 Start with `quotaflow demo`: it needs no Kafka and no configuration."
 )]
 pub struct Cli {
@@ -42,7 +43,7 @@ pub enum Command {
         /// Where snapshots go: a directory, file://, s3://bucket/prefix, gs://, az:// [default: snapshot.output of the pipeline file]
         #[arg(long, env = "QUOTAFLOW_OUTPUT")]
         output: Option<String>,
-        /// Read every topic up to the end offsets found at start, write a final snapshot, exit 0
+        /// Read until the broker reports the end of every partition, write a final snapshot, exit 0
         #[arg(long)]
         once: bool,
         /// Stop after this many messages (with a final snapshot), e.g. to replay in chunks

@@ -28,8 +28,9 @@ pub enum Error {
     Usage(#[from] UsageError),
     #[error(transparent)]
     Query(#[from] QueryError),
-    /// `quotaflow verify` found rows that differ from a full recompute.
-    #[error("{report}the published tables differ from a full recompute")]
+    /// `quotaflow verify` found rows that differ from a full recompute; `report` is its
+    /// result, for stdout like any command's.
+    #[error("the published tables differ from a full recompute (the report above says where)")]
     Differs { report: String },
     #[error("{path}: {source}")]
     Io {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::state::LOST_OFFSETS;
+
 /// What the endpoint reports, as last published by the run loop.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -142,6 +144,7 @@ fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
                 "broker_connected": s.broker_connected,
                 "last_snapshot_id": s.last_snapshot.map(|(_, id, _)| id),
                 "last_snapshot_age_seconds": age.map(|a| a.as_secs_f64()),
+                "lost_offsets": lost_offsets(s),
             })
             .to_string();
             let status = if healthy {
@@ -160,6 +163,15 @@ fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
     }
 }
 
+/// Per topic, the offsets the broker deleted before they were read (data_quality's
+/// `lost_offsets`); topics that lost none are left out.
+fn lost_offsets(s: &Status) -> BTreeMap<&str, u64> {
+    s.messages
+        .iter()
+        .filter_map(|(t, o)| o.get(LOST_OFFSETS).map(|n| (t.as_str(), *n)))
+        .collect()
+}
+
 fn metrics(s: &Status) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str| {
@@ -173,7 +185,7 @@ fn metrics(s: &Status) -> String {
         "Messages read, by topic and outcome (ok, duplicate) or dead-letter reason.",
     );
     for (topic, outcomes) in &s.messages {
-        for (outcome, count) in outcomes {
+        for (outcome, count) in outcomes.iter().filter(|(o, _)| *o != LOST_OFFSETS) {
             lines.push(format!(
                 "{n}{{topic=\"{}\",outcome=\"{}\"}} {count}",
                 escape(topic),
@@ -189,13 +201,21 @@ fn metrics(s: &Status) -> String {
     let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
     for outcomes in s.messages.values() {
         for (outcome, count) in outcomes {
-            if outcome != "ok" && outcome != "duplicate" {
+            if outcome != "ok" && outcome != "duplicate" && outcome != LOST_OFFSETS {
                 *by_reason.entry(outcome).or_default() += count;
             }
         }
     }
     for (reason, count) in by_reason {
         lines.push(format!("{n2}{{reason=\"{}\"}} {count}", escape(reason)));
+    }
+    let n = family(
+        "quotaflow_lost_offsets_total",
+        "counter",
+        "Offsets the broker deleted before quotaflow read them (those events are lost), by topic.",
+    );
+    for (topic, lost) in lost_offsets(s) {
+        lines.push(format!("{n}{{topic=\"{}\"}} {lost}", escape(topic)));
     }
     let n3 = family(
         "quotaflow_consumer_lag",
@@ -357,6 +377,24 @@ mod tests {
         assert!(
             text.contains("quotaflow_consumer_lag{topic=\"spm.deals\",partition=\"0\"} 5\n"),
             "{text}"
+        );
+        // Lost offsets are no messages: a family of their own, and in /healthz.
+        assert!(!text.contains("quotaflow_lost_offsets_total{"), "{text}");
+        s.messages
+            .entry("spm.deals".into())
+            .or_default()
+            .insert(LOST_OFFSETS.into(), 40);
+        let text = metrics(&s);
+        assert!(
+            text.contains("quotaflow_lost_offsets_total{topic=\"spm.deals\"} 40\n"),
+            "{text}"
+        );
+        assert!(!text.contains("outcome=\"lost_offsets\""), "{text}");
+        assert!(!text.contains("reason=\"lost_offsets\""), "{text}");
+        let (_, _, body) = respond(&s, "/healthz");
+        assert!(
+            body.contains("\"lost_offsets\":{\"spm.deals\":40}"),
+            "{body}"
         );
         // Every sample follows its own family's TYPE line.
         let mut family = "";

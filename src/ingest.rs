@@ -139,6 +139,30 @@ mod tests {
     const NOW: Micros = 4_000_000_000_000_000;
 
     #[test]
+    fn offsets_deleted_before_they_were_read_are_counted_once_and_read_past() {
+        let i = ingest();
+        let mut s = State::default();
+        let w = Watermark::new(Duration::ZERO, 0, true);
+        let m = Message {
+            topic: "spm.activities",
+            partition: 1,
+            offset: 9,
+            payload: b"{not json",
+        };
+        let _ = i.message(&mut s, &w, m, NOW);
+        // Never read from partition 0: nothing known lost there.
+        assert_eq!(s.lose("spm.activities", 0, 500), 0);
+        // Partition 1 next reads 10; the broker's log starts at 25.
+        assert_eq!(s.lose("spm.activities", 1, 25), 15);
+        assert_eq!(s.next_offset("spm.activities", 1), Some(25));
+        assert_eq!(s.lose("spm.activities", 1, 25), 0, "counted once");
+        assert_eq!(s.lose("spm.activities", 1, 20), 0, "a log start behind");
+        assert_eq!(s.quality["spm.activities"][crate::state::LOST_OFFSETS], 15);
+        assert_eq!(s.messages(), 1, "lost offsets are no messages");
+        assert_eq!(s.lost_offsets()["spm.activities"], 15);
+    }
+
+    #[test]
     fn a_refused_message_is_counted_logged_returned_and_read_past() {
         let i = ingest();
         let mut s = State::default();

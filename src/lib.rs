@@ -18,7 +18,7 @@
 //! state     what is folded between snapshots, and its Arrow tables
 //! ingest    the one ingest path: a message folded into the state (also the batch path)
 //! engine    the DataFusion session over sql/*.sql and the UDFs
-//! snapshot  the checkpoint: Parquet tables, state, manifest, `_latest`, retention
+//! snapshot  the checkpoint: Delta tables, state files, checkpoint file, `_latest`, retention
 //! health    /healthz and /metrics
 //! pipeline  the run loop: cut, background snapshot, durable hand-over
 //! error     the tools' error type and exit codes (no layer imports it)

@@ -22,6 +22,10 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
+            // A report that fails the check is still the command's result.
+            if let quotaflow::error::Error::Differs { report } = &e {
+                print!("{report}");
+            }
             eprintln!("error: {e}");
             std::process::ExitCode::from(e.exit_code())
         }

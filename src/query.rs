@@ -65,6 +65,17 @@ pub async fn snapshots(location: &Location) -> Result<RecordBatch, Error> {
         ("events", ints(&|c| c.events as i64)),
         ("tables_committed", ints(&|c| c.committed.len() as i64)),
         ("committed", strs(&|c| Some(c.committed.join(" ")))),
+        (
+            "lost_offsets",
+            strs(&|c| {
+                let lost: Vec<String> = c
+                    .lost_offsets
+                    .iter()
+                    .map(|(topic, n)| format!("{topic}:{n}"))
+                    .collect();
+                Some(lost.join(" "))
+            }),
+        ),
     ])
     .map_err(QueryError::Render)?;
     Ok(batch)

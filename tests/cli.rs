@@ -25,6 +25,7 @@ fn every_command_has_help() {
         "snapshots",
         "alerts",
         "validate",
+        "verify",
         "demo",
         "limit",
     ] {
@@ -221,7 +222,7 @@ async fn sql_reads_a_snapshot_and_refuses_writes() {
     let mut lines = listed.lines();
     assert_eq!(
         lines.next(),
-        Some("snapshot_id,as_of,written_at,events,tables_committed,committed")
+        Some("snapshot_id,as_of,written_at,events,tables_committed,committed,lost_offsets")
     );
     let first: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(first[0], "1", "{listed}");
@@ -379,7 +380,13 @@ fn verify_finds_the_demo_equal_to_the_recompute_and_exits_3_when_a_setting_chang
         "2",
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let all = text(&o);
+    // The report is the command's result (stdout); the failed check is said on stderr.
+    let all = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("differ from a full recompute"),
+        "{}",
+        text(&o)
+    );
     let differs: Vec<&str> = all
         .lines()
         .filter(|l| l.contains("DIFFERS"))

@@ -55,6 +55,7 @@ fn meta(checkpoint_interval: u32) -> SnapshotMeta {
             checkpoint_interval,
         },
         fingerprints: Default::default(),
+        lost_offsets: Default::default(),
     }
 }
 

@@ -422,20 +422,20 @@ fn a_custom_sql_file_makes_every_snapshot_full_and_says_why() {
     assert!(plan.scope.is_none() && plan.compute.iter().all(|c| *c));
 }
 
-/// A changed setting (leaderboard weights) recomputes in full, at the next snapshot, the
-/// tables that read it (their fingerprints are in the checkpoint): partitions the new events
-/// do not touch follow the new setting too. A changed calendar is refused, saying how to
-/// rebuild, and writes nothing.
+/// A changed setting recomputes in full, at the next snapshot, the tables that read it (their
+/// fingerprints are in the checkpoint), and a changed alert rule is evaluated again: here the
+/// one new message is a duplicate, which changes no input of either. A changed calendar is
+/// refused, saying how to rebuild, and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_is_refused() {
     use crate::harness::{once, produce, run_in_process, PipelineFile};
-    use crate::pipeline_mock::{batch_tables, cluster, latest_tables, without};
+    use crate::pipeline_mock::{batch_state, cluster, firing_alerts, latest_tables, without};
     use quotaflow::engine::fingerprints;
 
     let p = crate::common::pipeline();
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
-    // Three fiscal months, so that the last message's scope leaves whole months out.
+    // Three fiscal months of history.
     let spec = quotaflow::generate::GenSpec {
         days: 70,
         start: chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(),
@@ -445,28 +445,35 @@ async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_
     quotaflow::generate::generate(&spec, |g| {
         msgs.push((p.source.topics[&g.event_type].clone(), g.key, g.value))
     });
-    let (last, history) = msgs.split_last().unwrap();
-    produce(&brokers, 10_000, history);
+    produce(&brokers, 10_000, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     run_in_process(&p, once(&brokers, out)).await;
+    let fired_before = firing_alerts(&latest_tables(out).await);
 
-    // Calls count double: only the leaderboard's fingerprint moves.
-    let doubled = PipelineFile::default()
+    // Calls count double and a rep's pacing must reach 2.0: only the leaderboard's and that
+    // rule's fingerprints move.
+    let changed = PipelineFile::default()
         .set("leaderboard", "calls", "2.0")
+        .edit(|t| t.replace("min_pacing = \"0.8\"", "min_pacing = \"2.0\""))
         .load();
-    let (before, after) = (fingerprints(&p.metrics), fingerprints(&doubled.metrics));
-    let moved: Vec<&String> = before
+    let (before, after) = (fingerprints(&p.metrics), fingerprints(&changed.metrics));
+    let moved: Vec<&String> = after
         .keys()
         .filter(|t| before.get(*t) != after.get(*t))
         .collect();
-    assert_eq!(moved, ["leaderboard"]);
-    produce(&brokers, 10_000, std::slice::from_ref(last));
-    let r = run_in_process(&doubled, once(&brokers, out)).await;
+    assert_eq!(moved, ["leaderboard", "rule:pacing_behind"]);
+    msgs.push(msgs[0].clone());
+    produce(&brokers, 10_000, &msgs[msgs.len() - 1..]);
+    let r = run_in_process(&changed, once(&brokers, out)).await;
     assert_eq!((r.messages, r.snapshots), (1, 1));
-    let streamed = canonical(&latest_tables(out).await);
-    let batch = canonical(&batch_tables(&doubled, &msgs).await);
-    let old = canonical(&batch_tables(&p, &msgs).await);
+    let tables = latest_tables(out).await;
+    let (state, _) = batch_state(&changed, &msgs);
+    let engine = quotaflow::engine::Engine::new(std::sync::Arc::clone(&changed.metrics));
+    let (full, breaches) = engine.compute_with_alerts(&state, 1).await.unwrap();
+    let full: Vec<_> = full.into_iter().map(|t| (t.name, t.batches)).collect();
+    let (streamed, batch) = (canonical(&tables), canonical(&full));
+    let old = canonical(&crate::pipeline_mock::batch_tables(&p, &msgs).await);
     assert_ne!(
         streamed["leaderboard"], old["leaderboard"],
         "the weights change the leaderboard"
@@ -481,6 +488,23 @@ async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_
         .collect();
     assert!(differ.is_empty(), "differ from the batch path: {differ:?}");
     assert_eq!(streamed.len(), batch.len());
+    // The rule's new threshold fired what a full evaluation fires.
+    let mut book = AlertBook::new();
+    apply(&mut book, breaches, "p", 1, state.as_of);
+    let mut expected: Vec<(String, String, String)> = book
+        .values()
+        .filter(|a| a.firing)
+        .map(|a| (a.rule.clone(), a.key.clone(), "firing".to_string()))
+        .collect();
+    expected.sort();
+    let firing = firing_alerts(&tables);
+    let pacing =
+        |v: &[(String, String, String)]| v.iter().filter(|(r, _, _)| r == "pacing_behind").count();
+    assert!(
+        pacing(&firing) > pacing(&fired_before),
+        "the higher threshold fires more"
+    );
+    assert_eq!(firing, expected);
 
     // Another time zone: refused before anything is read or written.
     let loc = Location::parse(out).unwrap();

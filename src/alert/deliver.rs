@@ -53,7 +53,7 @@ pub struct DeliveryCount {
 }
 
 /// Alert deliveries acknowledged after a snapshot, by outbox id, with their counts: what a run
-/// that stops records next to its last snapshot (`_alert_acks.json`), so the next start does
+/// that stops records next to its last snapshot (`_state/<id>/alert_acks.json`), so the next start does
 /// not send them again.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryAcks {

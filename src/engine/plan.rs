@@ -351,7 +351,12 @@ impl Plan {
         let rules = a
             .rules
             .iter()
-            .map(|(ins, tables)| dirty(ins) || !tables.is_disjoint(&redefined))
+            .zip(&p.alerts)
+            .map(|((ins, tables), r)| {
+                dirty(ins)
+                    || !tables.is_disjoint(&redefined)
+                    || changes.redefined.contains(&rule_key(&r.name))
+            })
             .collect();
         Plan {
             scope: None,
@@ -382,7 +387,8 @@ impl Plan {
 /// Per published table, a fingerprint of what decides its rows besides the state: its SQL and
 /// that of every helper view it reads, its partition column, and the settings tables (stage
 /// table, leaderboard weights, commission plan, ...) and UDF settings they name. A table
-/// whose fingerprint differs from the checkpoint's is recomputed in full.
+/// whose fingerprint differs from the checkpoint's is recomputed in full. Per alert rule
+/// ([`rule_key`]), one of its SQL, severity and description.
 pub fn fingerprints(p: &Metrics) -> BTreeMap<String, String> {
     let a = Analysis::of(p);
     let base: BTreeSet<&str> = INPUTS.iter().map(|(n, _)| *n).collect();
@@ -423,5 +429,19 @@ pub fn fingerprints(p: &Metrics) -> BTreeMap<String, String> {
         }
         out.insert(t.name.clone(), format!("{:032x}", h.digest128()));
     }
+    for r in &p.alerts {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [&r.sql, &r.severity, &r.description] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        out.insert(rule_key(&r.name), format!("{:032x}", h.digest128()));
+    }
     out
+}
+
+/// An alert rule's key among the fingerprints: a rule whose SQL (parameters filled in),
+/// severity or description changed, or a new rule, is evaluated at the next snapshot.
+pub fn rule_key(name: &str) -> String {
+    format!("rule:{name}")
 }

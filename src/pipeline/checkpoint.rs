@@ -151,7 +151,7 @@ impl Runner {
             snapshot_id: id,
             as_of: self.state.as_of,
             written_at: written_at.timestamp_micros(),
-            events: self.state.quality.values().flat_map(|o| o.values()).sum(),
+            events: self.state.messages(),
         });
         let history =
             crate::snapshot::retained(&history, snapshot.retention, snapshot.retention_days);
@@ -174,6 +174,7 @@ impl Runner {
                 checkpoint_interval: snapshot.log_checkpoint_interval,
             },
             fingerprints: self.fingerprints.clone(),
+            lost_offsets: self.state.lost_offsets(),
         };
         // The alert part goes on in a state of its own: the rules run on the computed tables.
         let mut alerting = State {
@@ -362,10 +363,9 @@ impl Runner {
                             .write_acks(id, bytes)
                             .await
                             .map_err(RunError::from),
-                        Err(e) => Err(InternalError::new(format!(
-                            "encoding _alert_acks.json: {e}"
-                        ))
-                        .into()),
+                        Err(e) => {
+                            Err(InternalError::new(format!("encoding alert_acks.json: {e}")).into())
+                        }
                     };
                     if let Err(e) = written {
                         tracing::warn!(error = %e, "could not record alert acknowledgements; the next start sends those events again");

@@ -46,7 +46,7 @@ use trigger::Trigger;
 pub struct RunOptions {
     pub brokers: String,
     pub output: String,
-    /// Read up to the end offsets found at start, snapshot, stop.
+    /// Read until the broker reports the end of every partition, snapshot, stop.
     pub once: bool,
     /// Stop (with a snapshot) after this many messages.
     pub max_events: Option<u64>,
@@ -151,7 +151,7 @@ const BURST: usize = 1024;
 /// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
 const CLOCK_EVERY: u64 = 1024;
 
-/// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end offsets).
+/// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end of every partition).
 pub async fn run(
     pipeline: Arc<Pipeline>,
     opts: RunOptions,
@@ -267,7 +267,7 @@ impl Runner {
         let started = Instant::now();
         let location = Location::parse(&opts.output)?;
         let Restored {
-            state,
+            mut state,
             checkpoint,
             history,
             full,
@@ -295,12 +295,14 @@ impl Runner {
             Dispatcher::start(&cluster, &pipeline.alert_delivery, &pipeline.metrics.alerts).await?;
         // Alert events a previous run recorded but did not see acknowledged go out again.
         alerts.submit(&state.outbox);
+        // Offsets the broker deleted before they were read: counted in the state (data_quality,
+        // /metrics, /healthz, `quotaflow snapshots`), and said once here.
         for ((topic, p), (low, _)) in &source.watermarks()? {
-            if let Some(next) = state.next_offset(topic, *p) {
-                if *low > next {
-                    tracing::error!(topic, partition = p, next, log_start = low,
-                        "offsets {next}..{low} were deleted by the broker before quotaflow read them: those events are lost");
-                }
+            let next = state.next_offset(topic, *p);
+            let lost = state.lose(topic, *p, *low);
+            if lost > 0 {
+                tracing::error!(topic, partition = p, next, log_start = low, lost,
+                    "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
             }
         }
         let health = Health::default();

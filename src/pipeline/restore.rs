@@ -22,7 +22,8 @@ pub struct Restored {
     pub history: Vec<SnapshotRow>,
     /// Whether the first snapshot must be evaluated in full.
     pub full: bool,
-    /// The tables whose fingerprint differs from the checkpoint's (`Changes::redefined`).
+    /// The tables and rules (`rule:<name>`) whose fingerprint differs from the checkpoint's
+    /// (`Changes::redefined`).
     pub redefined: BTreeSet<String>,
 }
 
@@ -80,7 +81,7 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
             .collect()
     });
     if !redefined.is_empty() && !full {
-        tracing::info!(tables = ?redefined, "SQL or settings changed since the checkpoint: these tables are recomputed in full");
+        tracing::info!(changed = ?redefined, "SQL or settings changed since the checkpoint: these tables are recomputed in full and these rules evaluated");
     }
     if used > state.snapshot_id {
         tracing::info!(

@@ -136,6 +136,11 @@ pub struct Checkpoint {
     /// whose fingerprint changed is recomputed in full. Not in the contract.
     #[serde(default)]
     pub fingerprints: BTreeMap<String, String>,
+    /// Per topic, offsets the broker deleted before the pipeline read them, over its whole
+    /// life (as `data_quality`'s `lost_offsets`). Not in the contract: for `quotaflow
+    /// snapshots`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lost_offsets: BTreeMap<String, u64>,
 }
 
 /// The checkpoint of an id, relative to the output.
@@ -171,6 +176,8 @@ pub struct SnapshotMeta {
     pub log: LogSettings,
     /// Per published table, the fingerprint of the SQL and settings it reads.
     pub fingerprints: BTreeMap<String, String>,
+    /// Per topic, offsets the broker deleted before they were read, over the pipeline's life.
+    pub lost_offsets: BTreeMap<String, u64>,
 }
 
 impl Location {
@@ -372,6 +379,7 @@ impl Location {
                 .map(|(name, _)| name.clone())
                 .collect(),
             fingerprints: meta.fingerprints.clone(),
+            lost_offsets: meta.lost_offsets.clone(),
         };
         let rel = checkpoint_path(id);
         let json =
@@ -439,7 +447,7 @@ pub fn acks_path(id: u64) -> String {
     format!("{}/{ACKS_FILE}", state_dir(id))
 }
 
-/// A state cut for a snapshot: what its manifest records and the state's serialised bytes
+/// A state cut for a snapshot: what its checkpoint records and the state's serialised bytes
 /// (encoded by its owner, `state`, in format `format`; the alert part is written after the
 /// rules ran, as [`AlertsImage`]). Taken at the moment of the cut, so the pipeline can read on
 /// while the snapshot is computed and written.

@@ -37,22 +37,13 @@ pub struct Changes {
     pub inputs: BTreeSet<Input>,
     /// Closed day ranges holding every changed fact (unmerged; `Day::MAX` ends an open range).
     pub days: Vec<(Day, Day)>,
-    /// Rep-days created since the cut (a late first day moves where the rep's trends start).
-    pub new_rep_days: Vec<(u32, Day)>,
-    /// Published tables whose SQL or settings changed since the checkpoint (their
-    /// fingerprints differ): recomputed in full. Set by the pipeline at a restore, not the fold.
+    /// Published tables and alert rules (`rule:<name>`) whose SQL or settings changed since
+    /// the checkpoint (their fingerprints differ): recomputed in full, evaluated. Set by the
+    /// pipeline at a restore, not by the fold.
     pub redefined: BTreeSet<String>,
 }
 
 impl Changes {
-    /// Everything changed.
-    pub fn everything() -> Changes {
-        Changes {
-            all: true,
-            ..Changes::default()
-        }
-    }
-
     pub fn input(&mut self, i: Input) {
         self.inputs.insert(i);
     }
@@ -72,18 +63,6 @@ impl Changes {
                 self.days = merge(std::mem::take(&mut self.days));
             }
         }
-    }
-
-    /// Adds what `other` recorded (a cut whose snapshot failed is folded into the next).
-    pub fn absorb(&mut self, other: Changes) {
-        self.all |= other.all;
-        self.inputs.extend(other.inputs);
-        self.days.extend(other.days);
-        self.new_rep_days.extend(other.new_rep_days);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.inputs.is_empty()
     }
 }
 

@@ -104,6 +104,10 @@ impl From<RepIds> for Vec<String> {
 /// Stage and time of one deal version: enough for `stage_entered_at` and stage conversion.
 pub type DealVersion = (Stage, Micros);
 
+/// The data-quality reason (METRICS.md `data_quality`) counting offsets the broker deleted
+/// before quotaflow read them: offsets, not messages read.
+pub const LOST_OFFSETS: &str = "lost_offsets";
+
 /// Bytes of payload kept per dead letter in the snapshot's log.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
@@ -144,7 +148,7 @@ pub struct State {
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
     /// Lifecycle of every alert (rule, key) ever fired.
-    /// (Kept beside the state in `_alerts.bin`, written after the rules ran: `snapshot`.)
+    /// (Kept beside the state in `_state/<id>/alerts.bin`, written after the rules ran: `snapshot`.)
     #[serde(skip)]
     pub alerts: crate::alert::AlertBook,
     /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
@@ -166,7 +170,7 @@ pub struct State {
 /// in another format is refused at restore, naming the file.
 pub const STATE_FORMAT: u32 = 5;
 
-/// `_state.bin`'s encoding: bincode with variable-length integers, since most of the state is
+/// `_state/<id>/state.bin`'s encoding: bincode with variable-length integers, since most of the state is
 /// small counters and dates (a third of the fixed-width size).
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -182,7 +186,7 @@ pub enum DecodeError {
 }
 
 impl State {
-    /// The state without its alert part, in [`STATE_FORMAT`] (`_state.bin`).
+    /// The state without its alert part, in [`STATE_FORMAT`] (`_state/<id>/state.bin`).
     pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
         use bincode::Options;
         codec().serialize(self)
@@ -360,6 +364,52 @@ impl State {
     /// Sums the rollups again from the whole grain.
     pub fn roll_up_all(&mut self, cal: &Calendar) {
         self.rollups = Rollups::of(&self.daily, cal);
+    }
+
+    /// Offsets `next..log_start` of a topic-partition were deleted by the broker before they
+    /// were read (retention overtook a stopped pipeline): counts them under [`LOST_OFFSETS`]
+    /// for the topic and moves the partition's next offset to `log_start`, so that the next
+    /// restore does not count them again. Returns how many; 0 for a partition never read.
+    pub fn lose(&mut self, topic: &str, partition: i32, log_start: i64) -> u64 {
+        let Some(next) = self.next_offset(topic, partition) else {
+            return 0;
+        };
+        let Ok(lost) = u64::try_from(log_start - next) else {
+            return 0;
+        };
+        if lost == 0 {
+            return 0;
+        }
+        self.changes.changes.input(Input::Quality);
+        *self
+            .quality
+            .entry(topic.to_string())
+            .or_default()
+            .entry(LOST_OFFSETS.to_string())
+            .or_default() += lost;
+        self.offsets
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, log_start);
+        lost
+    }
+
+    /// Messages read so far, of every outcome (lost offsets are not messages).
+    pub fn messages(&self) -> u64 {
+        self.quality
+            .values()
+            .flat_map(|o| o.iter())
+            .filter(|(reason, _)| *reason != LOST_OFFSETS)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Per topic, the offsets counted under [`LOST_OFFSETS`].
+    pub fn lost_offsets(&self) -> BTreeMap<String, u64> {
+        self.quality
+            .iter()
+            .filter_map(|(t, o)| o.get(LOST_OFFSETS).map(|n| (t.clone(), *n)))
+            .collect()
     }
 
     /// Counts one message outcome for `topic`.
