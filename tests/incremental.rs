@@ -525,3 +525,69 @@ async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_
     );
     assert_eq!(loc.latest().await.unwrap(), latest);
 }
+
+/// A rule evaluated because a table it reads changed gets the helper views it names computed,
+/// even when no table of the snapshot needs them (here `reps`, when only a dead letter came).
+#[test]
+fn a_rule_gets_the_helper_views_it_reads_when_only_its_table_changed() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = crate::common::pipeline_with(|t| {
+        t + r#"
+[[alerts]]
+name = "dead_letters_by_rep"
+severity = "info"
+description = "test rule"
+sql = "../tests/data/alerts/dead_letters_by_rep.sql"
+params = { at_least = "0" }
+"#
+    });
+    let engine = Engine::new(Arc::clone(&p.metrics));
+    assert!(
+        engine.full_because().is_none(),
+        "{:?}",
+        engine.full_because()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+    let mut state = State::default();
+    for (t, json) in initial_roster() {
+        fold_one(&p, &mut state, ev(t, &json));
+    }
+    let mut book = AlertBook::new();
+    rt.block_on(snapshot(&p, &engine, &loc, &mut state, 1, &mut book, true));
+    assert!(
+        !book
+            .values()
+            .any(|a| a.firing && a.rule == "dead_letters_by_rep"),
+        "no dead letter yet"
+    );
+    let ingest = quotaflow::ingest::Ingest::new(&p.source, p.metrics.calendar).unwrap();
+    let watermark = quotaflow::watermark::Watermark::new(std::time::Duration::ZERO, 0, true);
+    let bad = quotaflow::ingest::Message {
+        topic: "spm.activities",
+        partition: 0,
+        offset: 0,
+        payload: b"{not json",
+    };
+    assert!(ingest
+        .message(&mut state, &watermark, bad, crate::common::FAR_FUTURE)
+        .is_some());
+    let (plan, _) = rt.block_on(snapshot(&p, &engine, &loc, &mut state, 2, &mut book, false));
+    let reps = p
+        .metrics
+        .tables
+        .iter()
+        .position(|t| t.name == "reps")
+        .unwrap();
+    let rule = p.metrics.alerts.len() - 1;
+    assert!(plan.rules[rule] && plan.compute[reps], "{plan:?}");
+    let firing: Vec<&str> = book
+        .values()
+        .filter(|a| a.firing && a.rule == "dead_letters_by_rep")
+        .map(|a| a.key.as_str())
+        .collect();
+    assert_eq!(firing, ["r0", "r1", "r2", "r3"]);
+}

@@ -142,6 +142,8 @@ pub struct Analysis {
     pub reads: Vec<BTreeSet<usize>>,
     /// Per alert rule: the inputs it reads, and the published tables it names.
     pub rules: Vec<(BTreeSet<Input>, BTreeSet<usize>)>,
+    /// Per alert rule, the helper views it names: computed whenever the rule is evaluated.
+    pub rule_helpers: Vec<BTreeSet<usize>>,
     /// Whether snapshots can be incremental; if not, why not.
     pub full_because: Option<String>,
 }
@@ -205,6 +207,7 @@ impl Analysis {
             by_name.insert(t.name.to_ascii_lowercase(), i);
         }
         let mut rules = Vec::new();
+        let mut rule_helpers = Vec::new();
         for r in &p.alerts {
             let (ins, rd, _) = trace(&r.sql, &by_name, &inputs, &partial);
             // A rule sees each published table whole; a helper or state table it names must
@@ -221,15 +224,29 @@ impl Analysis {
                     r.name
                 ));
             }
-            let published = rd.into_iter().filter(|i| p.tables[*i].publish).collect();
+            let (published, helpers) = rd.into_iter().partition(|i| p.tables[*i].publish);
             rules.push((ins, published));
+            rule_helpers.push(helpers);
         }
         Analysis {
             declared,
             inputs,
             reads,
             rules,
+            rule_helpers,
             full_because,
+        }
+    }
+
+    /// Marks for computing the helper views of the rules `evaluate` turns on (before the
+    /// plan follows every computed statement down to what it reads).
+    fn rule_helpers(&self, evaluate: &[bool], compute: &mut [bool]) {
+        for (helpers, on) in self.rule_helpers.iter().zip(evaluate) {
+            if *on {
+                for h in helpers {
+                    compute[*h] = true;
+                }
+            }
         }
     }
 }
@@ -293,7 +310,9 @@ impl Plan {
         let scope = Scope::of(&changes.days, &p.calendar, hi);
         let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
         let n = p.tables.len();
+        let rules: Vec<bool> = a.rules.iter().map(|(ins, _)| dirty(ins)).collect();
         let mut compute = vec![false; n];
+        a.rule_helpers(&rules, &mut compute);
         let mut publish = vec![Publish::Unchanged; n];
         for i in (0..n).rev() {
             let t = &p.tables[i];
@@ -318,7 +337,6 @@ impl Plan {
                 }
             }
         }
-        let rules = a.rules.iter().map(|(ins, _)| dirty(ins)).collect();
         Plan {
             scope: Some(scope),
             compute,
@@ -335,7 +353,18 @@ impl Plan {
         let redefined: BTreeSet<usize> = (0..n)
             .filter(|i| p.tables[*i].publish && changes.redefined.contains(&p.tables[*i].name))
             .collect();
+        let rules: Vec<bool> = a
+            .rules
+            .iter()
+            .zip(&p.alerts)
+            .map(|((ins, tables), r)| {
+                dirty(ins)
+                    || !tables.is_disjoint(&redefined)
+                    || changes.redefined.contains(&rule_key(&r.name))
+            })
+            .collect();
         let mut compute = vec![false; n];
+        a.rule_helpers(&rules, &mut compute);
         let mut publish = vec![Publish::Unchanged; n];
         for i in (0..n).rev() {
             if p.tables[i].publish && (dirty(&a.inputs[i]) || redefined.contains(&i)) {
@@ -348,16 +377,6 @@ impl Plan {
                 }
             }
         }
-        let rules = a
-            .rules
-            .iter()
-            .zip(&p.alerts)
-            .map(|((ins, tables), r)| {
-                dirty(ins)
-                    || !tables.is_disjoint(&redefined)
-                    || changes.redefined.contains(&rule_key(&r.name))
-            })
-            .collect();
         Plan {
             scope: None,
             compute,
