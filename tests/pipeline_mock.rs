@@ -533,3 +533,41 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     assert_eq!(c.lost_offsets[&topic], lost as u64);
     assert_eq!(c.events, 100 + (high - low) as u64 + 1);
 }
+
+/// Table maintenance follows the snapshot ids, not the runs: `--once` runs of one snapshot
+/// each (a cron job) vacuum at every `maintenance_every`-th snapshot of the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_one_snapshot_each_still_maintain_the_tables() {
+    let p = PipelineFile::default()
+        .snapshot("trigger_interval", "\"1h\"")
+        .snapshot("retention", "1")
+        .snapshot("retention_days", "1")
+        .snapshot("maintenance_every", "3")
+        .snapshot("log_checkpoint_interval", "1")
+        .load();
+    let c = cluster(&p);
+    let brokers = c.bootstrap_servers();
+    let msgs = messages(&p, 5);
+    produce(&brokers, 10_000, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let loc = Location::parse(out).unwrap();
+    for run in 1..=3u64 {
+        let r = run_in_process(
+            &p,
+            RunOptions {
+                max_events: Some(20),
+                ..once(&brokers, out)
+            },
+        )
+        .await;
+        assert_eq!(r.snapshots, 1);
+        assert_eq!(loc.latest().await.unwrap().unwrap().snapshot_id, run);
+        // `snapshots` changes at every snapshot: its version 0 is there until maintenance.
+        assert_eq!(
+            loc.read_delta("snapshots", 0).await.is_ok(),
+            run < 3,
+            "after snapshot {run}"
+        );
+    }
+}

@@ -155,11 +155,11 @@ impl Runner {
         });
         let history =
             crate::snapshot::retained(&history, snapshot.retention, snapshot.retention_days);
-        self.since_maintenance += 1;
-        let maintain = self.since_maintenance >= snapshot.maintenance_every;
-        if maintain {
-            self.since_maintenance = 0;
-        }
+        // Table maintenance when this snapshot's id passes a multiple of `maintenance_every`
+        // since the last durable one: every N snapshots over the output's life, also for runs
+        // of fewer than N snapshots each (a `--once` from cron).
+        let every = u64::from(snapshot.maintenance_every.max(1));
+        let maintain = id / every != self.durable / every;
         let cal = &self.pipeline.metrics;
         let meta = SnapshotMeta {
             pipeline: self.pipeline.name.clone(),

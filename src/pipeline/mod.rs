@@ -215,8 +215,6 @@ struct Runner {
     durable: u64,
     /// The retained snapshots, the last durable one included (rows of `snapshots`).
     history: Vec<SnapshotRow>,
-    /// Snapshots since table maintenance last ran.
-    since_maintenance: u32,
     watermark: Watermark,
     /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
     pending: Vec<DeadLetter>,
@@ -335,7 +333,6 @@ impl Runner {
             state,
             durable,
             history,
-            since_maintenance: 0,
             pending: Vec::new(),
             since_snapshot: 0,
             inflight: None,
