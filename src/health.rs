@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::state::LOST_OFFSETS;
+use crate::state::{lost_offsets, LOST_OFFSETS};
 
 /// What the endpoint reports, as last published by the run loop.
 #[derive(Debug, Clone, Default)]
@@ -144,7 +144,7 @@ fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
                 "broker_connected": s.broker_connected,
                 "last_snapshot_id": s.last_snapshot.map(|(_, id, _)| id),
                 "last_snapshot_age_seconds": age.map(|a| a.as_secs_f64()),
-                "lost_offsets": lost_offsets(s),
+                "lost_offsets": lost_offsets(&s.messages),
             })
             .to_string();
             let status = if healthy {
@@ -161,15 +161,6 @@ fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
             "try /healthz or /metrics\n".into(),
         ),
     }
-}
-
-/// Per topic, the offsets the broker deleted before they were read (data_quality's
-/// `lost_offsets`); topics that lost none are left out.
-fn lost_offsets(s: &Status) -> BTreeMap<&str, u64> {
-    s.messages
-        .iter()
-        .filter_map(|(t, o)| o.get(LOST_OFFSETS).map(|n| (t.as_str(), *n)))
-        .collect()
 }
 
 fn metrics(s: &Status) -> String {
@@ -214,8 +205,8 @@ fn metrics(s: &Status) -> String {
         "counter",
         "Offsets the broker deleted before quotaflow read them (those events are lost), by topic.",
     );
-    for (topic, lost) in lost_offsets(s) {
-        lines.push(format!("{n}{{topic=\"{}\"}} {lost}", escape(topic)));
+    for (topic, lost) in lost_offsets(&s.messages) {
+        lines.push(format!("{n}{{topic=\"{}\"}} {lost}", escape(&topic)));
     }
     let n3 = family(
         "quotaflow_consumer_lag",

@@ -140,10 +140,8 @@ pub struct Analysis {
     pub inputs: Vec<BTreeSet<Input>>,
     /// Per statement, the earlier statements it names.
     pub reads: Vec<BTreeSet<usize>>,
-    /// Per alert rule: the inputs it reads, and the published tables it names.
-    pub rules: Vec<(BTreeSet<Input>, BTreeSet<usize>)>,
-    /// Per alert rule, the helper views it names: computed whenever the rule is evaluated.
-    pub rule_helpers: Vec<BTreeSet<usize>>,
+    /// Per alert rule, what it reads.
+    pub rules: Vec<RuleReads>,
     /// Whether snapshots can be incremental; if not, why not.
     pub full_because: Option<String>,
 }
@@ -207,7 +205,6 @@ impl Analysis {
             by_name.insert(t.name.to_ascii_lowercase(), i);
         }
         let mut rules = Vec::new();
-        let mut rule_helpers = Vec::new();
         for r in &p.alerts {
             let (ins, rd, _) = trace(&r.sql, &by_name, &inputs, &partial);
             // A rule sees each published table whole; a helper or state table it names must
@@ -224,31 +221,54 @@ impl Analysis {
                     r.name
                 ));
             }
-            let (published, helpers) = rd.into_iter().partition(|i| p.tables[*i].publish);
-            rules.push((ins, published));
-            rule_helpers.push(helpers);
+            let (tables, helpers) = rd.into_iter().partition(|i| p.tables[*i].publish);
+            rules.push(RuleReads {
+                inputs: ins,
+                tables,
+                helpers,
+            });
         }
         Analysis {
             declared,
             inputs,
             reads,
             rules,
-            rule_helpers,
             full_because,
         }
     }
 
-    /// Marks for computing the helper views of the rules `evaluate` turns on (before the
-    /// plan follows every computed statement down to what it reads).
-    fn rule_helpers(&self, evaluate: &[bool], compute: &mut [bool]) {
-        for (helpers, on) in self.rule_helpers.iter().zip(evaluate) {
+    /// Per statement, whether a snapshot computes it: every table it publishes to, the helper
+    /// views of every rule it evaluates, and everything those read, down the statements.
+    fn computed(&self, publish: &[Publish], evaluate: &[bool]) -> Vec<bool> {
+        let mut compute: Vec<bool> = publish.iter().map(|p| *p != Publish::Unchanged).collect();
+        for (rule, on) in self.rules.iter().zip(evaluate) {
             if *on {
-                for h in helpers {
+                for h in &rule.helpers {
                     compute[*h] = true;
                 }
             }
         }
+        // A statement reads only statements before it: one pass from the last settles it.
+        for i in (0..compute.len()).rev() {
+            if compute[i] {
+                for r in &self.reads[i] {
+                    compute[*r] = true;
+                }
+            }
+        }
+        compute
     }
+}
+
+/// What one alert rule reads.
+#[derive(Debug, Clone)]
+pub struct RuleReads {
+    /// The inputs it reads, through the statements it names.
+    pub inputs: BTreeSet<Input>,
+    /// The published tables it names: read whole, merged with their latest versions.
+    pub tables: BTreeSet<usize>,
+    /// The helper views it names: computed whenever the rule is evaluated.
+    pub helpers: BTreeSet<usize>,
 }
 
 /// What one published table does in a snapshot.
@@ -309,34 +329,30 @@ impl Plan {
         let hi = bounds.map_or(0, |(_, hi)| hi);
         let scope = Scope::of(&changes.days, &p.calendar, hi);
         let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
-        let n = p.tables.len();
-        let rules: Vec<bool> = a.rules.iter().map(|(ins, _)| dirty(ins)).collect();
-        let mut compute = vec![false; n];
-        a.rule_helpers(&rules, &mut compute);
-        let mut publish = vec![Publish::Unchanged; n];
-        for i in (0..n).rev() {
-            let t = &p.tables[i];
-            if t.publish && dirty(&a.inputs[i]) {
-                compute[i] = true;
-                let values = |set: &BTreeSet<i32>| {
-                    set.iter()
-                        .map(|d| crate::calendar::date_of(*d).to_string())
-                        .collect()
-                };
-                publish[i] = match a.declared[i].map(|d| d.partitioning) {
+        let values = |set: &BTreeSet<i32>| {
+            set.iter()
+                .map(|d| crate::calendar::date_of(*d).to_string())
+                .collect()
+        };
+        let publish: Vec<Publish> = p
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if !(t.publish && dirty(&a.inputs[i])) {
+                    return Publish::Unchanged;
+                }
+                match a.declared[i].map(|d| d.partitioning) {
                     Some(Partitioning::Periods) => Publish::Partitions(values(&scope.periods)),
                     Some(Partitioning::Quarters) => Publish::Partitions(values(&scope.quarters)),
                     Some(Partitioning::Months) => Publish::Partitions(values(&scope.months)),
                     Some(Partitioning::Weeks) => Publish::Partitions(values(&scope.weeks)),
                     _ => Publish::Full,
-                };
-            }
-            if compute[i] {
-                for r in &a.reads[i] {
-                    compute[*r] = true;
                 }
-            }
-        }
+            })
+            .collect();
+        let rules: Vec<bool> = a.rules.iter().map(|r| dirty(&r.inputs)).collect();
+        let compute = a.computed(&publish, &rules);
         Plan {
             scope: Some(scope),
             compute,
@@ -353,30 +369,26 @@ impl Plan {
         let redefined: BTreeSet<usize> = (0..n)
             .filter(|i| p.tables[*i].publish && changes.redefined.contains(&p.tables[*i].name))
             .collect();
+        let publish: Vec<Publish> = (0..n)
+            .map(|i| {
+                if p.tables[i].publish && (dirty(&a.inputs[i]) || redefined.contains(&i)) {
+                    Publish::Full
+                } else {
+                    Publish::Unchanged
+                }
+            })
+            .collect();
         let rules: Vec<bool> = a
             .rules
             .iter()
             .zip(&p.alerts)
-            .map(|((ins, tables), r)| {
-                dirty(ins)
-                    || !tables.is_disjoint(&redefined)
+            .map(|(reads, r)| {
+                dirty(&reads.inputs)
+                    || !reads.tables.is_disjoint(&redefined)
                     || changes.redefined.contains(&rule_key(&r.name))
             })
             .collect();
-        let mut compute = vec![false; n];
-        a.rule_helpers(&rules, &mut compute);
-        let mut publish = vec![Publish::Unchanged; n];
-        for i in (0..n).rev() {
-            if p.tables[i].publish && (dirty(&a.inputs[i]) || redefined.contains(&i)) {
-                compute[i] = true;
-                publish[i] = Publish::Full;
-            }
-            if compute[i] {
-                for r in &a.reads[i] {
-                    compute[*r] = true;
-                }
-            }
-        }
+        let compute = a.computed(&publish, &rules);
         Plan {
             scope: None,
             compute,
@@ -389,11 +401,11 @@ impl Plan {
     /// with the partitions it replaces: a rule reads them merged with the latest version.
     pub fn merges(&self, a: &Analysis) -> BTreeMap<usize, Publish> {
         let mut out = BTreeMap::new();
-        for ((_, tables), on) in a.rules.iter().zip(&self.rules) {
+        for (rule, on) in a.rules.iter().zip(&self.rules) {
             if !on {
                 continue;
             }
-            for t in tables {
+            for t in &rule.tables {
                 if self.publish[*t] != Publish::Full {
                     out.insert(*t, self.publish[*t].clone());
                 }

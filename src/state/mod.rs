@@ -108,6 +108,15 @@ pub type DealVersion = (Stage, Micros);
 /// before quotaflow read them: offsets, not messages read.
 pub const LOST_OFFSETS: &str = "lost_offsets";
 
+/// Per topic, the offsets counted under [`LOST_OFFSETS`] in data-quality counters (topic →
+/// outcome or reason → count); topics that lost none are left out.
+pub fn lost_offsets(quality: &BTreeMap<String, BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    quality
+        .iter()
+        .filter_map(|(t, o)| o.get(LOST_OFFSETS).map(|n| (t.clone(), *n)))
+        .collect()
+}
+
 /// Bytes of payload kept per dead letter in the snapshot's log.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
@@ -148,7 +157,8 @@ pub struct State {
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
     /// Lifecycle of every alert (rule, key) ever fired.
-    /// (Kept beside the state in `_state/<id>/alerts.bin`, written after the rules ran: `snapshot`.)
+    /// (Kept beside the state in `_state/<id>/alerts.bin`, written after the rules ran:
+    /// `snapshot`.)
     #[serde(skip)]
     pub alerts: crate::alert::AlertBook,
     /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
@@ -170,7 +180,8 @@ pub struct State {
 /// in another format is refused at restore, naming the file.
 pub const STATE_FORMAT: u32 = 5;
 
-/// `_state/<id>/state.bin`'s encoding: bincode with variable-length integers, since most of the state is
+/// `_state/<id>/state.bin`'s encoding: bincode with variable-length integers, since most of
+/// the state is
 /// small counters and dates (a third of the fixed-width size).
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -192,7 +203,7 @@ impl State {
         codec().serialize(self)
     }
 
-    /// The alert part: lifecycles, outbox, delivery counts (`_alerts.bin`).
+    /// The alert part: lifecycles, outbox, delivery counts (`_state/<id>/alerts.bin`).
     pub fn encode_alerts(&self) -> Result<Vec<u8>, bincode::Error> {
         bincode::serialize(&(&self.alerts, &self.outbox, &self.deliveries))
     }
@@ -406,10 +417,7 @@ impl State {
 
     /// Per topic, the offsets counted under [`LOST_OFFSETS`].
     pub fn lost_offsets(&self) -> BTreeMap<String, u64> {
-        self.quality
-            .iter()
-            .filter_map(|(t, o)| o.get(LOST_OFFSETS).map(|n| (t.clone(), *n)))
-            .collect()
+        lost_offsets(&self.quality)
     }
 
     /// Counts one message outcome for `topic`.
