@@ -13,8 +13,10 @@ use quotaflow::config::Pipeline;
 use quotaflow::engine::Engine;
 use quotaflow::generate::{generate, GenSpec, Generated};
 use quotaflow::ingest::{Ingest, Message};
+use quotaflow::pipeline::StateWrite;
 use quotaflow::snapshot::{AlertsImage, EncodedTable, StateImage};
 use quotaflow::source::decode::Decoder;
+use quotaflow::state::segments::Manifest;
 use quotaflow::state::State;
 
 fn messages(reps: usize, days: u32) -> Vec<Generated> {
@@ -267,7 +269,13 @@ fn snapshot_write(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10);
     g.throughput(Throughput::Elements(rows as u64));
-    let (image, alerts) = images(&state);
+    let scratch = quotaflow::snapshot::Location::parse(&format!(
+        "memory://bench-state-{}",
+        std::process::id()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (image, alerts, ..) =
+        state_snapshot(&rt, &scratch, &mut state, &Manifest::default(), 8, true);
     let encoded: Vec<EncodedTable> = tables
         .iter()
         .map(|t| {
@@ -338,17 +346,48 @@ fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
     }
 }
 
-/// The state's two images, as the pipeline's cut makes them.
-fn images(state: &State) -> (StateImage, AlertsImage) {
-    let image =
-        quotaflow::pipeline::state_image(state, state.encode().unwrap_or_else(|e| panic!("{e}")));
+/// A snapshot's state as the pipeline writes it: the cut's segment of what changed since
+/// `previous` (everything with `all`), then (in the background task) the segment, any
+/// compaction and the manifest's image. Returns the images, the new manifest, what was
+/// written, and the seconds of the cut's part and of the write.
+fn state_snapshot(
+    rt: &tokio::runtime::Runtime,
+    loc: &quotaflow::snapshot::Location,
+    state: &mut State,
+    previous: &Manifest,
+    compact_after: usize,
+    all: bool,
+) -> (StateImage, AlertsImage, Manifest, StateWrite, (f64, f64)) {
+    let t0 = std::time::Instant::now();
+    let dirty = state.take_dirty();
+    let cut =
+        quotaflow::pipeline::cut_segment(state, &dirty, all).unwrap_or_else(|e| panic!("{e}"));
+    let cut_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let (manifest, w) = rt
+        .block_on(quotaflow::pipeline::write_state(
+            loc,
+            previous,
+            state.head(),
+            &cut,
+            compact_after,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let image = quotaflow::pipeline::state_image(&manifest, state.as_of, &state.offsets)
+        .unwrap_or_else(|e| panic!("{e}"));
     let alerts = AlertsImage(
         state
             .encode_alerts()
             .unwrap_or_else(|e| panic!("{e}"))
             .into(),
     );
-    (image, alerts)
+    (
+        image,
+        alerts,
+        manifest,
+        w,
+        (cut_s, t1.elapsed().as_secs_f64()),
+    )
 }
 
 criterion_group!(benches, decode_and_fold, snapshot_tables, snapshot_write);
@@ -370,11 +409,25 @@ fn memory(spec: &str) {
     let dir = std::env::temp_dir().join(format!("quotaflow-bench-mem-{}", std::process::id()));
     let loc = quotaflow::snapshot::Location::parse(&dir.display().to_string())
         .unwrap_or_else(|e| panic!("{e}"));
+    let compact_after = p.snapshot.compact_after as usize;
     let started = std::time::Instant::now();
+    // The state's part first (the runtime runs its writes): its cut on the reading thread,
+    // then its write in the background task.
+    let (image, alerts, manifest, w, (cut_s, write_s)) = state_snapshot(
+        &rt,
+        &loc,
+        &mut state,
+        &Manifest::default(),
+        compact_after,
+        true,
+    );
     let (rows, steps) = rt.block_on(async {
         // The steps of the pipeline's cut and of its background snapshot task, timed.
         let mut lap = std::time::Instant::now();
-        let mut steps = Vec::new();
+        let mut steps = vec![format!(
+            "state segment {cut_s:.2} s to encode, {write_s:.2} s to write, {:.1} MB",
+            w.delta_bytes as f64 / 1e6
+        )];
         let mut step = |name: &str| {
             steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
             lap = std::time::Instant::now();
@@ -384,8 +437,6 @@ fn memory(spec: &str) {
             .prepare(&state, 1, engine.full_plan())
             .unwrap_or_else(|e| panic!("{e}"));
         step("state tables");
-        let (image, alerts) = images(&state);
-        step("state image");
         let mut tables = Vec::new();
         let mut encoding = std::time::Duration::ZERO;
         let rules = prepared
@@ -448,7 +499,16 @@ fn memory(spec: &str) {
     for i in 0..5 {
         state.fold(call(i, 0, last), &cal, horizon);
     }
-    next_snapshot(&rt, &p, &loc, &mut state, 2, "5 more calls on the last day");
+    let mut manifest = manifest;
+    next_snapshot(
+        &rt,
+        &p,
+        &loc,
+        &mut state,
+        &mut manifest,
+        2,
+        "5 more calls on the last day",
+    );
     for rep in 0..reps {
         for i in 0..20 {
             state.fold(call(i, rep, last + 1), &cal, horizon);
@@ -459,6 +519,7 @@ fn memory(spec: &str) {
         &p,
         &loc,
         &mut state,
+        &mut manifest,
         3,
         "a new day: 20 calls of every rep",
     );
@@ -478,9 +539,34 @@ fn memory(spec: &str) {
         &p,
         &loc,
         &mut state,
+        &mut manifest,
         4,
         "a restatement: one late deal revision into a closed quarter",
     );
+    // What compaction costs: every part with more than one segment merged into a base.
+    let (.., w, (_, write_s)) = state_snapshot(&rt, &loc, &mut state, &manifest, 1, false);
+    println!(
+        "compaction of every part with more than one segment: {} parts, {:.2} MB of base, {write_s:.2} s (reading the segments included)",
+        w.parts_compacted,
+        w.base_bytes as f64 / 1e6
+    );
+    // A restore of the last snapshot: its manifest, then every segment it names.
+    let c = rt
+        .block_on(loc.checkpoint(4))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    let restored = rt
+        .block_on(quotaflow::pipeline::read_state(&loc, &c))
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "restore of snapshot 4: {:.2} s, {} segment files, {} rep-days, {} deals; peak RSS {} MiB",
+        t0.elapsed().as_secs_f64(),
+        c.state.segments.len(),
+        restored.daily.len(),
+        restored.deals.len(),
+        peak_rss_mib()
+    );
+    assert_eq!(restored.daily, state.daily, "the restore holds the state");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -492,6 +578,7 @@ fn next_snapshot(
     p: &Arc<Pipeline>,
     loc: &quotaflow::snapshot::Location,
     state: &mut State,
+    manifest: &mut Manifest,
     id: u64,
     what: &str,
 ) {
@@ -510,8 +597,15 @@ fn next_snapshot(
         .prepare(state, id, plan)
         .unwrap_or_else(|e| panic!("{e}"));
     let cut = started.elapsed();
-    let (image, alerts) = images(state);
-    let imaged = started.elapsed();
+    let (image, alerts, next, w, (segment_s, state_write_s)) = state_snapshot(
+        rt,
+        loc,
+        state,
+        manifest,
+        p.snapshot.compact_after as usize,
+        false,
+    );
+    *manifest = next;
     let (commits, sql, writing) = rt.block_on(async {
         let t0 = std::time::Instant::now();
         let mut tables = Vec::new();
@@ -563,13 +657,17 @@ fn next_snapshot(
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}; state image {:.2} s, SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({:.3} MB segment, {} parts compacted, {:.2} MB base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
         started.elapsed().as_secs_f64(),
         cut.as_secs_f64(),
         rolled.as_secs_f64(),
         (planned - rolled).as_secs_f64(),
         (cut - planned).as_secs_f64(),
-        (imaged - cut).as_secs_f64(),
+        segment_s,
+        state_write_s,
+        w.delta_bytes as f64 / 1e6,
+        w.parts_compacted,
+        w.base_bytes as f64 / 1e6,
         sql.0.as_secs_f64(),
         sql.1.as_secs_f64(),
         sql.2.as_secs_f64(),

@@ -50,6 +50,10 @@ pub struct SnapshotWrite {
     pub files_added: u64,
     pub files_removed: u64,
     pub bytes_written: u64,
+    /// Bytes of state segments written (the delta, and the base of compacted parts).
+    pub state_bytes_written: u64,
+    /// State parts compacted.
+    pub state_parts_compacted: u64,
     /// From the first state file put to `_latest`.
     pub commit_seconds: f64,
 }
@@ -60,6 +64,8 @@ impl SnapshotWrite {
         self.files_added += w.files_added;
         self.files_removed += w.files_removed;
         self.bytes_written += w.bytes_written;
+        self.state_bytes_written += w.state_bytes_written;
+        self.state_parts_compacted += w.state_parts_compacted;
         self.commit_seconds += w.commit_seconds;
     }
 }
@@ -241,10 +247,11 @@ fn metrics(s: &Status) -> String {
     }
     if let Some(w) = s.last_write {
         let gauges = [
-            ("quotaflow_snapshot_commit_seconds", "Seconds the last snapshot took to write (state files, Delta commits, checkpoint, _latest).", w.commit_seconds),
+            ("quotaflow_snapshot_commit_seconds", "Seconds the last snapshot took to write (state segments and compaction, Delta commits, checkpoint, _latest).", w.commit_seconds),
             ("quotaflow_snapshot_tables_committed", "Tables the last snapshot committed to (unchanged tables get no commit).", w.tables_committed as f64),
             ("quotaflow_snapshot_files_added", "Data files the last snapshot added.", w.files_added as f64),
             ("quotaflow_snapshot_bytes_written", "Bytes of data files the last snapshot wrote.", w.bytes_written as f64),
+            ("quotaflow_snapshot_state_bytes_written", "Bytes of state segments the last snapshot wrote (what changed, and the parts it compacted).", w.state_bytes_written as f64),
         ];
         for (name, help, v) in gauges {
             let n = family(name, "gauge", help);
@@ -257,6 +264,8 @@ fn metrics(s: &Status) -> String {
         ("quotaflow_files_added_total", "Data files added by snapshots.", t.files_added),
         ("quotaflow_files_replaced_total", "Data files snapshots removed from their tables' latest versions (kept for time travel until vacuumed).", t.files_removed),
         ("quotaflow_bytes_written_total", "Bytes of data files written by snapshots.", t.bytes_written),
+        ("quotaflow_state_bytes_written_total", "Bytes of state segments written by snapshots.", t.state_bytes_written),
+        ("quotaflow_state_parts_compacted_total", "State parts compacted into a base.", t.state_parts_compacted),
         ("quotaflow_vacuum_runs_total", "Table maintenance runs (vacuum and log cleanup).", s.vacuum_runs),
         ("quotaflow_vacuum_files_removed_total", "Data files deleted by vacuum.", s.vacuum_files_removed),
     ];

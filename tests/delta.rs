@@ -65,7 +65,8 @@ async fn write(loc: &Location, id: u64, t: &EncodedTable, log_every: u32) -> Che
         as_of: None,
         offsets: Default::default(),
         format: 1,
-        bytes: bytes::Bytes::from_static(b"state"),
+        manifest: bytes::Bytes::from_static(b"state"),
+        segments: Vec::new(),
     };
     let alerts = AlertsImage(bytes::Bytes::from_static(b"alerts"));
     let (c, commits) = loc
@@ -135,7 +136,8 @@ async fn only_changed_partitions_are_rewritten_and_a_retry_commits_nothing() {
                 as_of: None,
                 offsets: Default::default(),
                 format: 1,
-                bytes: bytes::Bytes::from_static(b"state"),
+                manifest: bytes::Bytes::from_static(b"state"),
+                segments: Vec::new(),
             },
             &AlertsImage(bytes::Bytes::from_static(b"alerts")),
             &[table(&v3)],

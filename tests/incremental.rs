@@ -148,6 +148,32 @@ const STAGES: &[&str] = &[
 /// Random events over two years (2025-01 .. 2026-12), mostly in time order with late ones
 /// mixed in. The content of an (entity, version) or fact id is a function of that key, so a
 /// repeat is a true duplicate.
+/// `state` as a restart has it: written whole as one segment and a manifest (through their
+/// bytes), then restored from them, its alert part included.
+fn restarted(state: &State) -> State {
+    use quotaflow::state::segments::{Dirty, Manifest, Merge, Segment, SegmentRef, FORMAT};
+    let at = SegmentRef {
+        snapshot_id: state.snapshot_id,
+        base: false,
+    };
+    let parts = state.segment(&Dirty::default(), true);
+    let keys: Vec<_> = parts.iter().map(|p| (p.key, p.whole)).collect();
+    let segment = Segment {
+        format: FORMAT,
+        at,
+        parts,
+    };
+    let manifest = Manifest::default().next(state.head(), at, &keys);
+    let manifest = Manifest::decode(&manifest.encode().unwrap()).unwrap();
+    let mut merge = Merge::new(&manifest, None);
+    merge.add(Segment::decode(&segment.encode().unwrap()).unwrap());
+    let mut restored = merge.state();
+    restored
+        .decode_alerts(&state.encode_alerts().unwrap())
+        .unwrap();
+    restored
+}
+
 fn random_events(seed: u64, n: usize, moves: bool) -> Vec<(EventType, String)> {
     use EventType::*;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -306,9 +332,7 @@ proptest! {
             let diff = rt.block_on(differences(&p, &loc, &state, id, &book, &mut full_book));
             prop_assert!(diff.is_empty(), "snapshot {id} after {at} events: {diff:#?}");
             if *restart {
-                let bytes = state.encode().unwrap();
-                let alerts = state.encode_alerts().unwrap();
-                state = State::decode(&bytes, &alerts).unwrap();
+                state = restarted(&state);
             }
             if at == events.len() {
                 break;

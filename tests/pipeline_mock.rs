@@ -296,13 +296,15 @@ async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
-    // Maintenance after every snapshot, a Delta log checkpoint at every commit.
+    // Maintenance after every snapshot, a Delta log checkpoint at every commit, a state part
+    // compacted as soon as it has two segments.
     let p = PipelineFile::default()
         .snapshot("trigger_events", "200")
         .snapshot("trigger_interval", "\"1h\"")
         .snapshot("retention", "3")
         .snapshot("maintenance_every", "1")
         .snapshot("log_checkpoint_interval", "1")
+        .snapshot("compact_after", "1")
         .load();
     let c = cluster(&p);
     let brokers = c.bootstrap_servers();
@@ -354,6 +356,33 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
         let files = std::fs::read_dir(&state).map_or(0, |d| d.count());
         assert_eq!(files, 0, "state of {id}");
     }
+    // The state segments left are those the retained snapshots name (compacted chains and
+    // forgotten snapshots' deltas are gone), and each retained state restores from them.
+    let mut named = std::collections::BTreeSet::new();
+    for id in &ids {
+        let c = loc.checkpoint(*id).await.unwrap();
+        quotaflow::pipeline::read_state(&loc, &c).await.unwrap();
+        named.extend(c.state.segments);
+    }
+    let on_disk: std::collections::BTreeSet<String> =
+        std::fs::read_dir(dir.path().join("_state/segments"))
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "_state/segments/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .collect();
+    assert_eq!(on_disk, named);
+    // Each snapshot wrote a delta: some went with compacted chains.
+    let deltas = (1..=latest)
+        .filter(|id| on_disk.contains(&format!("_state/segments/{id:020}.delta")))
+        .count();
+    assert!(
+        deltas < latest as usize,
+        "no delta was deleted: {on_disk:?}"
+    );
     // Every retained snapshot reads whole at its versions; the first version of a table that
     // changed since is gone (vacuumed, its log cleaned up).
     for id in &ids {
@@ -430,6 +459,12 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
     );
     assert!(sample("quotaflow_files_added_total") > 0.0);
     assert!(sample("quotaflow_snapshot_bytes_written") > 0.0);
+    // Every snapshot writes a state segment: the first everything, later ones what changed.
+    assert!(sample("quotaflow_snapshot_state_bytes_written") > 0.0);
+    assert!(
+        sample("quotaflow_state_bytes_written_total")
+            >= sample("quotaflow_snapshot_state_bytes_written")
+    );
     assert!(sample("quotaflow_snapshot_commit_seconds") > 0.0);
     assert!(sample("quotaflow_vacuum_runs_total") >= 0.0);
     running.stop().await;

@@ -6,7 +6,10 @@
 //!   and read by runs that snapshot every few events, end in the same tables as the batch;
 //! - restart = no restart: the same runs stop after a random number of messages each and the
 //!   next one restores the last snapshot, so random cuts restart and the others go on with the
-//!   state in memory; the property covers both.
+//!   state in memory; the property covers both (with random compaction limits, so restores
+//!   read bases and deltas);
+//! - a state written as segments restores whole: random events, cuts and compaction limits,
+//!   and after every cut the state its manifest names equals the one in memory.
 //!
 //! Beside them, on the batch path: moves change only team and region figures, and those add up.
 
@@ -18,9 +21,12 @@ use rand::{Rng, SeedableRng};
 
 use quotaflow::config::Pipeline;
 use quotaflow::pipeline::RunOptions;
+use quotaflow::snapshot::{AlertsImage, Location};
+use quotaflow::state::segments::Manifest;
+use quotaflow::state::State;
 
 use crate::common::EventType::{self, *};
-use crate::common::{canonical, canonical_tables, compute, Table};
+use crate::common::{canonical, canonical_tables, compute, ev, fold_one, Table};
 use crate::harness::{once, produce, run_in_process, PipelineFile};
 use crate::pipeline_mock::{batch_state, cluster, latest_tables, without};
 
@@ -111,11 +117,13 @@ proptest! {
         n in 1usize..120,
         every in 1u64..40,
         stops in prop::collection::vec(1u64..60, 0..4),
+        compact_after in 1u32..4,
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let p = PipelineFile::default()
             .snapshot("trigger_events", &every.to_string())
             .snapshot("trigger_interval", "\"1h\"")
+            .snapshot("compact_after", &compact_after.to_string())
             .load();
         let msgs = on_topics(&p, &random_events(seed, n));
         let c = cluster(&p);
@@ -263,5 +271,107 @@ proptest! {
         for name in ["rep_daily", "deals_current", "leaderboard", "trends", "commissions"] {
             prop_assert_eq!(moved.get(name), flat.get(name), "{}", name);
         }
+    }
+}
+
+/// The fields of a state a restore must bring back (the rest is derived or bookkeeping).
+fn assert_same_state(restored: &State, live: &State, at: &str) {
+    assert_eq!(restored.head(), live.head(), "{at}: head");
+    assert_eq!(restored.daily, live.daily, "{at}: daily");
+    assert_eq!(restored.rep_ids, live.rep_ids, "{at}: rep ids");
+    assert_eq!(restored.deals, live.deals, "{at}: deals");
+    assert_eq!(restored.deal_last_activity, live.deal_last_activity, "{at}");
+    assert_eq!(restored.rep_first_deal, live.rep_first_deal, "{at}");
+    assert_eq!(restored.quotas, live.quotas, "{at}: quotas");
+    assert_eq!(restored.roster, live.roster, "{at}: roster");
+    assert_eq!(restored.fx, live.fx, "{at}: fx");
+    assert_eq!(restored.surveys, live.surveys, "{at}: surveys");
+    assert_eq!(
+        restored.seen_activities, live.seen_activities,
+        "{at}: dedup ids"
+    );
+    assert_eq!(
+        restored.dead_letters, live.dead_letters,
+        "{at}: dead letters"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random events (a 7-day dedup horizon, so pruning forgets ids and whole weeks), cut at
+    /// random points through the pipeline's own state writer into an object store; after
+    /// every cut the state read back from its checkpoint equals the one in memory, and no
+    /// part's chain is longer than the compaction limit.
+    #[test]
+    fn a_state_written_as_segments_restores_whole_at_every_cut(
+        seed in any::<u64>(),
+        n in 1usize..200,
+        cuts in prop::collection::vec(1usize..40, 1..10),
+        compact_after in 1usize..4,
+    ) {
+        use quotaflow::pipeline::{cut_segment, state_image, write_state};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let p = PipelineFile::default().set("source", "dedup_horizon", "\"7d\"").load();
+        let events = random_events(seed, n);
+        let loc = Location::parse(&format!("memory://segments-{seed}-{n}-{compact_after}")).unwrap();
+        let mut state = State::default();
+        let mut manifest = Manifest::default();
+        let (mut at, mut id) = (0, 0);
+        for (i, step) in cuts.iter().cycle().enumerate() {
+            let upto = (at + step).min(events.len());
+            for (t, _, json) in &events[at..upto] {
+                fold_one(&p, &mut state, ev(*t, json));
+                if i % 3 == 0 {
+                    state.log_dead_letter(dead_letter(at), 3);
+                }
+            }
+            at = upto;
+            id += 1;
+            state.snapshot_id = id;
+            state.prune(p.source.dedup_horizon_micros());
+            let dirty = state.take_dirty();
+            let cut = cut_segment(&state, &dirty, false).unwrap();
+            let (next, _) = rt.block_on(write_state(&loc, &manifest, state.head(), &cut, compact_after)).unwrap();
+            prop_assert!(next.chains.values().all(|c| c.len() <= compact_after), "snapshot {id}");
+            let image = state_image(&next, state.as_of, &state.offsets).unwrap();
+            let alerts = AlertsImage(state.encode_alerts().unwrap().into());
+            let (c, _) = rt.block_on(loc.write_snapshot(&image, &alerts, &[], &meta(&p))).unwrap();
+            let restored = rt.block_on(quotaflow::pipeline::read_state(&loc, &c)).unwrap();
+            assert_same_state(&restored, &state, &format!("snapshot {id} after {at} events"));
+            manifest = next;
+            if at == events.len() {
+                break;
+            }
+        }
+    }
+}
+
+fn dead_letter(offset: usize) -> quotaflow::source::DeadLetter {
+    quotaflow::source::DeadLetter {
+        topic: "t".into(),
+        partition: 0,
+        offset: offset as i64,
+        reason: "r".into(),
+        detail: "d".into(),
+        payload: b"p".to_vec(),
+    }
+}
+
+fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
+    quotaflow::snapshot::SnapshotMeta {
+        pipeline: p.name.clone(),
+        calendar: quotaflow::snapshot::CalendarRef {
+            time_zone: "UTC".into(),
+            fiscal_year_start_month: 1,
+            corporate_currency: "USD".into(),
+        },
+        events: 0,
+        written_at: chrono::Utc::now(),
+        log: quotaflow::snapshot::LogSettings {
+            checkpoint_interval: 10,
+        },
+        fingerprints: Default::default(),
+        lost_offsets: Default::default(),
     }
 }

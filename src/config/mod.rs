@@ -131,6 +131,9 @@ pub struct Snapshot {
     pub log_checkpoint_interval: u32,
     /// Vacuum and log cleanup every this many snapshots (not at every one).
     pub maintenance_every: u32,
+    /// A part of the state whose chain holds more than this many segments is compacted into
+    /// one (`state::segments`).
+    pub compact_after: u32,
 }
 
 /// Where alert transitions go (`[alert_delivery]`); each rule picks targets by name.
@@ -436,6 +439,7 @@ mod tests {
         for (key, value) in [
             ("log_checkpoint_interval", "10"),
             ("maintenance_every", "10"),
+            ("compact_after", "8"),
         ] {
             let zero =
                 builtin::PIPELINE.replace(&format!("{key} = {value}"), &format!("{key} = 0"));

@@ -194,6 +194,7 @@ pub(super) struct RawSnapshot {
     pub(super) retention_days: usize,
     pub(super) log_checkpoint_interval: u32,
     pub(super) maintenance_every: u32,
+    pub(super) compact_after: u32,
 }
 
 impl Default for RawSnapshot {
@@ -206,6 +207,7 @@ impl Default for RawSnapshot {
             retention_days: 7,
             log_checkpoint_interval: 10,
             maintenance_every: 10,
+            compact_after: 8,
         }
     }
 }

@@ -225,6 +225,12 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
             "must be at least 1 snapshot",
         ));
     }
+    if sn.compact_after == 0 {
+        return Err(invalid(
+            "snapshot.compact_after",
+            "must be at least 1 segment",
+        ));
+    }
     Ok(Snapshot {
         output: sn.output.clone(),
         trigger_interval,
@@ -233,6 +239,7 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
         retention_days: sn.retention_days,
         log_checkpoint_interval: sn.log_checkpoint_interval,
         maintenance_every: sn.maintenance_every,
+        compact_after: sn.compact_after,
     })
 }
 

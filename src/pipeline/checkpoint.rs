@@ -1,13 +1,15 @@
 //! The checkpoint of a run: restore at start, and every snapshot's three steps.
 //!
 //! 1. **Cut** (on the consuming task, which pauses): dead letters delivered, acknowledged alert
-//!    deliveries settled, state pruned and rolled up, its Arrow tables taken and its image
-//!    serialised (side by side, on two threads).
+//!    deliveries settled, state pruned and rolled up, its Arrow tables taken and what changed
+//!    in it since the last cut encoded as a segment (side by side, on two threads).
 //! 2. **Background job** (while reading goes on): the SQL, the alert rules on a copy of the
-//!    alert part of the state, then the state files, a Delta commit per changed table
-//!    (`snapshots` last), the checkpoint and `_latest` (`snapshot::Location::write_snapshot`).
-//!    Once durable, still in the background: retention (and, every `maintenance_every`
-//!    snapshots, vacuum and log cleanup).
+//!    alert part of the state, then the state: the segment, the parts whose chains grew past
+//!    `compact_after` merged into a base (`state::segments`), the manifest; then a Delta
+//!    commit per changed table (`snapshots` last), the checkpoint and `_latest`
+//!    (`snapshot::Location::write_snapshot`). Once durable, still in the background:
+//!    retention of checkpoints and segments (and, every `maintenance_every` snapshots, vacuum
+//!    and log cleanup).
 //! 3. **Durable hand-over** (on the consuming task again): the alert lifecycles taken over,
 //!    transitions logged and handed to the dispatcher, offsets committed (advisory).
 //!
@@ -16,9 +18,11 @@
 //! snapshot that failed (or whose run crashed) may have committed to some tables with its id,
 //! so the next one takes the id after it, and a restart starts above every `txn` in the logs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::restore::read_acks;
+use super::state_write::{cut_segment, retained_segments, state_image, write_state, StateWrite};
 use super::{RunError, Runner};
 use crate::alert::deliver;
 use crate::config::Pipeline;
@@ -30,7 +34,8 @@ use crate::snapshot::{
     LogSettings, Maintained, SnapshotMeta, SnapshotRow, StateImage,
 };
 use crate::source::consumer::KafkaSource;
-use crate::state::{State, STATE_FORMAT};
+use crate::state::segments::{Manifest, SegmentRef};
+use crate::state::State;
 
 /// Attempts at writing one snapshot before a `--once` run gives up (a continuous run logs the
 /// failure and tries again at the next trigger).
@@ -52,6 +57,12 @@ pub(super) struct Written {
     history: Vec<SnapshotRow>,
     /// What table maintenance removed, if it ran after this snapshot.
     maintained: Option<Maintained>,
+    /// The state this snapshot holds.
+    manifest: Manifest,
+    /// The segments each retained snapshot names, this one included.
+    segments: BTreeMap<u64, BTreeSet<SegmentRef>>,
+    /// What its state segments wrote.
+    state_write: StateWrite,
     alerts: crate::alert::AlertBook,
     outbox: Vec<deliver::Outgoing>,
     events: Vec<crate::alert::AlertEvent>,
@@ -81,18 +92,7 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
     names
 }
 
-/// The image of `state` for a snapshot, from its encoding (`State::encode`).
-pub fn state_image(state: &State, bytes: Vec<u8>) -> StateImage {
-    StateImage {
-        snapshot_id: state.snapshot_id,
-        as_of: state.as_of,
-        offsets: state.offsets.clone(),
-        format: STATE_FORMAT,
-        bytes: bytes.into(),
-    }
-}
-
-fn encode_err(file: &str) -> impl FnOnce(bincode::Error) -> RunError + '_ {
+pub(super) fn encode_err(file: &str) -> impl FnOnce(bincode::Error) -> RunError + '_ {
     move |e| RunError::from(InternalError::new(format!("encoding {file}: {e}")))
 }
 
@@ -107,6 +107,7 @@ impl Runner {
             Err(e) => {
                 // What the cut took as changed is gone with it.
                 self.full_next = true;
+                self.segments_lost = true;
                 tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
                 Ok(())
             }
@@ -130,20 +131,26 @@ impl Runner {
         // Never reused: an id that failed may have commits in some tables.
         let id = self.state.snapshot_id + 1;
         self.state.snapshot_id = id;
+        let dirty = self.state.take_dirty();
+        let all = std::mem::take(&mut self.segments_lost);
         // The two halves of the cut read the state side by side (this pauses the reader):
-        // its Arrow tables here, its serialised image on a second thread.
+        // its Arrow tables here, what changed in it on a second thread.
         let (state, engine) = (&self.state, &self.engine);
         let cut = std::thread::scope(|s| {
-            let image = s.spawn(|| state.encode());
+            let segment = s.spawn(|| cut_segment(state, &dirty, all));
             let prepared = engine.prepare(state, id, plan).map_err(RunError::from);
-            let image = image
+            let segment = segment
                 .join()
-                .map_err(|_| InternalError::new("serialising the state panicked"))?
-                .map_err(encode_err("state.bin"))?;
-            Ok::<_, RunError>((prepared?, image))
+                .map_err(|_| InternalError::new("encoding the state segment panicked"))?
+                .map_err(encode_err("a state segment"))?;
+            Ok::<_, RunError>((prepared?, segment))
         });
-        let (prepared, bytes) = cut?;
-        let image = state_image(&self.state, bytes);
+        drop(dirty);
+        let (prepared, segment) = cut?;
+        let head = self.state.head();
+        let previous = self.manifest.clone();
+        let mut known = self.segments.clone();
+        let compact_after = self.pipeline.snapshot.compact_after as usize;
         let written_at = chrono::Utc::now();
         let snapshot = &self.pipeline.snapshot;
         let mut history = self.history.clone();
@@ -245,13 +252,24 @@ impl Runner {
                     .into(),
             );
             let writing = Instant::now();
+            let (as_of, offsets) = (head.as_of, head.offsets.clone());
+            let (manifest, state_write) = with_retries("writing the state", || {
+                write_state(&location, &previous, head.clone(), &segment, compact_after)
+            })
+            .await?;
+            let image = state_image(&manifest, as_of, &offsets)?;
             let (checkpoint, commits) =
                 write(&location, &image, &alerts_image, &tables, &meta).await?;
-            let maintained = retain(&location, &history, &checkpoint, maintain).await;
+            known.insert(id, image.segments.iter().copied().collect());
+            let segments = retained_segments(&location, known, &history).await;
+            let maintained = retain(&location, &history, &checkpoint, &segments, maintain).await;
             Ok(Written {
                 maintained,
+                manifest,
+                segments: segments.unwrap_or_default(),
+                state_write,
                 checkpoint,
-                write: write_summary(&commits, writing.elapsed()),
+                write: write_summary(state_write, &commits, writing.elapsed()),
                 history,
                 alerts: alerting.alerts,
                 outbox: alerting.outbox,
@@ -290,9 +308,11 @@ impl Runner {
             Ok(w) => w,
             Err(e) => {
                 // Not durable: the next snapshot (the next id) covers its messages, and
-                // recomputes everything (what this one took as changed is lost with it).
+                // recomputes everything and writes the state whole (what this one took as
+                // changed is lost with it).
                 self.since_snapshot += inflight.messages;
                 self.full_next = true;
+                self.segments_lost = true;
                 if fatal {
                     return Err(e);
                 }
@@ -310,6 +330,8 @@ impl Runner {
         source.commit(&checkpoint.offsets);
         self.durable = checkpoint.snapshot_id;
         self.history = w.history;
+        self.manifest = w.manifest;
+        self.segments = w.segments;
         if let Some(m) = w.maintained {
             self.health.update(|s| {
                 s.vacuum_runs += 1;
@@ -318,11 +340,15 @@ impl Runner {
         }
         let took = inflight.started.elapsed();
         let written = w.write;
+        let state = w.state_write;
         tracing::info!(
             snapshot_id = checkpoint.snapshot_id,
             as_of = ?checkpoint.as_of,
             messages = inflight.messages,
             state_keys = self.state.size(),
+            state_delta_bytes = state.delta_bytes,
+            state_parts_compacted = state.parts_compacted,
+            state_base_bytes = state.base_bytes,
             tables_committed = written.tables_committed,
             files_added = written.files_added,
             bytes_written = written.bytes_written,
@@ -386,19 +412,35 @@ impl Runner {
 }
 
 /// Retention once a snapshot is durable, in its background task (the reader reads on): the
-/// checkpoints and state files of snapshots no longer retained go at once; with `maintain`,
-/// the tables' files and log entries no retained version needs go too (vacuum, log
-/// cleanup). A failure is logged: what it did not delete goes next time.
+/// checkpoints and state files of snapshots no longer retained go at once, and the segments
+/// no retained snapshot names (`segments`; none when unknown); with `maintain`, the tables'
+/// files and log entries no retained version needs go too (vacuum, log cleanup). A failure
+/// is logged: what it did not delete goes next time.
 async fn retain(
     location: &Location,
     history: &[SnapshotRow],
     latest: &Checkpoint,
+    segments: &Option<BTreeMap<u64, BTreeSet<SegmentRef>>>,
     maintain: bool,
 ) -> Option<Maintained> {
     let keep: Vec<u64> = history.iter().map(|r| r.snapshot_id).collect();
-    match location.forget(&keep, latest.snapshot_id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(deleted = n, "retention: checkpoints forgotten"),
+    // Unknown: every segment up to snapshot 0 (none) may go.
+    let (upto, referenced) = match segments {
+        Some(s) => (latest.snapshot_id, s.values().flatten().copied().collect()),
+        None => (0, BTreeSet::new()),
+    };
+    match location
+        .forget(&keep, latest.snapshot_id, upto, &referenced)
+        .await
+    {
+        Ok((0, 0)) => {}
+        Ok((checkpoints, segments)) => {
+            tracing::debug!(
+                checkpoints,
+                segments,
+                "retention: checkpoints and segments forgotten"
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, "retention failed; old checkpoints stay until the next snapshot");
             return None;
@@ -500,9 +542,15 @@ fn unpartitioned(
 }
 
 /// What one snapshot's commits did, for the log and `/metrics`.
-fn write_summary(commits: &[(String, Committed)], took: Duration) -> SnapshotWrite {
+fn write_summary(
+    state: StateWrite,
+    commits: &[(String, Committed)],
+    took: Duration,
+) -> SnapshotWrite {
     let mut w = SnapshotWrite {
         commit_seconds: took.as_secs_f64(),
+        state_bytes_written: state.delta_bytes + state.base_bytes,
+        state_parts_compacted: state.parts_compacted,
         ..SnapshotWrite::default()
     };
     for (_, c) in commits {

@@ -9,6 +9,7 @@
 
 mod checkpoint;
 mod restore;
+mod state_write;
 mod trigger;
 
 use std::collections::BTreeSet;
@@ -22,8 +23,9 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
-pub use checkpoint::{state_image, table_names, SNAPSHOTS};
+pub use checkpoint::{table_names, SNAPSHOTS};
 pub use restore::{read_state, restore, Restored};
+pub use state_write::{cut_segment, state_image, write_state, CutSegment, StateWrite};
 
 use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;
@@ -224,6 +226,14 @@ struct Runner {
     /// Whether the next snapshot is evaluated in full (the first after a restore that needs
     /// it, or after a failed snapshot, whose changes are lost with it).
     full_next: bool,
+    /// Whether the next snapshot writes the state whole (after one that failed: the segment
+    /// of what it took as changed is lost with it).
+    segments_lost: bool,
+    /// The last durable snapshot's state (the next segment extends its chains).
+    manifest: crate::state::segments::Manifest,
+    /// The segments each retained snapshot names (filled as snapshots are written; a restore
+    /// leaves the older ones to be read from their checkpoints).
+    segments: std::collections::BTreeMap<u64, BTreeSet<crate::state::segments::SegmentRef>>,
     /// The tables the next snapshot recomputes in full because their SQL or settings changed
     /// since the restored checkpoint (`Changes::redefined`).
     redefined_next: BTreeSet<String>,
@@ -267,6 +277,7 @@ impl Runner {
         let Restored {
             mut state,
             checkpoint,
+            manifest,
             history,
             full,
             redefined,
@@ -318,6 +329,9 @@ impl Runner {
         let r = Runner {
             engine,
             full_next: full,
+            segments_lost: false,
+            manifest,
+            segments: Default::default(),
             redefined_next: redefined,
             fingerprints: crate::engine::fingerprints(&pipeline.metrics),
             ingest: Ingest::new(&pipeline.source, pipeline.metrics.calendar)?,

@@ -9,7 +9,8 @@ use super::RunError;
 use crate::alert::deliver::DeliveryAcks;
 use crate::config::Pipeline;
 use crate::snapshot::{retention, CalendarRef, Checkpoint, Location, SnapshotError, SnapshotRow};
-use crate::state::{State, STATE_FORMAT};
+use crate::state::segments::{self, Manifest, Merge, Segment, SegmentRef};
+use crate::state::State;
 
 /// What a run starts from.
 pub struct Restored {
@@ -18,6 +19,8 @@ pub struct Restored {
     pub state: State,
     /// The checkpoint it came from.
     pub checkpoint: Option<Checkpoint>,
+    /// Its manifest: the next snapshot's segment extends its chains.
+    pub manifest: Manifest,
     /// The retained snapshots, as its `snapshots` table has them.
     pub history: Vec<SnapshotRow>,
     /// Whether the first snapshot must be evaluated in full.
@@ -40,8 +43,8 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
         Some(latest) => Some(location.checkpoint(latest.snapshot_id).await?),
         None => None,
     };
-    let (mut state, history) = match &checkpoint {
-        None => (State::default(), Vec::new()),
+    let (mut state, manifest, history) = match &checkpoint {
+        None => (State::default(), Manifest::default(), Vec::new()),
         Some(c) => {
             if c.pipeline != pipeline.name {
                 return Err(RunError::OtherPipeline {
@@ -56,12 +59,19 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
                     calendars: Box::new((c.calendar.clone(), calendar)),
                 });
             }
-            let mut state = read_state(location, c).await?;
+            let started = std::time::Instant::now();
+            let (mut state, manifest) = read_state_and_manifest(location, c).await?;
             let acks = read_acks(location, c.snapshot_id).await?;
             state.settle_deliveries(&acks.acked, acks.counts);
             let history = read_history(location, c).await?;
-            tracing::info!(snapshot_id = c.snapshot_id, as_of = ?c.as_of, "restored state");
-            (state, history)
+            tracing::info!(
+                snapshot_id = c.snapshot_id,
+                as_of = ?c.as_of,
+                segments = c.state.segments.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "restored state"
+            );
+            (state, manifest, history)
         }
     };
     // A snapshot that crashed after some commits used its id: go above it.
@@ -94,6 +104,7 @@ pub async fn restore(location: &Location, pipeline: &Pipeline) -> Result<Restore
     Ok(Restored {
         state,
         checkpoint,
+        manifest,
         history,
         full,
         redefined,
@@ -113,16 +124,47 @@ async fn read_history(location: &Location, c: &Checkpoint) -> Result<Vec<Snapsho
 
 /// The state checkpoint `c` recorded, its alert part included.
 pub async fn read_state(location: &Location, c: &Checkpoint) -> Result<State, RunError> {
-    let images = location.read_images(c, STATE_FORMAT).await?;
-    State::decode(&images.state, &images.alerts).map_err(|e| {
-        let file = match e {
-            crate::state::DecodeError::State(_) => &c.state.state,
-            crate::state::DecodeError::Alerts(_) => &c.state.alerts,
-        };
-        RunError::from(SnapshotError::Format {
-            path: location.file_path(file),
-            message: e.to_string(),
-        })
+    Ok(read_state_and_manifest(location, c).await?.0)
+}
+
+/// Segment files read ahead of the one being merged.
+const READ_AHEAD: usize = 8;
+
+/// The state checkpoint `c` recorded, and its manifest: the manifest, then every segment it
+/// names (read ahead, merged oldest first), then the alert part.
+async fn read_state_and_manifest(
+    location: &Location,
+    c: &Checkpoint,
+) -> Result<(State, Manifest), RunError> {
+    use futures::StreamExt;
+    let images = location.read_images(c, segments::FORMAT).await?;
+    let manifest = Manifest::decode(&images.manifest)
+        .map_err(|e| format_error(location, &c.state.manifest, e))?;
+    let mut merge = Merge::new(&manifest, None);
+    let mut reads = futures::stream::iter(manifest.files(None))
+        .map(|r| read_segment(location, r))
+        .buffered(READ_AHEAD);
+    while let Some(segment) = reads.next().await {
+        merge.add(segment?);
+    }
+    let mut state = merge.state();
+    state
+        .decode_alerts(&images.alerts)
+        .map_err(|e| format_error(location, &c.state.alerts, e))?;
+    Ok((state, manifest))
+}
+
+/// One segment file, decoded.
+pub(super) async fn read_segment(location: &Location, r: SegmentRef) -> Result<Segment, RunError> {
+    let rel = crate::snapshot::segment_path(r);
+    let bytes = location.get_file(&rel).await?;
+    Segment::decode(&bytes).map_err(|e| format_error(location, &rel, e))
+}
+
+fn format_error(location: &Location, rel: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::from(SnapshotError::Format {
+        path: location.file_path(rel),
+        message: e.to_string(),
     })
 }
 

@@ -5,7 +5,9 @@
 //! Layout under the output URL:
 //! ```text
 //! tables/<table>/                    a Delta table: _delta_log/ and <partition>=<value>/part-*.parquet
-//! _state/<id, 20 digits>/state.bin   resumable state (bincode, opaque here)
+//! _state/segments/<id, 20 digits>.delta  what a snapshot changed in the state (`state::segments`)
+//! _state/segments/<id>.base          parts of the state compacted by that snapshot
+//! _state/<id>/manifest.bin           the snapshot's state: counters, every part's segments
 //! _state/<id>/alerts.bin             alert lifecycles, outbox, delivery counts
 //! _state/<id>/alert_acks.json        deliveries acknowledged after the snapshot (a run that stopped)
 //! _checkpoints/<id>.json             the checkpoint: offsets, table versions, state files
@@ -13,10 +15,12 @@
 //! ```
 //! The state, alert and acknowledgement files are opaque bytes here: their owners (`state`,
 //! `alert`) encode and decode them; this module only stores them and checks the state format.
-//! Write order: state files → one Delta commit per changed table (each with the snapshot's
-//! `txn`; `snapshots` last) → checkpoint → `_latest`. Every put is atomic and every file is
-//! named by snapshot id or content, so a crash leaves the old snapshot or the new one, and a
-//! retried write is idempotent (a table whose log holds the `txn` is not committed again).
+//! Write order: segments (written by `pipeline::checkpoint`) → manifest and alert part → one
+//! Delta commit per changed table (each with the snapshot's `txn`; `snapshots` last) →
+//! checkpoint → `_latest`. Every put is atomic and every file is named by snapshot id or
+//! content, so a crash leaves the old snapshot or the new one, and a retried write is
+//! idempotent (a table whose log holds the `txn` is not committed again). A segment outlives
+//! its snapshot while a retained checkpoint names it.
 
 mod delta;
 mod encode;
@@ -25,7 +29,7 @@ pub mod retention;
 mod retry;
 mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -40,6 +44,8 @@ pub use delta::{Committed, Layout, LogSettings, Maintained};
 pub use encode::{EncodedPart, EncodedTable};
 pub use retention::{retained, SnapshotRow};
 pub use store::Location;
+
+use crate::state::segments::SegmentRef;
 
 /// A storage or snapshot-format problem, naming the object at fault.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +110,10 @@ pub struct CalendarRef {
 /// Where a snapshot's resumable state is, relative to the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFiles {
-    pub state: String,
+    /// The state's counters and the segments of each of its parts (`state::segments`).
+    pub manifest: String,
+    /// Every segment file the manifest names (shared with other snapshots).
+    pub segments: Vec<String>,
     pub alerts: String,
     /// The state encoding's version: a restore refuses another one.
     pub format: u32,
@@ -153,13 +162,24 @@ pub fn state_dir(id: u64) -> String {
     format!("_state/{id:020}")
 }
 
+const SEGMENTS: &str = "_state/segments";
+
+/// A segment file, relative to the output.
+pub fn segment_path(r: SegmentRef) -> String {
+    let ext = if r.base { "base" } else { "delta" };
+    format!("{SEGMENTS}/{:020}.{ext}", r.snapshot_id)
+}
+
 const ACKS_FILE: &str = "alert_acks.json";
 
 /// Rows per Parquet file.
 const ROWS_PER_PART: usize = 1_000_000;
 
-/// Crash points of `QUOTAFLOW_CRASH_AT`, in the order a snapshot passes them.
-pub const CRASH_POINTS: [&str; 4] = [
+/// Crash points of `QUOTAFLOW_CRASH_AT`, in the order a snapshot passes them (a snapshot
+/// that compacts no part passes no `after_compaction`).
+pub const CRASH_POINTS: [&str; 6] = [
+    "after_segment",
+    "after_compaction",
     "after_first_table",
     "after_tables",
     "after_checkpoint",
@@ -263,10 +283,10 @@ impl Location {
         Ok(ids)
     }
 
-    /// The state and alert images a checkpoint names; `format` is the state format the
+    /// The manifest and alert images a checkpoint names; `format` is the state format the
     /// caller reads (another one is refused, naming the file).
     pub async fn read_images(&self, c: &Checkpoint, format: u32) -> Result<Images, SnapshotError> {
-        let path = self.path(&c.state.state);
+        let path = self.path(&c.state.manifest);
         if c.state.format != format {
             return Err(format_err(
                 &path,
@@ -276,15 +296,25 @@ impl Location {
                 ),
             ));
         }
-        let state = self
-            .get(&c.state.state)
+        let manifest = self.get_file(&c.state.manifest).await?;
+        let alerts = self.get_file(&c.state.alerts).await?;
+        Ok(Images { manifest, alerts })
+    }
+
+    /// A file under the output that must be there (a state file), or an error naming it.
+    pub async fn get_file(&self, rel: &str) -> Result<Vec<u8>, SnapshotError> {
+        self.get(rel)
             .await?
-            .ok_or_else(|| format_err(&path, "missing"))?;
-        let alerts = self
-            .get(&c.state.alerts)
-            .await?
-            .ok_or_else(|| format_err(&self.path(&c.state.alerts), "missing"))?;
-        Ok(Images { state, alerts })
+            .ok_or_else(|| format_err(&self.path(rel), "missing"))
+    }
+
+    /// Writes segment `r` of the state (atomic; the same bytes again on a retry).
+    pub async fn put_segment(
+        &self,
+        r: SegmentRef,
+        bytes: bytes::Bytes,
+    ) -> Result<(), SnapshotError> {
+        self.put(&segment_path(r), bytes).await
     }
 
     /// The path of a file under the output, for the messages of those who decode it.
@@ -321,8 +351,9 @@ impl Location {
         Ok(high)
     }
 
-    /// Writes the snapshot of a state cut: its state files, a Delta commit per changed table
-    /// (`snapshots` last), the checkpoint, then `_latest`.
+    /// Writes the snapshot of a state cut (its segments already written): its manifest and
+    /// alert part, a Delta commit per changed table (`snapshots` last), the checkpoint, then
+    /// `_latest`.
     pub async fn write_snapshot(
         &self,
         image: &StateImage,
@@ -333,11 +364,12 @@ impl Location {
         let id = image.snapshot_id;
         let dir = state_dir(id);
         let files = StateFiles {
-            state: format!("{dir}/state.bin"),
+            manifest: format!("{dir}/manifest.bin"),
+            segments: image.segments.iter().map(|r| segment_path(*r)).collect(),
             alerts: format!("{dir}/alerts.bin"),
             format: image.format,
         };
-        self.put(&files.state, image.bytes.clone()).await?;
+        self.put(&files.manifest, image.manifest.clone()).await?;
         self.put(&files.alerts, alerts.0.clone()).await?;
         let mut refs = BTreeMap::new();
         let mut commits = Vec::with_capacity(tables.len());
@@ -408,10 +440,18 @@ impl Location {
         self.get(&acks_path(id)).await
     }
 
-    /// Deletes the checkpoints and state files of snapshots not in `keep` (never `latest`'s).
-    /// The checkpoint goes first, so a half-deleted snapshot is never taken for a whole one.
-    /// Returns how many were deleted.
-    pub async fn forget(&self, keep: &[u64], latest: u64) -> Result<usize, SnapshotError> {
+    /// Deletes the checkpoints and state files of snapshots not in `keep` (never `latest`'s),
+    /// then the segments of snapshots up to `upto` that no retained snapshot names
+    /// (`referenced`): those of compacted chains and of snapshots that never became durable. The checkpoint goes
+    /// first, so a half-deleted snapshot is never taken for a whole one. Returns how many
+    /// checkpoints and segments were deleted.
+    pub async fn forget(
+        &self,
+        keep: &[u64],
+        latest: u64,
+        upto: u64,
+        referenced: &BTreeSet<SegmentRef>,
+    ) -> Result<(usize, usize), SnapshotError> {
         let doomed: Vec<u64> = self
             .checkpoint_ids()
             .await?
@@ -431,7 +471,24 @@ impl Location {
                 self.delete(&o.location).await?;
             }
         }
-        Ok(doomed.len())
+        let root = self.path(SEGMENTS);
+        let listing: Vec<_> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(store_err(&root))?;
+        let mut segments = 0;
+        for o in listing {
+            let Some(r) = o.location.filename().and_then(segment_of) else {
+                continue;
+            };
+            if r.snapshot_id <= upto && !referenced.contains(&r) {
+                self.delete(&o.location).await?;
+                segments += 1;
+            }
+        }
+        Ok((doomed.len(), segments))
     }
 
     async fn delete(&self, p: &object_store::path::Path) -> Result<(), SnapshotError> {
@@ -442,15 +499,29 @@ impl Location {
     }
 }
 
+/// The segment a [`segment_path`] (or its file name) names.
+pub fn segment_of(path: &str) -> Option<SegmentRef> {
+    let name = path.rsplit('/').next()?;
+    let (id, ext) = name.split_once('.')?;
+    let base = match ext {
+        "base" => true,
+        "delta" => false,
+        _ => return None,
+    };
+    Some(SegmentRef {
+        snapshot_id: id.parse().ok()?,
+        base,
+    })
+}
+
 /// Where the acknowledgements recorded after snapshot `id` are, relative to the output.
 pub fn acks_path(id: u64) -> String {
     format!("{}/{ACKS_FILE}", state_dir(id))
 }
 
-/// A state cut for a snapshot: what its checkpoint records and the state's serialised bytes
-/// (encoded by its owner, `state`, in format `format`; the alert part is written after the
-/// rules ran, as [`AlertsImage`]). Taken at the moment of the cut, so the pipeline can read on
-/// while the snapshot is computed and written.
+/// A state cut for a snapshot: what its checkpoint records and the state's manifest
+/// (encoded by its owner, `state`, in format `format`, naming `segments`, which are written
+/// before; the alert part is written after the rules ran, as [`AlertsImage`]).
 #[derive(Debug, Clone)]
 pub struct StateImage {
     pub snapshot_id: u64,
@@ -458,7 +529,8 @@ pub struct StateImage {
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     /// The encoding's version: a restore refuses another one.
     pub format: u32,
-    pub bytes: bytes::Bytes,
+    pub manifest: bytes::Bytes,
+    pub segments: Vec<SegmentRef>,
 }
 
 /// The alert part of a state, serialised by its owner (`alert`): lifecycles, outbox, counts.
@@ -468,7 +540,7 @@ pub struct AlertsImage(pub bytes::Bytes);
 /// The serialised images a snapshot holds, as read back.
 #[derive(Debug, Clone)]
 pub struct Images {
-    pub state: Vec<u8>,
+    pub manifest: Vec<u8>,
     pub alerts: Vec<u8>,
 }
 
@@ -476,7 +548,7 @@ pub struct Images {
 /// aborts at that point of writing that snapshot, as a power cut would ([`CRASH_POINTS`]:
 /// after its first table commit, after every table commit, after its checkpoint, after
 /// `_latest`). Never set in production.
-fn crash_point(point: &str, id: u64) {
+pub(crate) fn crash_point(point: &str, id: u64) {
     if let Ok(at) = std::env::var("QUOTAFLOW_CRASH_AT") {
         if at == format!("{point}:{id}") {
             tracing::error!(point, snapshot_id = id, "QUOTAFLOW_CRASH_AT: aborting");

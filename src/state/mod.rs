@@ -11,6 +11,7 @@ pub mod changes;
 pub(crate) mod columns;
 mod grain;
 pub mod hierarchy;
+pub mod segments;
 pub mod tables;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -53,9 +54,8 @@ pub struct Versioned<T, H = ()> {
 }
 
 /// Rep ids as small integers, so that the rep × day grain does not hold a string per key.
-/// Serialised as the list of names; the index is rebuilt on restore.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "Vec<String>", into = "Vec<String>")]
+/// Written as the list of names (`segments::Kind::RepNames`); the index is rebuilt on restore.
+#[derive(Debug, Clone, Default)]
 pub struct RepIds {
     names: Vec<String>,
     index: Map<String, u32>,
@@ -76,28 +76,21 @@ impl RepIds {
     pub fn name(&self, id: u32) -> &str {
         self.names.get(id as usize).map_or("", String::as_str)
     }
+
+    /// Puts `names` at ids `from..` (a restore appends the names segment by segment).
+    fn put(&mut self, from: usize, names: Vec<String>) {
+        for n in self.names.drain(from.min(self.names.len())..) {
+            self.index.remove(&n);
+        }
+        for n in names {
+            self.id(&n);
+        }
+    }
 }
 
 impl PartialEq for RepIds {
     fn eq(&self, other: &RepIds) -> bool {
         self.names == other.names
-    }
-}
-
-impl From<Vec<String>> for RepIds {
-    fn from(names: Vec<String>) -> RepIds {
-        let index = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
-        RepIds { names, index }
-    }
-}
-
-impl From<RepIds> for Vec<String> {
-    fn from(ids: RepIds) -> Vec<String> {
-        ids.names
     }
 }
 
@@ -125,7 +118,7 @@ pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 /// default SipHash on these short keys, and still not predictable from input).
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     /// Id of the last snapshot written from (or restored into) this state; 0 before the first.
     pub snapshot_id: u64,
@@ -136,7 +129,6 @@ pub struct State {
     /// The rep × day grain, by rep id (`rep_ids`).
     pub daily: Map<(u32, Day), DailyCounts>,
     pub rep_ids: RepIds,
-    #[serde(skip)]
     pub rollups: Rollups,
     pub deals: Map<String, Versioned<Deal, DealVersion>>,
     /// Latest `occurred_at` of an activity naming the deal.
@@ -150,6 +142,8 @@ pub struct State {
     pub surveys: Map<String, Survey>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
     pub seen_activities: Map<u128, Micros>,
+    /// The event time under which `prune` forgot activity ids.
+    pub seen_floor: Option<Micros>,
     /// topic → partition → highest `occurred_at` of a valid event read from it (the watermark's
     /// input, `crate::watermark`).
     pub partition_high: crate::watermark::Highs,
@@ -159,63 +153,30 @@ pub struct State {
     /// Lifecycle of every alert (rule, key) ever fired.
     /// (Kept beside the state in `_state/<id>/alerts.bin`, written after the rules ran:
     /// `snapshot`.)
-    #[serde(skip)]
     pub alerts: crate::alert::AlertBook,
     /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
     /// target (`alert::deliver`).
-    #[serde(skip)]
     pub outbox: Vec<crate::alert::deliver::Outgoing>,
     /// Deliveries per target.
-    #[serde(skip)]
     pub deliveries: BTreeMap<String, crate::alert::deliver::DeliveryCount>,
     /// First and last day with an activity, per rep id (derived from `daily`).
-    #[serde(skip)]
     pub activity_span: Map<u32, (Day, Day)>,
     /// What changed since the last cut (`State::take_changes`).
-    #[serde(skip)]
     pub changes: Pending,
-}
-
-/// Bump when the bincode layout of `State` (or of its alert part) changes: a snapshot written
-/// in another format is refused at restore, naming the file.
-pub const STATE_FORMAT: u32 = 5;
-
-/// `_state/<id>/state.bin`'s encoding: bincode with variable-length integers, since most of
-/// the state is
-/// small counters and dates (a third of the fixed-width size).
-fn codec() -> impl bincode::Options + Copy {
-    bincode::DefaultOptions::new()
-}
-
-/// Which of a state's two images did not decode.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("state image: {0}")]
-    State(bincode::Error),
-    #[error("alert image: {0}")]
-    Alerts(bincode::Error),
+    /// The keys touched since the last cut (`State::take_dirty`).
+    pub dirty: segments::Dirty,
 }
 
 impl State {
-    /// The state without its alert part, in [`STATE_FORMAT`] (`_state/<id>/state.bin`).
-    pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
-        use bincode::Options;
-        codec().serialize(self)
-    }
-
     /// The alert part: lifecycles, outbox, delivery counts (`_state/<id>/alerts.bin`).
     pub fn encode_alerts(&self) -> Result<Vec<u8>, bincode::Error> {
         bincode::serialize(&(&self.alerts, &self.outbox, &self.deliveries))
     }
 
-    /// A state from the images [`State::encode`] and [`State::encode_alerts`] made.
-    pub fn decode(state: &[u8], alerts: &[u8]) -> Result<State, DecodeError> {
-        use bincode::Options;
-        let mut s: State = codec().deserialize(state).map_err(DecodeError::State)?;
-        (s.alerts, s.outbox, s.deliveries) =
-            bincode::deserialize(alerts).map_err(DecodeError::Alerts)?;
-        s.rebuild_derived();
-        Ok(s)
+    /// Puts back the alert part [`State::encode_alerts`] made.
+    pub fn decode_alerts(&mut self, alerts: &[u8]) -> Result<(), bincode::Error> {
+        (self.alerts, self.outbox, self.deliveries) = bincode::deserialize(alerts)?;
+        Ok(())
     }
 
     /// Folds a valid event; `horizon` is the dedup horizon in microseconds.
@@ -228,8 +189,11 @@ impl State {
                 let first = self
                     .rep_first_deal
                     .entry(d.rep_id.clone())
-                    .or_insert(d.occurred_at);
-                *first = (*first).min(d.occurred_at);
+                    .or_insert(i64::MAX);
+                if d.occurred_at < *first {
+                    *first = d.occurred_at;
+                    self.dirty.rep_first_deal.insert(d.rep_id.clone());
+                }
                 let day = cal.day_of(d.occurred_at);
                 let (rep, deal) = (d.rep_id.clone(), d.deal_id.clone());
                 let old = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
@@ -239,6 +203,7 @@ impl State {
                 if folded == Folded::Ok {
                     self.rep_ids.id(&rep);
                     let new = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
+                    self.dirty.deals.insert(deal.clone());
                     for (close, created) in old.into_iter().chain(new) {
                         self.changes.changes.day(Input::Deals, close);
                         self.changes.changes.day(Input::Deals, created);
@@ -250,8 +215,9 @@ impl State {
                 let key = (q.rep_id.clone(), q.period_start);
                 let old = self.quotas.get(&key).map(|v| v.latest.period_end);
                 let (rep, start, end) = (q.rep_id.clone(), q.period_start, q.period_end);
-                let folded = fold_entity(&mut self.quotas, key, q.version, q, ());
+                let folded = fold_entity(&mut self.quotas, key.clone(), q.version, q, ());
                 if folded == Folded::Ok {
+                    self.dirty.quotas.insert(key);
                     self.rep_ids.id(&rep);
                     let end = end.max(old.unwrap_or(end));
                     self.changes.changes.span(Input::Quotas, start, end);
@@ -272,6 +238,7 @@ impl State {
                 if folded == Folded::Ok {
                     // A move changes every figure of the teams involved: rare, so all of it.
                     self.rep_ids.id(&rep);
+                    self.dirty.roster.insert(rep);
                     self.changes.changes.all = true;
                     self.changes.changes.input(Input::Roster);
                 }
@@ -282,6 +249,7 @@ impl State {
                 let folded = fold_entity(&mut self.fx, (currency.clone(), from), f.version, f, ());
                 if folded == Folded::Ok {
                     self.fx_changed(&currency, from);
+                    self.dirty.fx.insert((currency, from));
                 }
                 folded
             }
@@ -291,6 +259,7 @@ impl State {
                 } else {
                     self.rep_ids.id(&s.rep_id);
                     self.changes.changes.input(Input::Surveys);
+                    self.dirty.surveys.push(s.response_id.clone());
                     self.surveys.insert(s.response_id.clone(), s);
                     Folded::Ok
                 }
@@ -315,12 +284,16 @@ impl State {
             return Folded::Duplicate;
         }
         self.seen_activities.insert(id, a.occurred_at);
+        self.dirty.seen.push(id);
         if let Some(deal) = &a.deal_id {
             let last = self
                 .deal_last_activity
                 .entry(deal.clone())
-                .or_insert(a.occurred_at);
-            *last = (*last).max(a.occurred_at);
+                .or_insert(i64::MIN);
+            if a.occurred_at > *last {
+                *last = a.occurred_at;
+                self.dirty.deal_activity.insert(deal.clone());
+            }
         }
         if let Some(deal) = a.deal_id.as_ref().and_then(|d| self.deals.get(d)) {
             // its last_activity_at
@@ -339,6 +312,7 @@ impl State {
             }
         }
         self.daily.entry(key).or_default().add(&a);
+        self.dirty.daily.insert(key);
         if self.rollups.built {
             self.rollups.pending.entry(key).or_default().add(&a);
         }
@@ -354,6 +328,7 @@ impl State {
         let span = self.activity_span.entry(id).or_insert((day, day));
         *span = (span.0.min(day), span.1.max(day));
         self.changes.changes.day(Input::Activities, day);
+        self.dirty.daily.insert((id, day));
         self.daily.entry((id, day)).or_default()
     }
 
@@ -443,6 +418,7 @@ impl State {
     /// Records a refused message in the bounded log (`keep` most recent).
     pub fn log_dead_letter(&mut self, mut dl: DeadLetter, keep: usize) {
         self.changes.changes.input(Input::DeadLetters);
+        self.dirty.dead_letters = true;
         dl.payload.truncate(DEAD_LETTER_PAYLOAD_BYTES);
         self.dead_letters.push_back(dl);
         while self.dead_letters.len() > keep {
@@ -497,11 +473,12 @@ impl State {
     /// clock, so memory stays flat. The second horizon is slack for partitions read unevenly: a
     /// repeat that arrives later than that behind the clock is counted again.
     pub fn prune(&mut self, horizon: i64) {
-        let floor = self
-            .as_of
-            .unwrap_or(i64::MIN)
-            .saturating_sub(horizon.saturating_mul(2));
+        let Some(as_of) = self.as_of else {
+            return;
+        };
+        let floor = as_of.saturating_sub(horizon.saturating_mul(2));
         self.seen_activities.retain(|_, t| *t >= floor);
+        self.seen_floor = Some(floor);
     }
 
     /// Number of keys held, for logs and metrics.

@@ -1,0 +1,528 @@
+//! The state as segments: what a snapshot writes of the state is what changed since the last
+//! one, not the whole of it.
+//!
+//! The state is split into **parts**, a kind of data and a period of it ([`PartKey`]): the
+//! rep × day grain by calendar month, dedup ids by week, entities (deals, quotas, roster,
+//! fx rates, surveys, the first deal and last activity per rep and deal) in hash buckets of
+//! their ids, the rep names and the dead-letter log. The fold marks what it touches
+//! ([`Dirty`]); each cut takes the touched keys' current values as one **delta segment**. A
+//! part's content is the upsert of its **chain** of segments, oldest first; a [`Manifest`]
+//! (one per snapshot, next to its checkpoint) names every part's chain and holds the small
+//! counters written whole each time ([`Head`]). A chain longer than the compaction limit is
+//! merged into a **base** of that part alone ([`Merge::base`]), so a restore reads a base plus a
+//! bounded number of deltas per part. Dedup ids under the prune floor are dropped at restore
+//! and compaction, and a week wholly under it leaves the manifest.
+//!
+//! Pure: no I/O. `pipeline::checkpoint` writes and reads the files; `snapshot` names them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use super::hierarchy::Placement;
+use super::{DailyCounts, DealVersion, Map, State, Versioned};
+use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
+use crate::source::DeadLetter;
+
+/// Bump when the encoding of segments or manifests changes: a snapshot in another format is
+/// refused at restore, naming the file.
+pub const FORMAT: u32 = 6;
+
+/// Hash buckets of the entity kinds.
+const BUCKETS: u64 = 64;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// A kind of state data; with a period, a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// The rep × day grain; period: calendar month (`year × 12 + month − 1`).
+    Daily,
+    /// Activity ids within the dedup horizon; period: UTC week of the event (days since the
+    /// epoch ÷ 7).
+    Seen,
+    /// The rest by hash bucket of the key's id.
+    Deals,
+    DealActivity,
+    RepFirstDeal,
+    Quotas,
+    Roster,
+    Fx,
+    Surveys,
+    /// The rep id interning, appended to (period 0).
+    RepNames,
+    /// The bounded dead-letter log, written whole (period 0).
+    DeadLetters,
+}
+
+/// A part of the state: the unit of segments and compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartKey {
+    pub kind: Kind,
+    pub period: i32,
+}
+
+/// The data of one part in one segment: upserts of keys with their values (a base holds all
+/// of the part's keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PartData {
+    Daily(Vec<((u32, Day), DailyCounts)>),
+    Seen(Vec<(u128, Micros)>),
+    Deals(Vec<(String, Versioned<Deal, DealVersion>)>),
+    DealActivity(Vec<(String, Micros)>),
+    RepFirstDeal(Vec<(String, Micros)>),
+    Quotas(Vec<((String, Day), Versioned<Quota>)>),
+    Roster(Vec<(String, Versioned<Rep, Placement>)>),
+    Fx(Vec<((String, Day), Versioned<FxRate>)>),
+    Surveys(Vec<(String, Survey)>),
+    /// Names from index `.0` on.
+    RepNames(u32, Vec<String>),
+    DeadLetters(VecDeque<DeadLetter>),
+}
+
+/// One part in a segment; `whole` when it holds all of the part (its chain starts again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub key: PartKey,
+    pub whole: bool,
+    pub data: PartData,
+}
+
+/// A segment file: a snapshot's delta (`base: false`) or what compaction merged (`base: true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub format: u32,
+    pub at: SegmentRef,
+    pub parts: Vec<Part>,
+}
+
+/// Names a segment file (`snapshot::segment_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// The snapshot that wrote it.
+    pub snapshot_id: u64,
+    /// A compaction's output rather than the snapshot's delta.
+    pub base: bool,
+}
+
+/// What is written whole with every manifest: small, and changed by nearly every message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub snapshot_id: u64,
+    pub as_of: Option<Micros>,
+    pub offsets: crate::source::Offsets,
+    pub partition_high: crate::watermark::Highs,
+    pub quality: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Dedup ids older than this were pruned (`State::prune`).
+    pub seen_floor: Option<Micros>,
+}
+
+/// A snapshot's state: the head and every part's chain of segments, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub head: Head,
+    pub chains: BTreeMap<PartKey, Vec<SegmentRef>>,
+}
+
+/// Keys touched since the last cut, per kind (bookkeeping of the state, not part of it).
+#[derive(Debug, Clone, Default)]
+pub struct Dirty {
+    pub(super) daily: Set<(u32, Day)>,
+    pub(super) seen: Vec<u128>,
+    pub(super) deals: Set<String>,
+    pub(super) deal_activity: Set<String>,
+    pub(super) rep_first_deal: Set<String>,
+    pub(super) quotas: Set<(String, Day)>,
+    pub(super) roster: Set<String>,
+    pub(super) fx: Set<(String, Day)>,
+    pub(super) surveys: Vec<String>,
+    pub(super) dead_letters: bool,
+    /// Rep names already in a segment.
+    pub(super) rep_names: usize,
+}
+
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
+impl PartialEq for Dirty {
+    fn eq(&self, _: &Dirty) -> bool {
+        true
+    }
+}
+
+fn codec() -> impl bincode::Options + Copy {
+    bincode::DefaultOptions::new()
+}
+
+/// A segment or manifest that did not decode, or is in another format.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("{0}")]
+    Decode(#[from] bincode::Error),
+    #[error("state format {found} is not {FORMAT}: written by another quotaflow version")]
+    Format { found: u32 },
+}
+
+macro_rules! codec_of {
+    ($t:ty) => {
+        impl $t {
+            pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+                use bincode::Options;
+                codec().serialize(self)
+            }
+
+            pub fn decode(bytes: &[u8]) -> Result<$t, SegmentError> {
+                use bincode::Options;
+                let v: $t = codec().deserialize(bytes)?;
+                if v.format != FORMAT {
+                    return Err(SegmentError::Format { found: v.format });
+                }
+                Ok(v)
+            }
+        }
+    };
+}
+codec_of!(Segment);
+codec_of!(Manifest);
+
+fn bucket(id: &str) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % BUCKETS) as i32
+}
+
+fn month(day: Day) -> i32 {
+    use chrono::Datelike;
+    let d = crate::calendar::date_of(day);
+    d.year() * 12 + d.month0() as i32
+}
+
+fn week(t: Micros) -> i32 {
+    let day = t
+        .div_euclid(MICROS_PER_DAY)
+        .clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+    day.div_euclid(7)
+}
+
+/// The week the prune floor `floor` falls in: weeks before it hold no id the floor keeps.
+fn floor_week(floor: Micros) -> i32 {
+    week(floor)
+}
+
+fn key(kind: Kind, period: i32) -> PartKey {
+    PartKey { kind, period }
+}
+
+/// Groups the `keys` of `map` present in it by part, with clones of their values.
+fn pick<'a, K, V>(
+    map: &Map<K, V>,
+    keys: impl Iterator<Item = &'a K>,
+    part: impl Fn(&K, &V) -> i32,
+) -> BTreeMap<i32, Vec<(K, V)>>
+where
+    K: Hash + Eq + Clone + 'a,
+    V: Clone,
+{
+    let mut out: BTreeMap<i32, Vec<(K, V)>> = BTreeMap::new();
+    for k in keys {
+        if let Some(v) = map.get(k) {
+            out.entry(part(k, v))
+                .or_default()
+                .push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+/// Upserts `rows` into `map`.
+fn upsert<K: Hash + Eq, V>(map: &mut Map<K, V>, rows: Vec<(K, V)>) {
+    map.reserve(rows.len());
+    map.extend(rows);
+}
+
+/// One kind's parts, for [`State::segment`].
+fn parts_of<K, V>(
+    out: &mut Vec<Part>,
+    kind: Kind,
+    whole: bool,
+    grouped: BTreeMap<i32, Vec<(K, V)>>,
+    wrap: fn(Vec<(K, V)>) -> PartData,
+) {
+    out.extend(grouped.into_iter().map(|(period, rows)| Part {
+        key: key(kind, period),
+        whole,
+        data: wrap(rows),
+    }));
+}
+
+impl State {
+    /// The head of the state (written whole with every manifest).
+    pub fn head(&self) -> Head {
+        Head {
+            snapshot_id: self.snapshot_id,
+            as_of: self.as_of,
+            offsets: self.offsets.clone(),
+            partition_high: self.partition_high.clone(),
+            quality: self.quality.clone(),
+            seen_floor: self.seen_floor,
+        }
+    }
+
+    /// Takes the keys the fold touched since the last cut (for [`State::segment`]).
+    pub fn take_dirty(&mut self) -> Dirty {
+        let d = std::mem::take(&mut self.dirty);
+        self.dirty.rep_names = self.rep_ids.names.len();
+        d
+    }
+
+    /// One segment's parts: the current values of the keys `d` names (with `all`, every part
+    /// whole: the first snapshot, or the first after one whose segment was lost).
+    pub fn segment(&self, d: &Dirty, all: bool) -> Vec<Part> {
+        let mut out = Vec::new();
+        let w = all;
+        macro_rules! kind {
+            ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
+                let grouped = if all {
+                    pick(&self.$map, self.$map.keys(), $part)
+                } else {
+                    pick(&self.$map, $dirty, $part)
+                };
+                parts_of(&mut out, $kind, w, grouped, $wrap);
+            }};
+        }
+        kind!(
+            daily,
+            d.daily.iter(),
+            Kind::Daily,
+            |k: &(u32, Day), _| month(k.1),
+            PartData::Daily
+        );
+        kind!(
+            seen_activities,
+            d.seen.iter(),
+            Kind::Seen,
+            |_, t: &Micros| week(*t),
+            PartData::Seen
+        );
+        kind!(
+            deals,
+            d.deals.iter(),
+            Kind::Deals,
+            |k: &String, _| bucket(k),
+            PartData::Deals
+        );
+        kind!(
+            deal_last_activity,
+            d.deal_activity.iter(),
+            Kind::DealActivity,
+            |k: &String, _| bucket(k),
+            PartData::DealActivity
+        );
+        kind!(
+            rep_first_deal,
+            d.rep_first_deal.iter(),
+            Kind::RepFirstDeal,
+            |k: &String, _| bucket(k),
+            PartData::RepFirstDeal
+        );
+        kind!(
+            quotas,
+            d.quotas.iter(),
+            Kind::Quotas,
+            |k: &(String, Day), _| bucket(&k.0),
+            PartData::Quotas
+        );
+        kind!(
+            roster,
+            d.roster.iter(),
+            Kind::Roster,
+            |k: &String, _| bucket(k),
+            PartData::Roster
+        );
+        kind!(
+            fx,
+            d.fx.iter(),
+            Kind::Fx,
+            |k: &(String, Day), _| bucket(&k.0),
+            PartData::Fx
+        );
+        kind!(
+            surveys,
+            d.surveys.iter(),
+            Kind::Surveys,
+            |k: &String, _| bucket(k),
+            PartData::Surveys
+        );
+        let from = if all {
+            0
+        } else {
+            d.rep_names.min(self.rep_ids.names.len())
+        };
+        if from < self.rep_ids.names.len() {
+            out.push(Part {
+                key: key(Kind::RepNames, 0),
+                whole: from == 0,
+                data: PartData::RepNames(from as u32, self.rep_ids.names[from..].to_vec()),
+            });
+        }
+        if all || d.dead_letters {
+            out.push(Part {
+                key: key(Kind::DeadLetters, 0),
+                whole: true,
+                data: PartData::DeadLetters(self.dead_letters.clone()),
+            });
+        }
+        out
+    }
+
+    /// Upserts one part's data (a restore or compaction applies each chain oldest first).
+    pub fn apply(&mut self, data: PartData) {
+        match data {
+            PartData::Daily(rows) => upsert(&mut self.daily, rows),
+            PartData::Seen(rows) => upsert(&mut self.seen_activities, rows),
+            PartData::Deals(rows) => upsert(&mut self.deals, rows),
+            PartData::DealActivity(rows) => upsert(&mut self.deal_last_activity, rows),
+            PartData::RepFirstDeal(rows) => upsert(&mut self.rep_first_deal, rows),
+            PartData::Quotas(rows) => upsert(&mut self.quotas, rows),
+            PartData::Roster(rows) => upsert(&mut self.roster, rows),
+            PartData::Fx(rows) => upsert(&mut self.fx, rows),
+            PartData::Surveys(rows) => upsert(&mut self.surveys, rows),
+            PartData::RepNames(from, names) => self.rep_ids.put(from as usize, names),
+            PartData::DeadLetters(log) => self.dead_letters = log,
+        }
+    }
+}
+
+impl Manifest {
+    /// The manifest after segment `at` with `parts` (written whole or not), under `head`:
+    /// a whole part starts its chain again, a delta extends it, and dedup weeks wholly under
+    /// the prune floor leave.
+    pub fn next(&self, head: Head, at: SegmentRef, parts: &[(PartKey, bool)]) -> Manifest {
+        let mut chains = self.chains.clone();
+        for (k, whole) in parts {
+            let chain = chains.entry(*k).or_default();
+            if *whole {
+                chain.clear();
+            }
+            chain.push(at);
+        }
+        if let Some(floor) = head.seen_floor {
+            let below = floor_week(floor);
+            chains.retain(|k, _| k.kind != Kind::Seen || k.period >= below);
+        }
+        Manifest {
+            format: FORMAT,
+            head,
+            chains,
+        }
+    }
+
+    /// Whether part `k`'s chain holds segment `at`.
+    pub fn holds(&self, k: PartKey, at: SegmentRef) -> bool {
+        self.chains.get(&k).is_some_and(|c| c.contains(&at))
+    }
+
+    /// The parts whose chain is longer than `limit` segments.
+    pub fn overlong(&self, limit: usize) -> BTreeSet<PartKey> {
+        self.chains
+            .iter()
+            .filter(|(_, c)| c.len() > limit)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// The segment files the chains of `parts` (all with `None`) read, in the order a restore
+    /// applies them (oldest first).
+    pub fn files(&self, parts: Option<&BTreeSet<PartKey>>) -> BTreeSet<SegmentRef> {
+        self.chains
+            .iter()
+            .filter(|(k, _)| parts.is_none_or(|p| p.contains(k)))
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect()
+    }
+
+    /// Puts the compacted `parts` on the base `at` alone (parts it did not hold — dedup weeks
+    /// that came out empty — leave).
+    pub fn rebase(&mut self, compacted: &BTreeSet<PartKey>, base: &Segment) {
+        let written: BTreeSet<PartKey> = base.parts.iter().map(|p| p.key).collect();
+        for k in compacted {
+            if written.contains(k) {
+                self.chains.insert(*k, vec![base.at]);
+            } else {
+                self.chains.remove(k);
+            }
+        }
+    }
+}
+
+/// Segments merged into a state: a restore (every part) or a compaction (some parts). Add
+/// the files `manifest.files(..)` names in that order; each adds the parts whose chain in the
+/// manifest holds it.
+pub struct Merge<'a> {
+    manifest: &'a Manifest,
+    only: Option<&'a BTreeSet<PartKey>>,
+    state: State,
+}
+
+impl<'a> Merge<'a> {
+    /// A merge of the parts `only` (every part with `None`) of `manifest`.
+    pub fn new(manifest: &'a Manifest, only: Option<&'a BTreeSet<PartKey>>) -> Merge<'a> {
+        Merge {
+            manifest,
+            only,
+            state: State::default(),
+        }
+    }
+
+    pub fn add(&mut self, segment: Segment) {
+        for part in segment.parts {
+            if self.only.is_none_or(|o| o.contains(&part.key))
+                && self.manifest.holds(part.key, segment.at)
+            {
+                self.state.apply(part.data);
+            }
+        }
+    }
+
+    fn pruned(mut self) -> State {
+        if let Some(floor) = self.manifest.head.seen_floor {
+            self.state.seen_activities.retain(|_, t| *t >= floor);
+        }
+        self.state
+    }
+
+    /// The restored state, with the manifest's head (the alert part left empty).
+    pub fn state(self) -> State {
+        let h = self.manifest.head.clone();
+        let mut s = self.pruned();
+        s.snapshot_id = h.snapshot_id;
+        s.as_of = h.as_of;
+        s.offsets = h.offsets;
+        s.partition_high = h.partition_high;
+        s.quality = h.quality;
+        s.seen_floor = h.seen_floor;
+        s.rebuild_derived();
+        s.dirty = Dirty {
+            rep_names: s.rep_ids.names.len(),
+            ..Dirty::default()
+        };
+        s
+    }
+
+    /// The merged parts as base segment `at` (parts left empty are not in it).
+    pub fn base(self, at: SegmentRef) -> Segment {
+        let only = self.only;
+        let parts = self
+            .pruned()
+            .segment(&Dirty::default(), true)
+            .into_iter()
+            .filter(|p| only.is_none_or(|o| o.contains(&p.key)))
+            .collect();
+        Segment {
+            format: FORMAT,
+            at,
+            parts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
