@@ -657,7 +657,7 @@ fn next_snapshot(
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({:.3} MB segment, {} parts compacted, {:.2} MB base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({} bytes of segment, {} parts compacted, {} bytes of base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
         started.elapsed().as_secs_f64(),
         cut.as_secs_f64(),
         rolled.as_secs_f64(),
@@ -665,9 +665,9 @@ fn next_snapshot(
         (cut - planned).as_secs_f64(),
         segment_s,
         state_write_s,
-        w.delta_bytes as f64 / 1e6,
+        w.delta_bytes,
         w.parts_compacted,
-        w.base_bytes as f64 / 1e6,
+        w.base_bytes,
         sql.0.as_secs_f64(),
         sql.1.as_secs_f64(),
         sql.2.as_secs_f64(),

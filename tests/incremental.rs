@@ -151,22 +151,16 @@ const STAGES: &[&str] = &[
 /// `state` as a restart has it: written whole as one segment and a manifest (through their
 /// bytes), then restored from them, its alert part included.
 fn restarted(state: &State) -> State {
-    use quotaflow::state::segments::{Dirty, Manifest, Merge, Segment, SegmentRef, FORMAT};
+    use quotaflow::state::segments::{Dirty, Manifest, Merge, Segment, SegmentRef};
     let at = SegmentRef {
         snapshot_id: state.snapshot_id,
         base: false,
     };
-    let parts = state.segment(&Dirty::default(), true);
-    let keys: Vec<_> = parts.iter().map(|p| (p.key, p.whole)).collect();
-    let segment = Segment {
-        format: FORMAT,
-        at,
-        parts,
-    };
-    let manifest = Manifest::default().next(state.head(), at, &keys);
+    let segment = state.encode_segment(&Dirty::default(), true, at).unwrap();
+    let manifest = Manifest::default().next(state.head(), at, &segment.parts);
     let manifest = Manifest::decode(&manifest.encode().unwrap()).unwrap();
     let mut merge = Merge::new(&manifest, None);
-    merge.add(Segment::decode(&segment.encode().unwrap()).unwrap());
+    merge.add(Segment::decode(&segment.bytes).unwrap());
     let mut restored = merge.state();
     restored
         .decode_alerts(&state.encode_alerts().unwrap())

@@ -25,7 +25,7 @@ use rdkafka::Message as _;
 
 pub use checkpoint::{table_names, SNAPSHOTS};
 pub use restore::{read_state, restore, Restored};
-pub use state_write::{cut_segment, state_image, write_state, CutSegment, StateWrite};
+pub use state_write::{cut_segment, state_image, write_state, StateWrite};
 
 use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;

@@ -9,7 +9,10 @@ use super::RunError;
 use crate::alert::deliver::DeliveryAcks;
 use crate::config::Pipeline;
 use crate::snapshot::{retention, CalendarRef, Checkpoint, Location, SnapshotError, SnapshotRow};
-use crate::state::segments::{self, Manifest, Merge, Segment, SegmentRef};
+use crate::state::segments::{
+    self, Manifest, Merge, PartData, SegmentError, SegmentIndex, SegmentRef, Wants,
+    INDEX_LENGTH_BYTES,
+};
 use crate::state::State;
 
 /// What a run starts from.
@@ -136,17 +139,11 @@ async fn read_state_and_manifest(
     location: &Location,
     c: &Checkpoint,
 ) -> Result<(State, Manifest), RunError> {
-    use futures::StreamExt;
     let images = location.read_images(c, segments::FORMAT).await?;
     let manifest = Manifest::decode(&images.manifest)
         .map_err(|e| format_error(location, &c.state.manifest, e))?;
     let mut merge = Merge::new(&manifest, None);
-    let mut reads = futures::stream::iter(manifest.files(None))
-        .map(|r| read_segment(location, r))
-        .buffered(READ_AHEAD);
-    while let Some(segment) = reads.next().await {
-        merge.add(segment?);
-    }
+    merge_segments(location, &mut merge, manifest.files(None)).await?;
     let mut state = merge.state();
     state
         .decode_alerts(&images.alerts)
@@ -154,11 +151,59 @@ async fn read_state_and_manifest(
     Ok((state, manifest))
 }
 
-/// One segment file, decoded.
-pub(super) async fn read_segment(location: &Location, r: SegmentRef) -> Result<Segment, RunError> {
+/// Applies to `merge` the parts it wants of each file of `files` (oldest first), reading
+/// only those parts (the file's index, then their byte ranges), `READ_AHEAD` files ahead.
+pub(super) async fn merge_segments(
+    location: &Location,
+    merge: &mut Merge<'_>,
+    files: BTreeSet<SegmentRef>,
+) -> Result<(), RunError> {
+    use futures::StreamExt;
+    let wants = merge.wants();
+    let mut reads = futures::stream::iter(files)
+        .map(|r| read_parts(location, r, wants))
+        .buffered(READ_AHEAD);
+    while let Some(parts) = reads.next().await {
+        for data in parts? {
+            merge.apply(data);
+        }
+    }
+    Ok(())
+}
+
+/// The parts of segment `r` that `wants` names, decoded.
+async fn read_parts(
+    location: &Location,
+    r: SegmentRef,
+    wants: Wants<'_>,
+) -> Result<Vec<PartData>, RunError> {
     let rel = crate::snapshot::segment_path(r);
-    let bytes = location.get_file(&rel).await?;
-    Segment::decode(&bytes).map_err(|e| format_error(location, &rel, e))
+    let bad = |e: SegmentError| format_error(location, &rel, e);
+    let head = location.get_range(&rel, 0..INDEX_LENGTH_BYTES).await?;
+    let length = SegmentIndex::length(&head).map_err(bad)?;
+    let at = INDEX_LENGTH_BYTES..INDEX_LENGTH_BYTES + length;
+    let index = SegmentIndex::decode(&location.get_range(&rel, at).await?).map_err(bad)?;
+    if index.at != r {
+        return Err(format_error(
+            location,
+            &rel,
+            "its index names another segment",
+        ));
+    }
+    let ranges: Vec<_> = index
+        .parts
+        .iter()
+        .filter(|e| wants.part(e.key, r))
+        .map(|e| SegmentIndex::range(length, e))
+        .collect();
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let blobs = location.get_ranges(&rel, &ranges).await?;
+    blobs
+        .iter()
+        .map(|b| PartData::decode(b).map_err(bad))
+        .collect()
 }
 
 fn format_error(location: &Location, rel: &str, e: impl std::fmt::Display) -> RunError {

@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::checkpoint::{encode_err, with_retries};
-use super::restore::read_segment;
+use super::restore::merge_segments;
 use super::RunError;
 use crate::snapshot::{segment_of, Location, SnapshotRow, StateImage};
-use crate::state::segments::{self, Head, Manifest, Merge, PartKey, Segment, SegmentRef};
+use crate::state::segments::{self, Encoded, Head, Manifest, Merge, SegmentRef};
 use crate::state::State;
 
 /// What writing a snapshot's state did.
@@ -22,30 +22,14 @@ pub struct StateWrite {
     pub base_bytes: u64,
 }
 
-/// A cut's segment, encoded, with the parts it holds (and whether whole).
-pub struct CutSegment {
-    pub bytes: bytes::Bytes,
-    pub parts: Vec<(PartKey, bool)>,
-}
-
 /// The segment of what `state` changed since the last cut (`dirty`; everything with `all`),
 /// as snapshot `state.snapshot_id` writes it.
 pub fn cut_segment(
     state: &State,
     dirty: &segments::Dirty,
     all: bool,
-) -> Result<CutSegment, bincode::Error> {
-    let parts = state.segment(dirty, all);
-    let keys = parts.iter().map(|p| (p.key, p.whole)).collect();
-    let segment = Segment {
-        format: segments::FORMAT,
-        at: delta_at(state.snapshot_id),
-        parts,
-    };
-    Ok(CutSegment {
-        bytes: segment.encode()?.into(),
-        parts: keys,
-    })
+) -> Result<Encoded, bincode::Error> {
+    state.encode_segment(dirty, all, delta_at(state.snapshot_id))
 }
 
 fn delta_at(id: u64) -> SegmentRef {
@@ -62,15 +46,13 @@ pub async fn write_state(
     location: &Location,
     previous: &Manifest,
     head: Head,
-    cut: &CutSegment,
+    cut: &Encoded,
     compact_after: usize,
 ) -> Result<(Manifest, StateWrite), RunError> {
     let id = head.snapshot_id;
-    location
-        .put_segment(delta_at(id), cut.bytes.clone())
-        .await?;
+    location.put_segment(cut.at, cut.bytes.clone()).await?;
     crate::snapshot::crash_point("after_segment", id);
-    let mut manifest = previous.next(head, delta_at(id), &cut.parts);
+    let mut manifest = previous.next(head, cut.at, &cut.parts);
     let mut w = StateWrite {
         delta_bytes: cut.bytes.len() as u64,
         ..StateWrite::default()
@@ -82,14 +64,11 @@ pub async fn write_state(
             base: true,
         };
         let mut merge = Merge::new(&manifest, Some(&long));
-        for r in manifest.files(Some(&long)) {
-            merge.add(read_segment(location, r).await?);
-        }
-        let base = merge.base(at);
-        let bytes = base.encode().map_err(encode_err("a state segment"))?;
+        merge_segments(location, &mut merge, manifest.files(Some(&long))).await?;
+        let base = merge.base(at).map_err(encode_err("a state segment"))?;
         w.parts_compacted = long.len() as u64;
-        w.base_bytes = bytes.len() as u64;
-        location.put_segment(at, bytes.into()).await?;
+        w.base_bytes = base.bytes.len() as u64;
+        location.put_segment(at, base.bytes.clone()).await?;
         crate::snapshot::crash_point("after_compaction", id);
         manifest.rebase(&long, &base);
     }

@@ -24,6 +24,10 @@ use super::hierarchy::Placement;
 use super::{DailyCounts, DealVersion, Map, State, Versioned};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
+pub use file::{Encoded, PartEntry, Segment, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES};
+use file::{PartOut, PartRows, Rows};
+
+mod file;
 
 /// Bump when the encoding of segments or manifests changes: a snapshot in another format is
 /// refused at restore, naming the file.
@@ -63,8 +67,8 @@ pub struct PartKey {
 }
 
 /// The data of one part in one segment: upserts of keys with their values (a base holds all
-/// of the part's keys).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// of the part's keys). Written as `file::PartRows`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum PartData {
     Daily(Vec<((u32, Day), DailyCounts)>),
     Seen(Vec<(u128, Micros)>),
@@ -81,19 +85,11 @@ pub enum PartData {
 }
 
 /// One part in a segment; `whole` when it holds all of the part (its chain starts again).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Part {
     pub key: PartKey,
     pub whole: bool,
     pub data: PartData,
-}
-
-/// A segment file: a snapshot's delta (`base: false`) or what compaction merged (`base: true`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Segment {
-    pub format: u32,
-    pub at: SegmentRef,
-    pub parts: Vec<Part>,
 }
 
 /// Names a segment file (`snapshot::segment_path`).
@@ -150,41 +146,6 @@ impl PartialEq for Dirty {
     }
 }
 
-fn codec() -> impl bincode::Options + Copy {
-    bincode::DefaultOptions::new()
-}
-
-/// A segment or manifest that did not decode, or is in another format.
-#[derive(Debug, thiserror::Error)]
-pub enum SegmentError {
-    #[error("{0}")]
-    Decode(#[from] bincode::Error),
-    #[error("state format {found} is not {FORMAT}: written by another quotaflow version")]
-    Format { found: u32 },
-}
-
-macro_rules! codec_of {
-    ($t:ty) => {
-        impl $t {
-            pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
-                use bincode::Options;
-                codec().serialize(self)
-            }
-
-            pub fn decode(bytes: &[u8]) -> Result<$t, SegmentError> {
-                use bincode::Options;
-                let v: $t = codec().deserialize(bytes)?;
-                if v.format != FORMAT {
-                    return Err(SegmentError::Format { found: v.format });
-                }
-                Ok(v)
-            }
-        }
-    };
-}
-codec_of!(Segment);
-codec_of!(Manifest);
-
 fn bucket(id: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % BUCKETS) as i32
 }
@@ -211,23 +172,20 @@ fn key(kind: Kind, period: i32) -> PartKey {
     PartKey { kind, period }
 }
 
-/// Groups the `keys` of `map` present in it by part, with clones of their values.
+/// Groups the `keys` of `map` present in it (all of it with `None`) by part, borrowed.
 fn pick<'a, K, V>(
-    map: &Map<K, V>,
-    keys: impl Iterator<Item = &'a K>,
+    map: &'a Map<K, V>,
+    keys: Option<impl Iterator<Item = &'a K>>,
     part: impl Fn(&K, &V) -> i32,
-) -> BTreeMap<i32, Vec<(K, V)>>
+) -> BTreeMap<i32, Vec<(&'a K, &'a V)>>
 where
-    K: Hash + Eq + Clone + 'a,
-    V: Clone,
+    K: Hash + Eq + 'a,
 {
-    let mut out: BTreeMap<i32, Vec<(K, V)>> = BTreeMap::new();
-    for k in keys {
-        if let Some(v) = map.get(k) {
-            out.entry(part(k, v))
-                .or_default()
-                .push((k.clone(), v.clone()));
-        }
+    let mut out: BTreeMap<i32, Vec<(&K, &V)>> = BTreeMap::new();
+    let mut add = |(k, v): (&'a K, &'a V)| out.entry(part(k, v)).or_default().push((k, v));
+    match keys {
+        Some(keys) => keys.filter_map(|k| map.get_key_value(k)).for_each(&mut add),
+        None => map.iter().for_each(&mut add),
     }
     out
 }
@@ -238,15 +196,15 @@ fn upsert<K: Hash + Eq, V>(map: &mut Map<K, V>, rows: Vec<(K, V)>) {
     map.extend(rows);
 }
 
-/// One kind's parts, for [`State::segment`].
-fn parts_of<K, V>(
-    out: &mut Vec<Part>,
+/// One kind's parts, for [`State::encode_segment`].
+fn parts_of<'a, K, V>(
+    out: &mut Vec<PartOut<'a>>,
     kind: Kind,
     whole: bool,
-    grouped: BTreeMap<i32, Vec<(K, V)>>,
-    wrap: fn(Vec<(K, V)>) -> PartData,
+    grouped: BTreeMap<i32, Rows<'a, K, V>>,
+    wrap: fn(Rows<'a, K, V>) -> PartRows<'a>,
 ) {
-    out.extend(grouped.into_iter().map(|(period, rows)| Part {
+    out.extend(grouped.into_iter().map(|(period, rows)| PartOut {
         key: key(kind, period),
         whole,
         data: wrap(rows),
@@ -273,18 +231,21 @@ impl State {
         d
     }
 
-    /// One segment's parts: the current values of the keys `d` names (with `all`, every part
-    /// whole: the first snapshot, or the first after one whose segment was lost).
-    pub fn segment(&self, d: &Dirty, all: bool) -> Vec<Part> {
+    /// Segment `at`: the current values of the keys `d` names (with `all`, every part whole:
+    /// the first snapshot, or the first after one whose segment was lost), encoded straight
+    /// from the state.
+    pub fn encode_segment(
+        &self,
+        d: &Dirty,
+        all: bool,
+        at: SegmentRef,
+    ) -> Result<Encoded, bincode::Error> {
         let mut out = Vec::new();
         let w = all;
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
-                let grouped = if all {
-                    pick(&self.$map, self.$map.keys(), $part)
-                } else {
-                    pick(&self.$map, $dirty, $part)
-                };
+                let keys = (!all).then(|| $dirty);
+                let grouped = pick(&self.$map, keys, $part);
                 parts_of(&mut out, $kind, w, grouped, $wrap);
             }};
         }
@@ -293,63 +254,63 @@ impl State {
             d.daily.iter(),
             Kind::Daily,
             |k: &(u32, Day), _| month(k.1),
-            PartData::Daily
+            PartRows::Daily
         );
         kind!(
             seen_activities,
             d.seen.iter(),
             Kind::Seen,
             |_, t: &Micros| week(*t),
-            PartData::Seen
+            PartRows::Seen
         );
         kind!(
             deals,
             d.deals.iter(),
             Kind::Deals,
             |k: &String, _| bucket(k),
-            PartData::Deals
+            PartRows::Deals
         );
         kind!(
             deal_last_activity,
             d.deal_activity.iter(),
             Kind::DealActivity,
             |k: &String, _| bucket(k),
-            PartData::DealActivity
+            PartRows::DealActivity
         );
         kind!(
             rep_first_deal,
             d.rep_first_deal.iter(),
             Kind::RepFirstDeal,
             |k: &String, _| bucket(k),
-            PartData::RepFirstDeal
+            PartRows::RepFirstDeal
         );
         kind!(
             quotas,
             d.quotas.iter(),
             Kind::Quotas,
             |k: &(String, Day), _| bucket(&k.0),
-            PartData::Quotas
+            PartRows::Quotas
         );
         kind!(
             roster,
             d.roster.iter(),
             Kind::Roster,
             |k: &String, _| bucket(k),
-            PartData::Roster
+            PartRows::Roster
         );
         kind!(
             fx,
             d.fx.iter(),
             Kind::Fx,
             |k: &(String, Day), _| bucket(&k.0),
-            PartData::Fx
+            PartRows::Fx
         );
         kind!(
             surveys,
             d.surveys.iter(),
             Kind::Surveys,
             |k: &String, _| bucket(k),
-            PartData::Surveys
+            PartRows::Surveys
         );
         let from = if all {
             0
@@ -357,20 +318,20 @@ impl State {
             d.rep_names.min(self.rep_ids.names.len())
         };
         if from < self.rep_ids.names.len() {
-            out.push(Part {
+            out.push(PartOut {
                 key: key(Kind::RepNames, 0),
                 whole: from == 0,
-                data: PartData::RepNames(from as u32, self.rep_ids.names[from..].to_vec()),
+                data: PartRows::RepNames(from as u32, &self.rep_ids.names[from..]),
             });
         }
-        if all || d.dead_letters {
-            out.push(Part {
+        if (all && !self.dead_letters.is_empty()) || d.dead_letters {
+            out.push(PartOut {
                 key: key(Kind::DeadLetters, 0),
                 whole: true,
-                data: PartData::DeadLetters(self.dead_letters.clone()),
+                data: PartRows::DeadLetters(&self.dead_letters),
             });
         }
-        out
+        file::encode(at, out)
     }
 
     /// Upserts one part's data (a restore or compaction applies each chain oldest first).
@@ -439,10 +400,10 @@ impl Manifest {
             .collect()
     }
 
-    /// Puts the compacted `parts` on the base `at` alone (parts it did not hold — dedup weeks
-    /// that came out empty — leave).
-    pub fn rebase(&mut self, compacted: &BTreeSet<PartKey>, base: &Segment) {
-        let written: BTreeSet<PartKey> = base.parts.iter().map(|p| p.key).collect();
+    /// Puts the compacted `parts` on `base` alone (parts it does not hold — dedup weeks that
+    /// came out empty — leave).
+    pub fn rebase(&mut self, compacted: &BTreeSet<PartKey>, base: &Encoded) {
+        let written: BTreeSet<PartKey> = base.parts.iter().map(|(k, _)| *k).collect();
         for k in compacted {
             if written.contains(k) {
                 self.chains.insert(*k, vec![base.at]);
@@ -453,12 +414,24 @@ impl Manifest {
     }
 }
 
-/// Segments merged into a state: a restore (every part) or a compaction (some parts). Add
-/// the files `manifest.files(..)` names in that order; each adds the parts whose chain in the
-/// manifest holds it.
-pub struct Merge<'a> {
+/// Which parts of which segments a merge applies: those of `only` (every part with `None`)
+/// whose chain in `manifest` holds the segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Wants<'a> {
     manifest: &'a Manifest,
     only: Option<&'a BTreeSet<PartKey>>,
+}
+
+impl Wants<'_> {
+    pub fn part(&self, key: PartKey, at: SegmentRef) -> bool {
+        self.only.is_none_or(|o| o.contains(&key)) && self.manifest.holds(key, at)
+    }
+}
+
+/// Segments merged into a state: a restore (every part) or a compaction (some parts). Apply
+/// the parts [`Merge::wants`] of the files `manifest.files(..)` names, in that order.
+pub struct Merge<'a> {
+    wants: Wants<'a>,
     state: State,
 }
 
@@ -466,24 +439,32 @@ impl<'a> Merge<'a> {
     /// A merge of the parts `only` (every part with `None`) of `manifest`.
     pub fn new(manifest: &'a Manifest, only: Option<&'a BTreeSet<PartKey>>) -> Merge<'a> {
         Merge {
-            manifest,
-            only,
+            wants: Wants { manifest, only },
             state: State::default(),
         }
     }
 
+    /// The parts this merge applies.
+    pub fn wants(&self) -> Wants<'a> {
+        self.wants
+    }
+
+    /// Upserts one wanted part's data.
+    pub fn apply(&mut self, data: PartData) {
+        self.state.apply(data);
+    }
+
+    /// A whole segment's wanted parts.
     pub fn add(&mut self, segment: Segment) {
         for part in segment.parts {
-            if self.only.is_none_or(|o| o.contains(&part.key))
-                && self.manifest.holds(part.key, segment.at)
-            {
+            if self.wants.part(part.key, segment.at) {
                 self.state.apply(part.data);
             }
         }
     }
 
     fn pruned(mut self) -> State {
-        if let Some(floor) = self.manifest.head.seen_floor {
+        if let Some(floor) = self.wants.manifest.head.seen_floor {
             self.state.seen_activities.retain(|_, t| *t >= floor);
         }
         self.state
@@ -491,7 +472,7 @@ impl<'a> Merge<'a> {
 
     /// The restored state, with the manifest's head (the alert part left empty).
     pub fn state(self) -> State {
-        let h = self.manifest.head.clone();
+        let h = self.wants.manifest.head.clone();
         let mut s = self.pruned();
         s.snapshot_id = h.snapshot_id;
         s.as_of = h.as_of;
@@ -508,19 +489,9 @@ impl<'a> Merge<'a> {
     }
 
     /// The merged parts as base segment `at` (parts left empty are not in it).
-    pub fn base(self, at: SegmentRef) -> Segment {
-        let only = self.only;
-        let parts = self
-            .pruned()
-            .segment(&Dirty::default(), true)
-            .into_iter()
-            .filter(|p| only.is_none_or(|o| o.contains(&p.key)))
-            .collect();
-        Segment {
-            format: FORMAT,
-            at,
-            parts,
-        }
+    pub fn base(self, at: SegmentRef) -> Result<Encoded, bincode::Error> {
+        // The merge holds only the parts it was given: all of it, whole, is their base.
+        self.pruned().encode_segment(&Dirty::default(), true, at)
     }
 }
 

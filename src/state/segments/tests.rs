@@ -31,16 +31,9 @@ fn cut(
     };
     s.snapshot_id = id;
     let dirty = s.take_dirty();
-    let parts = s.segment(&dirty, false);
-    let keys: Vec<(PartKey, bool)> = parts.iter().map(|p| (p.key, p.whole)).collect();
-    let seg = Segment {
-        format: FORMAT,
-        at,
-        parts,
-    };
-    let seg = Segment::decode(&seg.encode().unwrap()).unwrap();
-    files.insert(at, seg);
-    let mut next = m.next(s.head(), at, &keys);
+    let cut = s.encode_segment(&dirty, false, at).unwrap();
+    files.insert(at, Segment::decode(&cut.bytes).unwrap());
+    let mut next = m.next(s.head(), at, &cut.parts);
     let long = next.overlong(limit);
     if !long.is_empty() {
         let base_at = SegmentRef {
@@ -51,9 +44,9 @@ fn cut(
         for r in next.files(Some(&long)) {
             merge.add(files[&r].clone());
         }
-        let base = merge.base(base_at);
+        let base = merge.base(base_at).unwrap();
         next.rebase(&long, &base);
-        files.insert(base_at, base);
+        files.insert(base_at, Segment::decode(&base.bytes).unwrap());
     }
     next
 }
