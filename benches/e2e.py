@@ -70,12 +70,14 @@ def timed(cmd, env=None, stdout_path=None):
     return text, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
-def pipeline_file(work, tag, extra_snapshot=""):
+def pipeline_file(work, tag, extra_snapshot="", once_trigger_interval=None):
     root = os.getcwd()
     text = open("pipelines/default.toml").read()
+    if once_trigger_interval:
+        text = re.sub(r'once_trigger_interval = "[^"]*"', f'once_trigger_interval = "{once_trigger_interval}"', text)
     text = text.replace('"../sql/', f'"{root}/sql/').replace('= "spm.', f'= "{tag}.spm.')
     if extra_snapshot:
-        text = re.sub(r'trigger_interval = "[^"]*"', "", text)
+        text = re.sub(r'(?m)^trigger_interval = "[^"]*"', "", text)
         text = re.sub(r"retention = \d+", "", text)
         text = text.replace("[snapshot]\n", f"[snapshot]\n{extra_snapshot}\n")
     path = os.path.join(work, f"{tag}.toml")
@@ -283,6 +285,8 @@ def main():
     ap.add_argument("--days", type=int, default=91, help="days of history they span (default 91)")
     ap.add_argument("--freshness-seconds", type=float, default=30, help="how long to produce for the freshness run")
     ap.add_argument("--trigger-interval", default="2s", help="snapshot trigger of the freshness run")
+    ap.add_argument("--once-trigger-interval", default=None,
+                    help="snapshot interval of the --once run (default: the pipeline's, 60s)")
     ap.add_argument("--history-days", type=int, default=0,
                     help="days of history (of the main run's reps) the freshness run reads before it is measured")
     ap.add_argument("--json", default="bench-results.json", help="where to write the figures")
@@ -292,7 +296,7 @@ def main():
     reps = reps_for(args.events, args.days)
     start = days_ago(args.days)
     tag = f"bench{int(time.time())}"
-    pipeline = pipeline_file(work, tag)
+    pipeline = pipeline_file(work, tag, once_trigger_interval=args.once_trigger_interval)
 
     log(f"generating {reps} reps x {args.days} days into fresh topics ({tag}.spm.*)")
     text, gen_wall, _, _ = timed([args.bin, "generate", "--reps", str(reps), "--days", str(args.days),

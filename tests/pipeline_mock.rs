@@ -569,6 +569,45 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     assert_eq!(c.events, 100 + (high - low) as u64 + 1);
 }
 
+/// A `--once` run (a replay) cuts intermediate snapshots at `once_trigger_interval`, not at
+/// the continuous run's `trigger_interval`: with the first at an hour and the second at a
+/// millisecond, it writes one snapshot, at the end, however long it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_run_pays_only_for_the_snapshots_its_own_interval_asks_for() {
+    let p = PipelineFile::default()
+        .snapshot("trigger_interval", "\"1ms\"")
+        .snapshot("once_trigger_interval", "\"1h\"")
+        .load();
+    let c = cluster(&p);
+    let brokers = c.bootstrap_servers();
+    let msgs = messages(&p, 20);
+    produce(&brokers, 10_000, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let started = std::time::Instant::now();
+    let r = run_in_process(&p, once(&brokers, out)).await;
+    assert_eq!(r.messages as usize, msgs.len());
+    assert_eq!(r.snapshots, 1, "read for {:?}", started.elapsed());
+    // The same interval in a continuous run cuts a snapshot as soon as a message was read.
+    let more = messages(&p, 1);
+    let running = Running::start(&p, continuous(&brokers, out));
+    produce(&brokers, 10_000, &more);
+    eventually(
+        "a continuous run's snapshot",
+        Duration::from_secs(30),
+        || async {
+            Location::parse(out)
+                .unwrap()
+                .latest()
+                .await
+                .unwrap()
+                .is_some_and(|l| l.snapshot_id >= 2)
+        },
+    )
+    .await;
+    running.stop().await;
+}
+
 /// Table maintenance follows the snapshot ids, not the runs: `--once` runs of one snapshot
 /// each (a cron job) vacuum at every `maintenance_every`-th snapshot of the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,9 @@ pub struct Metrics {
 pub struct Snapshot {
     pub output: Option<String>,
     pub trigger_interval: Duration,
+    /// The interval of `--once` runs instead: a replay needs no fresh intermediate snapshots,
+    /// only a bound on the reading a crash loses.
+    pub once_trigger_interval: Duration,
     /// Snapshot after this many events as well as on the interval (0 = off).
     pub trigger_events: u64,
     /// The last this many snapshots stay readable...

@@ -189,6 +189,7 @@ impl Default for RawCalendar {
 pub(super) struct RawSnapshot {
     pub(super) output: Option<String>,
     pub(super) trigger_interval: String,
+    pub(super) once_trigger_interval: String,
     pub(super) trigger_events: u64,
     pub(super) retention: usize,
     pub(super) retention_days: usize,
@@ -202,6 +203,7 @@ impl Default for RawSnapshot {
         RawSnapshot {
             output: None,
             trigger_interval: "5s".into(),
+            once_trigger_interval: "60s".into(),
             trigger_events: 0,
             retention: 20,
             retention_days: 7,

@@ -201,11 +201,15 @@ fn calendar(c: &RawCalendar) -> Checked<(Calendar, String)> {
 /// `[snapshot]`.
 fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
     let trigger_interval = duration("snapshot.trigger_interval", &sn.trigger_interval)?;
-    if trigger_interval.is_zero() {
-        return Err(invalid(
-            "snapshot.trigger_interval",
-            "must be longer than 0",
-        ));
+    let once_trigger_interval =
+        duration("snapshot.once_trigger_interval", &sn.once_trigger_interval)?;
+    for (key, d) in [
+        ("snapshot.trigger_interval", trigger_interval),
+        ("snapshot.once_trigger_interval", once_trigger_interval),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(key, "must be longer than 0"));
+        }
     }
     if sn.retention == 0 {
         return Err(invalid(
@@ -234,6 +238,7 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
     Ok(Snapshot {
         output: sn.output.clone(),
         trigger_interval,
+        once_trigger_interval,
         trigger_events: sn.trigger_events,
         retention: sn.retention,
         retention_days: sn.retention_days,

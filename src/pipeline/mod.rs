@@ -160,7 +160,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     let (mut r, source, _server) = Runner::start(pipeline, &opts).await?;
-    let mut trigger = Trigger::new(&r.pipeline.snapshot);
+    let mut trigger = Trigger::new(&r.pipeline.snapshot, opts.once);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);

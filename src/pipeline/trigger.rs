@@ -1,7 +1,9 @@
-//! When a snapshot is cut: every `trigger_interval` of wall time that saw a message, and, with
-//! `trigger_events`, as soon as that many messages were read since the last cut. One snapshot
-//! is in flight at a time; an interval that comes due meanwhile is remembered, and the next cut
-//! starts as soon as the one in flight is written.
+//! When a snapshot is cut: every `trigger_interval` of wall time that saw a message (in a
+//! `--once` run, every `once_trigger_interval`: a replay pays only for the intermediate
+//! snapshots that bound what a crash loses), and, with `trigger_events`, as soon as that many
+//! messages were read since the last cut. One snapshot is in flight at a time; an interval that
+//! comes due meanwhile is remembered, and the next cut starts as soon as the one in flight is
+//! written.
 
 use crate::config::Snapshot;
 
@@ -14,11 +16,13 @@ pub(super) struct Trigger {
 }
 
 impl Trigger {
-    pub(super) fn new(snapshot: &Snapshot) -> Trigger {
-        let mut interval = tokio::time::interval_at(
-            tokio::time::Instant::now() + snapshot.trigger_interval,
-            snapshot.trigger_interval,
-        );
+    pub(super) fn new(snapshot: &Snapshot, once: bool) -> Trigger {
+        let every = if once {
+            snapshot.once_trigger_interval
+        } else {
+            snapshot.trigger_interval
+        };
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Trigger {
             interval,

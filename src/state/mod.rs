@@ -192,7 +192,9 @@ impl State {
                     .or_insert(i64::MAX);
                 if d.occurred_at < *first {
                     *first = d.occurred_at;
-                    self.dirty.rep_first_deal.insert(d.rep_id.clone());
+                    self.dirty
+                        .rep_first_deal
+                        .touch(d.rep_id.clone(), self.rep_first_deal.len());
                 }
                 let day = cal.day_of(d.occurred_at);
                 let (rep, deal) = (d.rep_id.clone(), d.deal_id.clone());
@@ -203,7 +205,7 @@ impl State {
                 if folded == Folded::Ok {
                     self.rep_ids.id(&rep);
                     let new = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
-                    self.dirty.deals.insert(deal.clone());
+                    self.dirty.deals.touch(deal.clone(), self.deals.len());
                     for (close, created) in old.into_iter().chain(new) {
                         self.changes.changes.day(Input::Deals, close);
                         self.changes.changes.day(Input::Deals, created);
@@ -217,7 +219,7 @@ impl State {
                 let (rep, start, end) = (q.rep_id.clone(), q.period_start, q.period_end);
                 let folded = fold_entity(&mut self.quotas, key.clone(), q.version, q, ());
                 if folded == Folded::Ok {
-                    self.dirty.quotas.insert(key);
+                    self.dirty.quotas.touch(key, self.quotas.len());
                     self.rep_ids.id(&rep);
                     let end = end.max(old.unwrap_or(end));
                     self.changes.changes.span(Input::Quotas, start, end);
@@ -238,7 +240,7 @@ impl State {
                 if folded == Folded::Ok {
                     // A move changes every figure of the teams involved: rare, so all of it.
                     self.rep_ids.id(&rep);
-                    self.dirty.roster.insert(rep);
+                    self.dirty.roster.touch(rep, self.roster.len());
                     self.changes.changes.all = true;
                     self.changes.changes.input(Input::Roster);
                 }
@@ -249,7 +251,7 @@ impl State {
                 let folded = fold_entity(&mut self.fx, (currency.clone(), from), f.version, f, ());
                 if folded == Folded::Ok {
                     self.fx_changed(&currency, from);
-                    self.dirty.fx.insert((currency, from));
+                    self.dirty.fx.touch((currency, from), self.fx.len());
                 }
                 folded
             }
@@ -259,7 +261,9 @@ impl State {
                 } else {
                     self.rep_ids.id(&s.rep_id);
                     self.changes.changes.input(Input::Surveys);
-                    self.dirty.surveys.push(s.response_id.clone());
+                    self.dirty
+                        .surveys
+                        .touch(s.response_id.clone(), self.surveys.len());
                     self.surveys.insert(s.response_id.clone(), s);
                     Folded::Ok
                 }
@@ -284,7 +288,7 @@ impl State {
             return Folded::Duplicate;
         }
         self.seen_activities.insert(id, a.occurred_at);
-        self.dirty.seen.push(id);
+        self.dirty.seen.touch(id, self.seen_activities.len());
         if let Some(deal) = &a.deal_id {
             let last = self
                 .deal_last_activity
@@ -292,7 +296,9 @@ impl State {
                 .or_insert(i64::MIN);
             if a.occurred_at > *last {
                 *last = a.occurred_at;
-                self.dirty.deal_activity.insert(deal.clone());
+                self.dirty
+                    .deal_activity
+                    .touch(deal.clone(), self.deal_last_activity.len());
             }
         }
         if let Some(deal) = a.deal_id.as_ref().and_then(|d| self.deals.get(d)) {
@@ -312,7 +318,7 @@ impl State {
             }
         }
         self.daily.entry(key).or_default().add(&a);
-        self.dirty.daily.insert(key);
+        self.dirty.daily.touch(key, self.daily.len());
         if self.rollups.built {
             self.rollups.pending.entry(key).or_default().add(&a);
         }
@@ -328,7 +334,7 @@ impl State {
         let span = self.activity_span.entry(id).or_insert((day, day));
         *span = (span.0.min(day), span.1.max(day));
         self.changes.changes.day(Input::Activities, day);
-        self.dirty.daily.insert((id, day));
+        self.dirty.daily.touch((id, day), self.daily.len());
         self.daily.entry((id, day)).or_default()
     }
 

@@ -39,7 +39,7 @@ async fn sigkill_mid_stream_then_restart_equals_an_uninterrupted_run() {
         &tag("kill"),
         PipelineFile::default()
             .snapshot("trigger_events", "300")
-            .snapshot("trigger_interval", "\"100ms\""),
+            .snapshot("once_trigger_interval", "\"100ms\""),
     );
     // One message per record batch: tansu 0.6 returns nothing to a fetch that starts inside a
     // batch, which a restart after a kill does (Apache Kafka serves it; see README).
@@ -184,7 +184,7 @@ async fn twenty_sigkills_lose_nothing_count_nothing_twice_and_readers_never_see_
         &tag("kill20"),
         PipelineFile::default()
             .snapshot("trigger_events", "100")
-            .snapshot("trigger_interval", "\"50ms\"")
+            .snapshot("once_trigger_interval", "\"50ms\"")
             .snapshot("retention", "100000"),
     );
     // One message per record batch (tansu 0.6 and mid-batch fetches: see README).

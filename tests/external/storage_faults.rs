@@ -100,7 +100,7 @@ async fn storage_faults_on_every_call_are_retried_and_readers_only_see_whole_sna
         &t,
         PipelineFile::default()
             .snapshot("trigger_events", "500")
-            .snapshot("trigger_interval", "\"100ms\""),
+            .snapshot("once_trigger_interval", "\"100ms\""),
     );
     let msgs = produce(&p, 17, 10_000).await;
     let output = format!("{}/{t}", env("QUOTAFLOW_TEST_S3"));

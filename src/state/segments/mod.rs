@@ -124,21 +124,58 @@ pub struct Manifest {
 /// Keys touched since the last cut, per kind (bookkeeping of the state, not part of it).
 #[derive(Debug, Clone, Default)]
 pub struct Dirty {
-    pub(super) daily: Set<(u32, Day)>,
-    pub(super) seen: Vec<u128>,
-    pub(super) deals: Set<String>,
-    pub(super) deal_activity: Set<String>,
-    pub(super) rep_first_deal: Set<String>,
-    pub(super) quotas: Set<(String, Day)>,
-    pub(super) roster: Set<String>,
-    pub(super) fx: Set<(String, Day)>,
-    pub(super) surveys: Vec<String>,
+    pub(super) daily: Touched<(u32, Day)>,
+    pub(super) seen: Touched<u128>,
+    pub(super) deals: Touched<String>,
+    pub(super) deal_activity: Touched<String>,
+    pub(super) rep_first_deal: Touched<String>,
+    pub(super) quotas: Touched<(String, Day)>,
+    pub(super) roster: Touched<String>,
+    pub(super) fx: Touched<(String, Day)>,
+    pub(super) surveys: Touched<String>,
     pub(super) dead_letters: bool,
     /// Rep names already in a segment.
     pub(super) rep_names: usize,
 }
 
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// The keys of one map touched since the last cut, or all of them: once more than a quarter of
+/// the map is touched (a replay, a first snapshot), listing keys costs more than writing the
+/// kind whole, so the list is dropped and every part of the kind is written whole.
+#[derive(Debug, Clone)]
+pub(super) struct Touched<K> {
+    keys: Set<K>,
+    all: bool,
+}
+
+impl<K> Default for Touched<K> {
+    fn default() -> Self {
+        Touched {
+            keys: Set::default(),
+            all: false,
+        }
+    }
+}
+
+impl<K: Hash + Eq> Touched<K> {
+    /// Records `key` of a map of `len` keys.
+    pub(super) fn touch(&mut self, key: K, len: usize) {
+        if self.all {
+            return;
+        }
+        self.keys.insert(key);
+        if self.keys.len() > len / 4 + 1024 {
+            self.all = true;
+            self.keys = Set::default();
+        }
+    }
+
+    /// The keys to write, or `None` for all of them.
+    fn keys(&self, all: bool) -> Option<impl Iterator<Item = &K>> {
+        (!all && !self.all).then(|| self.keys.iter())
+    }
+}
 
 impl PartialEq for Dirty {
     fn eq(&self, _: &Dirty) -> bool {
@@ -241,73 +278,73 @@ impl State {
         at: SegmentRef,
     ) -> Result<Encoded, bincode::Error> {
         let mut out = Vec::new();
-        let w = all;
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
-                let keys = (!all).then(|| $dirty);
+                let keys = $dirty.keys(all);
+                let whole = keys.is_none();
                 let grouped = pick(&self.$map, keys, $part);
-                parts_of(&mut out, $kind, w, grouped, $wrap);
+                parts_of(&mut out, $kind, whole, grouped, $wrap);
             }};
         }
         kind!(
             daily,
-            d.daily.iter(),
+            d.daily,
             Kind::Daily,
             |k: &(u32, Day), _| month(k.1),
             PartRows::Daily
         );
         kind!(
             seen_activities,
-            d.seen.iter(),
+            d.seen,
             Kind::Seen,
             |_, t: &Micros| week(*t),
             PartRows::Seen
         );
         kind!(
             deals,
-            d.deals.iter(),
+            d.deals,
             Kind::Deals,
             |k: &String, _| bucket(k),
             PartRows::Deals
         );
         kind!(
             deal_last_activity,
-            d.deal_activity.iter(),
+            d.deal_activity,
             Kind::DealActivity,
             |k: &String, _| bucket(k),
             PartRows::DealActivity
         );
         kind!(
             rep_first_deal,
-            d.rep_first_deal.iter(),
+            d.rep_first_deal,
             Kind::RepFirstDeal,
             |k: &String, _| bucket(k),
             PartRows::RepFirstDeal
         );
         kind!(
             quotas,
-            d.quotas.iter(),
+            d.quotas,
             Kind::Quotas,
             |k: &(String, Day), _| bucket(&k.0),
             PartRows::Quotas
         );
         kind!(
             roster,
-            d.roster.iter(),
+            d.roster,
             Kind::Roster,
             |k: &String, _| bucket(k),
             PartRows::Roster
         );
         kind!(
             fx,
-            d.fx.iter(),
+            d.fx,
             Kind::Fx,
             |k: &(String, Day), _| bucket(&k.0),
             PartRows::Fx
         );
         kind!(
             surveys,
-            d.surveys.iter(),
+            d.surveys,
             Kind::Surveys,
             |k: &String, _| bucket(k),
             PartRows::Surveys
