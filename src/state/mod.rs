@@ -5,7 +5,8 @@
 //! effective-dated hierarchy: `hierarchy`), fact ids are kept for the dedup horizon only. The
 //! state owns the event clock (`as_of`), the next offset of every topic-partition, the
 //! data-quality counters and a bounded log of recent dead letters. It never does I/O;
-//! `tables` turns it into Arrow record batches for the SQL engine.
+//! `tables` turns it into Arrow record batches for the SQL engine, and `segments` into the
+//! segments of what changed since the last snapshot (the fold marks the keys it touches).
 
 pub mod changes;
 pub(crate) mod columns;
@@ -113,11 +114,11 @@ pub fn lost_offsets(quality: &BTreeMap<String, BTreeMap<String, u64>>) -> BTreeM
 /// Bytes of payload kept per dead letter in the snapshot's log.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
-/// The whole resumable state of a pipeline.
 /// The hash maps of the state: foldhash, seeded per process (several times faster than the
 /// default SipHash on these short keys, and still not predictable from input).
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The whole resumable state of a pipeline.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     /// Id of the last snapshot written from (or restored into) this state; 0 before the first.
