@@ -13,7 +13,8 @@
 //! bounded number of deltas per part. Dedup ids under the prune floor are dropped at restore
 //! and compaction, and a week wholly under it leaves the manifest.
 //!
-//! Pure: no I/O. `pipeline::checkpoint` writes and reads the files; `snapshot` names them.
+//! Pure: no I/O. `pipeline::state_write` writes the files and `pipeline::restore` reads them;
+//! `snapshot` names and stores them.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::Hash;
