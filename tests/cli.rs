@@ -286,6 +286,37 @@ fn an_output_in_the_version_1_layout_is_refused_with_what_to_do() {
 }
 
 #[test]
+fn a_state_in_an_older_format_is_refused_naming_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    std::fs::create_dir_all(dir.path().join("_checkpoints")).unwrap();
+    std::fs::write(
+        dir.path().join("_latest"),
+        r#"{"snapshot_id": 7, "checkpoint": "_checkpoints/00000000000000000007.json"}"#,
+    )
+    .unwrap();
+    // A checkpoint as the previous version wrote it: one whole `state.bin`, format 5.
+    std::fs::write(
+        dir.path().join("_checkpoints/00000000000000000007.json"),
+        r#"{"snapshot_id": 7, "pipeline": "default", "contract_version": 2,
+            "quotaflow_version": "0.1.0", "as_of": null, "written_at": "2026-12-01T00:00:00Z",
+            "events": 0, "calendar": {"time_zone": "UTC", "fiscal_year_start_month": 1,
+            "corporate_currency": "USD"}, "offsets": {}, "tables": {},
+            "state": {"state": "_state/00000000000000000007/state.bin",
+                      "alerts": "_state/00000000000000000007/alerts.bin", "format": 5}}"#,
+    )
+    .unwrap();
+    let o = quotaflow(&["verify", "--output", out]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("00000000000000000007.json") && t.contains("state format 5 is not"),
+        "{t}"
+    );
+    assert!(t.contains("replay the topics into a new output"), "{t}");
+}
+
+#[test]
 fn demo_runs_the_pipeline_and_shows_the_alerts_of_its_silent_reps() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");

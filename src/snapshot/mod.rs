@@ -112,9 +112,12 @@ pub struct CalendarRef {
 /// Where a snapshot's resumable state is, relative to the output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFiles {
-    /// The state's counters and the segments of each of its parts (`state::segments`).
+    /// The state's counters and the segments of each of its parts (`state::segments`). (An
+    /// older format has none: its `format` is refused first.)
+    #[serde(default)]
     pub manifest: String,
     /// Every segment file the manifest names (shared with other snapshots).
+    #[serde(default)]
     pub segments: Vec<String>,
     pub alerts: String,
     /// The state encoding's version: a restore refuses another one.

@@ -75,12 +75,12 @@ impl Location {
     /// The manifest and alert images a checkpoint names; `format` is the state format the
     /// caller reads (another one is refused, naming the file).
     pub async fn read_images(&self, c: &Checkpoint, format: u32) -> Result<Images, SnapshotError> {
-        let path = self.path(&c.state.manifest);
         if c.state.format != format {
             return Err(format_err(
-                &path,
+                &self.path(&checkpoint_path(c.snapshot_id)),
                 format!(
-                    "state format {} is not {format}: written by another quotaflow version",
+                    "state format {} is not {format}: written by another quotaflow version; \
+                     replay the topics into a new output",
                     c.state.format
                 ),
             ));
