@@ -373,8 +373,7 @@ fn state_snapshot(
             compact_after,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
-    let image = quotaflow::pipeline::state_image(&manifest, state.as_of, &state.offsets)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let image = quotaflow::pipeline::state_image(&manifest).unwrap_or_else(|e| panic!("{e}"));
     let alerts = AlertsImage(
         state
             .encode_alerts()

@@ -41,7 +41,8 @@ fn table(rows: &[(i32, i64, i64)]) -> EncodedTable {
     EncodedTable::encode(&layout, &schema(), &[b]).unwrap()
 }
 
-fn meta(checkpoint_interval: u32) -> SnapshotMeta {
+/// What a snapshot write is given besides its tables, for pipeline `test`.
+pub fn meta(checkpoint_interval: u32) -> SnapshotMeta {
     SnapshotMeta {
         pipeline: "test".into(),
         calendar: CalendarRef {

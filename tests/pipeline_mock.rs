@@ -1,5 +1,6 @@
 //! End to end on librdkafka's in-process mock cluster: produce, `run --once`, read the snapshot.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -358,22 +359,7 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     }
     // The state segments left are those the retained snapshots name (compacted chains and
     // forgotten snapshots' deltas are gone), and each retained state restores from them.
-    let mut named = std::collections::BTreeSet::new();
-    for id in &ids {
-        let c = loc.checkpoint(*id).await.unwrap();
-        quotaflow::pipeline::read_state(&loc, &c).await.unwrap();
-        named.extend(c.state.segments);
-    }
-    let on_disk: std::collections::BTreeSet<String> =
-        std::fs::read_dir(dir.path().join("_state/segments"))
-            .unwrap()
-            .map(|e| {
-                format!(
-                    "_state/segments/{}",
-                    e.unwrap().file_name().to_string_lossy()
-                )
-            })
-            .collect();
+    let (on_disk, named) = segments_on_disk_and_named(&out).await;
     assert_eq!(on_disk, named);
     // Each snapshot wrote a delta: some went with compacted chains.
     let deltas = (1..=latest)
@@ -567,6 +553,28 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
         .unwrap();
     assert_eq!(c.lost_offsets[&topic], lost as u64);
     assert_eq!(c.events, 100 + (high - low) as u64 + 1);
+}
+
+/// The state segments of a local output: the files on disk, and those its checkpoints name,
+/// after restoring every checkpoint's state from them (panics if one does not restore).
+pub async fn segments_on_disk_and_named(out: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let loc = Location::parse(out).unwrap();
+    let mut named = BTreeSet::new();
+    for id in loc.checkpoint_ids().await.unwrap() {
+        let c = loc.checkpoint(id).await.unwrap();
+        quotaflow::pipeline::read_state(&loc, &c).await.unwrap();
+        named.extend(c.state.segments);
+    }
+    let on_disk = std::fs::read_dir(std::path::Path::new(out).join("_state/segments"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "_state/segments/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    (on_disk, named)
 }
 
 /// A `--once` run (a replay) cuts intermediate snapshots at `once_trigger_interval`, not at

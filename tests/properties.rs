@@ -334,9 +334,9 @@ proptest! {
             let cut = cut_segment(&state, &dirty, false).unwrap();
             let (next, _) = rt.block_on(write_state(&loc, &manifest, state.head(), &cut, compact_after)).unwrap();
             prop_assert!(next.chains.values().all(|c| c.len() <= compact_after), "snapshot {id}");
-            let image = state_image(&next, state.as_of, &state.offsets).unwrap();
+            let image = state_image(&next).unwrap();
             let alerts = AlertsImage(state.encode_alerts().unwrap().into());
-            let (c, _) = rt.block_on(loc.write_snapshot(&image, &alerts, &[], &meta(&p))).unwrap();
+            let (c, _) = rt.block_on(loc.write_snapshot(&image, &alerts, &[], &crate::delta::meta(10))).unwrap();
             let restored = rt.block_on(quotaflow::pipeline::read_state(&loc, &c)).unwrap();
             assert_same_state(&restored, &state, &format!("snapshot {id} after {at} events"));
             manifest = next;
@@ -355,23 +355,5 @@ fn dead_letter(offset: usize) -> quotaflow::source::DeadLetter {
         reason: "r".into(),
         detail: "d".into(),
         payload: b"p".to_vec(),
-    }
-}
-
-fn meta(p: &Pipeline) -> quotaflow::snapshot::SnapshotMeta {
-    quotaflow::snapshot::SnapshotMeta {
-        pipeline: p.name.clone(),
-        calendar: quotaflow::snapshot::CalendarRef {
-            time_zone: "UTC".into(),
-            fiscal_year_start_month: 1,
-            corporate_currency: "USD".into(),
-        },
-        events: 0,
-        written_at: chrono::Utc::now(),
-        log: quotaflow::snapshot::LogSettings {
-            checkpoint_interval: 10,
-        },
-        fingerprints: Default::default(),
-        lost_offsets: Default::default(),
     }
 }

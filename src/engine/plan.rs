@@ -328,7 +328,6 @@ impl Plan {
         }
         let hi = bounds.map_or(0, |(_, hi)| hi);
         let scope = Scope::of(&changes.days, &p.calendar, hi);
-        let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
         let values = |set: &BTreeSet<i32>| {
             set.iter()
                 .map(|d| crate::calendar::date_of(*d).to_string())
@@ -339,7 +338,7 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                if !(t.publish && dirty(&a.inputs[i])) {
+                if !(t.publish && changes.touches(&a.inputs[i])) {
                     return Publish::Unchanged;
                 }
                 match a.declared[i].map(|d| d.partitioning) {
@@ -351,7 +350,7 @@ impl Plan {
                 }
             })
             .collect();
-        let rules: Vec<bool> = a.rules.iter().map(|r| dirty(&r.inputs)).collect();
+        let rules: Vec<bool> = a.rules.iter().map(|r| changes.touches(&r.inputs)).collect();
         let compute = a.computed(&publish, &rules);
         Plan {
             scope: Some(scope),
@@ -365,13 +364,13 @@ impl Plan {
     /// each computed in full over the whole state; the others unchanged.
     fn redefined(a: &Analysis, p: &Metrics, changes: &Changes) -> Plan {
         let n = p.tables.len();
-        let dirty = |ins: &BTreeSet<Input>| ins.iter().any(|i| changes.inputs.contains(i));
         let redefined: BTreeSet<usize> = (0..n)
             .filter(|i| p.tables[*i].publish && changes.redefined.contains(&p.tables[*i].name))
             .collect();
         let publish: Vec<Publish> = (0..n)
             .map(|i| {
-                if p.tables[i].publish && (dirty(&a.inputs[i]) || redefined.contains(&i)) {
+                if p.tables[i].publish && (changes.touches(&a.inputs[i]) || redefined.contains(&i))
+                {
                     Publish::Full
                 } else {
                     Publish::Unchanged
@@ -383,7 +382,7 @@ impl Plan {
             .iter()
             .zip(&p.alerts)
             .map(|(reads, r)| {
-                dirty(&reads.inputs)
+                changes.touches(&reads.inputs)
                     || !reads.tables.is_disjoint(&redefined)
                     || changes.redefined.contains(&rule_key(&r.name))
             })

@@ -61,8 +61,6 @@ pub(super) struct Written {
     manifest: Manifest,
     /// The segments each retained snapshot names, this one included.
     segments: BTreeMap<u64, BTreeSet<SegmentRef>>,
-    /// What its state segments wrote.
-    state_write: StateWrite,
     alerts: crate::alert::AlertBook,
     outbox: Vec<deliver::Outgoing>,
     events: Vec<crate::alert::AlertEvent>,
@@ -105,13 +103,18 @@ impl Runner {
             Ok(()) => Ok(()),
             Err(e) if fatal => Err(e),
             Err(e) => {
-                // What the cut took as changed is gone with it.
-                self.full_next = true;
-                self.segments_lost = true;
+                self.cut_lost();
                 tracing::error!(error = %e, "snapshot failed; offsets stay at the last durable snapshot, retrying at the next trigger");
                 Ok(())
             }
         }
+    }
+
+    /// A snapshot failed: what its cut took as changed is lost with it, so the next one
+    /// evaluates every table and writes the state whole.
+    fn cut_lost(&mut self) {
+        self.full_next = true;
+        self.segments_lost = true;
     }
 
     async fn cut(&mut self) -> Result<(), RunError> {
@@ -252,12 +255,11 @@ impl Runner {
                     .into(),
             );
             let writing = Instant::now();
-            let (as_of, offsets) = (head.as_of, head.offsets.clone());
             let (manifest, state_write) = with_retries("writing the state", || {
                 write_state(&location, &previous, head.clone(), &segment, compact_after)
             })
             .await?;
-            let image = state_image(&manifest, as_of, &offsets)?;
+            let image = state_image(&manifest)?;
             let (checkpoint, commits) =
                 write(&location, &image, &alerts_image, &tables, &meta).await?;
             known.insert(id, image.segments.iter().copied().collect());
@@ -267,7 +269,6 @@ impl Runner {
                 maintained,
                 manifest,
                 segments: segments.unwrap_or_default(),
-                state_write,
                 checkpoint,
                 write: write_summary(state_write, &commits, writing.elapsed()),
                 history,
@@ -307,12 +308,9 @@ impl Runner {
         let w = match result {
             Ok(w) => w,
             Err(e) => {
-                // Not durable: the next snapshot (the next id) covers its messages, and
-                // recomputes everything and writes the state whole (what this one took as
-                // changed is lost with it).
+                // Not durable: the next snapshot (the next id) covers its messages.
                 self.since_snapshot += inflight.messages;
-                self.full_next = true;
-                self.segments_lost = true;
+                self.cut_lost();
                 if fatal {
                     return Err(e);
                 }
@@ -340,15 +338,13 @@ impl Runner {
         }
         let took = inflight.started.elapsed();
         let written = w.write;
-        let state = w.state_write;
         tracing::info!(
             snapshot_id = checkpoint.snapshot_id,
             as_of = ?checkpoint.as_of,
             messages = inflight.messages,
             state_keys = self.state.size(),
-            state_delta_bytes = state.delta_bytes,
-            state_parts_compacted = state.parts_compacted,
-            state_base_bytes = state.base_bytes,
+            state_bytes_written = written.state_bytes_written,
+            state_parts_compacted = written.state_parts_compacted,
             tables_committed = written.tables_committed,
             files_added = written.files_added,
             bytes_written = written.bytes_written,

@@ -76,15 +76,11 @@ pub async fn write_state(
 }
 
 /// The image of a state for its snapshot's checkpoint: the manifest and what it names.
-pub fn state_image(
-    manifest: &Manifest,
-    as_of: Option<i64>,
-    offsets: &crate::source::Offsets,
-) -> Result<StateImage, RunError> {
+pub fn state_image(manifest: &Manifest) -> Result<StateImage, RunError> {
     Ok(StateImage {
         snapshot_id: manifest.head.snapshot_id,
-        as_of,
-        offsets: offsets.clone(),
+        as_of: manifest.head.as_of,
+        offsets: manifest.head.offsets.clone(),
         format: segments::FORMAT,
         manifest: manifest
             .encode()

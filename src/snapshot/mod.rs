@@ -254,15 +254,19 @@ impl Location {
         }
     }
 
-    /// Ids of every checkpoint under the output, ascending.
-    pub async fn checkpoint_ids(&self) -> Result<Vec<u64>, SnapshotError> {
-        let root = self.path("_checkpoints");
-        let listing: Vec<_> = self
-            .store
+    /// Every object under `rel`.
+    async fn list(&self, rel: &str) -> Result<Vec<object_store::ObjectMeta>, SnapshotError> {
+        let root = self.path(rel);
+        self.store
             .list(Some(&root))
             .try_collect()
             .await
-            .map_err(store_err(&root))?;
+            .map_err(store_err(&root))
+    }
+
+    /// Ids of every checkpoint under the output, ascending.
+    pub async fn checkpoint_ids(&self) -> Result<Vec<u64>, SnapshotError> {
+        let listing = self.list("_checkpoints").await?;
         let mut ids: Vec<u64> = listing
             .iter()
             .filter_map(|o| o.location.filename())

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::{checkpoint_path, format_err, store_err, Checkpoint, Location, SnapshotError};
@@ -104,11 +103,8 @@ impl Location {
         rel: &str,
         range: std::ops::Range<u64>,
     ) -> Result<bytes::Bytes, SnapshotError> {
-        let path = self.path(rel);
-        self.store
-            .get_range(&path, range)
-            .await
-            .map_err(store_err(&path))
+        let mut got = self.get_ranges(rel, std::slice::from_ref(&range)).await?;
+        Ok(got.pop().unwrap_or_default())
     }
 
     /// Byte ranges of a file under the output (parts of a state segment), or an error naming
@@ -171,26 +167,12 @@ impl Location {
             .collect();
         for id in &doomed {
             self.delete(&self.path(&checkpoint_path(*id))).await?;
-            let prefix = self.path(&state_dir(*id));
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(store_err(&prefix))?;
-            for o in objects {
+            for o in self.list(&state_dir(*id)).await? {
                 self.delete(&o.location).await?;
             }
         }
-        let root = self.path(SEGMENTS);
-        let listing: Vec<_> = self
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(store_err(&root))?;
         let mut segments = 0;
-        for o in listing {
+        for o in self.list(SEGMENTS).await? {
             let Some(r) = o.location.filename().and_then(segment_of) else {
                 continue;
             };

@@ -48,6 +48,11 @@ impl Changes {
         self.inputs.insert(i);
     }
 
+    /// Whether any of `inputs` changed.
+    pub fn touches(&self, inputs: &BTreeSet<Input>) -> bool {
+        !self.inputs.is_disjoint(inputs)
+    }
+
     /// A changed fact of input `i` on `day`.
     pub fn day(&mut self, i: Input, day: Day) {
         self.span(i, day, day);

@@ -16,7 +16,9 @@ use super::{
 };
 use crate::common::canonical;
 use crate::harness::{eventually, free_port, messages_read, wait_within, Endpoint, PipelineFile};
-use crate::pipeline_mock::{batch_tables, firing_alerts, latest_tables, without};
+use crate::pipeline_mock::{
+    batch_tables, firing_alerts, latest_tables, segments_on_disk_and_named, without,
+};
 
 /// How long a run may take to make its first snapshot durable.
 const FIRST_SNAPSHOT_WITHIN: Duration = Duration::from_secs(120);
@@ -132,22 +134,7 @@ async fn a_crash_at_each_step_of_writing_a_snapshot_leaves_the_previous_one_and_
         }
         // Every retained snapshot's state restores from the segments its checkpoint names,
         // and no segment that none names is left (the crashed attempt's).
-        let mut named = std::collections::BTreeSet::new();
-        for id in loc.checkpoint_ids().await.unwrap() {
-            let c = loc.checkpoint(id).await.unwrap();
-            quotaflow::pipeline::read_state(&loc, &c).await.unwrap();
-            named.extend(c.state.segments);
-        }
-        let on_disk: std::collections::BTreeSet<String> =
-            std::fs::read_dir(std::path::Path::new(out).join("_state/segments"))
-                .unwrap()
-                .map(|e| {
-                    format!(
-                        "_state/segments/{}",
-                        e.unwrap().file_name().to_string_lossy()
-                    )
-                })
-                .collect();
+        let (on_disk, named) = segments_on_disk_and_named(out).await;
         assert_eq!(on_disk, named, "{point}");
         let streamed = canonical(&latest_tables(out).await);
         let batch = canonical(&batch_tables(&p, &msgs).await);
