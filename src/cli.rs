@@ -125,6 +125,35 @@ pub enum Command {
         /// The query, e.g. "SELECT * FROM attainment WHERE level = 'team'"
         query: String,
     },
+    /// Serve the latest snapshot's tables over the PostgreSQL wire protocol, for BI tools and
+    /// any PostgreSQL client (read-only; a new snapshot is picked up without a restart).
+    ///
+    /// Clients log in as user and database `quotaflow` (serve.user, serve.database) with the
+    /// password from QUOTAFLOW_SERVE_PASSWORD or --password-file (SCRAM-SHA-256). Without a
+    /// password it listens on loopback only. TLS is on when --tls-cert and --tls-key are given.
+    Serve {
+        /// Pipeline file whose [serve] section gives the defaults [default: pipelines/default.toml, else the built-in copy]
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Snapshot location (as for `run`) [default: snapshot.output of the pipeline file]
+        #[arg(long, env = "QUOTAFLOW_OUTPUT")]
+        output: Option<String>,
+        /// PostgreSQL-wire address, e.g. 0.0.0.0:5433 [default: serve.pg, 127.0.0.1:5433]
+        #[arg(long)]
+        pg: Option<std::net::SocketAddr>,
+        /// Address of /healthz and /metrics, or "off" [default: serve.http, 127.0.0.1:9465]
+        #[arg(long)]
+        http: Option<String>,
+        /// File whose first line is the password [default: serve.password_file, else QUOTAFLOW_SERVE_PASSWORD]
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM certificate chain for TLS [default: serve.tls_cert]
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS [default: serve.tls_key]
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
     /// List the retained snapshots (time travel: `sql --snapshot ID`, or a Delta reader at the
     /// versions `_checkpoints/<id>.json` names).
     Snapshots {
@@ -226,10 +255,13 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             };
             // The handlers are installed here, before the run says it is ready: a SIGTERM from
             // then on drains and writes a last snapshot.
-            let shutdown = shutdown_signal().map_err(|e| Error::Io {
-                path: "signal handlers".into(),
-                source: e,
-            })?;
+            let shutdown =
+                shutdown_signal("shutting down: writing a last snapshot").map_err(|e| {
+                    Error::Io {
+                        path: "signal handlers".into(),
+                        source: e,
+                    }
+                })?;
             let report = run(pipeline, opts, shutdown).await?;
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             let last = report.last.as_ref();
@@ -390,6 +422,53 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             }
             Ok(report.render(limit))
         }
+        Command::Serve {
+            pipeline,
+            output,
+            pg,
+            http,
+            password_file,
+            tls_cert,
+            tls_key,
+        } => {
+            let p = Pipeline::load(pipeline.as_deref())?;
+            let defaults = &p.serve;
+            let http = match http {
+                Some(h) if h == "off" => None,
+                Some(h) => Some(h.parse().map_err(|_| UsageError::Flag {
+                    flag: "--http",
+                    message: format!("`{h}` is not an address such as 127.0.0.1:9465 (or \"off\")"),
+                })?),
+                None => defaults.http,
+            };
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                _ => defaults.tls_cert.clone().zip(defaults.tls_key.clone()),
+            };
+            let password_file = password_file.or_else(|| defaults.password_file.clone());
+            let opts = crate::serve::Options {
+                output: output
+                    .or_else(|| p.snapshot.output.clone())
+                    .ok_or(UsageError::NoOutput)?,
+                pg: pg.unwrap_or(defaults.pg),
+                http,
+                user: defaults.user.clone(),
+                database: defaults.database.clone(),
+                password: crate::serve::password(
+                    password_file.as_deref(),
+                    std::env::var(crate::serve::PASSWORD_ENV).ok(),
+                )?,
+                tls,
+                poll_interval: defaults.poll_interval,
+            };
+            let shutdown =
+                shutdown_signal("shutting down: no new connections").map_err(|e| Error::Io {
+                    path: "signal handlers".into(),
+                    source: e,
+                })?;
+            crate::serve::serve(opts, shutdown).await?;
+            Ok(String::new())
+        }
         Command::Snapshots { output, format } => {
             let location = Location::parse(&output)?;
             let batch = crate::query::snapshots(&location).await?;
@@ -461,7 +540,7 @@ fn write_jsonl(
 }
 
 /// Installs the Ctrl-C and SIGTERM handlers now; the future resolves on the first of them.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+fn shutdown_signal(what: &'static str) -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -472,14 +551,14 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            tracing::info!("shutting down: writing a last snapshot");
+            tracing::info!("{what}");
         })
     }
     #[cfg(not(unix))]
     {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down: writing a last snapshot");
+            tracing::info!("{what}");
         })
     }
 }

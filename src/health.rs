@@ -93,52 +93,67 @@ impl Health {
     /// Binds `addr` and serves until the returned task is aborted. A bind failure is logged
     /// (the pipeline runs on without the endpoint).
     pub async fn serve(&self, addr: SocketAddr) -> Option<tokio::task::AbortHandle> {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(l) => l,
+        let health = self.clone();
+        match http(addr, move |path| respond(&health.get(), path)).await {
+            Ok((bound, task)) => {
+                tracing::info!(addr = %bound, "serving /healthz and /metrics");
+                Some(task)
+            }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot serve /healthz and /metrics (http.bind); running without them");
-                return None;
+                None
             }
-        };
-        let bound = listener.local_addr().map_or(addr, |a| a);
-        tracing::info!(addr = %bound, "serving /healthz and /metrics");
-        let health = self.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let health = health.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut n = 0;
-                    // Read the request head (the endpoint has no request bodies).
-                    while n < buf.len() {
-                        match conn.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => n += k,
-                        }
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf[..n]);
-                    let path = head.split_whitespace().nth(1).unwrap_or("");
-                    let (status, content_type, body) = respond(&health.get(), path);
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        Some(task.abort_handle())
+        }
     }
 }
 
+/// What an HTTP endpoint answers for a path: (status line, content type, body).
+pub type Reply = (&'static str, &'static str, String);
+
+/// Binds `addr` and answers every GET with `respond(path)`, over plain HTTP/1.1, until the
+/// returned task is aborted; returns the bound address too (port 0 picks a free one).
+pub async fn http(
+    addr: SocketAddr,
+    respond: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::AbortHandle)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let respond = Arc::new(respond);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let respond = Arc::clone(&respond);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                // Read the request head (the endpoints have no request bodies).
+                while n < buf.len() {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (status, content_type, body) = respond(path);
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok((bound, task.abort_handle()))
+}
+
 /// The answer to a request for `path`: (status line, content type, body).
-fn respond(s: &Status, path: &str) -> (&'static str, &'static str, String) {
+fn respond(s: &Status, path: &str) -> Reply {
     match path {
         "/healthz" => {
             let age = s.last_snapshot.map(|(at, _, _)| at.elapsed());

@@ -22,8 +22,8 @@
 //! health    /healthz and /metrics
 //! pipeline  the run loop: cut, background snapshot, durable hand-over
 //! error     the tools' error type and exit codes (no layer imports it)
-//! query, verify, generate, demo, cli: `quotaflow sql`, `quotaflow verify`, synthetic data,
-//!           the demo, the command line
+//! query, serve, verify, generate, demo, cli: `quotaflow sql`, the PostgreSQL endpoint
+//!           `quotaflow serve`, `quotaflow verify`, synthetic data, the demo, the command line
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -44,6 +44,7 @@ pub mod internal;
 pub mod kafka;
 pub mod pipeline;
 pub mod query;
+pub mod serve;
 pub mod snapshot;
 pub mod source;
 pub mod state;
@@ -71,6 +72,7 @@ pub const LAYERS: &[&str] = &[
     "pipeline",
     "error",
     "query",
+    "serve",
     "verify",
     "generate",
     "demo",

@@ -19,3 +19,4 @@ mod lateness;
 mod layers;
 mod pipeline_mock;
 mod properties;
+mod serve;

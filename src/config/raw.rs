@@ -32,6 +32,36 @@ pub(super) struct RawPipeline {
     pub(super) alert_delivery: RawDelivery,
     #[serde(default)]
     pub(super) http: RawHttp,
+    #[serde(default)]
+    pub(super) serve: RawServe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServe {
+    pub(super) pg: String,
+    pub(super) http: String,
+    pub(super) user: String,
+    pub(super) database: String,
+    pub(super) password_file: String,
+    pub(super) tls_cert: String,
+    pub(super) tls_key: String,
+    pub(super) poll_interval: String,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        RawServe {
+            pg: "127.0.0.1:5433".into(),
+            http: "127.0.0.1:9465".into(),
+            user: "quotaflow".into(),
+            database: "quotaflow".into(),
+            password_file: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            poll_interval: "1s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
