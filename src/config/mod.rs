@@ -7,7 +7,10 @@
 
 pub mod builtin;
 mod raw;
+mod serve;
 mod validate;
+
+pub use serve::Serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,24 +66,6 @@ pub struct Pipeline {
     pub http_bind: Option<std::net::SocketAddr>,
     /// `quotaflow serve`'s defaults (`[serve]`).
     pub serve: Serve,
-}
-
-/// `[serve]`: the defaults of `quotaflow serve` (its flags override them).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Serve {
-    /// The PostgreSQL-wire address.
-    pub pg: std::net::SocketAddr,
-    /// `/healthz` and `/metrics` of the server; `None` when "off".
-    pub http: Option<std::net::SocketAddr>,
-    pub user: String,
-    pub database: String,
-    /// A file holding the password (else `QUOTAFLOW_SERVE_PASSWORD`).
-    pub password_file: Option<std::path::PathBuf>,
-    /// PEM certificate chain and private key: TLS on, refused to start when unreadable.
-    pub tls_cert: Option<std::path::PathBuf>,
-    pub tls_key: Option<std::path::PathBuf>,
-    /// How often `_latest` is read for a newer snapshot.
-    pub poll_interval: std::time::Duration,
 }
 
 /// `[source]`: what is read, how it is decoded, what counts as a repeat or late.

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::raw::{
-    RawAlert, RawCalendar, RawCommissions, RawDelivery, RawPipeline, RawServe, RawSnapshot,
-    RawSource, RawStage, RawTable,
+    RawAlert, RawCalendar, RawCommissions, RawDelivery, RawPipeline, RawSnapshot, RawSource,
+    RawStage, RawTable,
 };
 use super::{
     default_stages, parse_duration, AlertDelivery, AlertRule, CommissionPlan, DecodeLimits,
-    LeaderboardWeights, Metrics, Pipeline, Serve, Snapshot, Source, StageRule, TableSpec, Webhook,
+    LeaderboardWeights, Metrics, Pipeline, Snapshot, Source, StageRule, TableSpec, Webhook,
     BUILTIN_TARGETS,
 };
 use crate::calendar::Calendar;
@@ -25,16 +25,16 @@ pub(super) struct Invalid {
     pub message: String,
 }
 
-type Checked<T> = Result<T, Invalid>;
+pub(super) type Checked<T> = Result<T, Invalid>;
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(super) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         message: message.into(),
     }
 }
 
-fn duration(key: &str, value: &str) -> Checked<Duration> {
+pub(super) fn duration(key: &str, value: &str) -> Checked<Duration> {
     parse_duration(value).map_err(|m| invalid(key, m))
 }
 
@@ -73,7 +73,7 @@ pub(super) fn pipeline(
     let alert_delivery = alert_delivery(&raw.alert_delivery)?;
     let alerts = alerts(&raw.alerts, &alert_delivery, read_sql)?;
     let http_bind = http_bind("http.bind", &raw.http.bind)?;
-    let serve = serve(&raw.serve)?;
+    let serve = super::serve::validate(&raw.serve)?;
     Ok(Pipeline {
         name: raw.name,
         file: file.to_string(),
@@ -552,52 +552,6 @@ pub(super) fn http_bind(key: &str, bind: &str) -> Checked<Option<std::net::Socke
             )
         }),
     }
-}
-
-/// `[serve]`: what `quotaflow serve` listens on and whom it lets in.
-fn serve(raw: &RawServe) -> Checked<Serve> {
-    let pg = raw.pg.parse::<std::net::SocketAddr>().map_err(|_| {
-        invalid(
-            "serve.pg",
-            format!("`{}` is not an address such as 127.0.0.1:5433", raw.pg),
-        )
-    })?;
-    let http = http_bind("serve.http", &raw.http)?;
-    for (key, name) in [("serve.user", &raw.user), ("serve.database", &raw.database)] {
-        if name.is_empty() || name.len() > 63 || name.chars().any(char::is_control) {
-            return Err(invalid(
-                key,
-                format!("`{name}` must be 1 to 63 printable characters"),
-            ));
-        }
-    }
-    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
-    let (tls_cert, tls_key) = (path(&raw.tls_cert), path(&raw.tls_key));
-    if tls_cert.is_some() != tls_key.is_some() {
-        let missing = if tls_cert.is_none() {
-            "serve.tls_cert"
-        } else {
-            "serve.tls_key"
-        };
-        return Err(invalid(
-            missing,
-            "TLS needs both serve.tls_cert and serve.tls_key",
-        ));
-    }
-    let poll_interval = duration("serve.poll_interval", &raw.poll_interval)?;
-    if poll_interval.is_zero() {
-        return Err(invalid("serve.poll_interval", "must be longer than 0"));
-    }
-    Ok(Serve {
-        pg,
-        http,
-        user: raw.user.clone(),
-        database: raw.database.clone(),
-        password_file: path(&raw.password_file),
-        tls_cert,
-        tls_key,
-        poll_interval,
-    })
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -182,10 +182,7 @@ fn setting(client: &dyn HookClient, name: &str) -> Option<String> {
         })
 }
 
-fn show(
-    client: &dyn HookClient,
-    variable: &[Ident],
-) -> PgWireResult<Response> {
+fn show(client: &dyn HookClient, variable: &[Ident]) -> PgWireResult<Response> {
     let name = show_name(variable);
     let value = match name.as_str() {
         "all" => {
