@@ -4,20 +4,27 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = quotaflow::cli::Cli::parse();
+    // The demo's terminal is for its summary: progress lines only when something is wrong.
+    let default = match cli.command {
+        quotaflow::cli::Command::Demo { .. } => "quotaflow=warn",
+        _ => "quotaflow=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUOTAFLOW_LOG")
-                .unwrap_or_else(|_| "quotaflow=info".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file or collector gets plain `key=value` fields.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = quotaflow::cli::Cli::parse();
     match quotaflow::cli::execute(cli).await {
         Ok(out) => {
+            // A reader that closed the pipe early (`| head`) has what it wanted.
             if !out.is_empty() {
-                println!("{out}");
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{out}");
             }
             std::process::ExitCode::SUCCESS
         }
