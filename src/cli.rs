@@ -197,6 +197,10 @@ pub enum Command {
         /// Directory for the demo's snapshots (emptied first)
         #[arg(long, default_value = "quotaflow-demo")]
         dir: String,
+        /// Then serve the demo's output (dashboard and PostgreSQL endpoint on loopback, the
+        /// pipeline file's [serve] addresses) until Ctrl-C
+        #[arg(long)]
+        serve: bool,
     },
 }
 
@@ -488,7 +492,21 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 names.join(", ")
             ))
         }
-        Command::Demo { dir } => crate::demo::demo(&dir).await,
+        Command::Demo { dir, serve } => {
+            let summary = crate::demo::demo(&dir).await?;
+            if !serve {
+                return Ok(summary);
+            }
+            println!("{summary}");
+            let shutdown = shutdown_signal("shutting down: no new connections").map_err(|e| {
+                Error::Io {
+                    path: "signal handlers".into(),
+                    source: e,
+                }
+            })?;
+            crate::demo::serve(dir, shutdown).await?;
+            Ok(String::new())
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! mock cluster, generates a quarter of data for 50 reps into it (two of them, rep-00003 and
 //! rep-00011, fall silent for the last eight days), runs the built-in pipeline to the end
 //! offsets, writes snapshots under `./quotaflow-demo/` and prints a summary with the alerts
-//! that fired.
+//! that fired; with `--serve`, then serves that output (`serve`).
 
 use std::sync::Arc;
 
@@ -28,7 +28,13 @@ const DEMO_PARTITIONS: i32 = 8;
 
 /// Runs the demo into `dir` (emptied first) and returns the text to print.
 pub async fn demo(dir: &str) -> Result<String, Error> {
-    let pipeline = Arc::new(Pipeline::builtin()?);
+    let mut pipeline = Pipeline::builtin()?;
+    // The summary lists the alerts that fired: the `log` target would print each one before it
+    // as a JSON line. Kafka delivery stays (the alert topic is part of the demo).
+    for rule in &mut Arc::make_mut(&mut pipeline.metrics).alerts {
+        rule.deliver.retain(|t| t != "log");
+    }
+    let pipeline = Arc::new(pipeline);
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -158,4 +164,34 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
 /// `dir` as an absolute path, for commands run from elsewhere.
 fn absolute(dir: &str) -> std::path::PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.into())
+}
+
+/// `quotaflow demo --serve`: serves the demo's output in `dir` on loopback (the built-in
+/// pipeline's `[serve]` ports, no password) until `shutdown`, after printing where.
+pub async fn serve(
+    dir: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let defaults = Pipeline::builtin()?.serve;
+    let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let pg = loopback(defaults.pg.port());
+    let http = defaults.http.map(|h| loopback(h.port()));
+    println!(
+        "\nServing the demo's output until Ctrl-C:\n  dashboard  {}\n  psql       psql \"host=127.0.0.1 port={} user={} dbname={}\"",
+        http.map_or("off".to_string(), |h| format!("http://{h}/")),
+        pg.port(),
+        defaults.user,
+        defaults.database,
+    );
+    let opts = crate::serve::Options {
+        output: dir,
+        pg,
+        http,
+        user: defaults.user,
+        database: defaults.database,
+        password: None,
+        tls: None,
+        poll_interval: defaults.poll_interval,
+    };
+    crate::serve::serve(opts, shutdown).await
 }

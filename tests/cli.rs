@@ -320,10 +320,21 @@ fn a_state_in_an_older_format_is_refused_naming_the_checkpoint() {
 fn demo_runs_the_pipeline_and_shows_the_alerts_of_its_silent_reps() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = quotaflow(&["demo", "--dir", out.to_str().unwrap()]);
+    let o = Command::new(bin())
+        .args(["demo", "--dir", out.to_str().unwrap()])
+        .env_remove("QUOTAFLOW_LOG")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(stdout.contains("Current quarter by team:"), "{stdout}");
+    // The terminal is the summary's: its own progress lines, no log line (there was one per
+    // fired alert, before the summary that lists them).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.lines().all(|l| l.starts_with("demo: ")),
+        "the demo logged: {stderr}"
+    );
     // The rep_inactive section names exactly the two reps the demo silences.
     let section = stdout
         .split("rep_inactive (the demo silences")
@@ -426,4 +437,59 @@ fn verify_finds_the_demo_equal_to_the_recompute_and_exits_3_when_a_setting_chang
     assert_eq!(differs, ["leaderboard"], "{all}");
     assert!(all.contains("only published  ×1:"), "{all}");
     assert!(all.contains("only recomputed ×1:"), "{all}");
+}
+
+#[test]
+fn demo_serve_ends_serving_its_output_and_says_where() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    /// Killed however the test ends.
+    struct Serving(std::process::Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Serving(
+        Command::new(bin())
+            .args(["demo", "--serve", "--dir", out.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut url = None;
+    let mut psql = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.trim().strip_prefix("dashboard ") {
+            url = Some(u.trim().to_string());
+        }
+        if let Some(p) = line.trim().strip_prefix("psql ") {
+            psql = Some(p.trim().to_string());
+            break;
+        }
+    }
+    let url = url.expect("the dashboard URL is printed");
+    assert_eq!(url, "http://127.0.0.1:9465/");
+    assert_eq!(
+        psql.as_deref(),
+        Some("psql \"host=127.0.0.1 port=5433 user=quotaflow dbname=quotaflow\"")
+    );
+    // It serves the demo's snapshot (polling only until the port listens).
+    let body = crate::harness::eventually_blocking(
+        "the demo's dashboard to answer",
+        std::time::Duration::from_secs(30),
+        || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9465)).ok()?;
+            write!(s, "GET /api/snapshot HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).ok()?;
+            reply.contains("\"snapshot_id\":1").then_some(reply)
+        },
+    );
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 }
