@@ -94,7 +94,11 @@ impl Health {
     /// (the pipeline runs on without the endpoint).
     pub async fn serve(&self, addr: SocketAddr) -> Option<tokio::task::AbortHandle> {
         let health = self.clone();
-        match http(addr, move |path| respond(&health.get(), path)).await {
+        let answer = move |req: Request| {
+            let reply = respond(&health.get(), &req.path);
+            Box::pin(async move { reply }) as futures::future::BoxFuture<'static, Reply>
+        };
+        match http(addr, answer).await {
             Ok((bound, task)) => {
                 tracing::info!(addr = %bound, "serving /healthz and /metrics");
                 Some(task)
@@ -110,11 +114,39 @@ impl Health {
 /// What an HTTP endpoint answers for a path: (status line, content type, body).
 pub type Reply = (&'static str, &'static str, String);
 
-/// Binds `addr` and answers every GET with `respond(path)`, over plain HTTP/1.1, until the
-/// returned task is aborted; returns the bound address too (port 0 picks a free one).
+/// What an endpoint is asked: the path, the query string, and the `Authorization` header.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+}
+
+impl Request {
+    /// The request line and headers of an HTTP/1.1 request head.
+    fn parse(head: &str) -> Request {
+        let target = head.split_whitespace().nth(1).unwrap_or("");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let authorization = head.lines().skip(1).find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        });
+        Request {
+            path: path.to_string(),
+            query: query.to_string(),
+            authorization,
+        }
+    }
+}
+
+/// Binds `addr` and answers every GET with `respond(request)`, over plain HTTP/1.1, until the
+/// returned task is aborted; returns the bound address too (port 0 picks a free one). A `401`
+/// reply asks for HTTP Basic credentials.
 pub async fn http(
     addr: SocketAddr,
-    respond: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    respond: impl Fn(Request) -> futures::future::BoxFuture<'static, Reply> + Send + Sync + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::AbortHandle)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -138,11 +170,15 @@ pub async fn http(
                         break;
                     }
                 }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, content_type, body) = respond(path);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (status, content_type, body) = respond(Request::parse(&head)).await;
+                let challenge = if status.starts_with("401") {
+                    "www-authenticate: Basic realm=\"quotaflow\", charset=\"UTF-8\"\r\n"
+                } else {
+                    ""
+                };
                 let reply = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\n{challenge}connection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = conn.write_all(reply.as_bytes()).await;

@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod common;
 mod contract;
+mod dashboard;
 mod delta;
 mod external;
 mod golden;

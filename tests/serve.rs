@@ -14,27 +14,32 @@ use serde_json::Value;
 
 use crate::harness::{bin, eventually_blocking, once, produce, run_in_process};
 
-const PASSWORD: &str = "s3cret-for-tests";
+pub const PASSWORD: &str = "s3cret-for-tests";
 /// How long the server may take to load a snapshot and listen.
 const START_WITHIN: Duration = Duration::from_secs(60);
 
 /// A `quotaflow serve` process, killed when dropped.
-struct Server {
+pub struct Server {
     child: Child,
-    pg: u16,
-    http: u16,
+    pub pg: u16,
+    pub http: u16,
 }
 
 impl Server {
-    /// Starts the server on free ports (it binds port 0 and says which it got).
-    fn start(output: &str, args: &[&str]) -> Server {
+    /// Starts the server on free loopback ports (it binds port 0 and says which it got).
+    pub fn start(output: &str, args: &[&str]) -> Server {
+        Server::start_on(output, "127.0.0.1:0", args)
+    }
+
+    /// Starts the server with its PostgreSQL endpoint on `pg`.
+    pub fn start_on(output: &str, pg: &str, args: &[&str]) -> Server {
         let child = Command::new(bin())
             .args([
                 "serve",
                 "--output",
                 output,
                 "--pg",
-                "127.0.0.1:0",
+                pg,
                 "--http",
                 "127.0.0.1:0",
             ])
@@ -79,10 +84,16 @@ impl Server {
         }
     }
 
-    fn get(&self, path: &str) -> String {
+    pub fn get(&self, path: &str) -> String {
+        self.get_as(path, None)
+    }
+
+    /// GET `path` on the HTTP port, with `Authorization: <authorization>` if given.
+    pub fn get_as(&self, path: &str, authorization: Option<&str>) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let auth = authorization.map_or(String::new(), |a| format!("authorization: {a}\r\n"));
+        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n{auth}\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -108,7 +119,7 @@ impl Drop for Server {
     }
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -117,7 +128,7 @@ fn text(o: &Output) -> String {
 }
 
 /// `quotaflow sql --format json`.
-fn sql(output: &str, query: &str) -> Vec<Value> {
+pub fn sql(output: &str, query: &str) -> Vec<Value> {
     let o = Command::new(bin())
         .args(["sql", "--output", output, "--format", "json", query])
         .output()
@@ -152,7 +163,7 @@ fn certificate(dir: &Path) -> (String, String) {
 }
 
 /// The output of a pipeline run over the generated events of `seed`, on the mock cluster.
-async fn output_with_snapshot(
+pub async fn output_with_snapshot(
     dir: &Path,
 ) -> (
     rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -469,8 +480,11 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
 
 fn refused_start(args: &[&str], password: Option<&str>) -> String {
     let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--output", "/nonexistent-output", "--http", "off"])
+    cmd.args(["serve", "--output", "/nonexistent-output"])
         .args(args);
+    if !args.contains(&"--http") {
+        cmd.args(["--http", "off"]);
+    }
     match password {
         Some(p) => cmd.env("QUOTAFLOW_SERVE_PASSWORD", p),
         None => cmd.env_remove("QUOTAFLOW_SERVE_PASSWORD"),
@@ -485,6 +499,16 @@ fn serve_refuses_to_start_unsafely_and_says_why() {
     let e = refused_start(&["--pg", "0.0.0.0:0"], None);
     assert!(
         e.contains("loopback only") && e.contains("QUOTAFLOW_SERVE_PASSWORD"),
+        "{e}"
+    );
+    let e = refused_start(&["--pg", "127.0.0.1:0", "--http", "0.0.0.0:0"], None);
+    assert!(
+        e.contains("the dashboard shows commissions") && e.contains("loopback only"),
+        "{e}"
+    );
+    let e = refused_start(&["--pg", "127.0.0.1:0", "--http", "0.0.0.0:0"], None);
+    assert!(
+        e.contains("the dashboard shows commissions") && e.contains("loopback only"),
         "{e}"
     );
     let e = refused_start(&["--pg", "127.0.0.1:0"], Some(""));

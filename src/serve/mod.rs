@@ -6,7 +6,9 @@
 //! - `session`: one connection (SCRAM, the allow-list, its own settings, its queries);
 //! - `settings`: what a connection answers itself (refusals, SET/SHOW/RESET, DISCARD);
 //! - `allow`: the read-only allow-list of statement kinds;
-//! - `comments`: table and column comments from the output contract, in `pg_description`.
+//! - `comments`: table and column comments from the output contract, in `pg_description`;
+//! - `dashboard`: the page and JSON API on the HTTP port (Basic auth with the same user and
+//!   password whenever either endpoint listens beyond loopback).
 //!
 //! Everything a flag or the pipeline file's `[serve]` sets is checked before the first socket
 //! is bound: a password that is empty, no password on a non-loopback address, or TLS files
@@ -14,6 +16,7 @@
 
 pub mod allow;
 mod comments;
+mod dashboard;
 mod served;
 mod session;
 mod settings;
@@ -84,6 +87,19 @@ pub fn password(file: Option<&Path>, env: Option<String>) -> Result<Option<Strin
 impl Options {
     /// Refuses what must not start: no password on anything but loopback.
     pub fn check(&self) -> Result<(), Error> {
+        if let Some(http) = self
+            .http
+            .filter(|h| self.password.is_none() && !h.ip().is_loopback())
+        {
+            return Err(UsageError::Flag {
+                flag: "--http",
+                message: format!(
+                    "{http}: the dashboard shows commissions; without a password it listens on \
+                     loopback only; set {PASSWORD_ENV} or --password-file, or listen on 127.0.0.1"
+                ),
+            }
+            .into());
+        }
         if self.password.is_none() && !self.pg.ip().is_loopback() {
             return Err(UsageError::Flag {
                 flag: "--pg",
@@ -213,16 +229,28 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
         path: format!("--pg {}", opts.pg),
         source,
     })?;
+    // The dashboard asks for the same credentials as the PostgreSQL endpoint whenever either
+    // listens beyond loopback.
+    let beyond_loopback =
+        !opts.pg.ip().is_loopback() || opts.http.is_some_and(|h| !h.ip().is_loopback());
+    let guard = match (&opts.password, beyond_loopback) {
+        (Some(p), true) => Some(Arc::new((opts.user.clone(), p.clone()))),
+        _ => None,
+    };
     let http = match opts.http {
         Some(addr) => {
             let (rx, stats) = (rx.clone(), Arc::clone(&stats));
-            let (bound, task) =
-                crate::health::http(addr, move |path| respond(&rx.borrow(), &stats, path))
-                    .await
-                    .map_err(|source| Error::Io {
-                        path: format!("--http {addr}"),
-                        source,
-                    })?;
+            let (bound, task) = crate::health::http(addr, move |req| {
+                let served = Arc::clone(&rx.borrow());
+                let (stats, guard) = (Arc::clone(&stats), guard.clone());
+                Box::pin(async move { answer(req, served, &stats, guard.as_deref()).await })
+                    as futures::future::BoxFuture<'static, crate::health::Reply>
+            })
+            .await
+            .map_err(|source| Error::Io {
+                path: format!("--http {addr}"),
+                source,
+            })?;
             Some((bound, task))
         }
         None => None,
@@ -244,7 +272,7 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
         opts.database,
         if access.verifier.is_some() { "SCRAM-SHA-256" } else { "no password" },
         if acceptor.is_some() { "TLS" } else { "no TLS" },
-        http.as_ref().map_or("off".to_string(), |(a, _)| a.to_string()),
+        http.as_ref().map_or("off".to_string(), |(a, _)| format!("{a} (dashboard http://{a}/)")),
         rx.borrow().id,
     );
     let queries = Arc::new(Queries::new(rx, Arc::clone(&stats)));
@@ -280,6 +308,56 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
         task.abort();
     }
     Ok(())
+}
+
+/// Answers the HTTP port: `/healthz` and `/metrics` to anyone, the dashboard to whoever
+/// `guard` lets in.
+async fn answer(
+    req: crate::health::Request,
+    served: Arc<Served>,
+    stats: &Stats,
+    guard: Option<&(String, String)>,
+) -> crate::health::Reply {
+    if matches!(req.path.as_str(), "/healthz" | "/metrics") {
+        return respond(&served, stats, &req.path);
+    }
+    if let Some((user, password)) = guard {
+        if !basic_auth_matches(req.authorization.as_deref(), user, password) {
+            stats.refused_login();
+            return (
+                "401 Unauthorized",
+                "text/plain",
+                "log in with the user and password of quotaflow serve\n".into(),
+            );
+        }
+    }
+    match dashboard::respond(served, &req.path, &req.query).await {
+        Some(reply) => reply,
+        None => (
+            "404 Not Found",
+            "text/plain",
+            "try /, /api/overview, /healthz or /metrics\n".into(),
+        ),
+    }
+}
+
+/// Whether an `Authorization: Basic …` header carries `user:password` (compared in constant
+/// time).
+fn basic_auth_matches(header: Option<&str>, user: &str, password: &str) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = header.and_then(|h| h.strip_prefix("Basic ")) else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let expected = format!("{user}:{password}");
+    decoded.len() == expected.len()
+        && decoded
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// `/healthz` and `/metrics` of the server.
@@ -380,7 +458,7 @@ fn respond(served: &Served, stats: &Stats, path: &str) -> crate::health::Reply {
 }
 
 /// Seconds since the served snapshot was written, by the wall clock.
-fn served_age(served: &Served) -> Option<f64> {
+pub(crate) fn served_age(served: &Served) -> Option<f64> {
     let written = chrono::DateTime::parse_from_rfc3339(&served.written_at).ok()?;
     let age = chrono::Utc::now().signed_duration_since(written);
     Some(age.num_milliseconds() as f64 / 1000.0)

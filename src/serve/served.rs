@@ -38,7 +38,9 @@ pub struct Served {
     pub written_at: String,
     /// Table → (Delta version, provider): unchanged tables are shared with the next snapshot.
     tables: BTreeMap<String, (u64, Arc<dyn TableProvider>)>,
-    /// The query handler over this snapshot's session (datafusion-postgres).
+    /// This snapshot's session (the dashboard's queries run on it).
+    pub ctx: Arc<SessionContext>,
+    /// The query handler over the same session (datafusion-postgres).
     pub service: Arc<DfSessionService>,
 }
 
@@ -64,16 +66,17 @@ impl Served {
             };
             tables.insert(name.clone(), (t.version, provider));
         }
-        let ctx = session(&tables).await?;
+        let ctx = Arc::new(session(&tables).await?);
         Ok(Served {
             id: checkpoint.snapshot_id,
             as_of: checkpoint.as_of.clone(),
             written_at: checkpoint.written_at.clone(),
             tables,
             service: Arc::new(DfSessionService::new_with_hooks(
-                Arc::new(ctx),
+                Arc::clone(&ctx),
                 super::settings::hooks(),
             )),
+            ctx,
         })
     }
 
@@ -81,16 +84,17 @@ impl Served {
     /// finds the first.
     pub async fn none() -> Result<Served, Error> {
         let tables = BTreeMap::new();
-        let ctx = session(&tables).await?;
+        let ctx = Arc::new(session(&tables).await?);
         Ok(Served {
             id: 0,
             as_of: None,
             written_at: String::new(),
             tables,
             service: Arc::new(DfSessionService::new_with_hooks(
-                Arc::new(ctx),
+                Arc::clone(&ctx),
                 super::settings::hooks(),
             )),
+            ctx,
         })
     }
 
