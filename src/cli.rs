@@ -498,12 +498,11 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 return Ok(summary);
             }
             println!("{summary}");
-            let shutdown = shutdown_signal("shutting down: no new connections").map_err(|e| {
-                Error::Io {
+            let shutdown =
+                shutdown_signal("shutting down: no new connections").map_err(|e| Error::Io {
                     path: "signal handlers".into(),
                     source: e,
-                }
-            })?;
+                })?;
             crate::demo::serve(dir, shutdown).await?;
             Ok(String::new())
         }

@@ -264,6 +264,7 @@ async fn bi_clients_read_the_snapshot_like_quotaflow_sql_does() {
         "{got}"
     );
     assert_eq!(got["current_schema"], "public");
+    assert_eq!(got["current_database"], "quotaflow");
     // Values and their types equal `quotaflow sql`'s: numeric → Decimal, date → date.
     let want = sql(
         &out,

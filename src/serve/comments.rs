@@ -17,7 +17,7 @@ use datafusion::datasource::ViewTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::{col, lit, SessionContext};
 
-use super::served::{DATABASE, SCHEMA};
+use super::served::SCHEMA;
 
 /// The output contract quotaflow serves (a copy of the steering spec's METRICS.md).
 const CONTRACT: &str = include_str!("../../spec/METRICS.md");
@@ -102,7 +102,11 @@ fn backticked(item: &str) -> Vec<String> {
 
 /// Replaces `pg_catalog.pg_description` of `ctx` by the contract's comments on `tables`:
 /// a view joining them to `pg_class` (whose oids are assigned as it is read).
-pub async fn install(ctx: &SessionContext, tables: impl Iterator<Item = &String>) -> Result<()> {
+pub async fn install(
+    ctx: &SessionContext,
+    tables: impl Iterator<Item = &String>,
+    database: &str,
+) -> Result<()> {
     let contract = contract();
     let (mut relname, mut objsubid, mut description) = (Vec::new(), Vec::new(), Vec::new());
     for table in tables {
@@ -161,8 +165,8 @@ pub async fn install(ctx: &SessionContext, tables: impl Iterator<Item = &String>
         ])?
         .into_unoptimized_plan();
     let catalog = ctx
-        .catalog(DATABASE)
-        .ok_or_else(|| DataFusionError::Plan(format!("no catalog {DATABASE}")))?;
+        .catalog(database)
+        .ok_or_else(|| DataFusionError::Plan(format!("no catalog {database}")))?;
     let inner = catalog
         .schema("pg_catalog")
         .ok_or_else(|| DataFusionError::Plan("no pg_catalog schema".into()))?;

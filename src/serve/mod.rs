@@ -36,7 +36,6 @@ use tokio_rustls::TlsAcceptor;
 
 pub use comments::contract as contract_comments;
 use served::Served;
-pub use served::DATABASE;
 use session::{Access, Connection, Queries, Verifier};
 
 use crate::error::{Error, UsageError};
@@ -209,11 +208,11 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
     let first = match location.latest().await? {
         Some(latest) => {
             let c = crate::query::checkpoint(&location, Some(latest.snapshot_id)).await?;
-            Served::load(&location, &c, None).await?
+            Served::load(&location, &c, None, &opts.database).await?
         }
         None => {
             tracing::warn!(output = %location.url, "no snapshot yet: serving no tables until the pipeline writes one");
-            Served::none().await?
+            Served::none(&opts.database).await?
         }
     };
     let (tx, rx) = watch::channel(Arc::new(first));

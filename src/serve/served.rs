@@ -26,13 +26,15 @@ use crate::error::{Error, QueryError};
 use crate::query::checkpoint;
 use crate::snapshot::{Checkpoint, Location};
 
-/// The database (DataFusion catalog) clients connect to, and the schema of the tables.
-pub const DATABASE: &str = "quotaflow";
+/// The schema of the tables (the database clients connect to, `serve.database`, is the
+/// DataFusion catalog: `current_database()` names it).
 pub const SCHEMA: &str = "public";
 
 /// One snapshot, ready to answer queries.
 pub struct Served {
     pub id: u64,
+    /// The database name clients connect to (`serve.database`).
+    pub database: String,
     /// The snapshot's event clock and when it was written (RFC 3339), from its checkpoint.
     pub as_of: Option<String>,
     pub written_at: String,
@@ -50,6 +52,7 @@ impl Served {
         location: &Location,
         checkpoint: &Checkpoint,
         previous: Option<&Served>,
+        database: &str,
     ) -> Result<Served, Error> {
         let mut tables = BTreeMap::new();
         for (name, t) in &checkpoint.tables {
@@ -66,9 +69,10 @@ impl Served {
             };
             tables.insert(name.clone(), (t.version, provider));
         }
-        let ctx = Arc::new(session(&tables).await?);
+        let ctx = Arc::new(session(&tables, database).await?);
         Ok(Served {
             id: checkpoint.snapshot_id,
+            database: database.to_string(),
             as_of: checkpoint.as_of.clone(),
             written_at: checkpoint.written_at.clone(),
             tables,
@@ -82,11 +86,12 @@ impl Served {
 
     /// No snapshot yet (the pipeline has not written one): no tables, until the follower
     /// finds the first.
-    pub async fn none() -> Result<Served, Error> {
+    pub async fn none(database: &str) -> Result<Served, Error> {
         let tables = BTreeMap::new();
-        let ctx = Arc::new(session(&tables).await?);
+        let ctx = Arc::new(session(&tables, database).await?);
         Ok(Served {
             id: 0,
+            database: database.to_string(),
             as_of: None,
             written_at: String::new(),
             tables,
@@ -123,22 +128,24 @@ impl Served {
     }
 }
 
-/// The session over `tables`: registered in [`DATABASE`].[`SCHEMA`], with `pg_catalog`,
-/// `information_schema`, the contract's comments and a PostgreSQL-shaped `version()`.
+/// The session over `tables`: registered in catalog `database`, schema [`SCHEMA`], with
+/// `pg_catalog`, `information_schema`, the contract's comments and a PostgreSQL-shaped
+/// `version()`.
 async fn session(
     tables: &BTreeMap<String, (u64, Arc<dyn TableProvider>)>,
+    database: &str,
 ) -> Result<SessionContext, Error> {
     let config = SessionConfig::new()
         .with_information_schema(true)
-        .with_default_catalog_and_schema(DATABASE, SCHEMA);
+        .with_default_catalog_and_schema(database, SCHEMA);
     let ctx = SessionContext::new_with_config(config);
     for (name, (_, provider)) in tables {
         ctx.register_table(name.as_str(), Arc::clone(provider))
             .map_err(table_err(name))?;
     }
-    setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
+    setup_pg_catalog(&ctx, database, EmptyContextProvider)
         .map_err(|e| table_err("pg_catalog")(*e))?;
-    comments::install(&ctx, tables.keys())
+    comments::install(&ctx, tables.keys(), database)
         .await
         .map_err(table_err("pg_catalog.pg_description"))?;
     ctx.register_udf(version());
@@ -271,7 +278,7 @@ pub async fn follow(
         };
         let started = Instant::now();
         let loaded = match checkpoint(&location, Some(next)).await {
-            Ok(c) => Served::load(&location, &c, Some(&current)).await,
+            Ok(c) => Served::load(&location, &c, Some(&current), &current.database).await,
             Err(e) => Err(e),
         };
         match loaded {

@@ -46,8 +46,8 @@ def main():
             out["snapshot_times"] = [typed(v) for v in cur.fetchone()]
             cur.execute("SELECT version()")
             out["version"] = cur.fetchone()[0]
-            cur.execute("SELECT current_schema()")
-            out["current_schema"] = cur.fetchone()[0]
+            cur.execute("SELECT current_schema(), current_database()")
+            out["current_schema"], out["current_database"] = cur.fetchone()
             # One connection's SET is its own.
             cur.execute("SET application_name = 'probe-one'")
             cur.execute("SHOW application_name")
