@@ -188,6 +188,16 @@ pub async fn http(
     Ok((bound, task.abort_handle()))
 }
 
+/// A `/healthz` answer: 200 when healthy, else 503, with its JSON body.
+pub fn health_reply(healthy: bool, body: String) -> Reply {
+    let status = if healthy {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    (status, "application/json", body)
+}
+
 /// The answer to a request for `path`: (status line, content type, body).
 fn respond(s: &Status, path: &str) -> Reply {
     match path {
@@ -204,12 +214,7 @@ fn respond(s: &Status, path: &str) -> Reply {
                 "lost_offsets": lost_offsets(&s.messages),
             })
             .to_string();
-            let status = if healthy {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            (status, "application/json", body)
+            health_reply(healthy, body)
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(s)),
         _ => (

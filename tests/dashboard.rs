@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{once, produce, run_in_process};
-use crate::serve::{output_with_snapshot, sql, Server, PASSWORD};
+use crate::serve::{next_snapshot, output_with_snapshot, sql, Server, PASSWORD};
 
 /// `(key → closed_won, quota)` of rows a query returns with columns `k`, `cw`, `q`.
 fn by_key(rows: &[Value]) -> BTreeMap<String, (Value, Value)> {
@@ -173,13 +172,7 @@ async fn the_dashboard_in_a_browser_equals_the_tables_drills_down_and_follows_ne
     assert!(shots.join("dashboard.png").metadata().unwrap().len() > 10_000);
 
     // A new snapshot: more events, the pipeline resumes; the open page follows without a reload.
-    let p = crate::common::pipeline();
-    produce(
-        &cluster.bootstrap_servers(),
-        10_000,
-        &crate::pipeline_mock::messages(&p, 5),
-    );
-    run_in_process(&p, once(&cluster.bootstrap_servers(), &out)).await;
+    next_snapshot(&cluster, &out).await;
     writeln!(probe.stdin.as_mut().unwrap()).unwrap();
     let after = next("after");
     check_overview(&after, &out, "2");

@@ -181,6 +181,21 @@ pub async fn output_with_snapshot(
     (c, out)
 }
 
+/// Snapshot 2 of [`output_with_snapshot`]'s output: more events, the pipeline resumes from
+/// snapshot 1.
+pub async fn next_snapshot(
+    cluster: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    out: &str,
+) {
+    let p = crate::common::pipeline();
+    produce(
+        &cluster.bootstrap_servers(),
+        10_000,
+        &crate::pipeline_mock::messages(&p, 5),
+    );
+    run_in_process(&p, once(&cluster.bootstrap_servers(), out)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs services: psql, psycopg, SQLAlchemy and the JDBC driver (scripts/test installs them)"]
 async fn bi_clients_read_the_snapshot_like_quotaflow_sql_does() {
@@ -456,14 +471,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as c:
         .unwrap();
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "first 1");
-    // Snapshot 2: more events, the pipeline resumes from snapshot 1.
-    let p = crate::common::pipeline();
-    produce(
-        &cluster.bootstrap_servers(),
-        10_000,
-        &crate::pipeline_mock::messages(&p, 5),
-    );
-    run_in_process(&p, once(&cluster.bootstrap_servers(), &out)).await;
+    next_snapshot(&cluster, &out).await;
     assert_eq!(
         sql(&out, "SELECT MAX(snapshot_id) AS n FROM snapshots")[0]["n"],
         2

@@ -375,12 +375,7 @@ fn respond(served: &Served, stats: &Stats, path: &str) -> crate::health::Reply {
                 "connections": stats.connections_open.load(Ordering::Relaxed),
             })
             .to_string();
-            let status = if healthy {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
-            (status, "application/json", body)
+            crate::health::health_reply(healthy, body)
         }
         "/metrics" => {
             let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
