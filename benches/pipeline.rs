@@ -102,7 +102,7 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
     let horizon = p.source.dedup_horizon_micros();
     let mut s = State::default();
     let fold = |s: &mut State, e: Event| {
-        s.fold(e, &p.metrics.calendar, horizon);
+        s.fold(e, Default::default(), &p.metrics.calendar, horizon);
     };
     for r in 0..reps {
         let rep_id = format!("rep-{r:05}");
@@ -496,7 +496,7 @@ fn memory(spec: &str) {
     state.roll_up(&cal);
     let _ = state.take_changes(&cal);
     for i in 0..5 {
-        state.fold(call(i, 0, last), &cal, horizon);
+        state.fold(call(i, 0, last), Default::default(), &cal, horizon);
     }
     let mut manifest = manifest;
     next_snapshot(
@@ -510,7 +510,7 @@ fn memory(spec: &str) {
     );
     for rep in 0..reps {
         for i in 0..20 {
-            state.fold(call(i, rep, last + 1), &cal, horizon);
+            state.fold(call(i, rep, last + 1), Default::default(), &cal, horizon);
         }
     }
     next_snapshot(
@@ -531,7 +531,12 @@ fn memory(spec: &str) {
     if let Some(mut d) = old {
         d.version += 1;
         d.amount += rust_decimal::Decimal::new(10_000, 2);
-        state.fold(quotaflow::event::Event::Deal(d), &cal, horizon);
+        state.fold(
+            quotaflow::event::Event::Deal(d),
+            Default::default(),
+            &cal,
+            horizon,
+        );
     }
     next_snapshot(
         &rt,

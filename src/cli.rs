@@ -181,6 +181,14 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Explain one published figure: the row, the Kafka messages behind the column (topic,
+    /// partition, offset, version and the fields that mattered) and the arithmetic from them
+    /// to the figure, checked to reproduce the published value exactly (exit 3 if it does
+    /// not). Computed from the snapshot's state, not by re-reading Kafka.
+    ///
+    /// e.g. quotaflow explain attainment --key level=rep --key entity_id=rep-00042
+    /// --key period_type=quarter --key period_start=2026-07-01 --column attainment
+    Explain(crate::explain::Args),
     /// List the alerts firing now, from the latest snapshot (or another one).
     Alerts {
         #[command(flatten)]
@@ -326,7 +334,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 }),
             };
             if let Some(dir) = out_dir {
-                write_jsonl(&spec, &pipeline, &dir)
+                crate::generate::write_jsonl(&spec, &pipeline, &dir)
             } else {
                 let brokers = brokers.ok_or(UsageError::Flag {
                     flag: "--brokers",
@@ -407,6 +415,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
         }
         Command::Sql { at, query } => at.query(&query).await,
         Command::Alerts { at } => at.query(FIRING_ALERTS).await,
+        Command::Explain(args) => args.run().await,
         Command::Verify {
             pipeline,
             output,
@@ -435,7 +444,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
             tls_cert,
             tls_key,
         } => {
-            let p = Pipeline::load(pipeline.as_deref())?;
+            let p = Arc::new(Pipeline::load(pipeline.as_deref())?);
             let defaults = &p.serve;
             let http = match http {
                 Some(h) if h == "off" => None,
@@ -464,6 +473,7 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
                 )?,
                 tls,
                 poll_interval: defaults.poll_interval,
+                pipeline: Arc::clone(&p),
             };
             let shutdown =
                 shutdown_signal("shutting down: no new connections").map_err(|e| Error::Io {
@@ -512,49 +522,6 @@ pub async fn execute(cli: Cli) -> Result<String, Error> {
 /// What `quotaflow alerts` and the demo show.
 pub const FIRING_ALERTS: &str = "SELECT severity, rule, key, value, message, fired_at, alert_id FROM alerts \
      WHERE state = 'firing' ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, rule, key";
-
-fn write_jsonl(
-    spec: &GenSpec,
-    pipeline: &Pipeline,
-    dir: &std::path::Path,
-) -> Result<String, Error> {
-    use std::io::Write;
-    let io = |path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |source| Error::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut files = std::collections::BTreeMap::new();
-    for (t, topic) in &pipeline.source.topics {
-        let path = dir.join(format!("{topic}.jsonl"));
-        let f = std::fs::File::create(&path).map_err(io(&path))?;
-        files.insert(*t, (path, std::io::BufWriter::new(f)));
-    }
-    let mut n = 0u64;
-    let mut failure = None;
-    generate(spec, |g| {
-        if failure.is_some() {
-            return;
-        }
-        if let Some((path, w)) = files.get_mut(&g.event_type) {
-            if let Err(e) = writeln!(w, "{}", g.value) {
-                failure = Some(io(path)(e));
-            }
-            n += 1;
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    for (path, mut w) in files.into_values() {
-        w.flush().map_err(io(&path))?;
-    }
-    Ok(format!(
-        "wrote {n} messages to {} (one <topic>.jsonl per topic; start {})",
-        dir.display(),
-        spec.start
-    ))
-}
 
 /// Installs the Ctrl-C and SIGTERM handlers now; the future resolves on the first of them.
 fn shutdown_signal(what: &'static str) -> std::io::Result<impl std::future::Future<Output = ()>> {

@@ -172,7 +172,8 @@ pub async fn serve(
     dir: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let defaults = Pipeline::builtin()?.serve;
+    let pipeline = std::sync::Arc::new(Pipeline::builtin()?);
+    let defaults = pipeline.serve.clone();
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let pg = loopback(defaults.pg.port());
     let http = defaults.http.map(|h| loopback(h.port()));
@@ -192,6 +193,7 @@ pub async fn serve(
         password: None,
         tls: None,
         poll_interval: defaults.poll_interval,
+        pipeline,
     };
     crate::serve::serve(opts, shutdown).await
 }

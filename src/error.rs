@@ -28,6 +28,8 @@ pub enum Error {
     Usage(#[from] UsageError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error(transparent)]
+    Explain(#[from] ExplainError),
     /// `quotaflow verify` found rows that differ from a full recompute; `report` is its
     /// result, for stdout like any command's.
     #[error("the published tables differ from a full recompute (the report above says where)")]
@@ -71,6 +73,33 @@ pub enum QueryError {
     Render(datafusion::arrow::error::ArrowError),
 }
 
+/// `quotaflow explain`: a row or column it cannot explain, named with what it can.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("explain covers {covered}; `{table}` is not one of them")]
+    Table { table: String, covered: String },
+    #[error("explain {table} needs --key {key}=VALUE (the grain of the row)")]
+    MissingKey { table: String, key: String },
+    #[error("--key {key}: {message}")]
+    Key { key: String, message: String },
+    #[error("no row of `{table}` in snapshot {snapshot} has {keys}")]
+    NoRow {
+        table: String,
+        snapshot: u64,
+        keys: String,
+    },
+    #[error("--column {column}: `{table}` has no such column (it has {columns})")]
+    Column {
+        table: String,
+        column: String,
+        columns: String,
+    },
+    #[error(
+        "explain does not trace {table}.{column}; docs/explain.md lists the columns it traces"
+    )]
+    Untraced { table: String, column: String },
+}
+
 /// Exit code of a user error: bad config, SQL, input or usage (fix the command and run again).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a runtime failure: brokers, storage, the file system (retry once it is back).
@@ -87,6 +116,7 @@ impl Error {
             // A pipeline's SQL refused when it is checked before a run, or by `quotaflow sql`.
             Error::Config(_)
             | Error::Usage(_)
+            | Error::Explain(_)
             | Error::Query(QueryError::Refused(_) | QueryError::Failed(_))
             | Error::Engine(EngineError::Sql { .. }) => EXIT_USAGE,
             Error::Run(e) if e.is_user_error() => EXIT_USAGE,

@@ -413,6 +413,51 @@ fn deal_json(
     })
 }
 
+/// Writes the generated messages of `spec` as one `<topic>.jsonl` per topic of `pipeline`
+/// under `dir` (`quotaflow generate --out-dir`).
+pub fn write_jsonl(
+    spec: &GenSpec,
+    pipeline: &crate::config::Pipeline,
+    dir: &std::path::Path,
+) -> Result<String, crate::error::Error> {
+    use std::io::Write;
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| crate::error::Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = std::collections::BTreeMap::new();
+    for (t, topic) in &pipeline.source.topics {
+        let path = dir.join(format!("{topic}.jsonl"));
+        let f = std::fs::File::create(&path).map_err(io(&path))?;
+        files.insert(*t, (path, std::io::BufWriter::new(f)));
+    }
+    let mut n = 0u64;
+    let mut failure = None;
+    generate(spec, |g| {
+        if failure.is_some() {
+            return;
+        }
+        if let Some((path, w)) = files.get_mut(&g.event_type) {
+            if let Err(e) = writeln!(w, "{}", g.value) {
+                failure = Some(io(path)(e));
+            }
+            n += 1;
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for (path, mut w) in files.into_values() {
+        w.flush().map_err(io(&path))?;
+    }
+    Ok(format!(
+        "wrote {n} messages to {} (one <topic>.jsonl per topic; start {})",
+        dir.display(),
+        spec.start
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

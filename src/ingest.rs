@@ -14,7 +14,7 @@ use crate::event::Micros;
 use crate::internal::InternalError;
 use crate::source::decode::{BadInput, Decoder, Reason};
 use crate::source::DeadLetter;
-use crate::state::State;
+use crate::state::{Origin, State};
 use crate::watermark::Watermark;
 
 /// A message as read from a topic-partition.
@@ -55,6 +55,10 @@ impl Ingest {
         now: Micros,
     ) -> Option<DeadLetter> {
         let event_type = self.source.event_type_of(m.topic)?;
+        let origin = Origin {
+            partition: m.partition,
+            offset: m.offset,
+        };
         let decoded = self
             .decoder
             .decode(event_type, m.payload, now)
@@ -62,6 +66,7 @@ impl Ingest {
                 let t = event.occurred_at();
                 state.see(m.topic, m.partition, t);
                 if watermark.is_late(t) {
+                    state.note_late(&event, origin);
                     Err(late(t, watermark.current(), self.source.allowed_lateness))
                 } else {
                     Ok(event)
@@ -69,7 +74,8 @@ impl Ingest {
             });
         let refused = match decoded {
             Ok(event) => {
-                let folded = state.fold(event, &self.calendar, self.source.dedup_horizon_micros());
+                let horizon = self.source.dedup_horizon_micros();
+                let folded = state.fold(event, origin, &self.calendar, horizon);
                 state.count(m.topic, folded.as_str());
                 None
             }

@@ -22,8 +22,9 @@
 //! health    /healthz and /metrics
 //! pipeline  the run loop: cut, background snapshot, durable hand-over
 //! error     the tools' error type and exit codes (no layer imports it)
-//! query, serve, verify, generate, demo, cli: `quotaflow sql`, the PostgreSQL endpoint
-//!           `quotaflow serve`, `quotaflow verify`, synthetic data, the demo, the command line
+//! query, explain, serve, verify, generate, demo, cli: `quotaflow sql`, `quotaflow explain`
+//!           (a figure traced to its Kafka messages), the PostgreSQL endpoint `quotaflow serve`,
+//!           `quotaflow verify`, synthetic data, the demo, the command line
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -37,6 +38,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod explain;
 pub mod generate;
 pub mod health;
 pub mod ingest;
@@ -72,6 +74,7 @@ pub const LAYERS: &[&str] = &[
     "pipeline",
     "error",
     "query",
+    "explain",
     "serve",
     "verify",
     "generate",

@@ -87,7 +87,12 @@ pub fn fold_all(p: &Pipeline, events: impl IntoIterator<Item = Event>) -> State 
 
 pub fn fold_one(p: &Pipeline, s: &mut State, e: Event) {
     let topic = p.source.topics[&event_type(&e)].clone();
-    let f = s.fold(e, &p.metrics.calendar, p.source.dedup_horizon_micros());
+    let f = s.fold(
+        e,
+        Default::default(),
+        &p.metrics.calendar,
+        p.source.dedup_horizon_micros(),
+    );
     s.count(&topic, f.as_str());
 }
 

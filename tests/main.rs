@@ -11,6 +11,7 @@ mod common;
 mod contract;
 mod dashboard;
 mod delta;
+mod explain;
 mod external;
 mod golden;
 mod harness;

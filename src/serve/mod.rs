@@ -17,6 +17,7 @@
 pub mod allow;
 mod comments;
 mod dashboard;
+mod explain;
 mod served;
 mod session;
 mod settings;
@@ -57,6 +58,8 @@ pub struct Options {
     /// PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub poll_interval: Duration,
+    /// The pipeline the snapshots were computed with (for `/explain`).
+    pub pipeline: Arc<crate::config::Pipeline>,
 }
 
 /// The password from `file` (its first line) or else from [`PASSWORD_ENV`] (`env`); an empty
@@ -236,14 +239,20 @@ pub async fn serve(opts: Options, shutdown: impl Future<Output = ()>) -> Result<
         (Some(p), true) => Some(Arc::new((opts.user.clone(), p.clone()))),
         _ => None,
     };
+    let explainer = Arc::new(explain::Explainer::new(
+        location.clone(),
+        Arc::clone(&opts.pipeline),
+    ));
     let http = match opts.http {
         Some(addr) => {
             let (rx, stats) = (rx.clone(), Arc::clone(&stats));
             let (bound, task) = crate::health::http(addr, move |req| {
                 let served = Arc::clone(&rx.borrow());
                 let (stats, guard) = (Arc::clone(&stats), guard.clone());
-                Box::pin(async move { answer(req, served, &stats, guard.as_deref()).await })
-                    as futures::future::BoxFuture<'static, crate::health::Reply>
+                let explainer = Arc::clone(&explainer);
+                Box::pin(
+                    async move { answer(req, served, &stats, guard.as_deref(), &explainer).await },
+                ) as futures::future::BoxFuture<'static, crate::health::Reply>
             })
             .await
             .map_err(|source| Error::Io {
@@ -316,6 +325,7 @@ async fn answer(
     served: Arc<Served>,
     stats: &Stats,
     guard: Option<&(String, String)>,
+    explainer: &explain::Explainer,
 ) -> crate::health::Reply {
     if matches!(req.path.as_str(), "/healthz" | "/metrics") {
         return respond(&served, stats, &req.path);
@@ -330,12 +340,15 @@ async fn answer(
             );
         }
     }
+    if let Some(reply) = explainer.respond(&served, &req.path, &req.query).await {
+        return reply;
+    }
     match dashboard::respond(served, &req.path, &req.query).await {
         Some(reply) => reply,
         None => (
             "404 Not Found",
             "text/plain",
-            "try /, /api/overview, /healthz or /metrics\n".into(),
+            "try /, /api/overview, /explain, /healthz or /metrics\n".into(),
         ),
     }
 }

@@ -29,7 +29,7 @@ pub struct DailyCounts {
 
 impl DailyCounts {
     /// Adds another cell's counters to this one.
-    pub(super) fn absorb(&mut self, o: &DailyCounts) {
+    pub fn absorb(&mut self, o: &DailyCounts) {
         self.calls += o.calls;
         self.emails += o.emails;
         self.meetings += o.meetings;

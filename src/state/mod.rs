@@ -12,6 +12,7 @@ pub mod changes;
 pub(crate) mod columns;
 mod grain;
 pub mod hierarchy;
+pub mod provenance;
 pub mod segments;
 pub mod tables;
 
@@ -27,6 +28,8 @@ use changes::{deal_days, Input};
 use grain::Starts;
 pub use grain::{DailyCounts, Rollups};
 use hierarchy::Placement;
+use provenance::{fold_entity, widen};
+pub use provenance::{Arrival, OffsetSpan, Origin, Received, RepDayPartition};
 
 /// What folding one valid event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct Versioned<T, H = ()> {
     /// Every version received, in version order, with what the metrics need of it (a sorted
     /// vector: an entity has a handful of versions, and a tree node per entity costs more).
     pub history: Vec<(i64, H)>,
+    /// Every message received about it, in the order read (`provenance`).
+    pub received: Vec<Received>,
 }
 
 /// Rep ids as small integers, so that the rep × day grain does not hold a string per key.
@@ -72,6 +77,11 @@ impl RepIds {
         self.names.push(rep.to_string());
         self.index.insert(rep.to_string(), id);
         id
+    }
+
+    /// The id of `rep`, if the state names it.
+    pub fn find(&self, rep: &str) -> Option<u32> {
+        self.index.get(rep).copied()
     }
 
     pub fn name(&self, id: u32) -> &str {
@@ -129,6 +139,9 @@ pub struct State {
     pub offsets: crate::source::Offsets,
     /// The rep × day grain, by rep id (`rep_ids`).
     pub daily: Map<(u32, Day), DailyCounts>,
+    /// (rep id, day, partition) → the first and last offset of that partition holding an
+    /// activity counted in the rep-day (`provenance`).
+    pub daily_from: Map<RepDayPartition, OffsetSpan>,
     pub rep_ids: RepIds,
     pub rollups: Rollups,
     pub deals: Map<String, Versioned<Deal, DealVersion>>,
@@ -180,11 +193,12 @@ impl State {
         Ok(())
     }
 
-    /// Folds a valid event; `horizon` is the dedup horizon in microseconds.
-    pub fn fold(&mut self, event: Event, cal: &Calendar, horizon: i64) -> Folded {
+    /// Folds a valid event read at `origin` of its topic; `horizon` is the dedup horizon in
+    /// microseconds.
+    pub fn fold(&mut self, event: Event, origin: Origin, cal: &Calendar, horizon: i64) -> Folded {
         let t = event.occurred_at();
         let folded = match event {
-            Event::Activity(a) => self.fold_activity(a, cal, horizon),
+            Event::Activity(a) => self.fold_activity(a, origin, cal, horizon),
             Event::Deal(d) => {
                 let before = self.rep_first_deal.get(&d.rep_id).map(|t| cal.day_of(*t));
                 let first = self
@@ -201,12 +215,12 @@ impl State {
                 let (rep, deal) = (d.rep_id.clone(), d.deal_id.clone());
                 let old = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
                 let h = (d.stage, d.occurred_at);
-                let folded = fold_entity(&mut self.deals, deal.clone(), d.version, d, h);
+                let folded = fold_entity(&mut self.deals, deal.clone(), d.version, d, h, origin);
                 self.first_day(&rep, day, before, cal);
+                self.dirty.deals.touch(deal.clone(), self.deals.len());
                 if folded == Folded::Ok {
                     self.rep_ids.id(&rep);
                     let new = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
-                    self.dirty.deals.touch(deal.clone(), self.deals.len());
                     for (close, created) in old.into_iter().chain(new) {
                         self.changes.changes.day(Input::Deals, close);
                         self.changes.changes.day(Input::Deals, created);
@@ -218,9 +232,9 @@ impl State {
                 let key = (q.rep_id.clone(), q.period_start);
                 let old = self.quotas.get(&key).map(|v| v.latest.period_end);
                 let (rep, start, end) = (q.rep_id.clone(), q.period_start, q.period_end);
-                let folded = fold_entity(&mut self.quotas, key.clone(), q.version, q, ());
+                let folded = fold_entity(&mut self.quotas, key.clone(), q.version, q, (), origin);
+                self.dirty.quotas.touch(key, self.quotas.len());
                 if folded == Folded::Ok {
-                    self.dirty.quotas.touch(key, self.quotas.len());
                     self.rep_ids.id(&rep);
                     let end = end.max(old.unwrap_or(end));
                     self.changes.changes.span(Input::Quotas, start, end);
@@ -237,11 +251,18 @@ impl State {
                     region: r.region.clone(),
                 };
                 let rep = r.rep_id.clone();
-                let folded = fold_entity(&mut self.roster, rep.clone(), r.version, r, placement);
+                let folded = fold_entity(
+                    &mut self.roster,
+                    rep.clone(),
+                    r.version,
+                    r,
+                    placement,
+                    origin,
+                );
+                self.dirty.roster.touch(rep.clone(), self.roster.len());
                 if folded == Folded::Ok {
                     // A move changes every figure of the teams involved: rare, so all of it.
                     self.rep_ids.id(&rep);
-                    self.dirty.roster.touch(rep, self.roster.len());
                     self.changes.changes.all = true;
                     self.changes.changes.input(Input::Roster);
                 }
@@ -249,10 +270,11 @@ impl State {
             }
             Event::FxRate(f) => {
                 let (currency, from) = (f.currency.clone(), f.effective_date);
-                let folded = fold_entity(&mut self.fx, (currency.clone(), from), f.version, f, ());
+                let key = (currency.clone(), from);
+                let folded = fold_entity(&mut self.fx, key, f.version, f, (), origin);
+                self.dirty.fx.touch((currency.clone(), from), self.fx.len());
                 if folded == Folded::Ok {
                     self.fx_changed(&currency, from);
-                    self.dirty.fx.touch((currency, from), self.fx.len());
                 }
                 folded
             }
@@ -276,7 +298,13 @@ impl State {
         folded
     }
 
-    fn fold_activity(&mut self, a: Activity, cal: &Calendar, horizon: i64) -> Folded {
+    fn fold_activity(
+        &mut self,
+        a: Activity,
+        origin: Origin,
+        cal: &Calendar,
+        horizon: i64,
+    ) -> Folded {
         let id = xxhash_rust::xxh3::xxh3_128(a.event_id.as_bytes());
         // A repeat within the horizon of the remembered copy's event time is a duplicate. The
         // test compares the two events only, never the event clock, so the outcome does not
@@ -320,6 +348,9 @@ impl State {
         }
         self.daily.entry(key).or_default().add(&a);
         self.dirty.daily.touch(key, self.daily.len());
+        let from = (key.0, key.1, origin.partition);
+        widen(&mut self.daily_from, from, origin.offset);
+        self.dirty.daily_from.touch(from, self.daily_from.len());
         if self.rollups.built {
             self.rollups.pending.entry(key).or_default().add(&a);
         }
@@ -497,40 +528,7 @@ impl State {
             + self.fx.len()
             + self.surveys.len()
             + self.seen_activities.len()
-    }
-}
-
-/// Folds version `v` of an entity; the first arrival of an (entity, version) wins, the
-/// highest version is the after-image.
-fn fold_entity<K: std::hash::Hash + Eq, T, H>(
-    map: &mut Map<K, Versioned<T, H>>,
-    key: K,
-    v: i64,
-    item: T,
-    h: H,
-) -> Folded {
-    use std::collections::hash_map::Entry;
-    match map.entry(key) {
-        Entry::Occupied(mut o) => {
-            let e = o.get_mut();
-            match e.history.binary_search_by_key(&v, |(version, _)| *version) {
-                Ok(_) => return Folded::Duplicate,
-                Err(at) => e.history.insert(at, (v, h)),
-            }
-            if v > e.latest_version {
-                e.latest = item;
-                e.latest_version = v;
-            }
-            Folded::Ok
-        }
-        Entry::Vacant(slot) => {
-            slot.insert(Versioned {
-                latest: item,
-                latest_version: v,
-                history: vec![(v, h)],
-            });
-            Folded::Ok
-        }
+            + self.daily_from.len()
     }
 }
 
@@ -560,10 +558,16 @@ mod tests {
     fn highest_version_wins_whatever_the_order() {
         let mut s = State::default();
         let cal = Calendar::default();
-        assert_eq!(s.fold(deal(2, Stage::Proposal, 20), &cal, 0), Folded::Ok);
-        assert_eq!(s.fold(deal(1, Stage::Prospecting, 10), &cal, 0), Folded::Ok);
         assert_eq!(
-            s.fold(deal(2, Stage::Negotiation, 30), &cal, 0),
+            s.fold(deal(2, Stage::Proposal, 20), Origin::default(), &cal, 0),
+            Folded::Ok
+        );
+        assert_eq!(
+            s.fold(deal(1, Stage::Prospecting, 10), Origin::default(), &cal, 0),
+            Folded::Ok
+        );
+        assert_eq!(
+            s.fold(deal(2, Stage::Negotiation, 30), Origin::default(), &cal, 0),
             Folded::Duplicate
         );
         let d = &s.deals["d1"];

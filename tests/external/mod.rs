@@ -11,6 +11,7 @@ mod alerts_webhook;
 mod broker_faults;
 mod crash;
 mod end_to_end;
+mod explain;
 mod storage_faults;
 
 use std::collections::BTreeMap;

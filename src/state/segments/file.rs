@@ -19,7 +19,7 @@ use super::{Manifest, Part, PartData, PartKey, SegmentRef, FORMAT};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 use crate::state::hierarchy::Placement;
-use crate::state::{DailyCounts, DealVersion, Versioned};
+use crate::state::{DailyCounts, DealVersion, OffsetSpan, RepDayPartition, Versioned};
 
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -163,6 +163,7 @@ pub(super) enum PartRows<'a> {
     Surveys(Rows<'a, String, Survey>),
     RepNames(u32, &'a [String]),
     DeadLetters(&'a VecDeque<DeadLetter>),
+    DailyFrom(Rows<'a, RepDayPartition, OffsetSpan>),
 }
 
 /// One part to encode.

@@ -22,7 +22,7 @@ use std::hash::Hash;
 use serde::{Deserialize, Serialize};
 
 use super::hierarchy::Placement;
-use super::{DailyCounts, DealVersion, Map, State, Versioned};
+use super::{DailyCounts, DealVersion, Map, OffsetSpan, RepDayPartition, State, Versioned};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 pub use file::{Encoded, PartEntry, Segment, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES};
@@ -32,7 +32,7 @@ mod file;
 
 /// Bump when the encoding of segments or manifests changes: a snapshot in another format is
 /// refused at restore, naming the file.
-pub const FORMAT: u32 = 6;
+pub const FORMAT: u32 = 7;
 
 /// Hash buckets of the entity kinds.
 const BUCKETS: u64 = 64;
@@ -58,6 +58,9 @@ pub enum Kind {
     RepNames,
     /// The bounded dead-letter log, written whole (period 0).
     DeadLetters,
+    /// The offsets each rep-day's activities were read from, per partition; period: calendar
+    /// month, as `Daily`.
+    DailyFrom,
 }
 
 /// A part of the state: the unit of segments and compaction.
@@ -83,6 +86,7 @@ pub enum PartData {
     /// Names from index `.0` on.
     RepNames(u32, Vec<String>),
     DeadLetters(VecDeque<DeadLetter>),
+    DailyFrom(Vec<(RepDayPartition, OffsetSpan)>),
 }
 
 /// One part in a segment; `whole` when it holds all of the part (its chain starts again).
@@ -126,6 +130,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default)]
 pub struct Dirty {
     pub(super) daily: Touched<(u32, Day)>,
+    pub(super) daily_from: Touched<RepDayPartition>,
     pub(super) seen: Touched<u128>,
     pub(super) deals: Touched<String>,
     pub(super) deal_activity: Touched<String>,
@@ -295,6 +300,13 @@ impl State {
             PartRows::Daily
         );
         kind!(
+            daily_from,
+            d.daily_from,
+            Kind::DailyFrom,
+            |k: &RepDayPartition, _| month(k.1),
+            PartRows::DailyFrom
+        );
+        kind!(
             seen_activities,
             d.seen,
             Kind::Seen,
@@ -386,6 +398,7 @@ impl State {
             PartData::Surveys(rows) => upsert(&mut self.surveys, rows),
             PartData::RepNames(from, names) => self.rep_ids.put(from as usize, names),
             PartData::DeadLetters(log) => self.dead_letters = log,
+            PartData::DailyFrom(rows) => upsert(&mut self.daily_from, rows),
         }
     }
 }

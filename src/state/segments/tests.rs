@@ -3,6 +3,7 @@
 use super::*;
 use crate::calendar::Calendar;
 use crate::event::{Activity, ActivityType, Event};
+use crate::state::Origin;
 
 fn call(id: &str, rep: &str, t: Micros) -> Event {
     Event::Activity(Activity {
@@ -70,7 +71,12 @@ fn deltas_and_compaction_restore_the_state_and_chains_stay_bounded() {
         for i in 0..20 {
             let t = (snap as i64) * MICROS_PER_DAY / 2 + i;
             let rep = format!("r{}", i % 7);
-            s.fold(call(&format!("e{snap}-{i}"), &rep, t), &cal, horizon);
+            s.fold(
+                call(&format!("e{snap}-{i}"), &rep, t),
+                Origin::default(),
+                &cal,
+                horizon,
+            );
         }
         s.prune(horizon);
         m = cut(&mut s, &m, snap, 3, &mut files);

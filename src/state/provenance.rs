@@ -1,0 +1,248 @@
+//! Where the state's figures came from, kept cheaply enough to live in the state: for every
+//! entity (deal, quota record, roster entry, fx rate) each message received about it, with its
+//! partition, offset and how the fold took it ([`Received`]); for the rep × day grain the
+//! range of offsets of each partition its activities were read from (`State::daily_from`).
+//! Bounded by keys × versions and rep-days × partitions like the rest of the state, never one
+//! record per event: `quotaflow explain` names the Kafka messages behind a figure from this.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Folded, Map, State, Versioned};
+use crate::event::Event;
+
+/// A message's place in its topic (the topic is the entity kind's, from the pipeline file).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A rep-day's activities read from one partition: (rep id, day, partition).
+pub type RepDayPartition = (u32, crate::event::Day, i32);
+/// The first and last offset of a range.
+pub type OffsetSpan = (i64, i64);
+
+/// How the fold took one message about an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arrival {
+    /// A new version, the highest so far: it became the entity's after-image.
+    Applied,
+    /// A new version lower than one already received (out of order): kept in the history,
+    /// never the after-image.
+    Superseded,
+    /// A version already received: counted as `duplicate`, changed nothing.
+    Duplicate,
+    /// Older than the watermark minus the allowed lateness: refused as `late` (a dead letter).
+    Late,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arrival::Applied => "applied",
+            Arrival::Superseded => "superseded",
+            Arrival::Duplicate => "duplicate",
+            Arrival::Late => "late",
+        }
+    }
+}
+
+/// One message received about an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    pub version: i64,
+    pub origin: Origin,
+    pub arrival: Arrival,
+}
+
+/// Arrivals kept per entity: every new version, and duplicates and late copies up to this many
+/// arrivals in all (a resend storm must not grow an entity without bound).
+pub const RECEIVED_KEPT: usize = 64;
+
+impl<T, H> Versioned<T, H> {
+    /// The message that carried `version` (its first arrival), if it is known.
+    pub fn origin_of(&self, version: i64) -> Option<Origin> {
+        self.received
+            .iter()
+            .find(|r| {
+                r.version == version && matches!(r.arrival, Arrival::Applied | Arrival::Superseded)
+            })
+            .map(|r| r.origin)
+    }
+
+    /// Records a message about this entity that changed nothing (a duplicate or a late copy),
+    /// within [`RECEIVED_KEPT`].
+    pub(super) fn note(&mut self, version: i64, origin: Origin, arrival: Arrival) -> bool {
+        if self.received.len() >= RECEIVED_KEPT {
+            return false;
+        }
+        self.received.push(Received {
+            version,
+            origin,
+            arrival,
+        });
+        true
+    }
+}
+
+impl State {
+    /// Records that the entity version `event` carries, read at `origin`, was refused as late
+    /// (older than the watermark minus the allowed lateness), on the entity if the state
+    /// holds it: its explanation lists every message received about it.
+    pub fn note_late(&mut self, event: &Event, origin: Origin) {
+        let late = Arrival::Late;
+        match event {
+            Event::Deal(d) => {
+                if let Some(e) = self.deals.get_mut(&d.deal_id) {
+                    if e.note(d.version, origin, late) {
+                        self.dirty.deals.touch(d.deal_id.clone(), self.deals.len());
+                    }
+                }
+            }
+            Event::Quota(q) => {
+                let key = (q.rep_id.clone(), q.period_start);
+                if let Some(e) = self.quotas.get_mut(&key) {
+                    if e.note(q.version, origin, late) {
+                        self.dirty.quotas.touch(key, self.quotas.len());
+                    }
+                }
+            }
+            Event::FxRate(f) => {
+                let key = (f.currency.clone(), f.effective_date);
+                if let Some(e) = self.fx.get_mut(&key) {
+                    if e.note(f.version, origin, late) {
+                        self.dirty.fx.touch(key, self.fx.len());
+                    }
+                }
+            }
+            Event::Rep(r) => {
+                if let Some(e) = self.roster.get_mut(&r.rep_id) {
+                    if e.note(r.version, origin, late) {
+                        self.dirty.roster.touch(r.rep_id.clone(), self.roster.len());
+                    }
+                }
+            }
+            Event::Activity(_) | Event::Survey(_) => {}
+        }
+    }
+}
+
+/// Folds version `v` of an entity, read at `origin`; the first arrival of an (entity, version)
+/// wins, the highest version is the after-image.
+pub(super) fn fold_entity<K: std::hash::Hash + Eq, T, H>(
+    map: &mut Map<K, Versioned<T, H>>,
+    key: K,
+    v: i64,
+    item: T,
+    h: H,
+    origin: Origin,
+) -> Folded {
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Occupied(mut o) => {
+            let e = o.get_mut();
+            match e.history.binary_search_by_key(&v, |(version, _)| *version) {
+                Ok(_) => {
+                    e.note(v, origin, Arrival::Duplicate);
+                    return Folded::Duplicate;
+                }
+                Err(at) => e.history.insert(at, (v, h)),
+            }
+            let arrival = if v > e.latest_version {
+                e.latest = item;
+                e.latest_version = v;
+                Arrival::Applied
+            } else {
+                Arrival::Superseded
+            };
+            e.received.push(Received {
+                version: v,
+                origin,
+                arrival,
+            });
+            Folded::Ok
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(Versioned {
+                latest: item,
+                latest_version: v,
+                history: vec![(v, h)],
+                received: vec![Received {
+                    version: v,
+                    origin,
+                    arrival: Arrival::Applied,
+                }],
+            });
+            Folded::Ok
+        }
+    }
+}
+
+/// Widens the offsets of `partition` that `(rep, day)`'s activities were read from to take in
+/// `offset`.
+pub(super) fn widen(
+    spans: &mut Map<RepDayPartition, OffsetSpan>,
+    key: RepDayPartition,
+    offset: i64,
+) {
+    let span = spans.entry(key).or_insert((offset, offset));
+    *span = (span.0.min(offset), span.1.max(offset));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64) -> Origin {
+        Origin {
+            partition: 2,
+            offset,
+        }
+    }
+
+    #[test]
+    fn every_arrival_is_kept_with_how_it_was_taken() {
+        let mut m: Map<&str, Versioned<&str>> = Map::default();
+        assert_eq!(fold_entity(&mut m, "d", 2, "two", (), at(10)), Folded::Ok);
+        assert_eq!(fold_entity(&mut m, "d", 1, "one", (), at(11)), Folded::Ok);
+        assert_eq!(
+            fold_entity(&mut m, "d", 2, "again", (), at(12)),
+            Folded::Duplicate
+        );
+        assert_eq!(fold_entity(&mut m, "d", 3, "three", (), at(13)), Folded::Ok);
+        let d = &m["d"];
+        let got: Vec<_> = d
+            .received
+            .iter()
+            .map(|r| (r.version, r.origin.offset, r.arrival))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, 10, Arrival::Applied),
+                (1, 11, Arrival::Superseded),
+                (2, 12, Arrival::Duplicate),
+                (3, 13, Arrival::Applied),
+            ]
+        );
+        assert_eq!(
+            (d.latest, d.origin_of(3), d.origin_of(2)),
+            ("three", Some(at(13)), Some(at(10)))
+        );
+    }
+
+    #[test]
+    fn a_resend_storm_is_bounded() {
+        let mut m: Map<&str, Versioned<&str>> = Map::default();
+        fold_entity(&mut m, "d", 1, "one", (), at(0));
+        for i in 1..1000 {
+            fold_entity(&mut m, "d", 1, "one", (), at(i));
+        }
+        assert_eq!(m["d"].received.len(), RECEIVED_KEPT);
+        // A new version is always kept.
+        fold_entity(&mut m, "d", 2, "two", (), at(5000));
+        assert_eq!(m["d"].origin_of(2), Some(at(5000)));
+    }
+}
