@@ -171,6 +171,53 @@ async fn the_dashboard_in_a_browser_equals_the_tables_drills_down_and_follows_ne
     assert!(rep["trend_points"].as_u64().unwrap() > 0, "{rep}");
     assert!(shots.join("dashboard.png").metadata().unwrap().len() > 10_000);
 
+    // Every figure links to its explanation, which reproduces the figure shown.
+    let why = next("explain");
+    assert_eq!(why["explained"]["verdict"], "reproduced", "{why}");
+    assert!(why["explained"]["inputs"].as_u64().unwrap() > 0, "{why}");
+    assert!(
+        why["explained"]["contributions"].as_u64().unwrap() > 0,
+        "{why}"
+    );
+    assert_eq!(why["errors"], serde_json::json!([]), "script errors");
+    let links = why["links"].as_array().unwrap();
+    let mut tables = std::collections::BTreeSet::new();
+    for l in links {
+        let href = l["href"].as_str().unwrap();
+        let query = href.strip_prefix("/explain?").unwrap();
+        let table = query
+            .split('&')
+            .next()
+            .unwrap()
+            .trim_start_matches("table=");
+        // One link of each table and column is enough (the rest differ by row only).
+        let column = query.rsplit("column=").next().unwrap();
+        if !tables.insert((table.to_string(), column.to_string())) {
+            continue;
+        }
+        let reply = server.get(&format!("/api/explain?{query}"));
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let e: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{href}: {reply}"));
+        assert_eq!(e["reproduced"], true, "{href}: {e:#}");
+        if let Some(v) = l["value"].as_str().filter(|v| !v.is_empty()) {
+            assert_eq!(e["computed"].as_str(), Some(v), "{href}");
+        }
+    }
+    let covered: std::collections::BTreeSet<&str> =
+        tables.iter().map(|(t, _)| t.as_str()).collect();
+    for t in [
+        "attainment",
+        "forecast",
+        "leaderboard",
+        "deals_current",
+        "data_quality",
+    ] {
+        assert!(
+            covered.contains(t),
+            "no link to a {t} explanation: {covered:?}"
+        );
+    }
+
     // A new snapshot: more events, the pipeline resumes; the open page follows without a reload.
     next_snapshot(&cluster, &out).await;
     writeln!(probe.stdin.as_mut().unwrap()).unwrap();

@@ -4,7 +4,8 @@
 //   node dashboard_probe.js URL SCREENSHOT_DIR
 //
 // It prints one JSON line per stage: `overview`, `team` (after clicking the first team), `rep`
-// (after clicking that team's first rep); then waits for a line on stdin (the test wrote a new
+// (after clicking that team's first rep), `explain` (the figures' explanation links, and the
+// company attainment's explanation page); then waits for a line on stdin (the test wrote a new
 // snapshot) and prints `after`, read once the page shows the next snapshot, without a reload.
 const { chromium } = require("playwright-core");
 const readline = require("readline");
@@ -70,6 +71,24 @@ async function overview(page) {
     }));
     await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
     say("rep", rep);
+
+    // Every figure of a covered table links to its explanation; the company's attainment
+    // opens as a page.
+    const links = await page.evaluate(() => [...document.querySelectorAll("a.why[href]")].map((a) => ({
+      href: a.getAttribute("href"), text: a.textContent, value: a.dataset.value ?? a.closest("td")?.dataset.value ?? null })));
+    const why = await browser.newPage({ viewport: { width: 1400, height: 1200 } });
+    why.on("pageerror", (e) => errors.push(String(e)));
+    await why.goto(new URL(links.find((l) => l.href.includes("level=company")).href, url).href);
+    await why.waitForSelector("body[data-explained]", { timeout: 60000 });
+    const explained = await why.evaluate(() => ({
+      verdict: document.body.dataset.explained, title: document.getElementById("title").textContent,
+      value: document.getElementById("value").textContent,
+      inputs: document.querySelectorAll("#inputs tbody tr").length,
+      contributions: document.querySelectorAll("#contributions tbody tr").length,
+    }));
+    await why.screenshot({ path: `${shots}/explain.png`, fullPage: true });
+    await why.close();
+    say("explain", { links, explained, errors });
 
     const before = (await overview(page)).snapshot;
     await new Promise((resolve) => readline.createInterface({ input: process.stdin }).once("line", resolve));
