@@ -232,4 +232,58 @@ mod tests {
             dl.detail
         );
     }
+
+    #[test]
+    fn every_message_about_a_deal_is_kept_on_it_with_its_offset_and_how_it_was_taken() {
+        let i = ingest();
+        let deal = |v: i64, at: &str| {
+            format!(
+                r#"{{"deal_id":"d1","version":{v},"occurred_at":"{at}","rep_id":"r1","stage":"prospecting","amount":"10.00","currency":"USD","close_date":"2026-09-30","created_at":"2026-01-01T00:00:00Z"}}"#
+            )
+        };
+        let msg = |payload: &str, offset: i64| {
+            let topic = "spm.deals";
+            (topic.to_string(), payload.to_string(), offset)
+        };
+        let msgs = [
+            msg(&deal(2, "2026-06-02T00:00:00Z"), 10),
+            msg(&deal(1, "2026-06-01T00:00:00Z"), 11),
+            msg(&deal(2, "2026-06-02T00:00:00Z"), 12),
+            msg(&deal(3, "2025-01-01T00:00:00Z"), 13),
+        ];
+        let mut s = State::default();
+        let mut w = Watermark::new(Duration::ZERO, 86_400_000_000 * 120, true);
+        for (n, (topic, payload, offset)) in msgs.iter().enumerate() {
+            let m = Message {
+                topic,
+                partition: 4,
+                offset: *offset,
+                payload: payload.as_bytes(),
+            };
+            let _ = i.message(&mut s, &w, m, NOW);
+            if n == 0 {
+                w.refresh(
+                    &s.partition_high,
+                    [("spm.deals", 4)],
+                    std::time::Instant::now(),
+                );
+            }
+        }
+        use crate::state::Arrival::*;
+        let got: Vec<_> = s.deals["d1"]
+            .received
+            .iter()
+            .map(|r| (r.version, r.origin.partition, r.origin.offset, r.arrival))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, 4, 10, Applied),
+                (1, 4, 11, Superseded),
+                (2, 4, 12, Duplicate),
+                (3, 4, 13, Late)
+            ]
+        );
+        assert_eq!(s.quality["spm.deals"]["late"], 1);
+    }
 }

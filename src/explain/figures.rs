@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use super::members::{Entity, Level};
 use super::{cents, day_text, decimal, Contribution, Ctx, Input, Keys, Rate, Traced, Value};
 use crate::calendar::PeriodType;
-use crate::engine::udf::{div_half_even, payout, rescale};
+use crate::engine::udf::{div_half_even, rescale};
 use crate::error::ExplainError;
 use crate::event::schema::EventType;
-use crate::event::{Day, Deal, Quota, Stage};
+use crate::event::{Day, Deal, Quota, Stage, RATE_SCALE};
 use crate::state::{DealVersion, Versioned};
 
 /// A fiscal period.
@@ -462,16 +462,6 @@ pub(super) fn trace(
             }
         }
     }
-    t.arithmetic.push(format!(
-        "{line} = {}",
-        value.text().unwrap_or("NULL".into())
-    ));
-    t.value = Some(value);
-    if table == "commissions" && column == "payout" {
-        commission(ctx, &total, &mut t);
-    }
-    // Inputs: the deals and quota records that count toward the column, then the fx rates
-    // they were converted at.
     let counts = |d: &DealIn<'_>| match column {
         "closed_won" | "won_amount" | "won_count" | "avg_deal_size" | "avg_cycle_days" => d.won,
         "lost_count" => d.closed && !d.won,
@@ -488,6 +478,33 @@ pub(super) fn trace(
         "quota" | "expected_to_date" => false,
         _ => d.won,
     };
+    // A rep's deals, each converted once.
+    if level == Level::Rep {
+        for d in deals.iter().filter(|d| counts(d)) {
+            let l = &d.v.latest;
+            let rate = d
+                .rate
+                .map_or("no rate".into(), |r| decimal(r.mantissa, RATE_SCALE));
+            let c = d.corporate.map_or("NULL".into(), cents);
+            t.arithmetic.push(format!(
+                "  {}: {} {} × {rate} (in force on {}) = {c}",
+                l.deal_id,
+                l.amount,
+                l.currency,
+                day_text(l.close_date)
+            ));
+        }
+    }
+    t.arithmetic.push(format!(
+        "{line} = {}",
+        value.text().unwrap_or("NULL".into())
+    ));
+    t.value = Some(value);
+    if table == "commissions" && column == "payout" {
+        super::commission::trace(ctx, total.quota_cents(), total.closed_won, &mut t);
+    }
+    // Inputs: the deals and quota records that count toward the column, then the fx rates
+    // they were converted at.
     let uses_quota = matches!(
         column,
         "quota" | "attainment" | "gap_to_quota" | "expected_to_date" | "payout"
@@ -538,56 +555,4 @@ pub(super) fn trace(
         }
     }
     Ok(t)
-}
-
-/// The payout of a rep-quarter: each slice of closed_won between two tier bounds (fractions
-/// of the rounded quarter quota) pays its tier's rate, then the cap, then half-even to cents.
-fn commission(ctx: &Ctx<'_>, s: &Sums, t: &mut Traced) {
-    let plan = &ctx.metrics.commissions;
-    let (Some(q), won) = (s.quota_cents(), s.closed_won) else {
-        t.value = Some(Value::Null);
-        t.arithmetic
-            .push("payout = NULL: no quota for the quarter".into());
-        return;
-    };
-    let (quota, won) = (
-        rust_decimal::Decimal::from_i128_with_scale(q, 2),
-        rust_decimal::Decimal::from_i128_with_scale(won, 2),
-    );
-    t.arithmetic.push(format!(
-        "payout under plan `{}`: marginal tiers on closed_won {won} against quota {quota}",
-        plan.name
-    ));
-    for (i, (from, rate)) in plan.tiers.iter().enumerate() {
-        let lo = quota * from;
-        let hi = plan.tiers.get(i + 1).map(|(next, _)| quota * next);
-        let top = hi.map_or(won, |h| won.min(h));
-        let slice = if top > lo {
-            top - lo
-        } else {
-            rust_decimal::Decimal::ZERO
-        };
-        let bound = hi.map_or("∞".to_string(), |h| h.normalize().to_string());
-        t.arithmetic.push(format!(
-            "  tier {}: {} .. {bound} at {rate}: slice {} pays {}",
-            i + 1,
-            lo.normalize(),
-            slice.normalize(),
-            (slice * rate).normalize()
-        ));
-    }
-    if let Some(cap) = plan.cap {
-        t.arithmetic.push(format!("  capped at {cap}"));
-    }
-    let pay = payout(plan, quota, won);
-    let value = pay.map_or(Value::Null, |p| {
-        let mut p = p;
-        p.rescale(2);
-        Value::Money(p.mantissa())
-    });
-    t.arithmetic.push(format!(
-        "payout = Σ slices, rounded half-even to cents = {}",
-        value.text().unwrap_or("NULL".into())
-    ));
-    t.value = Some(value);
 }

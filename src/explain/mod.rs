@@ -11,6 +11,7 @@
 //! `history` follows a figure across the retained snapshots, `render` prints it.
 
 mod command;
+mod commission;
 mod figures;
 mod history;
 mod members;

@@ -144,7 +144,12 @@ async fn read_state_and_manifest(
         .map_err(|e| format_error(location, &c.state.manifest, e))?;
     let mut merge = Merge::new(&manifest, None);
     merge_segments(location, &mut merge, manifest.files(None)).await?;
+    let at = std::time::Instant::now();
     let mut state = merge.state();
+    tracing::debug!(
+        ms = at.elapsed().as_millis() as u64,
+        "state rebuilt from its parts"
+    );
     state
         .decode_alerts(&images.alerts)
         .map_err(|e| format_error(location, &c.state.alerts, e))?;
@@ -163,11 +168,20 @@ pub(super) async fn merge_segments(
     let mut reads = futures::stream::iter(files)
         .map(|r| read_parts(location, r, wants))
         .buffered(READ_AHEAD);
+    let started = std::time::Instant::now();
+    let mut applying = std::time::Duration::ZERO;
     while let Some(parts) = reads.next().await {
         for data in parts? {
+            let at = std::time::Instant::now();
             merge.apply(data);
+            applying += at.elapsed();
         }
     }
+    tracing::debug!(
+        read_and_decode_ms = (started.elapsed() - applying).as_millis() as u64,
+        apply_ms = applying.as_millis() as u64,
+        "state segments merged"
+    );
     Ok(())
 }
 

@@ -44,7 +44,7 @@ const OVERVIEW: &[Named] = &[
         CAST(weighted_forecast AS VARCHAR) AS weighted_forecast, CAST(quota AS VARCHAR) AS quota \
         FROM forecast WHERE level IN ('company', 'team') AND period_type = $1 AND period_start = $2 \
         ORDER BY CASE level WHEN 'company' THEN 0 ELSE 1 END, entity_id"),
-    ("leaderboard", "SELECT rank, rep_id, points, CAST(won_amount AS VARCHAR) AS won_amount FROM leaderboard \
+    ("leaderboard", "SELECT rank, rep_id, points, won_deals, CAST(won_amount AS VARCHAR) AS won_amount FROM leaderboard \
         WHERE period_type = $1 AND period_start = $2 ORDER BY rank, rep_id LIMIT 10"),
     ("high_performers", "SELECT rep_id, team_id, attainment, company_rank FROM performance \
         WHERE period_type = $1 AND period_start = $2 AND performer_band = 'high' ORDER BY company_rank, rep_id LIMIT 5"),

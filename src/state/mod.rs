@@ -2,7 +2,9 @@
 //!
 //! Facts fold into the rep × day grain on arrival (`daily`), entities keep their latest version
 //! plus the set of versions seen (for duplicates, `stage_entered_at` and, for the roster, the
-//! effective-dated hierarchy: `hierarchy`), fact ids are kept for the dedup horizon only. The
+//! effective-dated hierarchy: `hierarchy`) and every message received about them, with its
+//! offset; the grain keeps the offsets its activities were read from (`provenance`, for
+//! `quotaflow explain`); fact ids are kept for the dedup horizon only. The
 //! state owns the event clock (`as_of`), the next offset of every topic-partition, the
 //! data-quality counters and a bounded log of recent dead letters. It never does I/O;
 //! `tables` turns it into Arrow record batches for the SQL engine, and `segments` into the
