@@ -51,31 +51,27 @@ fn counter(c: &DailyCounts, column: &str) -> Option<i64> {
 /// The offsets the activities of `rep` on `day` were read from, one input per partition.
 fn activity_ranges(ctx: &Ctx<'_>, rep: u32, day: Day) -> Vec<Input> {
     let topic = ctx.topic(EventType::Activity);
-    let mut partitions: Vec<i32> = ctx
-        .state
-        .offsets
-        .get(topic)
-        .map(|p| p.keys().copied().collect())
-        .unwrap_or_default();
-    partitions.sort_unstable();
     let name = ctx.state.rep_ids.name(rep);
-    partitions
+    let Some(cell) = ctx.state.daily.get(&(rep, day)) else {
+        return Vec::new();
+    };
+    cell.from
+        .all()
         .into_iter()
-        .filter_map(|p| {
-            let (first, last) = ctx.state.daily_from.get(&(rep, day, p))?;
+        .map(|s| {
             let mut i = Input::new(
                 "activities",
                 topic,
                 Some(crate::state::Origin {
-                    partition: p,
-                    offset: *first,
+                    partition: s.partition,
+                    offset: s.first,
                 }),
                 format!("{name} {}", day_text(day)),
             )
             .field("rep_id", name)
             .field("day", day_text(day));
-            i.last_offset = Some(*last);
-            Some(i)
+            i.last_offset = Some(s.last);
+            i
         })
         .collect()
 }
@@ -84,7 +80,7 @@ fn rep_daily(ctx: &Ctx<'_>, keys: &Keys<'_>, column: &str) -> Option<Traced> {
     let rep = keys.get("rep_id").ok()?;
     let day = keys.day("day").ok()?;
     let id = ctx.state.rep_ids.find(rep)?;
-    let cell = ctx.state.daily.get(&(id, day))?;
+    let cell = &ctx.state.daily.get(&(id, day))?.counts;
     let n = counter(cell, column)?;
     let inputs = activity_ranges(ctx, id, day);
     let mut t = Traced {
@@ -122,7 +118,7 @@ fn leaderboard(ctx: &Ctx<'_>, keys: &Keys<'_>, column: &str) -> Result<Traced, E
     let mut inputs = Vec::new();
     if let Some(id) = ctx.state.rep_ids.find(rep) {
         for day in period.start..=period.end {
-            if let Some(cell) = ctx.state.daily.get(&(id, day)) {
+            if let Some(cell) = ctx.state.daily.get(&(id, day)).map(|c| &c.counts) {
                 c.absorb(cell);
                 inputs.extend(activity_ranges(ctx, id, day).into_iter().map(|i| {
                     let calls = cell.calls;

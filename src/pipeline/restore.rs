@@ -169,17 +169,19 @@ pub(super) async fn merge_segments(
         .map(|r| read_parts(location, r, wants))
         .buffered(READ_AHEAD);
     let started = std::time::Instant::now();
-    let mut applying = std::time::Duration::ZERO;
+    let mut applying: std::collections::BTreeMap<String, std::time::Duration> = Default::default();
     while let Some(parts) = reads.next().await {
         for data in parts? {
-            let at = std::time::Instant::now();
+            let (kind, at) = (data.kind(), std::time::Instant::now());
             merge.apply(data);
-            applying += at.elapsed();
+            *applying.entry(format!("{kind:?}")).or_default() += at.elapsed();
         }
     }
+    let applied: std::time::Duration = applying.values().sum();
     tracing::debug!(
-        read_and_decode_ms = (started.elapsed() - applying).as_millis() as u64,
-        apply_ms = applying.as_millis() as u64,
+        read_and_decode_ms = (started.elapsed() - applied).as_millis() as u64,
+        apply_ms = applied.as_millis() as u64,
+        by_kind_ms = ?applying.iter().map(|(k, d)| (k.as_str(), d.as_millis())).collect::<Vec<_>>(),
         "state segments merged"
     );
     Ok(())

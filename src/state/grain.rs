@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::provenance::Spans;
 use super::Map;
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Activity, ActivityType, Day};
@@ -72,6 +73,13 @@ impl DailyCounts {
     }
 }
 
+/// One rep-day of the grain: its counters, and the offsets its activities were read from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepDay {
+    pub counts: DailyCounts,
+    pub from: Spans,
+}
+
 /// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
 /// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
 /// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
@@ -104,14 +112,14 @@ impl Rollups {
     }
 
     /// The rollups of a whole grain, summed from scratch.
-    pub fn of(daily: &Map<(u32, Day), DailyCounts>, cal: &Calendar) -> Rollups {
+    pub fn of(daily: &Map<(u32, Day), RepDay>, cal: &Calendar) -> Rollups {
         let mut r = Rollups {
             built: true,
             ..Rollups::default()
         };
         let mut starts = Starts::new(cal);
         for (key, c) in daily {
-            r.add(*key, c, &mut starts);
+            r.add(*key, &c.counts, &mut starts);
         }
         r
     }

@@ -28,10 +28,10 @@ use crate::source::DeadLetter;
 pub use changes::Pending;
 use changes::{deal_days, Input};
 use grain::Starts;
-pub use grain::{DailyCounts, Rollups};
+pub use grain::{DailyCounts, RepDay, Rollups};
 use hierarchy::Placement;
-use provenance::{fold_entity, widen};
-pub use provenance::{Arrival, OffsetSpan, Origin, Received, RepDayPartition};
+use provenance::fold_entity;
+pub use provenance::{Arrival, Origin, Received, Span, Spans};
 
 /// What folding one valid event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +139,8 @@ pub struct State {
     pub as_of: Option<Micros>,
     /// topic → partition → next offset to read.
     pub offsets: crate::source::Offsets,
-    /// The rep × day grain, by rep id (`rep_ids`).
-    pub daily: Map<(u32, Day), DailyCounts>,
-    /// (rep id, day, partition) → the first and last offset of that partition holding an
-    /// activity counted in the rep-day (`provenance`).
-    pub daily_from: Map<RepDayPartition, OffsetSpan>,
+    /// The rep × day grain, by rep id (`rep_ids`), with the offsets each rep-day was read from.
+    pub daily: Map<(u32, Day), RepDay>,
     pub rep_ids: RepIds,
     pub rollups: Rollups,
     pub deals: Map<String, Versioned<Deal, DealVersion>>,
@@ -348,11 +345,10 @@ impl State {
                 *span = (span.0.min(key.1), span.1.max(key.1));
             }
         }
-        self.daily.entry(key).or_default().add(&a);
+        let cell = self.daily.entry(key).or_default();
+        cell.counts.add(&a);
+        cell.from.widen(origin);
         self.dirty.daily.touch(key, self.daily.len());
-        let from = (key.0, key.1, origin.partition);
-        widen(&mut self.daily_from, from, origin.offset);
-        self.dirty.daily_from.touch(from, self.daily_from.len());
         if self.rollups.built {
             self.rollups.pending.entry(key).or_default().add(&a);
         }
@@ -369,7 +365,7 @@ impl State {
         *span = (span.0.min(day), span.1.max(day));
         self.changes.changes.day(Input::Activities, day);
         self.dirty.daily.touch((id, day), self.daily.len());
-        self.daily.entry((id, day)).or_default()
+        &mut self.daily.entry((id, day)).or_default().counts
     }
 
     /// Brings the rollups up to date: adds what was folded since the last call (or, after a
@@ -530,7 +526,6 @@ impl State {
             + self.fx.len()
             + self.surveys.len()
             + self.seen_activities.len()
-            + self.daily_from.len()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Where the state's figures came from, kept cheaply enough to live in the state: for every
 //! entity (deal, quota record, roster entry, fx rate) each message received about it, with its
-//! partition, offset and how the fold took it ([`Received`]); for the rep × day grain the
-//! range of offsets of each partition its activities were read from (`State::daily_from`).
+//! partition, offset and how the fold took it ([`Received`]); in each rep-day of the grain the
+//! range of offsets of each partition its activities were read from ([`Spans`]).
 //! Bounded by keys × versions and rep-days × partitions like the rest of the state, never one
 //! record per event: `quotaflow explain` names the Kafka messages behind a figure from this.
 
@@ -19,10 +19,76 @@ pub struct Origin {
     pub offset: i64,
 }
 
-/// A rep-day's activities read from one partition: (rep id, day, partition).
-pub type RepDayPartition = (u32, crate::event::Day, i32);
-/// The first and last offset of a range.
-pub type OffsetSpan = (i64, i64);
+/// The offsets of one partition that a rep-day's activities were read from, first and last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+/// The spans of a rep-day: the first partition inline, any other in `more` (a rep's
+/// activities share a key, so they come from one partition nearly always, and the grain holds
+/// no allocation per rep-day).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spans {
+    /// `partition` < 0: none yet (a cell built without messages, as benchmarks build them).
+    head: Span,
+    /// Other partitions (a boxed slice: no allocation, and two words, while empty).
+    more: Box<[Span]>,
+}
+
+impl Default for Spans {
+    fn default() -> Spans {
+        Spans {
+            head: Span {
+                partition: -1,
+                first: 0,
+                last: 0,
+            },
+            more: Box::default(),
+        }
+    }
+}
+
+impl Spans {
+    /// Widens the span of `at`'s partition to take in its offset.
+    pub fn widen(&mut self, at: Origin) {
+        let grow = |s: &mut Span| {
+            s.first = s.first.min(at.offset);
+            s.last = s.last.max(at.offset);
+        };
+        let fresh = Span {
+            partition: at.partition,
+            first: at.offset,
+            last: at.offset,
+        };
+        if self.head.partition < 0 {
+            self.head = fresh;
+        } else if self.head.partition == at.partition {
+            grow(&mut self.head);
+        } else {
+            match self.more.iter_mut().find(|s| s.partition == at.partition) {
+                Some(s) => grow(s),
+                None => {
+                    let mut more = std::mem::take(&mut self.more).into_vec();
+                    more.push(fresh);
+                    self.more = more.into_boxed_slice();
+                }
+            }
+        }
+    }
+
+    /// Every span, by partition.
+    pub fn all(&self) -> Vec<Span> {
+        let mut out: Vec<Span> = std::iter::once(self.head)
+            .filter(|s| s.partition >= 0)
+            .chain(self.more.iter().copied())
+            .collect();
+        out.sort_by_key(|s| s.partition);
+        out
+    }
+}
 
 /// How the fold took one message about an entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,17 +246,6 @@ pub(super) fn fold_entity<K: std::hash::Hash + Eq, T, H>(
     }
 }
 
-/// Widens the offsets of `partition` that `(rep, day)`'s activities were read from to take in
-/// `offset`.
-pub(super) fn widen(
-    spans: &mut Map<RepDayPartition, OffsetSpan>,
-    key: RepDayPartition,
-    offset: i64,
-) {
-    let span = spans.entry(key).or_insert((offset, offset));
-    *span = (span.0.min(offset), span.1.max(offset));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +286,21 @@ mod tests {
             (d.latest, d.origin_of(3), d.origin_of(2)),
             ("three", Some(at(13)), Some(at(10)))
         );
+    }
+
+    #[test]
+    fn a_rep_days_spans_cover_every_partition_it_was_read_from() {
+        let mut s = Spans::default();
+        assert!(s.all().is_empty());
+        for (partition, offset) in [(1, 50), (1, 40), (1, 70), (0, 9), (1, 60), (0, 3)] {
+            s.widen(Origin { partition, offset });
+        }
+        let got: Vec<_> = s
+            .all()
+            .iter()
+            .map(|s| (s.partition, s.first, s.last))
+            .collect();
+        assert_eq!(got, vec![(0, 3, 9), (1, 40, 70)]);
     }
 
     #[test]

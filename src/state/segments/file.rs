@@ -19,7 +19,7 @@ use super::{Manifest, Part, PartData, PartKey, SegmentRef, FORMAT};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 use crate::state::hierarchy::Placement;
-use crate::state::{DailyCounts, DealVersion, OffsetSpan, RepDayPartition, Versioned};
+use crate::state::{DealVersion, RepDay, Versioned};
 
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -152,7 +152,7 @@ pub(super) type Rows<'a, K, V> = Vec<(&'a K, &'a V)>;
 /// what it points to), so a segment is encoded without copying the state.
 #[derive(Serialize)]
 pub(super) enum PartRows<'a> {
-    Daily(Rows<'a, (u32, Day), DailyCounts>),
+    Daily(Rows<'a, (u32, Day), RepDay>),
     Seen(Rows<'a, u128, Micros>),
     Deals(Rows<'a, String, Versioned<Deal, DealVersion>>),
     DealActivity(Rows<'a, String, Micros>),
@@ -163,7 +163,6 @@ pub(super) enum PartRows<'a> {
     Surveys(Rows<'a, String, Survey>),
     RepNames(u32, &'a [String]),
     DeadLetters(&'a VecDeque<DeadLetter>),
-    DailyFrom(Rows<'a, RepDayPartition, OffsetSpan>),
 }
 
 /// One part to encode.

@@ -22,7 +22,7 @@ use std::hash::Hash;
 use serde::{Deserialize, Serialize};
 
 use super::hierarchy::Placement;
-use super::{DailyCounts, DealVersion, Map, OffsetSpan, RepDayPartition, State, Versioned};
+use super::{DealVersion, Map, RepDay, State, Versioned};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 pub use file::{Encoded, PartEntry, Segment, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES};
@@ -58,9 +58,6 @@ pub enum Kind {
     RepNames,
     /// The bounded dead-letter log, written whole (period 0).
     DeadLetters,
-    /// The offsets each rep-day's activities were read from, per partition; period: calendar
-    /// month, as `Daily`.
-    DailyFrom,
 }
 
 /// A part of the state: the unit of segments and compaction.
@@ -74,7 +71,7 @@ pub struct PartKey {
 /// of the part's keys). Written as `file::PartRows`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum PartData {
-    Daily(Vec<((u32, Day), DailyCounts)>),
+    Daily(Vec<((u32, Day), RepDay)>),
     Seen(Vec<(u128, Micros)>),
     Deals(Vec<(String, Versioned<Deal, DealVersion>)>),
     DealActivity(Vec<(String, Micros)>),
@@ -86,7 +83,25 @@ pub enum PartData {
     /// Names from index `.0` on.
     RepNames(u32, Vec<String>),
     DeadLetters(VecDeque<DeadLetter>),
-    DailyFrom(Vec<(RepDayPartition, OffsetSpan)>),
+}
+
+impl PartData {
+    /// The kind of state data it holds.
+    pub fn kind(&self) -> Kind {
+        match self {
+            PartData::Daily(_) => Kind::Daily,
+            PartData::Seen(_) => Kind::Seen,
+            PartData::Deals(_) => Kind::Deals,
+            PartData::DealActivity(_) => Kind::DealActivity,
+            PartData::RepFirstDeal(_) => Kind::RepFirstDeal,
+            PartData::Quotas(_) => Kind::Quotas,
+            PartData::Roster(_) => Kind::Roster,
+            PartData::Fx(_) => Kind::Fx,
+            PartData::Surveys(_) => Kind::Surveys,
+            PartData::RepNames(..) => Kind::RepNames,
+            PartData::DeadLetters(_) => Kind::DeadLetters,
+        }
+    }
 }
 
 /// One part in a segment; `whole` when it holds all of the part (its chain starts again).
@@ -130,7 +145,6 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default)]
 pub struct Dirty {
     pub(super) daily: Touched<(u32, Day)>,
-    pub(super) daily_from: Touched<RepDayPartition>,
     pub(super) seen: Touched<u128>,
     pub(super) deals: Touched<String>,
     pub(super) deal_activity: Touched<String>,
@@ -300,13 +314,6 @@ impl State {
             PartRows::Daily
         );
         kind!(
-            daily_from,
-            d.daily_from,
-            Kind::DailyFrom,
-            |k: &RepDayPartition, _| month(k.1),
-            PartRows::DailyFrom
-        );
-        kind!(
             seen_activities,
             d.seen,
             Kind::Seen,
@@ -398,7 +405,6 @@ impl State {
             PartData::Surveys(rows) => upsert(&mut self.surveys, rows),
             PartData::RepNames(from, names) => self.rep_ids.put(from as usize, names),
             PartData::DeadLetters(log) => self.dead_letters = log,
-            PartData::DailyFrom(rows) => upsert(&mut self.daily_from, rows),
         }
     }
 }

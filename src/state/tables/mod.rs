@@ -18,7 +18,7 @@ use calendar::{calendar, clock, weeks};
 use super::changes::Scope;
 use super::columns::{batch, dates, decimals, i64s, opt_dates, opt_strs, strs, times};
 use super::hierarchy::{ranges, Range};
-use super::{DailyCounts, Map, Rollups, State};
+use super::{DailyCounts, Rollups, State};
 use crate::calendar::PeriodType;
 use crate::config::Metrics;
 use crate::event::RATE_SCALE;
@@ -129,17 +129,18 @@ fn counters(cells: &[&DailyCounts]) -> Vec<(&'static str, ArrayRef)> {
 }
 
 fn activity_days(s: &State, keep: &dyn Fn(u32, Day) -> bool) -> Result<RecordBatch, ArrowError> {
-    by_rep_and_day(s, &s.daily, "day", keep)
+    let cells = s.daily.iter().map(|(k, c)| (k, &c.counts));
+    by_rep_and_day(s, cells, "day", keep)
 }
 
 /// A rep × day-keyed map of counters as a table: `rep_id`, the day column, the counters.
-fn by_rep_and_day(
+fn by_rep_and_day<'a>(
     s: &State,
-    cells: &Map<(u32, Day), DailyCounts>,
+    cells: impl Iterator<Item = (&'a (u32, Day), &'a DailyCounts)>,
     day_column: &'static str,
     keep: &dyn Fn(u32, Day) -> bool,
 ) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = cells.iter().filter(|((r, d), _)| keep(*r, *d)).collect();
+    let rows: Vec<_> = cells.filter(|((r, d), _)| keep(*r, *d)).collect();
     let counts: Vec<_> = rows.iter().map(|(_, c)| *c).collect();
     let mut cols = vec![
         (
@@ -185,7 +186,7 @@ fn activity_weeks(
     r: &Rollups,
     keep: &dyn Fn(u32, Day) -> bool,
 ) -> Result<RecordBatch, ArrowError> {
-    by_rep_and_day(s, &r.weeks, "week_start", keep)
+    by_rep_and_day(s, r.weeks.iter(), "week_start", keep)
 }
 
 /// Latest version of each deal, with what the history tells: when the current stage was
