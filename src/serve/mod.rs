@@ -8,7 +8,9 @@
 //! - `allow`: the read-only allow-list of statement kinds;
 //! - `comments`: table and column comments from the output contract, in `pg_description`;
 //! - `dashboard`: the page and JSON API on the HTTP port (Basic auth with the same user and
-//!   password whenever either endpoint listens beyond loopback).
+//!   password whenever either endpoint listens beyond loopback);
+//! - `explain`: `/explain` and `/api/explain`, a figure's explanation (`crate::explain`) over
+//!   the served snapshot's state, under the dashboard's access rules.
 //!
 //! Everything a flag or the pipeline file's `[serve]` sets is checked before the first socket
 //! is bound: a password that is empty, no password on a non-loopback address, or TLS files
