@@ -339,16 +339,7 @@ pub(super) fn deal_input(ctx: &Ctx<'_>, d: &DealIn<'_>) -> Input {
             .field("forecast_category", &d.category)
             .field("probability", d.probability);
     }
-    if let Some(r) = d.rate.and_then(|r| r.record) {
-        i = i.field(
-            "fx_rate",
-            format!(
-                "{} from {}",
-                r.latest.rate_to_corporate,
-                day_text(r.latest.effective_date)
-            ),
-        );
-    }
+    i = i.rate_field(d.rate);
     i = i.field(
         "amount_corporate",
         d.corporate
@@ -386,16 +377,7 @@ fn quota_input(ctx: &Ctx<'_>, p: &QuotaPart<'_>) -> Input {
             p.days
         ),
     );
-    if let Some(r) = p.rate.and_then(|r| r.record) {
-        i = i.field(
-            "fx_rate",
-            format!(
-                "{} from {}",
-                r.latest.rate_to_corporate,
-                day_text(r.latest.effective_date)
-            ),
-        );
-    }
+    i = i.rate_field(p.rate);
     i.version = Some(p.v.latest_version);
     i.adds = p.part.map(|x| decimal(x, 12));
     i

@@ -44,12 +44,10 @@ fn candidates(ctx: &Ctx<'_>, e: &Explanation) -> Vec<Input> {
     let s = ctx.state;
     let mut out = Vec::new();
     let mut push = |kind: &'static str, topic: &str, key: String, rs: &[Received]| {
-        for r in rs {
-            let mut i = Input::new(kind, topic, Some(r.origin), key.clone());
-            i.version = Some(r.version);
-            i.arrival = Some(r.arrival.as_str().to_string());
-            out.push(i);
-        }
+        out.extend(
+            rs.iter()
+                .map(|r| Input::received(kind, topic, key.clone(), r)),
+        );
     };
     let deals = named("deal");
     for (id, v) in &s.deals {

@@ -180,6 +180,30 @@ impl Input {
         }
     }
 
+    /// A message received about an entity, with its version and how the fold took it.
+    fn received(kind: &'static str, topic: &str, key: String, r: &crate::state::Received) -> Input {
+        let mut i = Input::new(kind, topic, Some(r.origin), key);
+        i.version = Some(r.version);
+        i.arrival = Some(r.arrival.as_str().to_string());
+        i
+    }
+
+    /// Names the fx rate an amount was converted at, if it was not in the corporate currency.
+    fn rate_field(self, rate: Option<Rate<'_>>) -> Input {
+        match rate.and_then(|r| r.record) {
+            Some(r) => {
+                let f = &r.latest;
+                let at = format!(
+                    "{} from {}",
+                    f.rate_to_corporate,
+                    day_text(f.effective_date)
+                );
+                self.field("fx_rate", at)
+            }
+            None => self,
+        }
+    }
+
     fn field(mut self, name: &str, value: impl ToString) -> Input {
         self.fields.insert(name.to_string(), value.to_string());
         self

@@ -189,14 +189,7 @@ fn leaderboard(ctx: &Ctx<'_>, keys: &Keys<'_>, column: &str) -> Result<Traced, E
 
 /// One message received about a deal, as an input.
 fn received(ctx: &Ctx<'_>, key: &str, r: &Received, stage: Option<(Stage, i64)>) -> Input {
-    let mut i = Input::new(
-        "deal",
-        ctx.topic(EventType::Deal),
-        Some(r.origin),
-        key.to_string(),
-    );
-    i.version = Some(r.version);
-    i.arrival = Some(r.arrival.as_str().to_string());
+    let mut i = Input::received("deal", ctx.topic(EventType::Deal), key.to_string(), r);
     if let Some((s, at)) = stage {
         i = i.field("stage", s.as_str()).field(
             "occurred_at",
@@ -354,9 +347,7 @@ fn data_quality(ctx: &Ctx<'_>, keys: &Keys<'_>) -> Result<Traced, ExplainError> 
     if matches!(reason, "duplicate" | "late") {
         let mut add = |kind: &'static str, key: String, rs: &[Received]| {
             for r in rs.iter().filter(|r| r.arrival.as_str() == reason) {
-                let mut i = Input::new(kind, topic, Some(r.origin), key.clone());
-                i.version = Some(r.version);
-                i.arrival = Some(reason.to_string());
+                let i = Input::received(kind, topic, key.clone(), r);
                 if !inputs
                     .iter()
                     .any(|x| x.partition == i.partition && x.offset == i.offset)
