@@ -461,7 +461,7 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
 /// Offsets the broker deleted before a stopped pipeline read them are counted once, as
 /// `lost_offsets` of their topic, in `data_quality` and the checkpoint (`quotaflow
 /// snapshots`). librdkafka's mock cluster keeps only about the last 5 MB of a partition, as
-/// if by retention; the real broker of the suite (tansu 0.6, memory engine) deletes nothing.
+/// if by retention (against a real broker's retention: `external::retention`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     let p = crate::common::pipeline();

@@ -292,7 +292,7 @@ impl Runner {
         let durable = checkpoint.as_ref().map_or(0, |c| c.snapshot_id);
         let restored_from = (durable > 0).then_some(durable);
         let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
-        let source = KafkaSource::connect(
+        let mut source = KafkaSource::connect(
             &cluster,
             &group_of(&pipeline.name),
             &pipeline.source.topics,
@@ -306,12 +306,15 @@ impl Runner {
         alerts.submit(&state.outbox);
         // Offsets the broker deleted before they were read: counted in the state (data_quality,
         // /metrics, /healthz, `quotaflow snapshots`), and said once here.
-        for ((topic, p), (low, _)) in &source.watermarks()? {
-            let next = state.next_offset(topic, *p);
-            let lost = state.lose(topic, *p, *low);
+        // Reading starts at the log start, so none of them is also read.
+        for (tp, (low, _)) in &source.watermarks()? {
+            let (topic, p) = (&tp.0, tp.1);
+            let next = state.next_offset(topic, p);
+            let lost = state.lose(topic, p, *low);
             if lost > 0 {
                 tracing::error!(topic, partition = p, next, log_start = low, lost,
                     "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
+                source.skip_to(tp, *low)?;
             }
         }
         let health = Health::default();

@@ -115,6 +115,24 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assigned })
     }
 
+    /// Moves partition `tp` to `offset` before reading starts (past offsets the broker
+    /// deleted: a broker may still serve some below its log start, and they count as lost).
+    pub fn skip_to(&mut self, (topic, partition): &Tp, offset: i64) -> Result<(), KafkaIoError> {
+        if let Some(start) = self.assigned.get_mut(&(topic.clone(), *partition)) {
+            *start = offset;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), start) in &self.assigned {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*start))
+                .map_err(|source| KafkaIoError::Topic {
+                    topic: t.clone(),
+                    source,
+                })?;
+        }
+        self.consumer.assign(&tpl)?;
+        Ok(())
+    }
+
     /// The assigned partitions.
     pub fn partitions(&self) -> impl Iterator<Item = (&str, i32)> {
         self.assigned.keys().map(|(t, p)| (t.as_str(), *p))

@@ -12,6 +12,7 @@ mod broker_faults;
 mod crash;
 mod end_to_end;
 mod explain;
+mod retention;
 mod storage_faults;
 
 use std::collections::BTreeMap;
@@ -151,12 +152,22 @@ fn wait_listening(what: &str, port: u16) {
 pub struct OwnBroker {
     child: std::process::Child,
     pub brokers: String,
+    /// The directory it runs in (tansu opens `sqlite://` files relative to it).
+    dir: PathBuf,
 }
 
 impl OwnBroker {
     /// A broker keeping its data in memory.
     pub fn start() -> OwnBroker {
         OwnBroker::spawn(free_port(), "memory://tansu/")
+    }
+
+    /// A broker keeping its data in SQLite file `file` of `dir`: tansu's engine that applies
+    /// topics' retention. Returns the broker and its storage URL (for `kill_and_restart`).
+    pub fn start_sqlite(dir: &Path, file: &str) -> (OwnBroker, String) {
+        let storage = format!("sqlite://{file}");
+        let broker = OwnBroker::spawn_in(dir, free_port(), &storage);
+        (broker, storage)
     }
 
     /// A broker keeping its data in a bucket of the suite's S3 server, so it survives a kill.
@@ -174,15 +185,21 @@ impl OwnBroker {
     }
 
     fn spawn(port: u16, storage: &str) -> OwnBroker {
+        OwnBroker::spawn_in(&std::env::temp_dir(), port, storage)
+    }
+
+    fn spawn_in(dir: &Path, port: u16, storage: &str) -> OwnBroker {
         OwnBroker {
-            child: OwnBroker::child(port, storage),
+            child: OwnBroker::child(dir, port, storage),
             brokers: format!("127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
         }
     }
 
-    fn child(port: u16, storage: &str) -> std::process::Child {
+    fn child(dir: &Path, port: u16, storage: &str) -> std::process::Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new("tansu")
+            .current_dir(dir)
             .args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &url])
             .args(["--storage-engine", storage])
@@ -203,7 +220,7 @@ impl OwnBroker {
         let _ = self.child.kill();
         self.child.wait().unwrap();
         let port: u16 = self.brokers.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = OwnBroker::child(port, storage);
+        self.child = OwnBroker::child(&self.dir, port, storage);
     }
 
     pub fn signal(&self, sig: &str) {
