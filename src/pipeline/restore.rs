@@ -171,7 +171,9 @@ pub(super) async fn merge_segments(
     let started = std::time::Instant::now();
     let mut applying: std::collections::BTreeMap<String, std::time::Duration> = Default::default();
     while let Some(parts) = reads.next().await {
-        for data in parts? {
+        let parts = parts?;
+        merge.reserve_for(&parts);
+        for data in parts {
             let (kind, at) = (data.kind(), std::time::Instant::now());
             merge.apply(data);
             *applying.entry(format!("{kind:?}")).or_default() += at.elapsed();

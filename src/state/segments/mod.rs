@@ -86,6 +86,22 @@ pub enum PartData {
 }
 
 impl PartData {
+    /// How many keys it upserts.
+    pub fn rows(&self) -> usize {
+        match self {
+            PartData::Daily(r) => r.len(),
+            PartData::Seen(r) => r.len(),
+            PartData::Deals(r) => r.len(),
+            PartData::DealActivity(r) | PartData::RepFirstDeal(r) => r.len(),
+            PartData::Quotas(r) => r.len(),
+            PartData::Roster(r) => r.len(),
+            PartData::Fx(r) => r.len(),
+            PartData::Surveys(r) => r.len(),
+            PartData::RepNames(_, r) => r.len(),
+            PartData::DeadLetters(r) => r.len(),
+        }
+    }
+
     /// The kind of state data it holds.
     pub fn kind(&self) -> Kind {
         match self {
@@ -391,6 +407,29 @@ impl State {
         file::encode(at, out)
     }
 
+    /// Makes room for the keys `parts` upsert, in every map at once (grown part by part, a map
+    /// of millions of keys moves them, and faults in fresh pages, at every doubling).
+    pub fn reserve_for(&mut self, parts: &[PartData]) {
+        let mut rows: BTreeMap<Kind, usize> = BTreeMap::new();
+        for p in parts {
+            *rows.entry(p.kind()).or_default() += p.rows();
+        }
+        for (kind, n) in rows {
+            match kind {
+                Kind::Daily => self.daily.reserve(n),
+                Kind::Seen => self.seen_activities.reserve(n),
+                Kind::Deals => self.deals.reserve(n),
+                Kind::DealActivity => self.deal_last_activity.reserve(n),
+                Kind::RepFirstDeal => self.rep_first_deal.reserve(n),
+                Kind::Quotas => self.quotas.reserve(n),
+                Kind::Roster => self.roster.reserve(n),
+                Kind::Fx => self.fx.reserve(n),
+                Kind::Surveys => self.surveys.reserve(n),
+                Kind::RepNames | Kind::DeadLetters => {}
+            }
+        }
+    }
+
     /// Upserts one part's data (a restore or compaction applies each chain oldest first).
     pub fn apply(&mut self, data: PartData) {
         match data {
@@ -504,6 +543,11 @@ impl<'a> Merge<'a> {
     /// The parts this merge applies.
     pub fn wants(&self) -> Wants<'a> {
         self.wants
+    }
+
+    /// Makes room for the keys of a file's wanted parts ([`State::reserve_for`]).
+    pub fn reserve_for(&mut self, parts: &[PartData]) {
+        self.state.reserve_for(parts);
     }
 
     /// Upserts one wanted part's data.
