@@ -2,6 +2,7 @@
 //! together they are the state schema (the SQL reference in docs/sql.md is generated from them
 //! and `catalog`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -66,33 +67,41 @@ pub fn build(
         summed = Rollups::of(&state.daily, &pipeline.calendar);
         &summed
     };
-    let mut tables = vec![
-        timed("activity_days", || activity_days(state, &keep_day))?,
-        timed("activity_periods", || {
-            activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))
-        })?,
-        timed("activity_weeks", || {
-            activity_weeks(state, rollups, &|_, w| keep_week(w))
-        })?,
-        timed("deals", || {
-            deals(state, &|c, t| {
-                keep(c, c) || keep(cal.day_of(t), cal.day_of(t))
-            })
-        })?,
-        timed("quotas", || quotas(state, &keep))?,
-        timed("roster", || roster(state))?,
-        timed("roster_ranges", || roster_ranges(state))?,
-        timed("fx_rates", || fx_rates(state))?,
-        timed("surveys", || surveys(state))?,
-        timed("quality_counts", || quality_counts(state))?,
-        timed("dead_letter_log", || dead_letter_log(state))?,
-        timed("clock", || clock(state, pipeline, snapshot_id))?,
-        timed("calendar", || calendar(state, pipeline))?,
-        timed("rep_first_deal", || rep_first_deal(state))?,
-        timed("rep_ids", || rep_ids(state))?,
-        timed("rep_activity", || rep_activity(state))?,
-        timed("weeks", || weeks(state, pipeline, &keep_week))?,
-    ];
+    let keep_deal = |c: Day, t: Micros| keep(c, c) || keep(cal.day_of(t), cal.day_of(t));
+    let (deals, rest) = std::thread::scope(|s| {
+        // The largest table on a second core: the cut pauses the reader while these are built.
+        let deals = s.spawn(|| timed("deals", || deals(state, &keep_deal)));
+        let rest = (|| -> Result<Vec<_>, ArrowError> {
+            Ok(vec![
+                timed("activity_days", || activity_days(state, &keep_day))?,
+                timed("activity_periods", || {
+                    activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))
+                })?,
+                timed("activity_weeks", || {
+                    activity_weeks(state, rollups, &|_, w| keep_week(w))
+                })?,
+                timed("quotas", || quotas(state, &keep))?,
+                timed("roster", || roster(state))?,
+                timed("roster_ranges", || roster_ranges(state))?,
+                timed("fx_rates", || fx_rates(state))?,
+                timed("surveys", || surveys(state))?,
+                timed("quality_counts", || quality_counts(state))?,
+                timed("dead_letter_log", || dead_letter_log(state))?,
+                timed("clock", || clock(state, pipeline, snapshot_id))?,
+                timed("calendar", || calendar(state, pipeline))?,
+                timed("rep_first_deal", || rep_first_deal(state))?,
+                timed("rep_ids", || rep_ids(state))?,
+                timed("rep_activity", || rep_activity(state))?,
+                timed("weeks", || weeks(state, pipeline, &keep_week))?,
+            ])
+        })();
+        let deals = deals
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (deals, rest)
+    });
+    let mut tables = rest?;
+    tables.push(deals?);
     tables.extend(settings::tables(pipeline)?);
     Ok(tables)
 }
@@ -337,7 +346,7 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
 
 /// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
 /// The (interned) reps with more than one place in the hierarchy.
-fn moved_reps(s: &State) -> std::collections::HashSet<u32> {
+fn moved_reps(s: &State) -> HashSet<u32> {
     s.roster
         .iter()
         .filter(|(_, v)| ranges(&v.history).len() > 1)
