@@ -10,7 +10,7 @@ use crate::alert::deliver::DeliveryAcks;
 use crate::config::Pipeline;
 use crate::snapshot::{retention, CalendarRef, Checkpoint, Location, SnapshotError, SnapshotRow};
 use crate::state::segments::{
-    self, Manifest, Merge, PartData, SegmentError, SegmentIndex, SegmentRef, Wants,
+    self, Applied, Manifest, Merge, PartData, SegmentError, SegmentIndex, SegmentRef, Wants,
     INDEX_LENGTH_BYTES,
 };
 use crate::state::State;
@@ -169,21 +169,19 @@ pub(super) async fn merge_segments(
         .map(|r| read_parts(location, r, wants))
         .buffered(READ_AHEAD);
     let started = std::time::Instant::now();
-    let mut applying: std::collections::BTreeMap<String, std::time::Duration> = Default::default();
+    let (mut applying, mut applied) = (std::time::Duration::ZERO, Applied::default());
     while let Some(parts) = reads.next().await {
-        let parts = parts?;
-        merge.reserve_for(&parts);
-        for data in parts {
-            let (kind, at) = (data.kind(), std::time::Instant::now());
-            merge.apply(data);
-            *applying.entry(format!("{kind:?}")).or_default() += at.elapsed();
-        }
+        let at = std::time::Instant::now();
+        let a = merge.apply_file(parts?);
+        applying += at.elapsed();
+        applied.grain += a.grain;
+        applied.others += a.others;
     }
-    let applied: std::time::Duration = applying.values().sum();
     tracing::debug!(
-        read_and_decode_ms = (started.elapsed() - applied).as_millis() as u64,
-        apply_ms = applied.as_millis() as u64,
-        by_kind_ms = ?applying.iter().map(|(k, d)| (k.as_str(), d.as_millis())).collect::<Vec<_>>(),
+        read_and_decode_ms = (started.elapsed() - applying).as_millis() as u64,
+        apply_ms = applying.as_millis() as u64,
+        grain_ms = applied.grain.as_millis() as u64,
+        other_maps_ms = applied.others.as_millis() as u64,
         "state segments merged"
     );
     Ok(())
@@ -218,10 +216,29 @@ async fn read_parts(
         return Ok(Vec::new());
     }
     let blobs = location.get_ranges(&rel, &ranges).await?;
-    blobs
-        .iter()
-        .map(|b| PartData::decode(b).map_err(bad))
-        .collect()
+    decode_parts(&blobs).map_err(bad)
+}
+
+/// Decodes a file's parts on two threads, alternate parts each (a base file holds millions
+/// of keys; parts never share a key, so their order within a file does not matter).
+fn decode_parts(blobs: &[impl AsRef<[u8]> + Sync]) -> Result<Vec<PartData>, SegmentError> {
+    let decode = |half: usize| {
+        blobs
+            .iter()
+            .skip(half)
+            .step_by(2)
+            .map(|b| PartData::decode(b.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    std::thread::scope(|s| {
+        let odd = s.spawn(|| decode(1));
+        let mut parts = decode(0)?;
+        parts.extend(
+            odd.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+        );
+        Ok(parts)
+    })
 }
 
 fn format_error(location: &Location, rel: &str, e: impl std::fmt::Display) -> RunError {

@@ -29,6 +29,8 @@ pub use file::{Encoded, PartEntry, Segment, SegmentError, SegmentIndex, INDEX_LE
 use file::{PartOut, PartRows, Rows};
 
 mod file;
+mod merge;
+pub use merge::{Applied, Merge, Wants};
 
 /// Bump when the encoding of segments or manifests changes: a snapshot in another format is
 /// refused at restore, naming the file.
@@ -507,92 +509,6 @@ impl Manifest {
                 self.chains.remove(k);
             }
         }
-    }
-}
-
-/// Which parts of which segments a merge applies: those of `only` (every part with `None`)
-/// whose chain in `manifest` holds the segment.
-#[derive(Debug, Clone, Copy)]
-pub struct Wants<'a> {
-    manifest: &'a Manifest,
-    only: Option<&'a BTreeSet<PartKey>>,
-}
-
-impl Wants<'_> {
-    pub fn part(&self, key: PartKey, at: SegmentRef) -> bool {
-        self.only.is_none_or(|o| o.contains(&key)) && self.manifest.holds(key, at)
-    }
-}
-
-/// Segments merged into a state: a restore (every part) or a compaction (some parts). Apply
-/// the parts [`Merge::wants`] of the files `manifest.files(..)` names, in that order.
-pub struct Merge<'a> {
-    wants: Wants<'a>,
-    state: State,
-}
-
-impl<'a> Merge<'a> {
-    /// A merge of the parts `only` (every part with `None`) of `manifest`.
-    pub fn new(manifest: &'a Manifest, only: Option<&'a BTreeSet<PartKey>>) -> Merge<'a> {
-        Merge {
-            wants: Wants { manifest, only },
-            state: State::default(),
-        }
-    }
-
-    /// The parts this merge applies.
-    pub fn wants(&self) -> Wants<'a> {
-        self.wants
-    }
-
-    /// Makes room for the keys of a file's wanted parts ([`State::reserve_for`]).
-    pub fn reserve_for(&mut self, parts: &[PartData]) {
-        self.state.reserve_for(parts);
-    }
-
-    /// Upserts one wanted part's data.
-    pub fn apply(&mut self, data: PartData) {
-        self.state.apply(data);
-    }
-
-    /// A whole segment's wanted parts.
-    pub fn add(&mut self, segment: Segment) {
-        for part in segment.parts {
-            if self.wants.part(part.key, segment.at) {
-                self.state.apply(part.data);
-            }
-        }
-    }
-
-    fn pruned(mut self) -> State {
-        if let Some(floor) = self.wants.manifest.head.seen_floor {
-            self.state.seen_activities.retain(|_, t| *t >= floor);
-        }
-        self.state
-    }
-
-    /// The restored state, with the manifest's head (the alert part left empty).
-    pub fn state(self) -> State {
-        let h = self.wants.manifest.head.clone();
-        let mut s = self.pruned();
-        s.snapshot_id = h.snapshot_id;
-        s.as_of = h.as_of;
-        s.offsets = h.offsets;
-        s.partition_high = h.partition_high;
-        s.quality = h.quality;
-        s.seen_floor = h.seen_floor;
-        s.rebuild_derived();
-        s.dirty = Dirty {
-            rep_names: s.rep_ids.names.len(),
-            ..Dirty::default()
-        };
-        s
-    }
-
-    /// The merged parts as base segment `at` (parts left empty are not in it).
-    pub fn base(self, at: SegmentRef) -> Result<Encoded, bincode::Error> {
-        // The merge holds only the parts it was given: all of it, whole, is their base.
-        self.pruned().encode_segment(&Dirty::default(), true, at)
     }
 }
 
