@@ -319,6 +319,23 @@ fn quota_parts<'s>(ctx: &Ctx<'s>, e: Entity<'_>, period: &Period) -> Vec<QuotaPa
     out
 }
 
+/// The fx rates the amounts of a figure were converted at, each listed once, after the
+/// deals and quota records that used them.
+#[derive(Default)]
+pub(super) struct Rates(BTreeMap<String, Input>);
+
+impl Rates {
+    pub(super) fn note(&mut self, ctx: &Ctx<'_>, rate: Option<&Rate<'_>>) {
+        if let Some(i) = rate.and_then(|r| ctx.fx_input(r)) {
+            self.0.insert(i.key.clone(), i);
+        }
+    }
+
+    pub(super) fn inputs(self) -> impl Iterator<Item = Input> {
+        self.0.into_values()
+    }
+}
+
 /// The input of a deal of a row.
 pub(super) fn deal_input(ctx: &Ctx<'_>, d: &DealIn<'_>) -> Input {
     let l = &d.v.latest;
@@ -491,22 +508,18 @@ pub(super) fn trace(
         column,
         "quota" | "attainment" | "gap_to_quota" | "expected_to_date" | "payout"
     );
-    let mut fx = BTreeMap::new();
+    let mut rates = Rates::default();
     for d in deals.iter().filter(|d| counts(d)) {
         t.inputs.push(deal_input(ctx, d));
-        if let Some(i) = d.rate.as_ref().and_then(|r| ctx.fx_input(r)) {
-            fx.insert(i.key.clone(), i);
-        }
+        rates.note(ctx, d.rate.as_ref());
     }
     if uses_quota {
         for q in &quotas {
             t.inputs.push(quota_input(ctx, q));
-            if let Some(i) = q.rate.as_ref().and_then(|r| ctx.fx_input(r)) {
-                fx.insert(i.key.clone(), i);
-            }
+            rates.note(ctx, q.rate.as_ref());
         }
     }
-    t.inputs.extend(fx.into_values());
+    t.inputs.extend(rates.inputs());
     if level != Level::Rep {
         let basis = Sums::basis(wanted);
         for (rep, s) in &per_rep {

@@ -466,6 +466,8 @@ pub async fn explain(
     pipeline: &Arc<Pipeline>,
     req: &Request,
 ) -> Result<Explanation, Error> {
+    // Checked before the restore, so that a bad request costs no I/O (`explain_at`, which
+    // `serve` calls with a state it holds, checks it again).
     check(req)?;
     let checkpoint = crate::query::checkpoint(location, req.snapshot).await?;
     let state = state_of(location, &checkpoint).await?;

@@ -3,7 +3,7 @@
 //! (every message received about the deal, in order) and `data_quality` (the dead letters,
 //! duplicates and unconverted amounts behind a count).
 
-use super::figures::{deal_input, deals, Period};
+use super::figures::{deal_input, deals, Period, Rates};
 use super::members::{Entity, Level};
 use super::{cents, day_text, Ctx, Input, Keys, Traced, Value};
 use crate::error::ExplainError;
@@ -175,14 +175,12 @@ fn leaderboard(ctx: &Ctx<'_>, keys: &Keys<'_>, column: &str) -> Result<Traced, E
         ),
         format!("points = Σ weight × count = {points}"),
     ];
-    let mut fx = std::collections::BTreeMap::new();
+    let mut rates = Rates::default();
     for d in &won {
         t.inputs.push(deal_input(ctx, d));
-        if let Some(i) = d.rate.as_ref().and_then(|r| ctx.fx_input(r)) {
-            fx.insert(i.key.clone(), i);
-        }
+        rates.note(ctx, d.rate.as_ref());
     }
-    t.inputs.extend(fx.into_values());
+    t.inputs.extend(rates.inputs());
     t.inputs.extend(inputs);
     Ok(t)
 }
