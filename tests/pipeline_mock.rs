@@ -473,18 +473,7 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
     let brokers = c.bootstrap_servers();
     let topic = p.source.topics[&crate::common::EventType::Activity].clone();
-    let activity = |i: usize| {
-        (
-            topic.clone(),
-            "rep-00001".to_string(),
-            format!(
-                r#"{{"event_id":"a-{i}","occurred_at":"2026-03-10T{:02}:{:02}:{:02}Z","rep_id":"rep-00001","activity_type":"call","outcome":"connected","duration_s":60}}"#,
-                i / 3600,
-                (i / 60) % 60,
-                i % 60
-            ),
-        )
-    };
+    let activity = |i: usize| call(&topic, i);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let first: Vec<_> = (0..100).map(activity).collect();
@@ -553,6 +542,86 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
         .unwrap();
     assert_eq!(c.lost_offsets[&topic], lost as u64);
     assert_eq!(c.events, 100 + (high - low) as u64 + 1);
+}
+
+/// Activity `i` of rep-00001 on `topic`: a call, one second after activity `i - 1`.
+fn call(topic: &str, i: usize) -> (String, String, String) {
+    (
+        topic.to_string(),
+        "rep-00001".to_string(),
+        format!(
+            r#"{{"event_id":"a-{i}","occurred_at":"2026-03-10T{:02}:{:02}:{:02}Z","rep_id":"rep-00001","activity_type":"call","outcome":"connected","duration_s":60}}"#,
+            i / 3600,
+            (i / 60) % 60,
+            i % 60
+        ),
+    )
+}
+
+/// A running pipeline that falls behind retention counts what it skipped. Stopped (SIGSTOP)
+/// while more than the mock cluster keeps is produced, it finds its next offset out of range
+/// when it goes on: the offsets below the log start are counted as `lost_offsets`, in
+/// `/healthz` and `data_quality`, and it reads on from the log start, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (file, p) = PipelineFile::default()
+        .http_port(port)
+        .write(dir.path(), "overtaken");
+    let c = MockCluster::new(1).unwrap();
+    for t in p.source.topics.values() {
+        c.create_topic(t, 1, 1).unwrap();
+    }
+    c.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
+    c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
+    let brokers = c.bootstrap_servers();
+    let topic = p.source.topics[&crate::common::EventType::Activity].clone();
+    let calls = |ids: std::ops::Range<usize>| ids.map(|i| call(&topic, i)).collect::<Vec<_>>();
+    produce(&brokers, 10_000, &calls(0..100));
+    let out = dir.path().join("out");
+    let mut run = crate::harness::run_command(&file, &brokers, out.to_str().unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = Endpoint::on(port);
+    eventually("the first 100 read", Duration::from_secs(60), || async {
+        endpoint.messages_counted().await == Some(100)
+    })
+    .await;
+
+    // Stopped, it falls behind: the mock cluster keeps only about the last 5 MB.
+    crate::harness::signal(run.id(), "-STOP");
+    produce(&brokers, 10_000, &calls(100..60_000));
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert!(low > 100, "the mock deleted offsets 100..{low}");
+    crate::harness::signal(run.id(), "-CONT");
+    let read = 100 + (high - low) as u64;
+    let body = eventually("the rest read", Duration::from_secs(60), || async {
+        let (_, body) = endpoint.healthz().await?;
+        (endpoint.messages_counted().await == Some(read)).then_some(body)
+    })
+    .await;
+    assert_eq!(body["lost_offsets"][&topic], low - 100, "{body}");
+    crate::harness::signal(run.id(), "-TERM");
+    assert!(run.wait().unwrap().success());
+    let tables = canonical(&latest_tables(out.to_str().unwrap()).await);
+    for row in [
+        format!(
+            r#"{{"topic":"{topic}","reason":"lost_offsets","count":{}}}"#,
+            low - 100
+        ),
+        format!(r#"{{"topic":"{topic}","reason":"ok","count":{read}}}"#),
+    ] {
+        assert!(tables["data_quality"].contains(&row), "{row}");
+    }
 }
 
 /// The state segments of a local output: the files on disk, and those its checkpoints name,

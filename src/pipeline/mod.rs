@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
@@ -153,6 +153,35 @@ const BURST: usize = 1024;
 /// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
 const CLOCK_EVERY: u64 = 1024;
 
+/// Offsets the broker deleted before they were read, found from every partition's log start
+/// (at start, and whenever a fetch is out of range): counted in the state (`data_quality`,
+/// `/metrics`, `/healthz`, `quotaflow snapshots`) and said once per partition. Reading then
+/// goes on from the log start, so none of them is also read (a broker may still serve some).
+/// A partition whose next offset lies beyond its end (the topic was recreated or truncated)
+/// is read again from its beginning, as said in the log.
+fn count_lost(state: &mut State, source: &KafkaSource) -> Result<(), KafkaIoError> {
+    let mut moved = false;
+    let mut rewind = Vec::new();
+    for (tp, (low, high)) in source.watermarks()? {
+        let (topic, p) = (tp.0.as_str(), tp.1);
+        let next = state.next_offset(topic, p);
+        let lost = state.lose(topic, p, low);
+        if lost > 0 {
+            tracing::error!(topic, partition = p, next, log_start = low, lost,
+                "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
+            moved = true;
+        } else if next.is_some_and(|n| n > high) {
+            tracing::warn!(topic, partition = p, next, end = high,
+                "the partition ends before the offset quotaflow reads next (the topic was recreated or truncated): reading it again from its beginning");
+            rewind.push(tp);
+        }
+    }
+    if moved || !rewind.is_empty() {
+        source.reassign(&state.offsets, &rewind)?;
+    }
+    Ok(())
+}
+
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end of every partition).
 pub async fn run(
     pipeline: Arc<Pipeline>,
@@ -229,6 +258,9 @@ struct Runner {
     /// Whether the next snapshot writes the state whole (after one that failed: the segment
     /// of what it took as changed is lost with it).
     segments_lost: bool,
+    /// A fetch was out of range and its lost offsets are not counted yet (`count_lost`
+    /// failed): tried again every housekeeping tick, since the client waits for a new position.
+    out_of_range: bool,
     /// The last durable snapshot's state (the next segment extends its chains).
     manifest: crate::state::segments::Manifest,
     /// The segments each retained snapshot names (filled as snapshots are written; a restore
@@ -292,7 +324,7 @@ impl Runner {
         let durable = checkpoint.as_ref().map_or(0, |c| c.snapshot_id);
         let restored_from = (durable > 0).then_some(durable);
         let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
-        let mut source = KafkaSource::connect(
+        let source = KafkaSource::connect(
             &cluster,
             &group_of(&pipeline.name),
             &pipeline.source.topics,
@@ -304,19 +336,7 @@ impl Runner {
             Dispatcher::start(&cluster, &pipeline.alert_delivery, &pipeline.metrics.alerts).await?;
         // Alert events a previous run recorded but did not see acknowledged go out again.
         alerts.submit(&state.outbox);
-        // Offsets the broker deleted before they were read: counted in the state (data_quality,
-        // /metrics, /healthz, `quotaflow snapshots`), and said once here.
-        // Reading starts at the log start, so none of them is also read.
-        for (tp, (low, _)) in &source.watermarks()? {
-            let (topic, p) = (&tp.0, tp.1);
-            let next = state.next_offset(topic, p);
-            let lost = state.lose(topic, p, *low);
-            if lost > 0 {
-                tracing::error!(topic, partition = p, next, log_start = low, lost,
-                    "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
-                source.skip_to(tp, *low)?;
-            }
-        }
+        count_lost(&mut state, &source)?;
         let health = Health::default();
         let server = match pipeline.http_bind {
             Some(addr) => health.serve(addr).await,
@@ -333,6 +353,7 @@ impl Runner {
             engine,
             full_next: full,
             segments_lost: false,
+            out_of_range: false,
             manifest,
             segments: Default::default(),
             redefined_next: redefined,
@@ -380,9 +401,24 @@ impl Runner {
             || opts.max_events.is_some_and(|m| self.report.messages >= m)
     }
 
+    /// Counts the offsets lost since a fetch was out of range, and moves the consumer past
+    /// them; on failure, left for the next housekeeping tick.
+    fn recount_lost(&mut self, source: &KafkaSource) {
+        match count_lost(&mut self.state, source) {
+            Ok(()) => self.out_of_range = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "a fetch was out of range and the log starts could not be read; retrying");
+                self.broker_health(false, source);
+            }
+        }
+    }
+
     /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
-    /// read, and the `--once` stall guard checked.
+    /// read, the `--once` stall guard checked, and lost offsets counted if that failed before.
     fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
+        if self.out_of_range {
+            self.recount_lost(source);
+        }
         self.watermark.refresh(
             &self.state.partition_high,
             source.partitions(),
@@ -458,6 +494,11 @@ impl Runner {
                     if opts.once {
                         self.ended.extend(at_end);
                     }
+                }
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                    // A partition's next offset is out of range: retention overtook the reader.
+                    self.out_of_range = true;
+                    self.recount_lost(source);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consumer error; retrying");

@@ -81,7 +81,9 @@ impl KafkaSource {
         cfg.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // An offset out of range (the broker deleted it before it was read) is an error the
+            // run handles, counting what it skips (`pipeline::count_lost`), never a silent reset.
+            .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "true");
         let consumer: StreamConsumer<SourceContext> =
             cfg.create_with_context(SourceContext::default())?;
@@ -115,15 +117,15 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assigned })
     }
 
-    /// Moves partition `tp` to `offset` before reading starts (past offsets the broker
-    /// deleted: a broker may still serve some below its log start, and they count as lost).
-    pub fn skip_to(&mut self, (topic, partition): &Tp, offset: i64) -> Result<(), KafkaIoError> {
-        if let Some(start) = self.assigned.get_mut(&(topic.clone(), *partition)) {
-            *start = offset;
-        }
+    /// Assigns every partition again, at its next offset in `offsets`, or from its beginning
+    /// (one never read, or one in `rewind`): reading goes on from there, and what the client
+    /// had fetched beyond the state is fetched again.
+    pub fn reassign(&self, offsets: &Offsets, rewind: &[Tp]) -> Result<(), KafkaIoError> {
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), start) in &self.assigned {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*start))
+        for (t, p) in self.assigned.keys() {
+            let next = next_offset(offsets, t, *p).filter(|_| !rewind.contains(&(t.clone(), *p)));
+            let at = next.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(t, *p, at)
                 .map_err(|source| KafkaIoError::Topic {
                     topic: t.clone(),
                     source,
