@@ -157,29 +157,22 @@ const CLOCK_EVERY: u64 = 1024;
 /// (at start, and whenever a fetch is out of range): counted in the state (`data_quality`,
 /// `/metrics`, `/healthz`, `quotaflow snapshots`) and said once per partition. Reading then
 /// goes on from the log start, so none of them is also read (a broker may still serve some).
-/// A partition whose next offset lies beyond its end (the topic was recreated or truncated)
-/// is read again from its beginning, as said in the log.
-fn count_lost(state: &mut State, source: &KafkaSource) -> Result<(), KafkaIoError> {
+/// Returns whether any were lost. Only log starts are trusted: tansu 0.6 reports stale ends.
+fn count_lost(state: &mut State, source: &KafkaSource) -> Result<bool, KafkaIoError> {
     let mut moved = false;
-    let mut rewind = Vec::new();
-    for (tp, (low, high)) in source.watermarks()? {
-        let (topic, p) = (tp.0.as_str(), tp.1);
-        let next = state.next_offset(topic, p);
-        let lost = state.lose(topic, p, low);
+    for ((topic, p), (low, _)) in source.watermarks()? {
+        let next = state.next_offset(&topic, p);
+        let lost = state.lose(&topic, p, low);
         if lost > 0 {
             tracing::error!(topic, partition = p, next, log_start = low, lost,
                 "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
             moved = true;
-        } else if next.is_some_and(|n| n > high) {
-            tracing::warn!(topic, partition = p, next, end = high,
-                "the partition ends before the offset quotaflow reads next (the topic was recreated or truncated): reading it again from its beginning");
-            rewind.push(tp);
         }
     }
-    if moved || !rewind.is_empty() {
-        source.reassign(&state.offsets, &rewind)?;
+    if moved {
+        source.reassign(&state.offsets)?;
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end of every partition).
@@ -405,7 +398,12 @@ impl Runner {
     /// them; on failure, left for the next housekeeping tick.
     fn recount_lost(&mut self, source: &KafkaSource) {
         match count_lost(&mut self.state, source) {
-            Ok(()) => self.out_of_range = false,
+            Ok(lost) => {
+                self.out_of_range = false;
+                if !lost {
+                    tracing::error!("a fetch was out of range, but no partition's log start is past the offset it reads next (was a topic recreated or truncated?): that partition is not read until the pipeline restarts");
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a fetch was out of range and the log starts could not be read; retrying");
                 self.broker_health(false, source);

@@ -117,14 +117,13 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assigned })
     }
 
-    /// Assigns every partition again, at its next offset in `offsets`, or from its beginning
-    /// (one never read, or one in `rewind`): reading goes on from there, and what the client
-    /// had fetched beyond the state is fetched again.
-    pub fn reassign(&self, offsets: &Offsets, rewind: &[Tp]) -> Result<(), KafkaIoError> {
+    /// Assigns every partition again, at its next offset in `offsets` (from its beginning if
+    /// never read): reading goes on from there, and what the client had fetched beyond the
+    /// state is fetched again.
+    pub fn reassign(&self, offsets: &Offsets) -> Result<(), KafkaIoError> {
         let mut tpl = TopicPartitionList::new();
         for (t, p) in self.assigned.keys() {
-            let next = next_offset(offsets, t, *p).filter(|_| !rewind.contains(&(t.clone(), *p)));
-            let at = next.map_or(Offset::Beginning, Offset::Offset);
+            let at = next_offset(offsets, t, *p).map_or(Offset::Beginning, Offset::Offset);
             tpl.add_partition_offset(t, *p, at)
                 .map_err(|source| KafkaIoError::Topic {
                     topic: t.clone(),
