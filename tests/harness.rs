@@ -308,6 +308,16 @@ pub fn messages_read(stdout: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count in {stdout:?}"))
 }
 
+/// A child process killed if the test fails before it ends (so no pipeline outlives it).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends `SIGTERM` (or any other `kill` signal, "-STOP") to a process.
 pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")

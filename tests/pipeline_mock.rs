@@ -580,11 +580,13 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
     let calls = |ids: std::ops::Range<usize>| ids.map(|i| call(&topic, i)).collect::<Vec<_>>();
     produce(&brokers, 10_000, &calls(0..100));
     let out = dir.path().join("out");
-    let mut run = crate::harness::run_command(&file, &brokers, out.to_str().unwrap())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = crate::harness::Reaped(
+        crate::harness::run_command(&file, &brokers, out.to_str().unwrap())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let endpoint = Endpoint::on(port);
     eventually("the first 100 read", Duration::from_secs(60), || async {
         endpoint.messages_counted().await == Some(100)
@@ -592,7 +594,7 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
     .await;
 
     // Stopped, it falls behind: the mock cluster keeps only about the last 5 MB.
-    crate::harness::signal(run.id(), "-STOP");
+    crate::harness::signal(run.0.id(), "-STOP");
     produce(&brokers, 10_000, &calls(100..60_000));
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -602,7 +604,7 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
         .fetch_watermarks(&topic, 0, Duration::from_secs(10))
         .unwrap();
     assert!(low > 100, "the mock deleted offsets 100..{low}");
-    crate::harness::signal(run.id(), "-CONT");
+    crate::harness::signal(run.0.id(), "-CONT");
     let read = 100 + (high - low) as u64;
     let body = eventually("the rest read", Duration::from_secs(60), || async {
         let (_, body) = endpoint.healthz().await?;
@@ -610,8 +612,8 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
     })
     .await;
     assert_eq!(body["lost_offsets"][&topic], low - 100, "{body}");
-    crate::harness::signal(run.id(), "-TERM");
-    assert!(run.wait().unwrap().success());
+    crate::harness::signal(run.0.id(), "-TERM");
+    assert!(run.0.wait().unwrap().success());
     let tables = canonical(&latest_tables(out.to_str().unwrap()).await);
     for row in [
         format!(

@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use super::{pipeline_file, tag, OwnBroker};
 use crate::common::{canonical, Cluster, EventType};
-use crate::harness::{bin, eventually, free_port, run_command, run_once_process, Endpoint};
+use crate::harness::{bin, eventually, free_port, run_command, run_once_process, Endpoint, Reaped};
 use crate::harness::{messages_read, PipelineFile};
 use crate::pipeline_mock::latest_tables;
 
@@ -130,16 +130,6 @@ async fn offsets_the_brokers_retention_deleted_while_the_pipeline_was_stopped_ar
         .find(|l| l.starts_with(&format!("{latest},")))
         .unwrap_or_else(|| panic!("no snapshot {latest} in {listed}"));
     assert!(row.ends_with(&format!(",{topic}:50")), "{listed}");
-}
-
-/// A child process killed if the test fails before it ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Creates `topic` (one partition) with `cleanup.policy=delete` and `retention.ms`.
