@@ -52,9 +52,15 @@ pub fn messages(p: &Pipeline, seed: u64) -> Vec<(String, String, String)> {
 }
 
 pub fn cluster(p: &Pipeline) -> MockCluster<'static, DefaultProducerContext> {
+    cluster_of(p, 4)
+}
+
+/// A mock cluster with the pipeline's topics, `partitions` each, and its dead-letter and
+/// alert topics.
+pub fn cluster_of(p: &Pipeline, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     let c = MockCluster::new(1).unwrap();
     for t in p.source.topics.values() {
-        c.create_topic(t, 4, 1).unwrap();
+        c.create_topic(t, partitions, 1).unwrap();
     }
     c.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
     c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
@@ -465,12 +471,7 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     let p = crate::common::pipeline();
-    let c = MockCluster::new(1).unwrap();
-    for t in p.source.topics.values() {
-        c.create_topic(t, 1, 1).unwrap();
-    }
-    c.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
-    c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
+    let c = cluster_of(&p, 1);
     let brokers = c.bootstrap_servers();
     let topic = p.source.topics[&crate::common::EventType::Activity].clone();
     let activity = |i: usize| call(&topic, i);
@@ -569,12 +570,7 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
     let (file, p) = PipelineFile::default()
         .http_port(port)
         .write(dir.path(), "overtaken");
-    let c = MockCluster::new(1).unwrap();
-    for t in p.source.topics.values() {
-        c.create_topic(t, 1, 1).unwrap();
-    }
-    c.create_topic(&p.source.dead_letter_topic, 1, 1).unwrap();
-    c.create_topic(&p.alert_delivery.kafka_topic, 1, 1).unwrap();
+    let c = cluster_of(&p, 1);
     let brokers = c.bootstrap_servers();
     let topic = p.source.topics[&crate::common::EventType::Activity].clone();
     let calls = |ids: std::ops::Range<usize>| ids.map(|i| call(&topic, i)).collect::<Vec<_>>();
