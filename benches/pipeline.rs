@@ -495,6 +495,18 @@ fn memory(spec: &str) {
     // The state as a restored pipeline has it: rollups summed, nothing changed since the cut.
     state.roll_up(&cal);
     let _ = state.take_changes(&cal);
+    // Closed months out of memory, as the pipeline lets them go once durable (the default
+    // allowed lateness of 120 days, one closed month kept).
+    let t0 = std::time::Instant::now();
+    let (rss_before, held) = (rss_mib(), state.daily.len());
+    let e = evict(&p, &mut state);
+    println!(
+        "closed months out of memory: {} months, {} of {held} rep-days, {:.2} s; RSS {rss_before} -> {} MiB",
+        e.months,
+        e.rep_days,
+        t0.elapsed().as_secs_f64(),
+        rss_mib()
+    );
     for i in 0..5 {
         state.fold(call(i, 0, last), Default::default(), &cal, horizon);
     }
@@ -570,6 +582,13 @@ fn memory(spec: &str) {
         restored.deals.len(),
         peak_rss_mib()
     );
+    // Every month back in memory: the state as if none had left.
+    let out = state.residency.months_out();
+    rt.block_on(quotaflow::pipeline::bring_back(
+        &loc, &manifest, &mut state, None, true,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.residency.months_out(), 0, "{out} months were out");
     assert_eq!(restored.daily, state.daily, "the restore holds the state");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -594,6 +613,12 @@ fn next_snapshot(
     let changes = state.take_changes(&p.metrics.calendar);
     let engine = Engine::new(Arc::clone(&p.metrics));
     let plan = engine.plan(state, &changes);
+    let (scope, read) = (plan.scope.as_ref(), engine.reads_grain(&plan));
+    let back = rt
+        .block_on(quotaflow::pipeline::bring_back(
+            loc, manifest, state, scope, read,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
     let planned = started.elapsed();
     let months = plan.scope.as_ref().map_or(0, |s| s.months.len());
     let computed = plan.compute.iter().filter(|c| **c).count();
@@ -655,13 +680,15 @@ fn next_snapshot(
             .unwrap_or_else(|e| panic!("{e}"));
         (commits, sql, written.elapsed())
     });
+    let evicted = evict(p, state);
     let committed: Vec<&str> = commits
         .iter()
         .filter(|(_, c)| c.committed)
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot ({what}): {:.2} s (cut {:.2} s: roll-up {:.2}, changes and plan {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({} bytes of segment, {} parts compacted, {} bytes of base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {back} grain months read back, {} out after; {:.2} s (cut {:.2} s: roll-up {:.2}, changes, plan and months read back {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({} bytes of segment, {} parts compacted, {} bytes of base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        state.residency.months_out(),
         started.elapsed().as_secs_f64(),
         cut.as_secs_f64(),
         rolled.as_secs_f64(),
@@ -683,15 +710,40 @@ fn next_snapshot(
         commits.iter().map(|(_, c)| c.bytes_written).sum::<u64>() as f64 / 1e6,
         commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
     );
+    if evicted.months > 0 {
+        println!(
+            "  then {} months, {} rep-days out of memory",
+            evicted.months, evicted.rep_days
+        );
+    }
+}
+
+/// Lets the closed months of the grain go, as the pipeline does once its state is durable
+/// (the watermark at the event clock).
+fn evict(p: &Pipeline, state: &mut State) -> quotaflow::state::residency::Evicted {
+    let cal = &p.metrics.calendar;
+    let lateness = p.source.allowed_lateness_micros();
+    let closed_before = cal.day_of(state.as_of.unwrap_or(0).saturating_sub(lateness));
+    let keep = p.snapshot.resident_closed_months as usize;
+    state.evict(closed_before, keep, &Default::default())
+}
+
+/// The process's resident set now (VmRSS), in MiB.
+fn rss_mib() -> u64 {
+    status_mib("VmRSS:")
 }
 
 /// The process's peak resident set (VmHWM), in MiB.
 fn peak_rss_mib() -> u64 {
+    status_mib("VmHWM:")
+}
+
+fn status_mib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb / 1024)

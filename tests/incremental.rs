@@ -18,14 +18,27 @@ use quotaflow::alert::{apply, apply_evaluated, AlertBook};
 use quotaflow::config::Pipeline;
 use quotaflow::engine::plan::{Plan, Publish};
 use quotaflow::engine::{Engine, EngineError, Table};
+use quotaflow::event::Day;
+use quotaflow::pipeline::{bring_back, cut_segment, write_state};
 use quotaflow::snapshot::{EncodedTable, Layout, Location, LogSettings};
+use quotaflow::state::segments::{Dirty, Manifest};
 use quotaflow::state::State;
 
 use crate::common::{canonical, ev, fold_one, pipeline, EventType};
 
+/// The state's segments on the output, and the grain's months to take out of memory after
+/// each snapshot (`quotaflow::state::residency`).
+struct Grain {
+    manifest: Manifest,
+    /// Months ending before this day leave memory once the snapshot's state is written.
+    evict_before: Option<Day>,
+}
+
 /// One snapshot as the pipeline takes it: plan, scoped evaluation, the rules over the tables
 /// merged with their latest versions, then the commits. The plan, and per table whether it
-/// committed.
+/// committed. With `grain`, as the pipeline also does: the grain's months the snapshot needs
+/// read back from the segments first, the state's segment written after, closed months out.
+#[allow(clippy::too_many_arguments)] // the steps of one snapshot, each its own input
 async fn snapshot(
     p: &Arc<Pipeline>,
     engine: &Engine,
@@ -34,11 +47,22 @@ async fn snapshot(
     id: u64,
     book: &mut AlertBook,
     first: bool,
+    mut grain: Option<&mut Grain>,
 ) -> (Plan, Vec<(String, bool)>) {
     state.roll_up(&p.metrics.calendar);
     let mut changes = state.take_changes(&p.metrics.calendar);
     changes.all |= first;
     let plan = engine.plan(state, &changes);
+    let mut segment = None;
+    if let Some(g) = grain.as_deref_mut() {
+        let (scope, read) = (plan.scope.as_ref(), engine.reads_grain(&plan));
+        bring_back(loc, &g.manifest, state, scope, read)
+            .await
+            .unwrap();
+        state.snapshot_id = id;
+        let dirty = state.take_dirty();
+        segment = Some(cut_segment(state, &dirty, first).unwrap());
+    }
     let mut tables: Vec<Table> = Vec::new();
     let mut rules = engine
         .prepare(state, id, plan.clone())
@@ -88,6 +112,16 @@ async fn snapshot(
             .await
             .unwrap();
         committed.push((t.name, c.committed));
+    }
+    if let (Some(g), Some(segment)) = (grain, segment) {
+        let (manifest, _) = write_state(loc, &g.manifest, state.head(), &segment, 3)
+            .await
+            .unwrap();
+        g.manifest = manifest;
+        if let Some(day) = g.evict_before {
+            // Everything is durable now: no cut is in flight.
+            state.evict(day, 0, &Dirty::default());
+        }
     }
     (plan, committed)
 }
@@ -151,7 +185,7 @@ const STAGES: &[&str] = &[
 /// `state` as a restart has it: written whole as one segment and a manifest (through their
 /// bytes), then restored from them, its alert part included.
 fn restarted(state: &State) -> State {
-    use quotaflow::state::segments::{Dirty, Manifest, Merge, Segment, SegmentRef};
+    use quotaflow::state::segments::{Merge, Segment, SegmentRef};
     let at = SegmentRef {
         snapshot_id: state.snapshot_id,
         base: false,
@@ -292,6 +326,7 @@ proptest! {
         cuts in prop::collection::vec(1usize..60, 1..12),
         restarts in prop::collection::vec(any::<bool>(), 12),
         moves in any::<bool>(),
+        evictions in prop::collection::vec(prop::option::of(0i32..800), 12),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let p = pipeline();
@@ -303,30 +338,47 @@ proptest! {
         // A snapshot that folds a roster version is full by design: those of the initial
         // roster do not count for the share of scoped snapshots below.
         let roster_events = events.len();
+        // An activity in the first month, so that a cut evicting after January has a month to
+        // take out of memory.
+        events.push((EventType::Activity, r#"{"event_id":"first","occurred_at":"2025-01-02T09:00:00Z","rep_id":"r0","activity_type":"call","outcome":"connected","duration_s":30}"#.into()));
         events.extend(random_events(seed, n, moves));
         let mut state = State::default();
+        // `state` lets months of the grain go (at random cuts, any months before a random
+        // day); `whole` folds the same events and never does: the full recompute reads it.
+        let mut whole = State::default();
+        let mut grain = Grain { manifest: Manifest::default(), evict_before: None };
+        let first_day = quotaflow::calendar::day_number(chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
+        let (mut evicted, mut asked) = (0, false);
         let (mut book, mut full_book) = (AlertBook::new(), AlertBook::new());
         let mut at = 0;
         let mut id = 0;
         let mut scoped = 0;
         let mut eligible = 0;
-        for (c, restart) in cuts.iter().cycle().zip(restarts.iter().cycle()).take(40) {
+        let steps = cuts.iter().cycle().zip(restarts.iter().cycle()).zip(evictions.iter().cycle());
+        for ((c, restart), evict) in steps.take(40) {
             let upto = (at + c).min(events.len());
             let after_roster = at >= roster_events;
             for (t, json) in &events[at..upto] {
                 fold_one(&p, &mut state, ev(*t, json));
+                fold_one(&p, &mut whole, ev(*t, json));
             }
             at = upto;
             id += 1;
-            let (plan, _) = rt.block_on(snapshot(&p, &engine, &loc, &mut state, id, &mut book, id == 1));
+            grain.evict_before = evict.map(|d| first_day + d);
+            asked |= at > roster_events && evict.is_some_and(|d| d >= 31);
+            let first = id == 1;
+            let (plan, _) = rt.block_on(snapshot(&p, &engine, &loc, &mut state, id, &mut book, first, Some(&mut grain)));
+            evicted += state.residency.months_out();
             if after_roster {
                 eligible += 1;
                 scoped += usize::from(plan.scope.is_some());
             }
-            let diff = rt.block_on(differences(&p, &loc, &state, id, &book, &mut full_book));
+            let diff = rt.block_on(differences(&p, &loc, &whole, id, &book, &mut full_book));
             prop_assert!(diff.is_empty(), "snapshot {id} after {at} events: {diff:#?}");
             if *restart {
-                state = restarted(&state);
+                // What a restore reads: every month, from the segments the last snapshot named.
+                whole = restarted(&whole);
+                state = whole.clone();
             }
             if at == events.len() {
                 break;
@@ -338,6 +390,8 @@ proptest! {
             moves || scoped * 2 >= eligible,
             "{scoped} of {eligible} snapshots after the initial roster scoped"
         );
+        // And months were out of memory at some cuts, unless no cut asked for it.
+        prop_assert!(evicted > 0 || !asked, "no month left memory");
     }
 }
 
@@ -358,7 +412,9 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
         fold_one(&p, &mut state, ev(*t, json));
     }
     let mut book = AlertBook::new();
-    rt.block_on(snapshot(&p, &engine, &loc, &mut state, 1, &mut book, true));
+    rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
+    ));
     // Three activities on the day of the event clock (2026-12-30), no deal named.
     let today = quotaflow::calendar::date_of(
         p.metrics
@@ -371,8 +427,9 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
         );
         fold_one(&p, &mut state, ev(EventType::Activity, &json));
     }
-    let (plan, committed) =
-        rt.block_on(snapshot(&p, &engine, &loc, &mut state, 2, &mut book, false));
+    let (plan, committed) = rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
+    ));
     let committed: BTreeSet<&str> = committed
         .iter()
         .filter(|(_, c)| *c)
@@ -575,7 +632,9 @@ params = { at_least = "0" }
         fold_one(&p, &mut state, ev(t, &json));
     }
     let mut book = AlertBook::new();
-    rt.block_on(snapshot(&p, &engine, &loc, &mut state, 1, &mut book, true));
+    rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
+    ));
     assert!(
         !book
             .values()
@@ -593,7 +652,9 @@ params = { at_least = "0" }
     assert!(ingest
         .message(&mut state, &watermark, bad, crate::common::FAR_FUTURE)
         .is_some());
-    let (plan, _) = rt.block_on(snapshot(&p, &engine, &loc, &mut state, 2, &mut book, false));
+    let (plan, _) = rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
+    ));
     let reps = p
         .metrics
         .tables

@@ -142,6 +142,9 @@ pub struct Snapshot {
     /// A part of the state whose chain holds more than this many segments is compacted into
     /// one (`state::segments`).
     pub compact_after: u32,
+    /// Closed months of the rep × day grain kept in memory beyond the open ones (the latest
+    /// ones; the others leave memory once durable: `state::residency`).
+    pub resident_closed_months: u32,
 }
 
 /// Where alert transitions go (`[alert_delivery]`); each rule picks targets by name.

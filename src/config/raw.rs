@@ -226,6 +226,7 @@ pub(super) struct RawSnapshot {
     pub(super) log_checkpoint_interval: u32,
     pub(super) maintenance_every: u32,
     pub(super) compact_after: u32,
+    pub(super) resident_closed_months: u32,
 }
 
 impl Default for RawSnapshot {
@@ -240,6 +241,7 @@ impl Default for RawSnapshot {
             log_checkpoint_interval: 10,
             maintenance_every: 10,
             compact_after: 8,
+            resident_closed_months: 1,
         }
     }
 }

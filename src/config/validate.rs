@@ -247,6 +247,7 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
         log_checkpoint_interval: sn.log_checkpoint_interval,
         maintenance_every: sn.maintenance_every,
         compact_after: sn.compact_after,
+        resident_closed_months: sn.resident_closed_months,
     })
 }
 

@@ -88,6 +88,16 @@ impl Engine {
         self.analysis.full_because.as_deref()
     }
 
+    /// Whether the snapshot of `plan` computes a statement over the activity facts (and so
+    /// may need the rep × day grain's months out of memory: `state::residency`).
+    pub fn reads_grain(&self, plan: &Plan) -> bool {
+        let activities = crate::state::changes::Input::Activities;
+        plan.compute
+            .iter()
+            .zip(&self.analysis.inputs)
+            .any(|(computed, inputs)| *computed && inputs.contains(&activities))
+    }
+
     /// The plan of a snapshot of `state` after `changes`.
     pub fn plan(&self, state: &State, changes: &Changes) -> Plan {
         let bounds = crate::state::tables::day_bounds(state, &self.metrics.calendar);

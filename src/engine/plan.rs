@@ -327,7 +327,12 @@ impl Plan {
             return Plan::redefined(a, p, changes);
         }
         let hi = bounds.map_or(0, |(_, hi)| hi);
-        let scope = Scope::of(&changes.days, &p.calendar, hi);
+        let scope = Scope::of(&changes.days, &p.calendar, hi).activities(
+            &changes.activity_days,
+            &p.calendar,
+            hi,
+        );
+        let activities_alone = BTreeSet::from([Input::Activities]);
         let values = |set: &BTreeSet<i32>| {
             set.iter()
                 .map(|d| crate::calendar::date_of(*d).to_string())
@@ -344,6 +349,11 @@ impl Plan {
                 match a.declared[i].map(|d| d.partitioning) {
                     Some(Partitioning::Periods) => Publish::Partitions(values(&scope.periods)),
                     Some(Partitioning::Quarters) => Publish::Partitions(values(&scope.quarters)),
+                    // A month where only other inputs changed holds the same rows of a
+                    // table over the activities alone.
+                    Some(Partitioning::Months) if a.inputs[i] == activities_alone => {
+                        Publish::Partitions(values(&scope.activity_months))
+                    }
                     Some(Partitioning::Months) => Publish::Partitions(values(&scope.months)),
                     Some(Partitioning::Weeks) => Publish::Partitions(values(&scope.weeks)),
                     _ => Publish::Full,

@@ -98,7 +98,13 @@ impl Runner {
     /// Cuts a snapshot and starts computing and writing it in the background. A failure of
     /// the cut is an error with `fatal` (a `--once` run); otherwise it is logged and the next
     /// trigger tries again.
-    pub(super) async fn begin(&mut self, fatal: bool) -> Result<(), RunError> {
+    pub(super) async fn begin(
+        &mut self,
+        fatal: bool,
+        source: &KafkaSource,
+    ) -> Result<(), RunError> {
+        // The closed months the cut lets go follow the watermark as it stands.
+        self.refresh_watermark(source);
         match self.cut().await {
             Ok(()) => Ok(()),
             Err(e) if fatal => Err(e),
@@ -131,6 +137,7 @@ impl Runner {
         changes.all |= std::mem::take(&mut self.full_next);
         changes.redefined = std::mem::take(&mut self.redefined_next);
         let plan = self.engine.plan(&self.state, &changes);
+        self.bring_back(&plan).await?;
         // Never reused: an id that failed may have commits in some tables.
         let id = self.state.snapshot_id + 1;
         self.state.snapshot_id = id;
@@ -148,8 +155,9 @@ impl Runner {
                 .map_err(encode_err("a state segment"))?;
             Ok::<_, RunError>((prepared?, segment))
         });
-        drop(dirty);
         let (prepared, segment) = cut?;
+        self.let_go(&dirty, all);
+        drop(dirty);
         let head = self.state.head();
         let previous = self.manifest.clone();
         let mut known = self.segments.clone();

@@ -8,6 +8,8 @@
 //! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
 
 mod checkpoint;
+mod residency;
+
 mod restore;
 mod state_write;
 mod trigger;
@@ -24,6 +26,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 
 pub use checkpoint::{table_names, SNAPSHOTS};
+pub use residency::bring_back;
 pub use restore::{read_state, restore, Restored};
 pub use state_write::{cut_segment, state_image, write_state, StateWrite};
 
@@ -137,6 +140,9 @@ pub struct RunReport {
     pub alerts_delivered: u64,
     /// Alert events not acknowledged when the run stopped (retried at the next start).
     pub alerts_pending: usize,
+    /// Closed months of the rep × day grain that left memory during this run (a month that
+    /// came back and left again counts again).
+    pub grain_months_evicted: u64,
 }
 
 /// A `--once` run that reads no message and sees no partition newly at its end for this long
@@ -191,7 +197,7 @@ pub async fn run(
             break;
         }
         if trigger.counted(r.since_snapshot) && r.inflight.is_none() {
-            r.begin(opts.once).await?;
+            r.begin(opts.once, &source).await?;
         }
         tokio::select! {
             biased;
@@ -199,14 +205,14 @@ pub async fn run(
             result = written(&mut r.inflight) => {
                 r.finish(result, opts.once, &source).await?;
                 if trigger.take_due() && r.since_snapshot > 0 {
-                    r.begin(opts.once).await?;
+                    r.begin(opts.once, &source).await?;
                 }
             }
             _ = housekeeping.tick() => r.on_tick(&opts, &source)?,
             _ = trigger.tick() => {
                 if r.since_snapshot > 0 {
                     if r.inflight.is_none() {
-                        r.begin(opts.once).await?;
+                        r.begin(opts.once, &source).await?;
                     } else {
                         trigger.set_due();
                     }
@@ -218,7 +224,7 @@ pub async fn run(
     // The snapshot in flight, then a last one for what was read since.
     r.settle_inflight(&source).await?;
     if r.since_snapshot > 0 || r.durable == 0 {
-        r.begin(true).await?;
+        r.begin(true, &source).await?;
         r.settle_inflight(&source).await?;
     }
     r.drain_alerts().await;
@@ -382,6 +388,7 @@ impl Runner {
                 last: None,
                 alerts_delivered: 0,
                 alerts_pending: 0,
+                grain_months_evicted: 0,
             },
         };
         Ok((r, source, AbortOnDrop(server)))
@@ -411,17 +418,21 @@ impl Runner {
         }
     }
 
+    /// Recomputes the watermark from the state's highs (every HOUSEKEEPING, every burst of
+    /// messages and every cut).
+    fn refresh_watermark(&mut self, source: &KafkaSource) {
+        let highs = &self.state.partition_high;
+        self.watermark
+            .refresh(highs, source.partitions(), Instant::now());
+    }
+
     /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
     /// read, the `--once` stall guard checked, and lost offsets counted if that failed before.
     fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
         if self.out_of_range {
             self.recount_lost(source);
         }
-        self.watermark.refresh(
-            &self.state.partition_high,
-            source.partitions(),
-            Instant::now(),
-        );
+        self.refresh_watermark(source);
         // Unhealthy while librdkafka reports client errors (a broker down or frozen); healthy
         // again at the next message or end of partition, or once they stop.
         let errored = source
@@ -469,11 +480,7 @@ impl Runner {
         opts: &RunOptions,
         trigger: &Trigger,
     ) -> Result<(), RunError> {
-        self.watermark.refresh(
-            &self.state.partition_high,
-            source.partitions(),
-            Instant::now(),
-        );
+        self.refresh_watermark(source);
         let mut m = first;
         let mut handled = 0;
         loop {

@@ -37,6 +37,8 @@ pub struct Changes {
     pub inputs: BTreeSet<Input>,
     /// Closed day ranges holding every changed fact (unmerged; `Day::MAX` ends an open range).
     pub days: Vec<(Day, Day)>,
+    /// Those of activity facts alone (`Scope::activities`).
+    pub activity_days: Vec<(Day, Day)>,
     /// Published tables and alert rules (`rule:<name>`) whose SQL or settings changed since
     /// the checkpoint (their fingerprints differ): recomputed in full, evaluated. Set by the
     /// pipeline at a restore, not by the fold.
@@ -61,12 +63,20 @@ impl Changes {
     /// Changed facts of input `i` on the days `from..=to`.
     pub fn span(&mut self, i: Input, from: Day, to: Day) {
         self.inputs.insert(i);
-        // Most facts of a cut fall on the same day as the one before.
-        if self.days.last() != Some(&(from, to)) {
-            self.days.push((from, to));
-            if self.days.len() > 4096 {
-                self.days = merge(std::mem::take(&mut self.days));
-            }
+        add_span(&mut self.days, from, to);
+        if i == Input::Activities {
+            add_span(&mut self.activity_days, from, to);
+        }
+    }
+}
+
+/// Adds `from..=to` to unmerged ranges, merging them once they grow long.
+fn add_span(days: &mut Vec<(Day, Day)>, from: Day, to: Day) {
+    // Most facts of a cut fall on the same day as the one before.
+    if days.last() != Some(&(from, to)) {
+        days.push((from, to));
+        if days.len() > 4096 {
+            *days = merge(std::mem::take(days));
         }
     }
 }
@@ -100,13 +110,17 @@ pub struct Scope {
     pub quarters: BTreeSet<Day>,
     /// Fiscal months (by start) recomputed by the month-partitioned tables.
     pub months: BTreeSet<Day>,
+    /// Those holding changed activity facts: all that a month-partitioned table over the
+    /// activities alone (`rep_daily`) recomputes (`Scope::activities`; all `months` without).
+    pub activity_months: BTreeSet<Day>,
     /// ISO weeks (by Monday) recomputed by `trends`; `spans` holds their context weeks too.
     pub weeks: BTreeSet<Day>,
     /// The days of `weeks` and of their context weeks alone: what the week tables, which
     /// only `trends` reads, keep (a subset of `spans`, which also hold whole years).
     pub week_spans: Vec<(Day, Day)>,
-    /// The days of `months` alone: what `activity_days` keeps of reps that did not move in
-    /// the hierarchy (`rep_daily` reads it per month; only a move splits a longer period).
+    /// The days of `activity_months` alone: what `activity_days` keeps of reps that did not
+    /// move in the hierarchy (`rep_daily` reads it per month; only a move splits a longer
+    /// period).
     pub month_spans: Vec<(Day, Day)>,
 }
 
@@ -157,14 +171,29 @@ impl Scope {
                 .collect(),
         );
         spans.extend(&s.week_spans);
-        s.month_spans = merge(
-            s.months
-                .iter()
-                .map(|m| (*m, cal.period_end(PeriodType::Month, *m)))
-                .collect(),
-        );
+        s.activity_months = s.months.clone();
+        s.month_spans = month_spans(&s.months, cal);
         s.spans = merge(spans);
         s
+    }
+
+    /// Narrows the months of the activity tables to those holding a changed activity fact
+    /// (`days`, as `Changes::activity_days` records them; an open range ends at `hi`): a
+    /// month where only a deal changed keeps its `rep_daily` partition.
+    pub fn activities(mut self, days: &[(Day, Day)], cal: &Calendar, hi: Day) -> Scope {
+        let clipped = days
+            .iter()
+            .map(|(a, b)| (*a, if *b == Day::MAX { hi.max(*a) } else { *b }));
+        self.activity_months = BTreeSet::new();
+        for (a, b) in merge(clipped.collect()) {
+            let mut start = cal.period_start(PeriodType::Month, a);
+            while start <= b {
+                self.activity_months.insert(start);
+                start = cal.period_end(PeriodType::Month, start) + 1;
+            }
+        }
+        self.month_spans = month_spans(&self.activity_months, cal);
+        self
     }
 
     /// Whether any day of `from..=to` lies in the days of the week tables.
@@ -172,9 +201,14 @@ impl Scope {
         overlaps(&self.week_spans, from, to)
     }
 
-    /// Whether `day` lies in a recomputed month.
+    /// Whether `day` lies in a month the activity tables recompute.
     pub fn holds_month(&self, day: Day) -> bool {
-        overlaps(&self.month_spans, day, day)
+        self.overlaps_months(day, day)
+    }
+
+    /// Whether any day of `from..=to` lies in a month the activity tables recompute.
+    pub fn overlaps_months(&self, from: Day, to: Day) -> bool {
+        overlaps(&self.month_spans, from, to)
     }
 
     /// Whether `day` lies in the scope's days.
@@ -186,6 +220,16 @@ impl Scope {
     pub fn overlaps(&self, from: Day, to: Day) -> bool {
         overlaps(&self.spans, from, to)
     }
+}
+
+/// The days of `months` (by start).
+fn month_spans(months: &BTreeSet<Day>, cal: &Calendar) -> Vec<(Day, Day)> {
+    merge(
+        months
+            .iter()
+            .map(|m| (*m, cal.period_end(PeriodType::Month, *m)))
+            .collect(),
+    )
 }
 
 /// Whether any day of `from..=to` lies in `spans` (sorted, merged).

@@ -15,6 +15,7 @@ pub(crate) mod columns;
 mod grain;
 pub mod hierarchy;
 pub mod provenance;
+pub mod residency;
 pub mod segments;
 pub mod tables;
 
@@ -178,6 +179,8 @@ pub struct State {
     pub changes: Pending,
     /// The keys touched since the last cut (`State::take_dirty`).
     pub dirty: segments::Dirty,
+    /// The grain's months out of memory (`residency`).
+    pub residency: residency::Residency,
 }
 
 impl State {
@@ -345,6 +348,7 @@ impl State {
                 *span = (span.0.min(key.1), span.1.max(key.1));
             }
         }
+        self.residency.folded(key.0, key.1);
         let cell = self.daily.entry(key).or_default();
         cell.counts.add(&a);
         cell.from.widen(origin);

@@ -118,6 +118,11 @@ impl<'a> Merge<'a> {
         s
     }
 
+    /// The rep-days the merged parts hold (a merge of grain parts alone: months read back).
+    pub fn grain(self) -> crate::state::Map<(u32, crate::event::Day), crate::state::RepDay> {
+        self.state.daily
+    }
+
     /// The merged parts as base segment `at` (parts left empty are not in it).
     pub fn base(self, at: SegmentRef) -> Result<Encoded, bincode::Error> {
         // The merge holds only the parts it was given: all of it, whole, is their base.

@@ -215,6 +215,15 @@ impl<K: Hash + Eq> Touched<K> {
     }
 }
 
+impl Dirty {
+    /// The grain's parts (calendar months) that hold a touched rep-day; `None` when so many
+    /// were touched that every part is written whole.
+    pub(crate) fn grain_months(&self) -> Option<BTreeSet<i32>> {
+        let keys = self.daily.keys(false)?;
+        Some(keys.map(|(_, day)| month(*day)).collect())
+    }
+}
+
 impl PartialEq for Dirty {
     fn eq(&self, _: &Dirty) -> bool {
         true
@@ -225,10 +234,20 @@ fn bucket(id: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % BUCKETS) as i32
 }
 
-fn month(day: Day) -> i32 {
+/// The grain's part of `day`: its calendar month, `year × 12 + month − 1`.
+pub(crate) fn month(day: Day) -> i32 {
     use chrono::Datelike;
     let d = crate::calendar::date_of(day);
     d.year() * 12 + d.month0() as i32
+}
+
+/// The first and last day of the grain's part `period` (a calendar month, [`month`]).
+pub(crate) fn month_days(period: i32) -> (Day, Day) {
+    let first = |p: i32| {
+        chrono::NaiveDate::from_ymd_opt(p.div_euclid(12), p.rem_euclid(12) as u32 + 1, 1)
+            .map_or(Day::MAX, crate::calendar::day_number)
+    };
+    (first(period), first(period + 1).saturating_sub(1))
 }
 
 fn week(t: Micros) -> i32 {

@@ -346,7 +346,7 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
 
 /// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
 /// The (interned) reps with more than one place in the hierarchy.
-fn moved_reps(s: &State) -> HashSet<u32> {
+pub(crate) fn moved_reps(s: &State) -> HashSet<u32> {
     s.roster
         .iter()
         .filter(|(_, v)| ranges(&v.history).len() > 1)

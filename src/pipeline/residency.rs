@@ -1,0 +1,118 @@
+//! The cut's side of the grain's residency (`state::residency` says which months are out of
+//! memory and why): the months a snapshot needs are read back from the last durable snapshot's
+//! segments before anything is built from the state, and closed months leave memory once the
+//! cut has taken what it writes.
+
+use std::collections::BTreeSet;
+
+use super::restore::merge_segments;
+use super::{RunError, Runner};
+use crate::engine::plan::Plan;
+use crate::snapshot::Location;
+use crate::state::changes::Scope;
+use crate::state::residency::Evicted;
+use crate::state::segments::{Dirty, Kind, Manifest, Merge, PartKey};
+use crate::state::State;
+
+/// Brings back into `state` the grain's months its next cut needs (`State::grain_needed`),
+/// read from the segments `manifest` names (the last durable snapshot's: a month leaves memory
+/// only once durable there). Returns how many months came back.
+pub async fn bring_back(
+    location: &Location,
+    manifest: &Manifest,
+    state: &mut State,
+    scope: Option<&Scope>,
+    grain_read: bool,
+) -> Result<usize, RunError> {
+    let months = state.grain_needed(scope, grain_read);
+    if months.is_empty() {
+        return Ok(0);
+    }
+    let faulted = state.residency.faulted();
+    let started = std::time::Instant::now();
+    let parts: BTreeSet<PartKey> = months
+        .iter()
+        .map(|period| PartKey {
+            kind: Kind::Daily,
+            period: *period,
+        })
+        .collect();
+    let mut merge = Merge::new(manifest, Some(&parts));
+    merge_segments(location, &mut merge, manifest.files(Some(&parts))).await?;
+    let rows = merge.grain();
+    let rep_days = rows.len();
+    state.bring_back(&months, rows);
+    tracing::debug!(
+        months = months.len(),
+        faulted,
+        full = scope.is_none(),
+        rep_days,
+        ms = started.elapsed().as_millis() as u64,
+        "grain months read back"
+    );
+    Ok(months.len())
+}
+
+impl Runner {
+    /// Brings back the grain's months the cut of `plan` needs.
+    pub(super) async fn bring_back(&mut self, plan: &Plan) -> Result<(), RunError> {
+        let grain_read = self.engine.reads_grain(plan);
+        let scope = plan.scope.as_ref();
+        bring_back(
+            &self.location,
+            &self.manifest,
+            &mut self.state,
+            scope,
+            grain_read,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Lets the closed months go that no key of this cut's segment (`dirty`) is in, unless
+    /// that segment is written whole (`all`: the last snapshot failed, so what the earlier
+    /// ones wrote is not all durable).
+    pub(super) fn let_go(&mut self, dirty: &Dirty, all: bool) -> Evicted {
+        // An activity older than the watermark minus the allowed lateness is late.
+        eprintln!(
+            "DEBUG let_go wm={:?} all={all} dirty={:?} highs={:?}",
+            self.watermark
+                .current()
+                .map(|w| crate::calendar::date_of((w / 86_400_000_000) as i32)),
+            dirty.grain_months(),
+            self.state
+                .partition_high
+                .values()
+                .map(|p| p
+                    .values()
+                    .map(|w| crate::calendar::date_of((w / 86_400_000_000) as i32).to_string())
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+        let (Some(watermark), false) = (self.watermark.current(), all) else {
+            return Evicted::default();
+        };
+        let lateness = self.pipeline.source.allowed_lateness_micros();
+        let calendar = &self.pipeline.metrics.calendar;
+        let closed_before = calendar.day_of(watermark.saturating_sub(lateness));
+        let keep = self.pipeline.snapshot.resident_closed_months as usize;
+        let started = std::time::Instant::now();
+        let evicted = self.state.evict(closed_before, keep, dirty);
+        tracing::trace!(
+            closed_before = %crate::calendar::date_of(closed_before),
+            months = evicted.months,
+            "closed grain months"
+        );
+        self.report.grain_months_evicted += evicted.months as u64;
+        if evicted.months > 0 {
+            tracing::debug!(
+                months = evicted.months,
+                rep_days = evicted.rep_days,
+                months_out = self.state.residency.months_out(),
+                ms = started.elapsed().as_millis() as u64,
+                "closed grain months left memory"
+            );
+        }
+        evicted
+    }
+}

@@ -1,0 +1,356 @@
+//! Which months of the rep × day grain are in memory.
+//!
+//! The grain is the largest part of the state and grows with the history, but a month the
+//! stream has left behind changes no more. Once every rep-day of a month is durable in the
+//! segments of the last durable snapshot (the grain is parted by calendar month, `segments`)
+//! and the month is closed (it ended before the watermark minus `allowed_lateness`: an
+//! activity in it is late), it may leave memory ([`State::evict`]). What stays: its period and week rollups, the
+//! reps' activity spans, and the rep-days of reps that moved in the hierarchy (whose scoped
+//! periods `activity_parts` sums from days).
+//!
+//! A month comes back ([`State::bring_back`]) when a cut needs it ([`State::grain_needed`]):
+//! an activity folded into it, a snapshot that recomputes its `rep_daily` partition (a deal
+//! restated into it), the periods of a rep that moved after it left, or a full evaluation.
+//! Still, an activity may fold into a month out of memory (the watermark can fall back when an
+//! idle partition delivers again), so the fold never needs the month:
+//! the cell starts from zero and holds what was folded since, and bringing the month back adds
+//! what the segments hold. Counters add and offset spans widen, in any order.
+//!
+//! Which months leave is a matter of memory, never of results: any month may be out at any
+//! cut (the property test evicts at random). Pure: the pipeline reads months back
+//! (`pipeline::residency`).
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::provenance::Origin;
+use super::segments::{month, month_days, Dirty};
+use super::{Map, RepDay, State};
+use crate::event::Day;
+
+/// The grain's months out of memory.
+#[derive(Debug, Clone)]
+pub struct Residency {
+    /// By first day.
+    out: BTreeMap<Day, Out>,
+    /// The last day of the latest month out: activities after it take no look-up.
+    last: Day,
+}
+
+impl Default for Residency {
+    fn default() -> Residency {
+        Residency {
+            out: BTreeMap::new(),
+            last: Day::MIN,
+        }
+    }
+}
+
+/// Bookkeeping, not part of the state's value (as `changes::Pending`).
+impl PartialEq for Residency {
+    fn eq(&self, _: &Residency) -> bool {
+        true
+    }
+}
+
+/// One month out of memory.
+#[derive(Debug, Clone)]
+struct Out {
+    /// Its grain part (`segments::month`).
+    period: i32,
+    last: Day,
+    /// Reps whose rep-days of the month stayed in memory (they had moved in the hierarchy).
+    kept: HashSet<u32>,
+    /// An activity of a rep not kept folded into it since it left.
+    faulted: bool,
+}
+
+impl Residency {
+    /// Months out of memory.
+    pub fn months_out(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Months out of memory an activity folded into since they left.
+    pub fn faulted(&self) -> usize {
+        self.out.values().filter(|o| o.faulted).count()
+    }
+
+    /// Notes an activity of `rep` folded into `day`.
+    pub(super) fn folded(&mut self, rep: u32, day: Day) {
+        if day > self.last {
+            return;
+        }
+        if let Some((_, o)) = self.out.range_mut(..=day).next_back() {
+            if day <= o.last && !o.kept.contains(&rep) {
+                o.faulted = true;
+            }
+        }
+    }
+
+    fn month_of(&self, day: Day) -> Option<&Out> {
+        let (_, o) = self.out.range(..=day).next_back()?;
+        (day <= o.last).then_some(o)
+    }
+
+    fn relast(&mut self) {
+        self.last = self.out.values().map(|o| o.last).max().unwrap_or(Day::MIN);
+    }
+}
+
+/// What [`State::evict`] took out of memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evicted {
+    pub months: usize,
+    pub rep_days: usize,
+}
+
+impl RepDay {
+    /// Adds a cell of the same rep-day folded apart (counters add, offset spans widen).
+    pub fn absorb(&mut self, o: &RepDay) {
+        self.counts.absorb(&o.counts);
+        for s in o.from.all() {
+            for offset in [s.first, s.last] {
+                self.from.widen(Origin {
+                    partition: s.partition,
+                    offset,
+                });
+            }
+        }
+    }
+}
+
+impl State {
+    /// Takes out of memory the rep-days of every closed month but the `keep` latest ones: those
+    /// ending before `closed_before`, none of whose rep-days `dirty` names (the keys the cut
+    /// being written took). Call only when every earlier cut is durable; nothing leaves before
+    /// the rollups are first summed. Rep-days of reps that moved in the hierarchy stay.
+    pub fn evict(&mut self, closed_before: Day, keep: usize, dirty: &Dirty) -> Evicted {
+        let Some(touched) = dirty.grain_months() else {
+            return Evicted::default();
+        };
+        let Some(lowest) = self.activity_span.values().map(|(a, _)| *a).min() else {
+            return Evicted::default();
+        };
+        // Rollups summed again from the grain (after a restore) would miss the months out.
+        if !self.rollups.built {
+            return Evicted::default();
+        }
+        let mut closed: Vec<(i32, Day, Day)> = (month(lowest)..)
+            .map(|p| (p, month_days(p)))
+            .take_while(|(_, (_, last))| *last < closed_before)
+            .map(|(p, (first, last))| (p, first, last))
+            .collect();
+        closed.truncate(closed.len().saturating_sub(keep));
+        closed.retain(|(p, first, _)| {
+            !touched.contains(p) && !self.residency.out.contains_key(first)
+        });
+        if closed.is_empty() {
+            return Evicted::default();
+        }
+        let moved = super::tables::moved_reps(self);
+        let top = closed
+            .iter()
+            .map(|(_, _, last)| *last)
+            .max()
+            .unwrap_or(Day::MIN);
+        let leaves = |rep: u32, day: Day| {
+            day <= top
+                && !moved.contains(&rep)
+                && closed
+                    .binary_search_by(|(_, first, last)| {
+                        if day < *first {
+                            std::cmp::Ordering::Greater
+                        } else if day > *last {
+                            std::cmp::Ordering::Less
+                        } else {
+                            std::cmp::Ordering::Equal
+                        }
+                    })
+                    .is_ok()
+        };
+        let before = self.daily.len();
+        self.daily.retain(|(rep, day), _| !leaves(*rep, *day));
+        if self.daily.len() < self.daily.capacity() / 2 {
+            self.daily.shrink_to_fit();
+        }
+        for (period, first, last) in &closed {
+            let out = Out {
+                period: *period,
+                last: *last,
+                kept: moved.clone(),
+                faulted: false,
+            };
+            self.residency.out.insert(*first, out);
+        }
+        self.residency.relast();
+        Evicted {
+            months: closed.len(),
+            rep_days: before - self.daily.len(),
+        }
+    }
+
+    /// The grain's parts (months) out of memory that the next cut needs back: those an
+    /// activity folded into, and, when the snapshot computes a table over the grain
+    /// (`grain_read`), those whose rep-days its scope keeps (all of them without a scope).
+    pub fn grain_needed(
+        &self,
+        scope: Option<&super::changes::Scope>,
+        grain_read: bool,
+    ) -> BTreeSet<i32> {
+        let moved = match (grain_read, scope) {
+            (true, Some(_)) => super::tables::moved_reps(self),
+            _ => HashSet::new(),
+        };
+        let needed = |first: Day, o: &Out| match scope {
+            _ if o.faulted => true,
+            _ if !grain_read => false,
+            None => true,
+            Some(s) => {
+                s.overlaps_months(first, o.last)
+                    || (s.overlaps(first, o.last) && moved.iter().any(|r| !o.kept.contains(r)))
+            }
+        };
+        self.residency
+            .out
+            .iter()
+            .filter(|(first, o)| needed(**first, o))
+            .map(|(_, o)| o.period)
+            .collect()
+    }
+
+    /// Puts back the months `periods`, whose rep-days (all of them, as the segments hold them)
+    /// are `rows`: a rep-day folded into while its month was out adds them to what it holds.
+    pub fn bring_back(&mut self, periods: &BTreeSet<i32>, rows: Map<(u32, Day), RepDay>) {
+        self.daily.reserve(rows.len());
+        for (key, base) in rows {
+            let Some(out) = self.residency.month_of(key.1) else {
+                continue;
+            };
+            if !periods.contains(&out.period) || out.kept.contains(&key.0) {
+                continue;
+            }
+            match self.daily.entry(key) {
+                Entry::Occupied(mut e) => {
+                    let since = std::mem::replace(e.get_mut(), base);
+                    e.get_mut().absorb(&since);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(base);
+                }
+            }
+        }
+        self.residency
+            .out
+            .retain(|_, o| !periods.contains(&o.period));
+        self.residency.relast();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::Calendar;
+    use crate::event::{Activity, ActivityType, Event, Micros};
+
+    const DAY: Micros = 86_400_000_000;
+
+    fn call(id: u64, rep: &str, day: Day) -> Event {
+        Event::Activity(Activity {
+            event_id: format!("a{id}"),
+            occurred_at: i64::from(day) * DAY + 3_600_000_000,
+            rep_id: rep.into(),
+            activity_type: ActivityType::Call,
+            outcome: Some("connected".into()),
+            duration_s: Some(60),
+            deal_id: None,
+            account_id: None,
+        })
+    }
+
+    fn fold(s: &mut State, id: u64, rep: &str, day: Day, offset: i64) {
+        let at = Origin {
+            partition: (id % 3) as i32,
+            offset,
+        };
+        s.fold(call(id, rep, day), at, &Calendar::default(), DAY);
+    }
+
+    /// Days 0..90 of 1970: January, February and March.
+    fn three_months() -> State {
+        let mut s = State::default();
+        for d in 0..90 {
+            fold(&mut s, d as u64, "r1", d, i64::from(d));
+            fold(&mut s, 1000 + d as u64, "r2", d, 1000 + i64::from(d));
+        }
+        s.roll_up(&Calendar::default());
+        s
+    }
+
+    #[test]
+    fn closed_months_leave_and_come_back_with_what_was_folded_meanwhile() {
+        let mut s = three_months();
+        let all = s.daily.clone();
+        s.take_dirty();
+        // Closed before March 1st (day 59), one closed month kept: January leaves.
+        let e = s.evict(59, 1, &Dirty::default());
+        assert_eq!(
+            e,
+            Evicted {
+                months: 1,
+                rep_days: 62
+            }
+        );
+        assert!(s.daily.keys().all(|(_, d)| *d >= 31));
+        assert_eq!(s.grain_needed(None, false), BTreeSet::new());
+        // An activity into January while it is out, and one into March.
+        fold(&mut s, 5000, "r1", 3, 7);
+        fold(&mut s, 5001, "r1", 80, 9);
+        let january = month(0);
+        assert_eq!(s.grain_needed(None, false), BTreeSet::from([january]));
+        let rows: Map<_, _> = all
+            .iter()
+            .filter(|(k, _)| k.1 < 31)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        s.bring_back(&BTreeSet::from([january]), rows);
+        assert_eq!(s.residency.months_out(), 0);
+        // The same as folding everything with nothing ever out.
+        let mut never = three_months();
+        fold(&mut never, 5000, "r1", 3, 7);
+        fold(&mut never, 5001, "r1", 80, 9);
+        assert_eq!(s.daily, never.daily);
+    }
+
+    #[test]
+    fn a_month_with_a_touched_rep_day_or_open_stays() {
+        let mut s = three_months();
+        let dirty = s.take_dirty();
+        // Every rep-day touched since the last cut: nothing is durable yet.
+        assert_eq!(s.evict(90, 0, &dirty), Evicted::default());
+        fold(&mut s, 7000, "r2", 40, 2000);
+        let dirty = s.take_dirty();
+        // February holds a touched rep-day; March is not closed.
+        let e = s.evict(80, 0, &dirty);
+        assert_eq!(e.months, 1);
+        assert!(s.daily.keys().any(|(_, d)| (31..59).contains(d)));
+        assert!(s.daily.keys().all(|(_, d)| *d >= 31));
+    }
+
+    #[test]
+    fn a_scope_needs_the_months_it_recomputes_and_a_full_evaluation_needs_all() {
+        let mut s = three_months();
+        s.take_dirty();
+        s.evict(90, 0, &Dirty::default());
+        assert_eq!(s.residency.months_out(), 3);
+        assert!(s.daily.is_empty());
+        assert_eq!(s.grain_needed(None, true).len(), 3);
+        let scope = super::super::changes::Scope::of(&[(40, 40)], &Calendar::default(), 89);
+        // February's rep_daily partition is recomputed; no table reads the grain otherwise.
+        assert_eq!(
+            s.grain_needed(Some(&scope), true),
+            BTreeSet::from([month(40)])
+        );
+        assert_eq!(s.grain_needed(Some(&scope), false), BTreeSet::new());
+    }
+}
