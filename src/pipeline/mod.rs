@@ -9,7 +9,6 @@
 
 mod checkpoint;
 mod residency;
-
 mod restore;
 mod state_write;
 mod trigger;

@@ -74,21 +74,6 @@ impl Runner {
     /// ones wrote is not all durable).
     pub(super) fn let_go(&mut self, dirty: &Dirty, all: bool) -> Evicted {
         // An activity older than the watermark minus the allowed lateness is late.
-        eprintln!(
-            "DEBUG let_go wm={:?} all={all} dirty={:?} highs={:?}",
-            self.watermark
-                .current()
-                .map(|w| crate::calendar::date_of((w / 86_400_000_000) as i32)),
-            dirty.grain_months(),
-            self.state
-                .partition_high
-                .values()
-                .map(|p| p
-                    .values()
-                    .map(|w| crate::calendar::date_of((w / 86_400_000_000) as i32).to_string())
-                    .collect::<Vec<_>>())
-                .collect::<Vec<_>>()
-        );
         let (Some(watermark), false) = (self.watermark.current(), all) else {
             return Evicted::default();
         };
