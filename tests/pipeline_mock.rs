@@ -731,6 +731,7 @@ async fn closed_months_leave_memory_and_every_table_still_equals_the_full_recomp
         .snapshot("trigger_events", "100")
         .snapshot("trigger_interval", "\"1h\"")
         .snapshot("resident_closed_months", "0")
+        .http_port(free_port())
         .load();
     // One partition per topic: the watermark is the lowest of the topics' highs.
     let c = cluster_of(&p, 1);
