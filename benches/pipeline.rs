@@ -721,9 +721,10 @@ fn next_snapshot(
 /// Lets the closed months of the grain go, as the pipeline does once its state is durable
 /// (the watermark at the event clock).
 fn evict(p: &Pipeline, state: &mut State) -> quotaflow::state::residency::Evicted {
-    let cal = &p.metrics.calendar;
+    let watermark = state.as_of.unwrap_or(0);
     let lateness = p.source.allowed_lateness_micros();
-    let closed_before = cal.day_of(state.as_of.unwrap_or(0).saturating_sub(lateness));
+    let closed_before =
+        quotaflow::state::residency::closed_before(watermark, lateness, &p.metrics.calendar);
     let keep = p.snapshot.resident_closed_months as usize;
     state.evict(closed_before, keep, &Default::default())
 }

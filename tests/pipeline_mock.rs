@@ -484,13 +484,7 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
     // Then more than the mock keeps: the first of them are gone before the next run.
     let more: Vec<_> = (100..60_000).map(activity).collect();
     produce(&brokers, 10_000, &more);
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let (low, high) = consumer
-        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-        .unwrap();
+    let (low, high) = log_bounds(&brokers, &topic);
     assert!(low > 100, "the mock deleted offsets 100..{low}");
     let lost = low - 100;
     let r = run_in_process(&p, once(&brokers, out)).await;
@@ -546,6 +540,17 @@ async fn offsets_deleted_before_they_were_read_are_counted_once_as_lost() {
 }
 
 /// Activity `i` of rep-00001 on `topic`: a call, one second after activity `i - 1`.
+/// The log start and end of partition 0 of `topic`, as the broker reports them.
+fn log_bounds(brokers: &str, topic: &str) -> (i64, i64) {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+}
+
 fn call(topic: &str, i: usize) -> (String, String, String) {
     (
         topic.to_string(),
@@ -592,13 +597,7 @@ async fn a_running_pipeline_overtaken_by_retention_counts_what_it_skipped() {
     // Stopped, it falls behind: the mock cluster keeps only about the last 5 MB.
     crate::harness::signal(run.0.id(), "-STOP");
     produce(&brokers, 10_000, &calls(100..60_000));
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let (low, high) = consumer
-        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
-        .unwrap();
+    let (low, high) = log_bounds(&brokers, &topic);
     assert!(low > 100, "the mock deleted offsets 100..{low}");
     crate::harness::signal(run.0.id(), "-CONT");
     let read = 100 + (high - low) as u64;

@@ -10,7 +10,7 @@ use super::{RunError, Runner};
 use crate::engine::plan::Plan;
 use crate::snapshot::Location;
 use crate::state::changes::Scope;
-use crate::state::residency::Evicted;
+use crate::state::residency::{closed_before, Evicted};
 use crate::state::segments::{Dirty, Kind, Manifest, Merge, PartKey};
 use crate::state::State;
 
@@ -73,13 +73,11 @@ impl Runner {
     /// that segment is written whole (`all`: the last snapshot failed, so what the earlier
     /// ones wrote is not all durable).
     pub(super) fn let_go(&mut self, dirty: &Dirty, all: bool) -> Evicted {
-        // An activity older than the watermark minus the allowed lateness is late.
         let (Some(watermark), false) = (self.watermark.current(), all) else {
             return Evicted::default();
         };
         let lateness = self.pipeline.source.allowed_lateness_micros();
-        let calendar = &self.pipeline.metrics.calendar;
-        let closed_before = calendar.day_of(watermark.saturating_sub(lateness));
+        let closed_before = closed_before(watermark, lateness, &self.pipeline.metrics.calendar);
         let keep = self.pipeline.snapshot.resident_closed_months as usize;
         let started = std::time::Instant::now();
         let evicted = self.state.evict(closed_before, keep, dirty);

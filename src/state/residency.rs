@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use super::provenance::Origin;
 use super::segments::{month, month_days, Dirty};
 use super::{Map, RepDay, State};
-use crate::event::Day;
+use crate::calendar::Calendar;
+use crate::event::{Day, Micros};
 
 /// The grain's months out of memory.
 #[derive(Debug, Clone)]
@@ -118,6 +119,12 @@ impl RepDay {
             }
         }
     }
+}
+
+/// The day before which a month is closed: an activity in it is older than `watermark` minus
+/// `lateness`, so late.
+pub fn closed_before(watermark: Micros, lateness: Micros, cal: &Calendar) -> Day {
+    cal.day_of(watermark.saturating_sub(lateness))
 }
 
 impl State {
@@ -250,8 +257,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calendar::Calendar;
-    use crate::event::{Activity, ActivityType, Event, Micros};
+    use crate::event::{Activity, ActivityType, Event};
 
     const DAY: Micros = 86_400_000_000;
 
