@@ -483,6 +483,87 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
 }
 
 #[test]
+fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = pipeline();
+    let engine = Engine::new(Arc::clone(&p.metrics));
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+    let mut state = State::default();
+    let mut events = initial_roster();
+    events.extend(random_events(11, 600, false));
+    for (t, json) in &events {
+        fold_one(&p, &mut state, ev(*t, json));
+    }
+    let mut book = AlertBook::new();
+    rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
+    ));
+    let rep = |rep: &str, version: i64, from: &str| {
+        format!(
+            r#"{{"rep_id":"{rep}","version":{version},"occurred_at":"2026-12-30T08:00:00Z","name":"n","team_id":"t9","region":"g1","active":true,"effective_from":"{from}"}}"#
+        )
+    };
+    // r1 moves to t9 from 2025-12-10, back-dated: a year ago, after its first placement.
+    fold_one(
+        &p,
+        &mut state,
+        ev(EventType::Rep, &rep("r1", 10, "2025-12-10")),
+    );
+    let (plan, _) = rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
+    ));
+    let scope = plan
+        .scope
+        .expect("a move after the first placement is scoped");
+    let months: Vec<String> = scope
+        .months
+        .iter()
+        .map(|d| quotaflow::calendar::date_of(*d).to_string())
+        .collect();
+    // The month of the effective day is recomputed, and the year before it is not.
+    assert!(months.iter().any(|m| m == "2025-12-01"), "{months:?}");
+    assert!(
+        months.iter().all(|m| m.as_str() >= "2025-11-01"),
+        "{months:?}"
+    );
+    let diff = rt.block_on(differences(
+        &p,
+        &loc,
+        &state,
+        2,
+        &book,
+        &mut AlertBook::new(),
+    ));
+    assert!(diff.is_empty(), "{diff:#?}");
+    // A rep's first placement reaches back to the first day: evaluated in full.
+    fold_one(
+        &p,
+        &mut state,
+        ev(EventType::Rep, &rep("r7", 1, "2026-06-01")),
+    );
+    let (plan, _) = rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 3, &mut book, false, None,
+    ));
+    assert!(
+        plan.scope.is_none(),
+        "a first placement is evaluated in full"
+    );
+    let diff = rt.block_on(differences(
+        &p,
+        &loc,
+        &state,
+        3,
+        &book,
+        &mut AlertBook::new(),
+    ));
+    assert!(diff.is_empty(), "{diff:#?}");
+}
+
+#[test]
 fn a_custom_sql_file_makes_every_snapshot_full_and_says_why() {
     let p = crate::common::pipeline_with(|t| {
         t.replace(

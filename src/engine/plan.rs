@@ -11,7 +11,7 @@
 //! - evaluates a whole (unpartitioned) table over unrestricted inputs.
 //!
 //! It evaluates everything in full (the batch path) when anything may have changed (a
-//! restore after a crashed snapshot, a roster move) or when the pipeline has a table or
+//! restore after a crashed snapshot, a rep's first placement) or when the pipeline has a table or
 //! helper view without a declaration, such as a custom SQL file. After a changed SQL file or
 //! setting (a fingerprint), the tables it redefines and those whose inputs changed are
 //! evaluated in full over the whole state, and the others not at all.

@@ -31,7 +31,7 @@ pub enum Input {
 /// The changes folded since the last cut.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
-    /// Anything may have changed (a restore, a roster move): evaluate in full.
+    /// Anything may have changed (a restore, a rep's first placement): evaluate in full.
     pub all: bool,
     /// The inputs that changed.
     pub inputs: BTreeSet<Input>,

@@ -253,6 +253,10 @@ impl State {
                     region: r.region.clone(),
                 };
                 let rep = r.rep_id.clone();
+                let first = self
+                    .roster
+                    .get(&rep)
+                    .and_then(|v| v.history.iter().map(|(_, p)| p.effective_from).min());
                 let folded = fold_entity(
                     &mut self.roster,
                     rep.clone(),
@@ -263,10 +267,21 @@ impl State {
                 );
                 self.dirty.roster.touch(rep.clone(), self.roster.len());
                 if folded == Folded::Ok {
-                    // A move changes every figure of the teams involved: rare, so all of it.
                     self.rep_ids.id(&rep);
-                    self.changes.changes.all = true;
-                    self.changes.changes.input(Input::Roster);
+                    // The hierarchy is effective-dated: a placement from a day after the rep's
+                    // first one changes the rep's facts from that day on. A rep's first
+                    // placement (or one before it) reaches back to the first day: all of it.
+                    match first {
+                        Some(first) if effective_from > first => {
+                            self.changes
+                                .changes
+                                .span(Input::Roster, effective_from, Day::MAX)
+                        }
+                        _ => {
+                            self.changes.changes.all = true;
+                            self.changes.changes.input(Input::Roster);
+                        }
+                    }
                 }
                 folded
             }
