@@ -719,14 +719,17 @@ fn next_snapshot(
 }
 
 /// Lets the closed months of the grain go, as the pipeline does once its state is durable
-/// (the watermark at the event clock).
+/// (the watermark at the event clock), and trims the allocator as it does after a snapshot.
 fn evict(p: &Pipeline, state: &mut State) -> quotaflow::state::residency::Evicted {
     let watermark = state.as_of.unwrap_or(0);
     let lateness = p.source.allowed_lateness_micros();
     let closed_before =
         quotaflow::state::residency::closed_before(watermark, lateness, &p.metrics.calendar);
     let keep = p.snapshot.resident_closed_months as usize;
-    state.evict(closed_before, keep, &Default::default())
+    let evicted = state.evict(closed_before, keep, &Default::default());
+    // And the freed pages back to the system, as after every snapshot.
+    quotaflow::memory::trim();
+    evicted
 }
 
 /// The process's resident set now (VmRSS), in MiB.
@@ -751,6 +754,8 @@ fn status_mib(field: &str) -> u64 {
 }
 
 fn main() {
+    // As the binary does (src/main.rs), so that resident memory is the binary's.
+    quotaflow::memory::limit_arenas();
     if let Ok(spec) = std::env::var("QUOTAFLOW_BENCH_MEMORY") {
         log_from_env();
         memory(&spec);

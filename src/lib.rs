@@ -6,6 +6,7 @@
 //! uses only modules below it (`tests/layers.rs` reads `src/` and fails on an upward name):
 //!
 //! ```text
+//! memory    the allocator's arenas and trimming (resident memory)
 //! internal  InternalError: a bug, not bad input
 //! event     typed events, the input contract's schemas (event::schema), money/rate scales
 //! calendar  fiscal periods and the time zone
@@ -44,6 +45,7 @@ pub mod health;
 pub mod ingest;
 pub mod internal;
 pub mod kafka;
+pub mod memory;
 pub mod pipeline;
 pub mod query;
 pub mod serve;
@@ -57,6 +59,7 @@ pub use error::Error;
 
 /// The top-level modules in layer order, lowest first: each may use only those before it.
 pub const LAYERS: &[&str] = &[
+    "memory",
     "internal",
     "event",
     "calendar",
