@@ -3,12 +3,16 @@
 
 Run it through `scripts/soak` (which starts the services and builds the binary):
 
-    scripts/soak [--events 20000000] [--reps 800] [--csv soak-rss.csv]
+    scripts/soak [--events 20000000] [--reps 800] [--csv soak-rss.csv] [--rate 80000]
 
 Generates the events (the days follow from --events and --reps; 800 reps x ~5.9 years for 20
-million) into fresh topics of the suite's broker, starts `quotaflow run` on them, samples its
-RSS (/proc) and the messages it has counted (its /metrics) every second until it has read
-everything, stops it with SIGTERM and prints the RSS curve by tenths of the stream.
+million) into fresh topics of the suite's broker and runs `quotaflow run` on them. Two modes:
+- without --rate, a backlog replay: every event is produced first, then the pipeline reads them;
+- with --rate N, a live stream: the generator produces N messages/s, day after day of simulated
+  time, while the pipeline reads them as they arrive (what a long-running pipeline sees).
+It samples the pipeline's RSS (/proc) and the messages it has counted (its /metrics) every
+second until it has read everything, stops it with SIGTERM and prints the RSS curve by tenths
+of the stream.
 """
 
 import argparse
@@ -34,11 +38,15 @@ def rss_mib(pid):
 
 
 def counted(port):
+    """(messages counted, watermark as a date or None) from the pipeline's /metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
-        return None
-    return sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("quotaflow_messages_total{"))
+        return None, None
+    lines = text.splitlines()
+    n = sum(int(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_messages_total{"))
+    w = [float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_watermark_seconds")]
+    return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None)
 
 
 def main():
@@ -47,6 +55,7 @@ def main():
     ap.add_argument("--events", type=int, default=20_000_000)
     ap.add_argument("--reps", type=int, default=800)
     ap.add_argument("--csv", default="soak-rss.csv")
+    ap.add_argument("--rate", type=int, help="produce this many messages/s while the pipeline runs (a live stream)")
     args = ap.parse_args()
     brokers = os.environ.get("QUOTAFLOW_TEST_BROKERS") or sys.exit("soak: QUOTAFLOW_TEST_BROKERS is not set")
     days = max(1, round(args.events / (EVENTS_PER_REP_DAY * args.reps)))
@@ -62,26 +71,49 @@ def main():
     pipeline = os.path.join(work, "soak.toml")
     open(pipeline, "w").write(text)
 
-    print(f"soak: generating {args.reps} reps x {days} days into {tag}.spm.*", file=sys.stderr, flush=True)
+    mode = f"live at {args.rate:,} messages/s" if args.rate else "a backlog replay"
+    print(f"soak: {args.reps} reps x {days} days into {tag}.spm.*, {mode}", file=sys.stderr, flush=True)
     start = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days + 2) * 86400))
-    out = subprocess.run([args.bin, "generate", "--reps", str(args.reps), "--days", str(days), "--start", start,
-                          "--partitions", "8", "--brokers", brokers, "--pipeline", pipeline],
-                         capture_output=True, text=True, check=True).stdout
-    produced = int(re.search(r"produced (\d+) messages", out).group(1))
-    print(f"soak: {produced:,} events produced; running the pipeline", file=sys.stderr, flush=True)
+    gen = [args.bin, "generate", "--reps", str(args.reps), "--days", str(days), "--start", start,
+           "--partitions", "8", "--brokers", brokers, "--pipeline", pipeline]
+    if args.rate:
+        gen += ["--rate", str(args.rate)]
+    generator = subprocess.Popen(gen, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    produced = None
+
+    def generated():
+        out = generator.communicate()[0]
+        if generator.returncode != 0:
+            sys.exit(f"soak: the generator failed ({generator.returncode})")
+        return int(re.search(r"produced (\d+) messages", out).group(1))
+
+    if args.rate:
+        # The generator creates the topics before it produces; the pipeline needs them to start.
+        time.sleep(3)
+    else:
+        produced = generated()
+        print(f"soak: {produced:,} events produced; running the pipeline", file=sys.stderr, flush=True)
     run = subprocess.Popen([args.bin, "run", "--pipeline", pipeline, "--brokers", brokers,
                             "--output", os.path.join(work, "out")],
                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "run.err"), "w"),
-                           env={**os.environ, "QUOTAFLOW_LOG": "quotaflow=warn"})
+                           env={"QUOTAFLOW_LOG": "quotaflow=warn", **os.environ})
+    print(f"soak: the pipeline's log is {work}/run.err (QUOTAFLOW_LOG sets its level)", file=sys.stderr, flush=True)
     samples = []
     t0 = time.monotonic()
     while True:
         time.sleep(1)
         if run.poll() is not None:
             sys.exit(f"soak: the pipeline exited ({run.returncode}); see {work}/run.err")
-        n = counted(port) or 0
+        n, watermark = counted(port)
+        n = n or 0
         samples.append((time.monotonic() - t0, rss_mib(run.pid), n))
-        if n >= produced:
+        if len(samples) % 10 == 0:
+            print(f"soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1]:.0f} MiB, {n:,} read, watermark {watermark}",
+                  file=sys.stderr, flush=True)
+        if produced is None and generator.poll() is not None:
+            produced = generated()
+            print(f"soak: {produced:,} events produced", file=sys.stderr, flush=True)
+        if produced is not None and n >= produced:
             break
     run.send_signal(signal.SIGTERM)
     run.wait()
@@ -89,7 +121,7 @@ def main():
         f.write("seconds,rss_mib,messages\n")
         for t, r, n in samples:
             f.write(f"{t:.1f},{r:.0f},{n}\n")
-    print(f"events {produced:,} ({args.reps} reps x {days} days), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
+    print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
     print("share of stream read   RSS MiB (max so far)")
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]

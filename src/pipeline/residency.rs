@@ -87,6 +87,21 @@ impl Runner {
             "closed grain months"
         );
         self.report.grain_months_evicted += evicted.months as u64;
+        let s = &self.state;
+        tracing::debug!(
+            rep_days = s.daily.len(),
+            period_sums = s.rollups.periods.len(),
+            week_sums = s.rollups.weeks.len(),
+            deals = s.deals.len(),
+            deal_activity = s.deal_last_activity.len(),
+            surveys = s.surveys.len(),
+            quotas = s.quotas.len(),
+            seen_activities = s.seen_activities.len(),
+            alerts = s.alerts.len(),
+            outbox = s.outbox.len(),
+            dead_letters = s.dead_letters.len(),
+            "resident state"
+        );
         if evicted.months > 0 {
             tracing::debug!(
                 months = evicted.months,
