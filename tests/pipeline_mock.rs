@@ -306,6 +306,8 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     // Maintenance after every snapshot, a Delta log checkpoint at every commit, a state part
     // compacted as soon as it has two segments.
     let p = PipelineFile::default()
+        // Its own /metrics port: the demo test binds the default one at the same time.
+        .http_port(free_port())
         .snapshot("trigger_events", "200")
         .snapshot("trigger_interval", "\"1h\"")
         .snapshot("retention", "3")
