@@ -3,7 +3,7 @@
 
 Run it through `scripts/soak` (which starts the services and builds the binary):
 
-    scripts/soak [--events 20000000] [--reps 800] [--csv soak-rss.csv] [--rate 80000]
+    scripts/soak [--events 20000000] [--reps 800] [--csv soak-rss.csv] [--rate 100000]
 
 Generates the events (the days follow from --events and --reps; 800 reps x ~5.9 years for 20
 million) into fresh topics of the suite's broker and runs `quotaflow run` on them. Two modes:
@@ -87,22 +87,27 @@ def main():
             sys.exit(f"soak: the generator failed ({generator.returncode})")
         return int(re.search(r"produced (\d+) messages", out).group(1))
 
-    if args.rate:
-        # The generator creates the topics before it produces; the pipeline needs them to start.
-        time.sleep(3)
-    else:
+    if not args.rate:
         produced = generated()
         print(f"soak: {produced:,} events produced; running the pipeline", file=sys.stderr, flush=True)
-    run = subprocess.Popen([args.bin, "run", "--pipeline", pipeline, "--brokers", brokers,
-                            "--output", os.path.join(work, "out")],
-                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "run.err"), "w"),
-                           env={"QUOTAFLOW_LOG": "quotaflow=warn", **os.environ})
+
+    def start():
+        return subprocess.Popen([args.bin, "run", "--pipeline", pipeline, "--brokers", brokers,
+                                 "--output", os.path.join(work, "out")],
+                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "run.err"), "w"),
+                                env={"QUOTAFLOW_LOG": "quotaflow=warn", **os.environ})
+
+    run = start()
     print(f"soak: the pipeline's log is {work}/run.err (QUOTAFLOW_LOG sets its level)", file=sys.stderr, flush=True)
     samples = []
     t0 = time.monotonic()
     while True:
         time.sleep(1)
         if run.poll() is not None:
+            # Live: the generator may not have created the topics yet when the pipeline started.
+            if args.rate and not any(n for _, _, n in samples) and time.monotonic() - t0 < 30:
+                run = start()
+                continue
             sys.exit(f"soak: the pipeline exited ({run.returncode}); see {work}/run.err")
         n, watermark = counted(port)
         n = n or 0

@@ -524,7 +524,7 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
         .iter()
         .map(|d| quotaflow::calendar::date_of(*d).to_string())
         .collect();
-    // The month of the effective day is recomputed, and the year before it is not.
+    // The effective day's month is recomputed; the months of the year before it are not.
     assert!(months.iter().any(|m| m == "2025-12-01"), "{months:?}");
     assert!(
         months.iter().all(|m| m.as_str() >= "2025-11-01"),
