@@ -311,11 +311,21 @@ impl Dispatcher {
             if full.contains(o.target.as_str()) || self.shared.with(|p| p.handed.contains(&id)) {
                 continue;
             }
-            match q.try_send(o.clone()) {
-                Ok(()) => self.shared.with(|p| {
-                    p.pending += 1;
-                    p.handed.insert(id);
-                }),
+            // Counted as pending before it is queued: the delivery task may deliver it, and
+            // count it off, before `try_send` returns.
+            self.shared.with(|p| {
+                p.pending += 1;
+                p.handed.insert(id.clone());
+            });
+            let sent = q.try_send(o.clone());
+            if sent.is_err() {
+                self.shared.with(|p| {
+                    p.pending -= 1;
+                    p.handed.remove(&id);
+                });
+            }
+            match sent {
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // Later entries of this target wait too: a queue delivers in order.
                     full.insert(o.target.as_str());
