@@ -130,10 +130,18 @@ pub struct PipelineFile {
 }
 
 impl Default for PipelineFile {
-    /// `pipelines/default.toml`.
+    /// `pipelines/default.toml`, serving `/healthz` and `/metrics` on a port the system picks
+    /// rather than the default one, which the demo's test binds at the same time
+    /// (`http_port` sets one a test can read).
     fn default() -> PipelineFile {
+        let text = std::fs::read_to_string("pipelines/default.toml").unwrap();
+        let default_bind = "bind = \"127.0.0.1:9464\"";
+        assert!(
+            text.contains(default_bind),
+            "pipelines/default.toml: no {default_bind}"
+        );
         PipelineFile {
-            text: std::fs::read_to_string("pipelines/default.toml").unwrap(),
+            text: text.replace(default_bind, "bind = \"127.0.0.1:0\""),
         }
     }
 }
@@ -237,9 +245,22 @@ pub fn continuous(brokers: &str, output: &str) -> RunOptions {
     }
 }
 
+/// `p`, but serving `/healthz` and `/metrics` on a port of its own when it names the default
+/// one: in-process runs must not take it from the demo, whose test binds it at the same time
+/// and expects a quiet terminal. A test that reads `/metrics` sets its own port.
+fn own_port(p: &Arc<Pipeline>) -> Arc<Pipeline> {
+    let default = Pipeline::builtin().unwrap().http_bind;
+    if p.http_bind.is_none() || p.http_bind != default {
+        return Arc::clone(p);
+    }
+    let mut own = (**p).clone();
+    own.http_bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    Arc::new(own)
+}
+
 /// Runs `p` in process to its end (a `--once` or `max_events` run).
 pub async fn run_in_process(p: &Arc<Pipeline>, opts: RunOptions) -> RunReport {
-    run(Arc::clone(p), opts, std::future::pending())
+    run(own_port(p), opts, std::future::pending())
         .await
         .unwrap()
 }
@@ -253,7 +274,7 @@ pub struct Running {
 impl Running {
     pub fn start(p: &Arc<Pipeline>, opts: RunOptions) -> Running {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let p = Arc::clone(p);
+        let p = own_port(p);
         let task = tokio::spawn(async move {
             run(p, opts, async {
                 let _ = stopped.await;
