@@ -1,13 +1,14 @@
 //! The cut's side of the grain's residency (`state::residency` says which months are out of
 //! memory and why): the months a snapshot needs are read back from the last durable snapshot's
 //! segments before anything is built from the state, and closed months leave memory once the
-//! cut has taken what it writes.
+//! cut has taken what it writes. Every cut logs (debug) what stays resident.
 
 use std::collections::BTreeSet;
 
 use super::restore::merge_segments;
 use super::{RunError, Runner};
 use crate::engine::plan::Plan;
+use crate::event::Micros;
 use crate::snapshot::Location;
 use crate::state::changes::Scope;
 use crate::state::residency::{closed_before, Evicted};
@@ -71,23 +72,15 @@ impl Runner {
 
     /// Lets the closed months go that no key of this cut's segment (`dirty`) is in, unless
     /// that segment is written whole (`all`: the last snapshot failed, so what the earlier
-    /// ones wrote is not all durable).
+    /// ones wrote is not all durable) or the watermark is unknown; then says (debug) what
+    /// stays resident.
     pub(super) fn let_go(&mut self, dirty: &Dirty, all: bool) -> Evicted {
-        let (Some(watermark), false) = (self.watermark.current(), all) else {
-            return Evicted::default();
+        let evicted = match (self.watermark.current(), all) {
+            (Some(watermark), false) => self.evict_closed(watermark, dirty),
+            _ => Evicted::default(),
         };
-        let lateness = self.pipeline.source.allowed_lateness_micros();
-        let closed_before = closed_before(watermark, lateness, &self.pipeline.metrics.calendar);
-        let keep = self.pipeline.snapshot.resident_closed_months as usize;
-        let started = std::time::Instant::now();
-        let evicted = self.state.evict(closed_before, keep, dirty);
-        tracing::trace!(
-            closed_before = %crate::calendar::date_of(closed_before),
-            months = evicted.months,
-            "closed grain months"
-        );
-        self.report.grain_months_evicted += evicted.months as u64;
-        let s = &self.state;
+        let (s, cal) = (&self.state, &self.pipeline.metrics.calendar);
+        let watermark = self.watermark.current().map(|w| cal.day_of(w));
         tracing::debug!(
             rep_days = s.daily.len(),
             period_sums = s.rollups.periods.len(),
@@ -100,8 +93,25 @@ impl Runner {
             alerts = s.alerts.len(),
             outbox = s.outbox.len(),
             dead_letters = s.dead_letters.len(),
+            watermark = ?watermark.map(crate::calendar::date_of),
             "resident state"
         );
+        evicted
+    }
+
+    /// The closed months before `watermark` − `allowed_lateness` out of memory.
+    fn evict_closed(&mut self, watermark: Micros, dirty: &Dirty) -> Evicted {
+        let lateness = self.pipeline.source.allowed_lateness_micros();
+        let closed_before = closed_before(watermark, lateness, &self.pipeline.metrics.calendar);
+        let keep = self.pipeline.snapshot.resident_closed_months as usize;
+        let started = std::time::Instant::now();
+        let evicted = self.state.evict(closed_before, keep, dirty);
+        tracing::trace!(
+            closed_before = %crate::calendar::date_of(closed_before),
+            months = evicted.months,
+            "closed grain months"
+        );
+        self.report.grain_months_evicted += evicted.months as u64;
         if evicted.months > 0 {
             tracing::debug!(
                 months = evicted.months,
