@@ -395,8 +395,20 @@ proptest! {
     }
 }
 
-#[test]
-fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_current_periods() {
+/// What the deterministic tests start from: a runtime, the default pipeline and its engine,
+/// an output in a directory of its own, and the state of the initial roster and `n` random
+/// events (`seed`) after its first, full snapshot.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    p: Arc<Pipeline>,
+    engine: Engine,
+    _dir: tempfile::TempDir,
+    loc: Location,
+    state: State,
+    book: AlertBook,
+}
+
+fn after_first_snapshot(seed: u64, n: usize) -> Setup {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -407,7 +419,7 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
     let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
     let mut state = State::default();
     let mut events = initial_roster();
-    events.extend(random_events(7, 400, false));
+    events.extend(random_events(seed, n, false));
     for (t, json) in &events {
         fold_one(&p, &mut state, ev(*t, json));
     }
@@ -415,6 +427,28 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
     rt.block_on(snapshot(
         &p, &engine, &loc, &mut state, 1, &mut book, true, None,
     ));
+    Setup {
+        rt,
+        p,
+        engine,
+        _dir: dir,
+        loc,
+        state,
+        book,
+    }
+}
+
+#[test]
+fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_current_periods() {
+    let Setup {
+        rt,
+        p,
+        engine,
+        _dir,
+        loc,
+        mut state,
+        mut book,
+    } = after_first_snapshot(7, 400);
     // Three activities on the day of the event clock (2026-12-30), no deal named.
     let today = quotaflow::calendar::date_of(
         p.metrics
@@ -484,24 +518,15 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
 
 #[test]
 fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let p = pipeline();
-    let engine = Engine::new(Arc::clone(&p.metrics));
-    let dir = tempfile::tempdir().unwrap();
-    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
-    let mut state = State::default();
-    let mut events = initial_roster();
-    events.extend(random_events(11, 600, false));
-    for (t, json) in &events {
-        fold_one(&p, &mut state, ev(*t, json));
-    }
-    let mut book = AlertBook::new();
-    rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
-    ));
+    let Setup {
+        rt,
+        p,
+        engine,
+        _dir,
+        loc,
+        mut state,
+        mut book,
+    } = after_first_snapshot(11, 600);
     let rep = |rep: &str, version: i64, from: &str| {
         format!(
             r#"{{"rep_id":"{rep}","version":{version},"occurred_at":"2026-12-30T08:00:00Z","name":"n","team_id":"t9","region":"g1","active":true,"effective_from":"{from}"}}"#
