@@ -34,6 +34,9 @@ pub async fn demo(dir: &str) -> Result<String, Error> {
     for rule in &mut Arc::make_mut(&mut pipeline.metrics).alerts {
         rule.deliver.retain(|t| t != "log");
     }
+    // `/healthz` and `/metrics` on a port the system picks: the demo's run lasts seconds, and
+    // the default port may be a running pipeline's, or another demo's.
+    pipeline.http_bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let pipeline = Arc::new(pipeline);
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
