@@ -501,9 +501,10 @@ fn memory(spec: &str) {
     let (rss_before, held) = (rss_mib(), state.daily.len());
     let e = evict(&p, &mut state);
     println!(
-        "closed months out of memory: {} months, {} of {held} rep-days, {:.2} s; RSS {rss_before} -> {} MiB",
+        "closed months out of memory: {} months, {} of {held} rep-days, {} deals, {:.2} s; RSS {rss_before} -> {} MiB",
         e.months,
         e.rep_days,
+        e.deals,
         t0.elapsed().as_secs_f64(),
         rss_mib()
     );
@@ -583,13 +584,15 @@ fn memory(spec: &str) {
         peak_rss_mib()
     );
     // Every month back in memory: the state as if none had left.
-    let out = state.residency.months_out();
+    let (out, deals_out) = (state.residency.months_out(), state.residency.deals.len());
     rt.block_on(quotaflow::pipeline::bring_back(
         &loc, &manifest, &mut state, None, true,
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(state.residency.months_out(), 0, "{out} months were out");
+    assert_eq!(state.residency.deals.len(), 0, "{deals_out} deals were out");
     assert_eq!(restored.daily, state.daily, "the restore holds the state");
+    assert_eq!(restored.deals, state.deals, "the restore holds the deals");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -687,7 +690,9 @@ fn next_snapshot(
         .map(|(n, _)| n.as_str())
         .collect();
     println!(
-        "next snapshot ({what}): {back} grain months read back, {} out after; {:.2} s (cut {:.2} s: roll-up {:.2}, changes, plan and months read back {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({} bytes of segment, {} parts compacted, {} bytes of base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        "next snapshot ({what}): {} grain months and {} deals read back, {} months out after; {:.2} s (cut {:.2} s: roll-up {:.2}, changes, plan and months read back {:.2}, state tables {:.2}, state segment {:.2}; state written {:.2} s ({} bytes of segment, {} parts compacted, {} bytes of base), SQL and Parquet {:.2} s, merges read {:.2} s, rules {:.2} s, commits {:.2} s); {computed} statements computed, {months} months in scope; {} of {} tables committed ({}), {} files, {:.2} MB written, {} files replaced",
+        back.0,
+        back.1,
         state.residency.months_out(),
         started.elapsed().as_secs_f64(),
         cut.as_secs_f64(),
@@ -710,10 +715,10 @@ fn next_snapshot(
         commits.iter().map(|(_, c)| c.bytes_written).sum::<u64>() as f64 / 1e6,
         commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
     );
-    if evicted.months > 0 {
+    if evicted.months > 0 || evicted.deals > 0 {
         println!(
-            "  then {} months, {} rep-days out of memory",
-            evicted.months, evicted.rep_days
+            "  then {} months, {} rep-days, {} deals out of memory",
+            evicted.months, evicted.rep_days, evicted.deals
         );
     }
 }
@@ -726,7 +731,12 @@ fn evict(p: &Pipeline, state: &mut State) -> quotaflow::state::residency::Evicte
     let closed_before =
         quotaflow::state::residency::closed_before(watermark, lateness, &p.metrics.calendar);
     let keep = p.snapshot.resident_closed_months as usize;
-    let evicted = state.evict(closed_before, keep, &Default::default());
+    let evicted = state.evict(
+        closed_before,
+        keep,
+        &Default::default(),
+        &p.metrics.calendar,
+    );
     // And the freed pages back to the system, as after every snapshot.
     quotaflow::memory::trim();
     evicted

@@ -120,7 +120,7 @@ async fn snapshot(
         g.manifest = manifest;
         if let Some(day) = g.evict_before {
             // Everything is durable now: no cut is in flight.
-            state.evict(day, 0, &Dirty::default());
+            state.evict(day, 0, &Dirty::default(), &p.metrics.calendar);
         }
     }
     (plan, committed)
@@ -581,6 +581,123 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
         &p,
         &loc,
         &state,
+        3,
+        &book,
+        &mut AlertBook::new(),
+    ));
+    assert!(diff.is_empty(), "{diff:#?}");
+}
+
+/// Closed deals of the years before the closed months leave memory with them; a new version,
+/// a repeat of it and an activity naming such a deal are folded without it, and the next cut
+/// brings it back with them applied: the tables equal the full recompute of a state that
+/// never let anything go, and so does the deal.
+#[test]
+fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_about_it() {
+    let Setup {
+        rt,
+        p,
+        engine,
+        _dir,
+        loc,
+        mut state,
+        mut book,
+    } = after_first_snapshot(13, 600);
+    let mut whole = state.clone();
+    let cal = &p.metrics.calendar;
+    let day = |d: &str| quotaflow::calendar::day_number(d.parse().unwrap());
+    // Segments for the state, then everything closed before December 2026 may leave: the
+    // deals closed, and created, before 2026.
+    let mut grain = Grain {
+        manifest: Manifest::default(),
+        evict_before: Some(day("2026-12-01")),
+    };
+    rt.block_on(snapshot(
+        &p,
+        &engine,
+        &loc,
+        &mut state,
+        2,
+        &mut book,
+        false,
+        Some(&mut grain),
+    ));
+    let out: Vec<String> = whole
+        .deals
+        .keys()
+        .filter(|id| !state.deals.contains_key(*id))
+        .cloned()
+        .collect();
+    assert_eq!(state.residency.deals.len(), out.len());
+    assert!(!out.is_empty(), "no deal left memory");
+    for id in &out {
+        let d = &whole.deals[id].latest;
+        assert!(
+            matches!(d.stage.as_str(), "closed_won" | "closed_lost"),
+            "{id}: {d:?}"
+        );
+        assert!(d.close_date < day("2026-01-01"), "{id}: {d:?}");
+        assert!(cal.day_of(d.created_at) < day("2026-01-01"), "{id}: {d:?}");
+    }
+    // A new version of one (reopened, closing in 2026), the same version again, an
+    // activity naming it; and a repeat of a version it had before it left.
+    let id = &out[0];
+    let old = whole.deals[id].history[0].0;
+    let (_, repeat) = random_events(13, 600, false)
+        .into_iter()
+        .find(|(t, json)| {
+            *t == EventType::Deal
+                && json.starts_with(&format!(r#"{{"deal_id":"{id}","version":{old},"#))
+        })
+        .expect("the version it had");
+    let version = |v: i64| {
+        format!(
+            r#"{{"deal_id":"{id}","version":{v},"occurred_at":"2026-12-30T10:00:00Z","rep_id":"r1","stage":"negotiation","amount":"1234.50","currency":"USD","close_date":"2026-03-31","created_at":"2025-02-01T08:00:00Z"}}"#
+        )
+    };
+    let activity = format!(
+        r#"{{"event_id":"about-{id}","occurred_at":"2026-12-30T11:00:00Z","rep_id":"r1","activity_type":"call","outcome":"connected","duration_s":60,"deal_id":"{id}"}}"#
+    );
+    let events = [
+        (EventType::Deal, version(90)),
+        (EventType::Deal, version(90)),
+        (EventType::Activity, activity),
+        (EventType::Deal, repeat),
+    ];
+    for (t, json) in &events {
+        fold_one(&p, &mut state, ev(*t, json));
+        fold_one(&p, &mut whole, ev(*t, json));
+    }
+    assert!(!state.deals.contains_key(id), "folded without coming back");
+    assert_eq!(
+        state.quality, whole.quality,
+        "new and duplicate versions told apart"
+    );
+    grain.evict_before = None;
+    let (plan, _) = rt.block_on(snapshot(
+        &p,
+        &engine,
+        &loc,
+        &mut state,
+        3,
+        &mut book,
+        false,
+        Some(&mut grain),
+    ));
+    assert!(plan.scope.is_some(), "a scoped snapshot");
+    assert_eq!(
+        state.deals.get(id),
+        whole.deals.get(id),
+        "the deal came back whole"
+    );
+    assert_eq!(
+        state.deal_last_activity.get(id),
+        whole.deal_last_activity.get(id)
+    );
+    let diff = rt.block_on(differences(
+        &p,
+        &loc,
+        &whole,
         3,
         &book,
         &mut AlertBook::new(),

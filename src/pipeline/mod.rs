@@ -142,6 +142,8 @@ pub struct RunReport {
     /// Closed months of the rep × day grain that left memory during this run (a month that
     /// came back and left again counts again).
     pub grain_months_evicted: u64,
+    /// Closed deals that left memory during this run (counted again the same way).
+    pub deals_evicted: u64,
 }
 
 /// A `--once` run that reads no message and sees no partition newly at its end for this long
@@ -388,6 +390,7 @@ impl Runner {
                 alerts_delivered: 0,
                 alerts_pending: 0,
                 grain_months_evicted: 0,
+                deals_evicted: 0,
             },
         };
         Ok((r, source, AbortOnDrop(server)))

@@ -1,7 +1,8 @@
-//! The cut's side of the grain's residency (`state::residency` says which months are out of
-//! memory and why): the months a snapshot needs are read back from the last durable snapshot's
-//! segments before anything is built from the state, and closed months leave memory once the
-//! cut has taken what it writes. Every cut logs (debug) what stays resident.
+//! The cut's side of residency (`state::residency` says which of the grain's months and which
+//! deals are out of memory, and why): what a snapshot needs is read back from the last durable
+//! snapshot's segments before anything is built from the state, and closed months and deals
+//! leave memory once the cut has taken what it writes. Every cut logs (debug) what stays
+//! resident.
 
 use std::collections::BTreeSet;
 
@@ -15,43 +16,64 @@ use crate::state::residency::{closed_before, Evicted};
 use crate::state::segments::{Dirty, Kind, Manifest, Merge, PartKey};
 use crate::state::State;
 
-/// Brings back into `state` the grain's months its next cut needs (`State::grain_needed`),
-/// read from the segments `manifest` names (the last durable snapshot's: a month leaves memory
-/// only once durable there). Returns how many months came back.
+/// Brings back into `state` the grain's months and the deals its next cut needs
+/// (`State::needed`), read from the segments `manifest` names (the last durable snapshot's:
+/// nothing leaves memory before it is durable there). Returns how many months and deals came
+/// back.
 pub async fn bring_back(
     location: &Location,
     manifest: &Manifest,
     state: &mut State,
     scope: Option<&Scope>,
     grain_read: bool,
-) -> Result<usize, RunError> {
-    let months = state.grain_needed(scope, grain_read);
-    if months.is_empty() {
-        return Ok(0);
+) -> Result<(usize, usize), RunError> {
+    let needed = state.needed(scope, grain_read);
+    if needed.is_empty() {
+        return Ok((0, 0));
     }
     let faulted = state.residency.faulted();
     let started = std::time::Instant::now();
-    let parts: BTreeSet<PartKey> = months
+    let part = |kind, period: &i32| PartKey {
+        kind,
+        period: *period,
+    };
+    let parts: BTreeSet<PartKey> = needed
+        .months
         .iter()
-        .map(|period| PartKey {
-            kind: Kind::Daily,
-            period: *period,
-        })
+        .map(|p| part(Kind::Daily, p))
+        .chain(needed.deals.buckets.iter().map(|p| part(Kind::Deals, p)))
+        .chain(
+            needed
+                .deals
+                .buckets
+                .iter()
+                .map(|p| part(Kind::DealActivity, p)),
+        )
         .collect();
     let mut merge = Merge::new(manifest, Some(&parts));
     merge_segments(location, &mut merge, manifest.files(Some(&parts))).await?;
-    let rows = merge.grain();
-    let rep_days = rows.len();
-    state.bring_back(&months, rows);
+    let read = merge.parts();
+    let rep_days = read.daily.len();
+    let missing = state.bring_back(&needed, read);
+    if missing > 0 {
+        // Not expected: a deal leaves memory only once durable in these segments. Its
+        // messages stay queued and it is asked for again at the next cut.
+        tracing::warn!(
+            missing,
+            snapshot_id = manifest.head.snapshot_id,
+            "deals out of memory not found in the state segments"
+        );
+    }
     tracing::debug!(
-        months = months.len(),
+        months = needed.months.len(),
         faulted,
         full = scope.is_none(),
         rep_days,
+        deals = needed.deals.len() - missing,
         ms = started.elapsed().as_millis() as u64,
-        "grain months read back"
+        "grain months and deals read back"
     );
-    Ok(months.len())
+    Ok((needed.months.len(), needed.deals.len() - missing))
 }
 
 impl Runner {
@@ -86,6 +108,7 @@ impl Runner {
             period_sums = s.rollups.periods.len(),
             week_sums = s.rollups.weeks.len(),
             deals = s.deals.len(),
+            deals_out = s.residency.deals.len(),
             deal_activity = s.deal_last_activity.len(),
             surveys = s.surveys.len(),
             quotas = s.quotas.len(),
@@ -105,20 +128,24 @@ impl Runner {
         let closed_before = closed_before(watermark, lateness, &self.pipeline.metrics.calendar);
         let keep = self.pipeline.snapshot.resident_closed_months as usize;
         let started = std::time::Instant::now();
-        let evicted = self.state.evict(closed_before, keep, dirty);
+        let cal = &self.pipeline.metrics.calendar;
+        let evicted = self.state.evict(closed_before, keep, dirty, cal);
         tracing::trace!(
             closed_before = %crate::calendar::date_of(closed_before),
             months = evicted.months,
             "closed grain months"
         );
         self.report.grain_months_evicted += evicted.months as u64;
-        if evicted.months > 0 {
+        self.report.deals_evicted += evicted.deals as u64;
+        if evicted.months > 0 || evicted.deals > 0 {
             tracing::debug!(
                 months = evicted.months,
                 rep_days = evicted.rep_days,
+                deals = evicted.deals,
                 months_out = self.state.residency.months_out(),
+                deals_out = self.state.residency.deals.len(),
                 ms = started.elapsed().as_millis() as u64,
-                "closed grain months left memory"
+                "closed grain months and deals left memory"
             );
         }
         evicted

@@ -215,15 +215,28 @@ impl State {
                 }
                 let day = cal.day_of(d.occurred_at);
                 let (rep, deal) = (d.rep_id.clone(), d.deal_id.clone());
-                let old = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
-                let h = (d.stage, d.occurred_at);
-                let folded = fold_entity(&mut self.deals, deal.clone(), d.version, d, h, origin);
+                let old = match self.deals.get(&deal) {
+                    Some(v) => Some(deal_days(&v.latest, cal)),
+                    None => self.residency.deals.days(&deal),
+                };
+                let version_days = deal_days(&d, cal);
+                // A deal out of memory takes the version at the next cut (`residency::deals`).
+                let folded = match self.residency.deals.fold(d, origin) {
+                    Ok(queued) => queued,
+                    Err(d) => {
+                        let h = (d.stage, d.occurred_at);
+                        fold_entity(&mut self.deals, deal.clone(), d.version, d, h, origin)
+                    }
+                };
                 self.first_day(&rep, day, before, cal);
                 self.dirty.deals.touch(deal.clone(), self.deals.len());
                 if folded == Folded::Ok {
                     self.rep_ids.id(&rep);
-                    let new = self.deals.get(&deal).map(|v| deal_days(&v.latest, cal));
-                    for (close, created) in old.into_iter().chain(new) {
+                    let new = match self.deals.get(&deal) {
+                        Some(v) => deal_days(&v.latest, cal),
+                        None => version_days,
+                    };
+                    for (close, created) in old.into_iter().chain(Some(new)) {
                         self.changes.changes.day(Input::Deals, close);
                         self.changes.changes.day(Input::Deals, created);
                     }
@@ -347,10 +360,15 @@ impl State {
                     .touch(deal.clone(), self.deal_last_activity.len());
             }
         }
-        if let Some(deal) = a.deal_id.as_ref().and_then(|d| self.deals.get(d)) {
-            // its last_activity_at
-            let close = deal.latest.close_date;
-            self.changes.changes.day(Input::Deals, close);
+        if let Some(deal) = &a.deal_id {
+            // its last_activity_at (a deal out of memory comes back for it)
+            let close = match self.deals.get(deal) {
+                Some(d) => Some(d.latest.close_date),
+                None => self.residency.deals.named(deal),
+            };
+            if let Some(close) = close {
+                self.changes.changes.day(Input::Deals, close);
+            }
         }
         let key = (self.rep_ids.id(&a.rep_id), cal.day_of(a.occurred_at));
         self.changes.changes.day(Input::Activities, key.1);

@@ -165,6 +165,8 @@ impl State {
                     if e.note(d.version, origin, late) {
                         self.dirty.deals.touch(d.deal_id.clone(), self.deals.len());
                     }
+                } else {
+                    self.residency.deals.late(&d.deal_id, d.version, origin);
                 }
             }
             Event::Quota(q) => {

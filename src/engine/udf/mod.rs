@@ -77,7 +77,8 @@ pub fn unconverted(
         .deals
         .values()
         .filter(|d| fails(d.latest.amount, &d.latest.currency, d.latest.close_date))
-        .count();
+        .count()
+        + state.residency.deals.count(&fails);
     let quotas = state
         .quotas
         .values()

@@ -118,9 +118,9 @@ impl<'a> Merge<'a> {
         s
     }
 
-    /// The rep-days the merged parts hold (a merge of grain parts alone: months read back).
-    pub fn grain(self) -> crate::state::Map<(u32, crate::event::Day), crate::state::RepDay> {
-        self.state.daily
+    /// What the merged parts hold, as a state of those parts alone (what a cut reads back).
+    pub fn parts(self) -> State {
+        self.pruned()
     }
 
     /// The merged parts as base segment `at` (parts left empty are not in it).

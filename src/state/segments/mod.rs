@@ -209,6 +209,11 @@ impl<K: Hash + Eq> Touched<K> {
         }
     }
 
+    /// Whether `key` was touched (every key is, once the list was dropped).
+    pub(super) fn has(&self, key: &K) -> bool {
+        self.all || self.keys.contains(key)
+    }
+
     /// The keys to write, or `None` for all of them.
     fn keys(&self, all: bool) -> Option<impl Iterator<Item = &K>> {
         (!all && !self.all).then(|| self.keys.iter())
@@ -230,7 +235,8 @@ impl PartialEq for Dirty {
     }
 }
 
-fn bucket(id: &str) -> i32 {
+/// The hash bucket of an entity id: its part of the entity kinds.
+pub(super) fn bucket(id: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % BUCKETS) as i32
 }
 
@@ -290,17 +296,17 @@ fn upsert<K: Hash + Eq, V>(map: &mut Map<K, V>, rows: Vec<(K, V)>) {
     map.extend(rows);
 }
 
-/// One kind's parts, for [`State::encode_segment`].
+/// One kind's parts, for [`State::encode_segment`]; `whole` says which are written whole.
 fn parts_of<'a, K, V>(
     out: &mut Vec<PartOut<'a>>,
     kind: Kind,
-    whole: bool,
+    whole: impl Fn(i32) -> bool,
     grouped: BTreeMap<i32, Rows<'a, K, V>>,
     wrap: fn(Rows<'a, K, V>) -> PartRows<'a>,
 ) {
     out.extend(grouped.into_iter().map(|(period, rows)| PartOut {
         key: key(kind, period),
-        whole,
+        whole: whole(period),
         data: wrap(rows),
     }));
 }
@@ -338,7 +344,10 @@ impl State {
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
                 let keys = $dirty.keys(all);
-                let whole = keys.is_none();
+                // A part with data out of memory is never written whole from memory: what
+                // memory holds of it is upserted onto its chain.
+                let every = keys.is_none();
+                let whole = |period| every && !self.residency.partly_out($kind, period);
                 let grouped = pick(&self.$map, keys, $part);
                 parts_of(&mut out, $kind, whole, grouped, $wrap);
             }};

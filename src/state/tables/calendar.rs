@@ -24,7 +24,7 @@ pub(super) fn clock(s: &State, p: &Metrics, snapshot_id: u64) -> Result<RecordBa
 }
 
 /// The earliest and latest day the state mentions: activities, quota records, deals'
-/// close and created days, `as_of_date`.
+/// close and created days (also of deals out of memory), `as_of_date`.
 pub fn day_bounds(s: &State, cal: &crate::calendar::Calendar) -> Option<(Day, Day)> {
     let as_of_date = s.as_of.map(|t| cal.day_of(t));
     let days = s
@@ -41,6 +41,7 @@ pub fn day_bounds(s: &State, cal: &crate::calendar::Calendar) -> Option<(Day, Da
                 .values()
                 .flat_map(|d| [d.latest.close_date, cal.day_of(d.latest.created_at)]),
         )
+        .chain(s.residency.deals.all_days())
         .chain(as_of_date);
     let (lo, hi) = days.fold((Day::MAX, Day::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
     (lo <= hi).then_some((lo, hi))

@@ -1,4 +1,4 @@
-//! Which months of the rep × day grain are in memory.
+//! Which months of the rep × day grain, and which deals (`deals`), are in memory.
 //!
 //! The grain is the largest part of the state and grows with the history, but a month the
 //! stream has left behind changes no more. Once every rep-day of a month is durable in the
@@ -17,25 +17,29 @@
 //! what the segments hold. Counters add and offset spans widen, in any order.
 //!
 //! Which months leave is a matter of memory, never of results: any month may be out at any
-//! cut (the property test evicts at random). Pure: the pipeline reads months back
+//! cut (the property test evicts at random). Pure: the pipeline reads months and deals back
 //! (`pipeline::residency`).
+
+pub mod deals;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::provenance::Origin;
-use super::segments::{month, month_days, Dirty};
+use super::segments::{month, month_days, Dirty, Kind};
 use super::{Map, RepDay, State};
-use crate::calendar::Calendar;
+use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Day, Micros};
+pub use deals::{DealsNeeded, DealsOut};
 
-/// The grain's months out of memory.
+/// The grain's months and the deals out of memory.
 #[derive(Debug, Clone)]
 pub struct Residency {
     /// By first day.
     out: BTreeMap<Day, Out>,
     /// The last day of the latest month out: activities after it take no look-up.
     last: Day,
+    pub deals: DealsOut,
 }
 
 impl Default for Residency {
@@ -43,6 +47,7 @@ impl Default for Residency {
         Residency {
             out: BTreeMap::new(),
             last: Day::MIN,
+            deals: DealsOut::default(),
         }
     }
 }
@@ -89,6 +94,16 @@ impl Residency {
         }
     }
 
+    /// Whether part `period` of `kind` holds data out of memory: a month out of the grain (its
+    /// moved reps' rep-days stay), a hash bucket with a deal out.
+    pub(super) fn partly_out(&self, kind: Kind, period: i32) -> bool {
+        match kind {
+            Kind::Daily => self.out.values().any(|o| o.period == period),
+            Kind::Deals | Kind::DealActivity => self.deals.in_bucket(period),
+            _ => false,
+        }
+    }
+
     fn month_of(&self, day: Day) -> Option<&Out> {
         let (_, o) = self.out.range(..=day).next_back()?;
         (day <= o.last).then_some(o)
@@ -104,6 +119,21 @@ impl Residency {
 pub struct Evicted {
     pub months: usize,
     pub rep_days: usize,
+    pub deals: usize,
+}
+
+/// What a cut needs back in memory (`State::needed`).
+#[derive(Debug, Clone, Default)]
+pub struct Needed {
+    /// The grain's parts (months).
+    pub months: BTreeSet<i32>,
+    pub deals: DealsNeeded,
+}
+
+impl Needed {
+    pub fn is_empty(&self) -> bool {
+        self.months.is_empty() && self.deals.is_empty()
+    }
 }
 
 impl RepDay {
@@ -130,12 +160,16 @@ pub fn closed_before(watermark: Micros, lateness: Micros, cal: &Calendar) -> Day
 impl State {
     /// Takes out of memory the rep-days of every closed month but the `keep` latest ones: those
     /// ending before `closed_before`, none of whose rep-days `dirty` names (the keys the cut
-    /// being written took). Call only when every earlier cut is durable; nothing leaves before
-    /// the rollups are first summed. Rep-days of reps that moved in the hierarchy stay.
-    pub fn evict(&mut self, closed_before: Day, keep: usize, dirty: &Dirty) -> Evicted {
-        let Some(touched) = dirty.grain_months() else {
-            return Evicted::default();
-        };
+    /// being written took); and the closed deals of the years before (`deals`). Call only when
+    /// every earlier cut is durable; nothing leaves before the rollups are first summed.
+    /// Rep-days of reps that moved in the hierarchy stay.
+    pub fn evict(
+        &mut self,
+        closed_before: Day,
+        keep: usize,
+        dirty: &Dirty,
+        cal: &Calendar,
+    ) -> Evicted {
         let Some(lowest) = self.activity_span.values().map(|(a, _)| *a).min() else {
             return Evicted::default();
         };
@@ -149,11 +183,25 @@ impl State {
             .map(|(p, (first, last))| (p, first, last))
             .collect();
         closed.truncate(closed.len().saturating_sub(keep));
+        let Some(&(_, _, top)) = closed.last() else {
+            return Evicted::default();
+        };
+        let year = cal.period_start(PeriodType::Year, closed_before);
+        let deals = self.evict_deals(year.min(top.saturating_add(1)), dirty, cal);
+        let Some(touched) = dirty.grain_months() else {
+            return Evicted {
+                deals,
+                ..Evicted::default()
+            };
+        };
         closed.retain(|(p, first, _)| {
             !touched.contains(p) && !self.residency.out.contains_key(first)
         });
         if closed.is_empty() {
-            return Evicted::default();
+            return Evicted {
+                deals,
+                ..Evicted::default()
+            };
         }
         let moved = super::tables::moved_reps(self);
         let top = closed
@@ -194,6 +242,16 @@ impl State {
         Evicted {
             months: closed.len(),
             rep_days: before - self.daily.len(),
+            deals,
+        }
+    }
+
+    /// What the next cut needs back in memory: the grain's months ([`State::grain_needed`])
+    /// and the deals (`State::deals_needed`).
+    pub fn needed(&self, scope: Option<&super::changes::Scope>, grain_read: bool) -> Needed {
+        Needed {
+            months: self.grain_needed(scope, grain_read),
+            deals: self.deals_needed(scope),
         }
     }
 
@@ -226,9 +284,21 @@ impl State {
             .collect()
     }
 
-    /// Puts back the months `periods`, whose rep-days (all of them, as the segments hold them)
-    /// are `rows`: a rep-day folded into while its month was out adds them to what it holds.
-    pub fn bring_back(&mut self, periods: &BTreeSet<i32>, rows: Map<(u32, Day), RepDay>) {
+    /// Puts back what `needed` names from `read`, the state its parts' segments hold: the
+    /// months' rep-days (a rep-day folded into while its month was out adds them to what it
+    /// holds) and the deals (`State::bring_back_deals`). Returns how many needed deals the
+    /// segments did not hold.
+    pub fn bring_back(&mut self, needed: &Needed, mut read: State) -> usize {
+        let missing =
+            self.bring_back_deals(&needed.deals, &mut read.deals, &read.deal_last_activity);
+        self.bring_back_months(&needed.months, read.daily);
+        missing
+    }
+
+    fn bring_back_months(&mut self, periods: &BTreeSet<i32>, rows: Map<(u32, Day), RepDay>) {
+        if periods.is_empty() {
+            return;
+        }
         self.daily.reserve(rows.len());
         for (key, base) in rows {
             let Some(out) = self.residency.month_of(key.1) else {
@@ -299,12 +369,13 @@ mod tests {
         let all = s.daily.clone();
         s.take_dirty();
         // Closed before March 1st (day 59), one closed month kept: January leaves.
-        let e = s.evict(59, 1, &Dirty::default());
+        let e = s.evict(59, 1, &Dirty::default(), &Calendar::default());
         assert_eq!(
             e,
             Evicted {
                 months: 1,
-                rep_days: 62
+                rep_days: 62,
+                deals: 0
             }
         );
         assert!(s.daily.keys().all(|(_, d)| *d >= 31));
@@ -319,7 +390,15 @@ mod tests {
             .filter(|(k, _)| k.1 < 31)
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        s.bring_back(&BTreeSet::from([january]), rows);
+        let needed = Needed {
+            months: BTreeSet::from([january]),
+            ..Needed::default()
+        };
+        let read = State {
+            daily: rows,
+            ..State::default()
+        };
+        assert_eq!(s.bring_back(&needed, read), 0);
         assert_eq!(s.residency.months_out(), 0);
         // The same as folding everything with nothing ever out.
         let mut never = three_months();
@@ -333,11 +412,14 @@ mod tests {
         let mut s = three_months();
         let dirty = s.take_dirty();
         // Every rep-day touched since the last cut: nothing is durable yet.
-        assert_eq!(s.evict(90, 0, &dirty), Evicted::default());
+        assert_eq!(
+            s.evict(90, 0, &dirty, &Calendar::default()),
+            Evicted::default()
+        );
         fold(&mut s, 7000, "r2", 40, 2000);
         let dirty = s.take_dirty();
         // February holds a touched rep-day; March is not closed.
-        let e = s.evict(80, 0, &dirty);
+        let e = s.evict(80, 0, &dirty, &Calendar::default());
         assert_eq!(e.months, 1);
         assert!(s.daily.keys().any(|(_, d)| (31..59).contains(d)));
         assert!(s.daily.keys().all(|(_, d)| *d >= 31));
@@ -347,7 +429,7 @@ mod tests {
     fn a_scope_needs_the_months_it_recomputes_and_a_full_evaluation_needs_all() {
         let mut s = three_months();
         s.take_dirty();
-        s.evict(90, 0, &Dirty::default());
+        s.evict(90, 0, &Dirty::default(), &Calendar::default());
         assert_eq!(s.residency.months_out(), 3);
         assert!(s.daily.is_empty());
         assert_eq!(s.grain_needed(None, true).len(), 3);
