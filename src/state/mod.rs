@@ -221,9 +221,9 @@ impl State {
                 };
                 let version_days = deal_days(&d, cal);
                 // A deal out of memory takes the version at the next cut (`residency::deals`).
-                let folded = match self.residency.deals.fold(d, origin) {
-                    Ok(queued) => queued,
-                    Err(d) => {
+                let folded = match self.residency.deals.fold(&d, origin) {
+                    Some(queued) => queued,
+                    None => {
                         let h = (d.stage, d.occurred_at);
                         fold_entity(&mut self.deals, deal.clone(), d.version, d, h, origin)
                     }

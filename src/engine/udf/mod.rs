@@ -78,7 +78,7 @@ pub fn unconverted(
         .values()
         .filter(|d| fails(d.latest.amount, &d.latest.currency, d.latest.close_date))
         .count()
-        + state.residency.deals.count(&fails);
+        + state.residency.deals.count(fails);
     let quotas = state
         .quotas
         .values()

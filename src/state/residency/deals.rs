@@ -96,11 +96,9 @@ impl DealsOut {
     }
 
     /// Folds version `d` of a deal out of memory (queued, told new or duplicate from the
-    /// versions received); gives `d` back when the deal is not out.
-    pub(in crate::state) fn fold(&mut self, d: Deal, origin: Origin) -> Result<Folded, Deal> {
-        let Some(o) = self.out.get_mut(&key(&d.deal_id)) else {
-            return Err(d);
-        };
+    /// versions received); `None` when the deal is not out.
+    pub(in crate::state) fn fold(&mut self, d: &Deal, origin: Origin) -> Option<Folded> {
+        let o = self.out.get_mut(&key(&d.deal_id))?;
         o.faulted = true;
         let folded = match o.versions.binary_search(&d.version) {
             Ok(_) => Folded::Duplicate,
@@ -109,8 +107,9 @@ impl DealsOut {
                 Folded::Ok
             }
         };
-        self.queued.push(Queued::Version(Box::new(d), origin));
-        Ok(folded)
+        self.queued
+            .push(Queued::Version(Box::new(d.clone()), origin));
+        Some(folded)
     }
 
     /// Queues a late copy of version `version` of deal `id`, if it is out of memory.
