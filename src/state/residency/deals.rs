@@ -418,4 +418,37 @@ mod tests {
         assert_eq!(s.deals, never.deals);
         assert_eq!(s.deal_last_activity, never.deal_last_activity);
     }
+
+    #[test]
+    fn a_bucket_with_a_deal_out_of_memory_is_never_written_whole() {
+        let cal = Calendar::default();
+        let mut s = State::default();
+        fold(&mut s, deal(1, Stage::ClosedWon, 20), 0);
+        // An open deal in the same hash bucket, which stays.
+        let same = (0..)
+            .map(|i| format!("open-{i}"))
+            .find(|id| bucket(id) == bucket("d1"))
+            .unwrap_or_default();
+        let Event::Deal(mut open) = deal(1, Stage::Proposal, 20) else {
+            unreachable!()
+        };
+        open.deal_id = same.clone();
+        fold(&mut s, Event::Deal(open), 1);
+        s.take_dirty();
+        assert_eq!(s.evict_deals(365, &Dirty::default(), &cal), 1);
+        // Every part whole (as after a lost snapshot): that bucket is upserted, not restarted.
+        let at = crate::state::segments::SegmentRef {
+            snapshot_id: 2,
+            base: false,
+        };
+        let segment = s.encode_segment(&Dirty::default(), true, at).unwrap();
+        let deals = crate::state::segments::PartKey {
+            kind: crate::state::segments::Kind::Deals,
+            period: bucket(&same),
+        };
+        assert_eq!(
+            segment.parts.iter().find(|(k, _)| *k == deals),
+            Some(&(deals, false))
+        );
+    }
 }
