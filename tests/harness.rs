@@ -249,8 +249,9 @@ pub fn continuous(brokers: &str, output: &str) -> RunOptions {
 /// one: in-process runs must not take it from the demo, whose test binds it at the same time
 /// and expects a quiet terminal. A test that reads `/metrics` sets its own port.
 fn own_port(p: &Arc<Pipeline>) -> Arc<Pipeline> {
-    let default = Pipeline::builtin().unwrap().http_bind;
-    if p.http_bind.is_none() || p.http_bind != default {
+    static DEFAULT: std::sync::LazyLock<Option<std::net::SocketAddr>> =
+        std::sync::LazyLock::new(|| Pipeline::builtin().unwrap().http_bind);
+    if p.http_bind.is_none() || p.http_bind != *DEFAULT {
         return Arc::clone(p);
     }
     let mut own = (**p).clone();

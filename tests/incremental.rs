@@ -170,6 +170,20 @@ async fn differences(
     out
 }
 
+/// Asserts that snapshot `id`'s published tables and firing alerts (`book`) equal the full
+/// recompute of `state` (the deterministic tests' check; `differences` says what differs).
+fn assert_equals_full(
+    rt: &tokio::runtime::Runtime,
+    p: &Arc<Pipeline>,
+    loc: &Location,
+    state: &State,
+    id: u64,
+    book: &AlertBook,
+) {
+    let diff = rt.block_on(differences(p, loc, state, id, book, &mut AlertBook::new()));
+    assert!(diff.is_empty(), "{diff:#?}");
+}
+
 const STAGES: &[&str] = &[
     "prospecting",
     "qualification",
@@ -505,15 +519,7 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
         "{months:?}"
     );
     assert_eq!(scope.weeks.len(), 8);
-    let diff = rt.block_on(differences(
-        &p,
-        &loc,
-        &state,
-        2,
-        &book,
-        &mut AlertBook::new(),
-    ));
-    assert!(diff.is_empty(), "{diff:#?}");
+    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
 }
 
 #[test]
@@ -555,15 +561,7 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
         months.iter().all(|m| m.as_str() >= "2025-11-01"),
         "{months:?}"
     );
-    let diff = rt.block_on(differences(
-        &p,
-        &loc,
-        &state,
-        2,
-        &book,
-        &mut AlertBook::new(),
-    ));
-    assert!(diff.is_empty(), "{diff:#?}");
+    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
     // A rep's first placement reaches back to the first day: evaluated in full.
     fold_one(
         &p,
@@ -577,15 +575,7 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
         plan.scope.is_none(),
         "a first placement is evaluated in full"
     );
-    let diff = rt.block_on(differences(
-        &p,
-        &loc,
-        &state,
-        3,
-        &book,
-        &mut AlertBook::new(),
-    ));
-    assert!(diff.is_empty(), "{diff:#?}");
+    assert_equals_full(&rt, &p, &loc, &state, 3, &book);
 }
 
 /// Closed deals of the years before the closed months leave memory with them; a new version,
@@ -694,15 +684,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         state.deal_last_activity.get(id),
         whole.deal_last_activity.get(id)
     );
-    let diff = rt.block_on(differences(
-        &p,
-        &loc,
-        &whole,
-        3,
-        &book,
-        &mut AlertBook::new(),
-    ));
-    assert!(diff.is_empty(), "{diff:#?}");
+    assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
 }
 
 #[test]

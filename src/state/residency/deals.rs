@@ -25,7 +25,7 @@ use rust_decimal::Decimal;
 use super::super::changes::{deal_days, Scope};
 use super::super::provenance::{fold_entity, Arrival, Origin};
 use super::super::segments::{bucket, Dirty};
-use super::super::{Folded, Map, State};
+use super::super::{DealVersion, Folded, Map, State, Versioned};
 use crate::calendar::Calendar;
 use crate::event::{Day, Deal, Stage};
 
@@ -92,13 +92,29 @@ impl DealsOut {
 
     /// The close and created days of deal `id`, if it is out of memory.
     pub(in crate::state) fn days(&self, id: &str) -> Option<(Day, Day)> {
-        self.out.get(&key(id)).map(|o| (o.close, o.created))
+        self.find(id).map(|o| (o.close, o.created))
+    }
+
+    /// The index entry of deal `id` (no hashing while nothing is out: the fold of every deal
+    /// and of every activity naming one asks).
+    fn find(&self, id: &str) -> Option<&DealOut> {
+        if self.out.is_empty() {
+            return None;
+        }
+        self.out.get(&key(id))
+    }
+
+    fn find_mut(&mut self, id: &str) -> Option<&mut DealOut> {
+        if self.out.is_empty() {
+            return None;
+        }
+        self.out.get_mut(&key(id))
     }
 
     /// Folds version `d` of a deal out of memory (queued, told new or duplicate from the
     /// versions received); `None` when the deal is not out.
     pub(in crate::state) fn fold(&mut self, d: &Deal, origin: Origin) -> Option<Folded> {
-        let o = self.out.get_mut(&key(&d.deal_id))?;
+        let o = self.find_mut(&d.deal_id)?;
         o.faulted = true;
         let folded = match o.versions.binary_search(&d.version) {
             Ok(_) => Folded::Duplicate,
@@ -114,7 +130,7 @@ impl DealsOut {
 
     /// Queues a late copy of version `version` of deal `id`, if it is out of memory.
     pub(in crate::state) fn late(&mut self, id: &str, version: i64, origin: Origin) {
-        if let Some(o) = self.out.get_mut(&key(id)) {
+        if let Some(o) = self.find_mut(id) {
             o.faulted = true;
             self.queued.push(Queued::Late {
                 deal_id: id.to_string(),
@@ -126,7 +142,7 @@ impl DealsOut {
 
     /// An activity named deal `id`: its close day if it is out of memory (it comes back).
     pub(in crate::state) fn named(&mut self, id: &str) -> Option<Day> {
-        let o = self.out.get_mut(&key(id))?;
+        let o = self.find_mut(id)?;
         o.faulted = true;
         Some(o.close)
     }
@@ -247,7 +263,7 @@ impl State {
     pub(super) fn bring_back_deals(
         &mut self,
         needed: &DealsNeeded,
-        read: &mut Map<String, super::super::Versioned<Deal, super::super::DealVersion>>,
+        read: &mut Map<String, Versioned<Deal, DealVersion>>,
         last_activity: &Map<String, crate::event::Micros>,
     ) -> usize {
         let mut back = 0;
