@@ -681,12 +681,12 @@ fn next_snapshot(
                 Publish::Partitions(p) => Some(p.clone()),
                 _ => None,
             };
-            let (schema, rows) = loc
-                .read_delta_where(&m.table, None, except.as_ref())
+            let previous = loc
+                .scan_delta(&m.table, except.as_ref())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             rules
-                .provide(i, schema, rows)
+                .provide(i, Arc::new(previous))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let merged = t0.elapsed();

@@ -80,7 +80,7 @@ async fn write(loc: &Location, id: u64, t: &EncodedTable, log_every: u32) -> Che
 
 /// The rows of `activity` at `version`, sorted, as (day, rep, calls).
 async fn rows_at(loc: &Location, version: u64) -> Vec<(i32, i64, i64)> {
-    let (_, batches) = loc.read_delta("activity", version).await.unwrap();
+    let (_, batches) = loc.read_delta("activity", Some(version)).await.unwrap();
     let mut out = Vec::new();
     for b in batches {
         let d = b.column(0).as_any().downcast_ref::<Date32Array>().unwrap();
@@ -221,4 +221,99 @@ async fn maintenance_keeps_what_retained_snapshots_need_and_removes_the_rest() {
         rows_at(&loc, t.version().unwrap()).await,
         checkpoints[4].1.to_vec()
     );
+}
+
+/// Runs `sql` over `activity` scanned lazily (its partitions `except` left out): the rows
+/// of its three columns `(day, rep, calls)`, sorted, and how many rows the scan itself
+/// gave (before the filter above it).
+async fn scan_query(loc: &Location, except: &[&str], sql: &str) -> (Vec<(i32, i64, i64)>, usize) {
+    use datafusion::physical_plan::{collect, ExecutionPlan};
+    let except: std::collections::BTreeSet<String> = except.iter().map(|s| s.to_string()).collect();
+    let scan = loc.scan_delta("activity", Some(&except)).await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("activity", Arc::new(scan)).unwrap();
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+    fn scanned(p: &Arc<dyn ExecutionPlan>) -> usize {
+        if p.name() == "DataSourceExec" {
+            return p.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+        }
+        p.children().into_iter().map(scanned).sum()
+    }
+    let mut rows = Vec::new();
+    for b in batches {
+        let d = b.column_by_name("period_start").unwrap();
+        let d = d.as_any().downcast_ref::<Date32Array>().unwrap();
+        let r = b.column_by_name("rep").unwrap();
+        let r = r.as_any().downcast_ref::<Int64Array>().unwrap();
+        let c = b.column_by_name("calls").unwrap();
+        let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            rows.push((d.value(i), r.value(i), c.value(i)));
+        }
+    }
+    rows.sort_unstable();
+    (rows, scanned(&plan))
+}
+
+#[tokio::test]
+async fn a_lazy_scan_reads_the_latest_version_less_what_is_left_out_and_its_filters_prune_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+    let day = |d: i32| {
+        (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Days::new(d as u64))
+            .to_string()
+    };
+    write(
+        &loc,
+        1,
+        &table(&[(100, 1, 5), (100, 2, 7), (131, 1, 3), (161, 1, 100)]),
+        10,
+    )
+    .await;
+    // The latest version: partition 131 replaced, the others' files from the first commit.
+    let latest = [
+        (100, 1, 5),
+        (100, 2, 7),
+        (131, 1, 4),
+        (131, 2, 1),
+        (161, 1, 100),
+        (161, 2, 200),
+    ];
+    write(&loc, 2, &table(&latest), 10).await;
+    let all = "SELECT period_start, rep, calls FROM activity";
+
+    let (rows, scanned) = scan_query(&loc, &[], all).await;
+    assert_eq!(rows, latest.to_vec());
+    assert_eq!(scanned, latest.len());
+
+    // The partitions a snapshot recomputed are left out of the scan.
+    let (rows, _) = scan_query(&loc, &[&day(131)], all).await;
+    let kept: Vec<_> = latest.iter().copied().filter(|r| r.0 != 131).collect();
+    assert_eq!(rows, kept);
+
+    // A filter no row of a file can match (by its statistics) skips the file's rows: the
+    // scan gives only the rows of partition 161, the filter above it keeps one.
+    let (rows, scanned) = scan_query(&loc, &[], &format!("{all} WHERE calls > 150")).await;
+    assert_eq!(rows, vec![(161, 2, 200)]);
+    assert_eq!(
+        scanned, 2,
+        "files whose statistics rule the filter out are not read"
+    );
+
+    // A filter on the partition column reads that partition's file only.
+    let (rows, scanned) = scan_query(
+        &loc,
+        &[],
+        &format!("{all} WHERE period_start = DATE '{}'", day(100)),
+    )
+    .await;
+    assert_eq!(rows, vec![(100, 1, 5), (100, 2, 7)]);
+    assert_eq!(scanned, 2, "files of other partitions are not read");
 }

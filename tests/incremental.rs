@@ -79,11 +79,8 @@ async fn snapshot(
             Publish::Partitions(p) => Some(p.clone()),
             _ => None,
         };
-        let (schema, rows) = loc
-            .read_delta_where(&m.table, None, except.as_ref())
-            .await
-            .unwrap();
-        rules.provide(i, schema, rows).unwrap();
+        let previous = loc.scan_delta(&m.table, except.as_ref()).await.unwrap();
+        rules.provide(i, std::sync::Arc::new(previous)).unwrap();
     }
     let (breaches, evaluated) = rules.evaluate().await.unwrap();
     apply_evaluated(book, breaches, Some(&evaluated), "p", id, state.as_of);
@@ -143,7 +140,7 @@ async fn differences(
     apply(full_book, breaches, "p", id, state.as_of);
     let mut out = Vec::new();
     for t in full {
-        let (schema, published) = loc.read_delta_where(&t.name, None, None).await.unwrap();
+        let (schema, published) = loc.read_delta(&t.name, None).await.unwrap();
         let check = quotaflow::verify::compare(&t.name, &schema, &published, &t.batches).unwrap();
         if check.differs() {
             out.push(format!(

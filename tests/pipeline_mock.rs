@@ -390,7 +390,7 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
     // (`snapshots` changes at every snapshot; whether attainment does depends on the cuts.)
     assert!(m.tables["snapshots"].version > 0);
     assert!(
-        loc.read_delta("snapshots", 0).await.is_err(),
+        loc.read_delta("snapshots", Some(0)).await.is_err(),
         "version 0 is still readable"
     );
 }
@@ -719,7 +719,7 @@ async fn runs_of_one_snapshot_each_still_maintain_the_tables() {
         assert_eq!(loc.latest().await.unwrap().unwrap().snapshot_id, run);
         // `snapshots` changes at every snapshot: its version 0 is there until maintenance.
         assert_eq!(
-            loc.read_delta("snapshots", 0).await.is_ok(),
+            loc.read_delta("snapshots", Some(0)).await.is_ok(),
             run < 3,
             "after snapshot {run}"
         );

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float64Type;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -265,7 +265,7 @@ pub struct Merge {
     pub partition_by: Option<String>,
     /// `Partitions`: the latest version's rows outside them are needed; `Unchanged`: all.
     pub publish: Publish,
-    computed: Option<(SchemaRef, Vec<RecordBatch>)>,
+    computed: Option<Vec<RecordBatch>>,
 }
 
 impl Prepared {
@@ -347,7 +347,7 @@ impl Prepared {
                     table: spec.name.clone(),
                     partition_by: spec.partition_by.clone(),
                     publish: p.clone(),
-                    computed: Some((Arc::clone(&schema), batches.clone())),
+                    computed: Some(batches.clone()),
                 });
             }
             if spec.publish {
@@ -375,13 +375,13 @@ impl Rules {
         &self.merges
     }
 
-    /// Registers table `merges()[i]` for the rules: `previous` are the latest version's rows
-    /// of the partitions this snapshot did not replace, in `schema` (the table's).
+    /// Registers table `merges()[i]` for the rules: `previous` is the latest version of the
+    /// partitions this snapshot did not replace (a table read as the rules' queries run, so
+    /// their filters prune it), united with the rows this snapshot computed.
     pub fn provide(
         &mut self,
         i: usize,
-        schema: SchemaRef,
-        previous: Vec<RecordBatch>,
+        previous: Arc<dyn TableProvider>,
     ) -> Result<(), EngineError> {
         let m = &mut self.merges[i];
         let table = m.table.clone();
@@ -390,29 +390,40 @@ impl Rules {
             origin: "its latest version".into(),
             source,
         };
-        let mut batches = previous;
-        if let Some((_, computed)) = m.computed.take() {
-            for b in computed {
-                let cols = schema
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        let c = b.column_by_name(f.name()).ok_or_else(|| {
-                            DataFusionError::Plan(format!("no column `{}`", f.name()))
-                        })?;
-                        Ok(datafusion::arrow::compute::cast(c, f.data_type())?)
-                    })
-                    .collect::<Result<Vec<_>, DataFusionError>>()
-                    .map_err(err)?;
-                batches.push(
-                    RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| err(e.into()))?,
-                );
+        let schema = previous.schema();
+        let merged = match m.computed.take() {
+            None => previous,
+            Some(computed) => {
+                // The computed rows in the latest version's columns and types, by name.
+                let mut batches = Vec::with_capacity(computed.len());
+                for b in computed {
+                    let cols = schema
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            let c = b.column_by_name(f.name()).ok_or_else(|| {
+                                DataFusionError::Plan(format!("no column `{}`", f.name()))
+                            })?;
+                            Ok(datafusion::arrow::compute::cast(c, f.data_type())?)
+                        })
+                        .collect::<Result<Vec<_>, DataFusionError>>()
+                        .map_err(err)?;
+                    batches.push(
+                        RecordBatch::try_new(Arc::clone(&schema), cols)
+                            .map_err(|e| err(e.into()))?,
+                    );
+                }
+                let mem = MemTable::try_new(Arc::clone(&schema), vec![batches]).map_err(err)?;
+                self.ctx
+                    .read_table(previous)
+                    .and_then(|p| p.union(self.ctx.read_table(Arc::new(mem))?))
+                    .map_err(err)?
+                    .into_view()
             }
-        }
-        let mem = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+        };
         let _ = self.ctx.deregister_table(table.as_str());
         self.ctx
-            .register_table(table.as_str(), Arc::new(mem))
+            .register_table(table.as_str(), merged)
             .map_err(err)?;
         Ok(())
     }

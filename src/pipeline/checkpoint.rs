@@ -223,18 +223,18 @@ impl Runner {
                 })
                 .await?;
             // The rules read whole tables: what this snapshot did not compute comes from
-            // the tables' latest versions.
+            // the tables' latest versions, read as the rules run (their filters prune files).
             for i in 0..rules.merges().len() {
                 let m = &rules.merges()[i];
                 let except = match &m.publish {
                     Publish::Partitions(p) => Some(p),
                     _ => None,
                 };
-                let (schema, rows) = with_retries("reading a table for the rules", || {
-                    location.read_delta_where(&m.table, None, except)
+                let previous = with_retries("reading a table's log for the rules", || {
+                    location.scan_delta(&m.table, except)
                 })
                 .await?;
-                rules.provide(i, schema, rows)?;
+                rules.provide(i, std::sync::Arc::new(previous))?;
             }
             let (breaches, evaluated) = rules.evaluate().await?;
             let events = crate::alert::apply_evaluated(

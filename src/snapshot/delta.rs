@@ -442,23 +442,12 @@ impl Location {
         Ok(out)
     }
 
-    /// Reads table `name` at `version`: its rows with the partition column put back, in the
-    /// table's column order.
+    /// Reads table `name` at `version` (`None`: its latest) whole: its rows with the partition
+    /// column put back, in the table's column order.
     pub async fn read_delta(
         &self,
         name: &str,
-        version: u64,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
-        self.read_delta_where(name, Some(version), None).await
-    }
-
-    /// Reads table `name` at `version` (`None`: its latest), leaving out the partitions
-    /// (values of its partition column, as Delta writes them) in `except`.
-    pub async fn read_delta_where(
-        &self,
-        name: &str,
         version: Option<u64>,
-        except: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
         let table = self
             .open_table(name, version)
@@ -482,18 +471,6 @@ impl Location {
         let mut out = Vec::new();
         for f in state.log_data().iter() {
             let values = f.partition_values_map();
-            let skipped = except.is_some_and(|e| {
-                partition_columns.iter().any(|c| {
-                    values
-                        .get(c)
-                        .cloned()
-                        .flatten()
-                        .is_some_and(|v| e.contains(&v))
-                })
-            });
-            if skipped {
-                continue;
-            }
             let rel = format!("tables/{name}/{}", f.path());
             let path = self.path(&rel);
             let bytes = self
@@ -545,7 +522,7 @@ async fn txn_of(
 }
 
 /// `n` copies of a partition value, typed as its column.
-fn constant(
+pub(super) fn constant(
     value: Option<&str>,
     ty: &DataType,
     n: usize,

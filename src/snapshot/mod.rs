@@ -27,6 +27,7 @@ mod encode;
 pub mod faults;
 pub mod retention;
 mod retry;
+mod scan;
 mod state_files;
 mod store;
 
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 pub use delta::{Committed, Layout, LogSettings, Maintained};
 pub use encode::{EncodedPart, EncodedTable};
 pub use retention::{retained, SnapshotRow};
+pub use scan::DeltaScan;
 pub use state_files::{
     acks_path, segment_of, segment_path, state_dir, AlertsImage, Images, StateImage,
 };
@@ -287,7 +289,7 @@ impl Location {
             table: name.to_string(),
             message: format!("snapshot {} has no such table", c.snapshot_id),
         })?;
-        self.read_delta(name, t.version).await
+        self.read_delta(name, Some(t.version)).await
     }
 
     /// The highest snapshot id any of `tables` holds a commit of (`txn` of `pipeline`): a

@@ -154,7 +154,7 @@ async fn read_each_table_latest(loc: &Location) {
     for name in c.tables.keys() {
         let table = loc.open_table(name, None).await.unwrap().unwrap();
         let version = table.version().unwrap();
-        loc.read_delta(name, version)
+        loc.read_delta(name, Some(version))
             .await
             .unwrap_or_else(|e| panic!("{name} at version {version}: {e}"));
     }
