@@ -101,6 +101,7 @@ def main():
     print(f"soak: the pipeline's log is {work}/run.err (QUOTAFLOW_LOG sets its level)", file=sys.stderr, flush=True)
     samples = []
     t0 = time.monotonic()
+    moved = (t0, 0)  # when the count last moved, and to what
     while True:
         time.sleep(1)
         if run.poll() is not None:
@@ -112,6 +113,13 @@ def main():
         n, watermark = counted(port)
         n = n or 0
         samples.append((time.monotonic() - t0, rss_mib(run.pid), n))
+        if n != moved[1]:
+            moved = (time.monotonic(), n)
+        elif time.monotonic() - moved[0] > 120:
+            run.send_signal(signal.SIGTERM)
+            sys.exit(f"soak: nothing read for 120 s at {n:,} messages (is the broker up? an in-memory "
+                     f"broker holds every earlier run's topics: `scripts/services stop` frees them); "
+                     f"see {work}/run.err")
         if len(samples) % 10 == 0:
             print(f"soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1]:.0f} MiB, {n:,} read, watermark {watermark}",
                   file=sys.stderr, flush=True)
@@ -127,11 +135,13 @@ def main():
         for t, r, n in samples:
             f.write(f"{t:.1f},{r:.0f},{n}\n")
     print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
-    print("share of stream read   RSS MiB (max so far)")
+    print("share of stream read   RSS MiB (max so far)   RSS MiB (median of the tenth)")
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]
+        this = sorted(r for t, r, n in samples if produced * (tenth - 1) / 10 < n <= produced * tenth / 10)
         if upto:
-            print(f"{tenth * 10:>5} %               {max(upto):.0f}")
+            median = f"{this[len(this) // 2]:.0f}" if this else "-"
+            print(f"{tenth * 10:>5} %               {max(upto):<22.0f} {median}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ pub struct Watermark {
     /// The watermark as last computed (`refresh`); lower than the true one at worst, so a
     /// stale value only ever lets an event through, never marks it late.
     current: Option<Micros>,
+    /// The partition that set `current`: the one holding the watermark back.
+    held_by: Option<(String, i32)>,
 }
 
 impl Watermark {
@@ -38,6 +40,7 @@ impl Watermark {
             allowed_lateness,
             at_end: HashMap::new(),
             current: None,
+            held_by: None,
         }
     }
 
@@ -71,23 +74,40 @@ impl Watermark {
         assigned: impl IntoIterator<Item = (&'a str, i32)>,
         now: Instant,
     ) {
-        let mut min: Option<Micros> = None;
+        let mut min: Option<(Micros, &str, i32)> = None;
         for (topic, p) in assigned {
             if self.idle(topic, p, now) {
                 continue;
             }
             match highs.get(topic).and_then(|h| h.get(&p)) {
-                Some(high) => min = Some(min.map_or(*high, |m| m.min(*high))),
+                Some(high) if min.is_none_or(|(m, _, _)| *high < m) => {
+                    min = Some((*high, topic, p));
+                }
+                Some(_) => {}
                 None => {
                     self.current = None;
+                    self.held_by = Some((topic.to_string(), p));
                     return;
                 }
             }
         }
         // Every partition idle: the watermark stays where it was.
-        if min.is_some() {
-            self.current = min;
+        if let Some((high, topic, p)) = min {
+            self.current = Some(high);
+            if self
+                .held_by
+                .as_ref()
+                .is_none_or(|(t, q)| t != topic || *q != p)
+            {
+                self.held_by = Some((topic.to_string(), p));
+            }
         }
+    }
+
+    /// The partition that holds the watermark back (the one with the lowest high among those
+    /// not idle, or one that has delivered nothing yet), as last refreshed.
+    pub fn held_by(&self) -> Option<(&str, i32)> {
+        self.held_by.as_ref().map(|(t, p)| (t.as_str(), *p))
     }
 
     /// The watermark as last refreshed.
@@ -126,6 +146,7 @@ mod tests {
         let early = state(&[("a", 0, 300 * DAY), ("a", 1, 100 * DAY)]);
         w.refresh(&early, ASSIGNED, t0);
         assert_eq!(w.current(), None);
+        assert_eq!(w.held_by(), Some(("b", 0)));
         assert!(!w.is_late(0));
         let s = state(&[
             ("a", 0, 300 * DAY),
@@ -134,6 +155,7 @@ mod tests {
         ]);
         w.refresh(&s, ASSIGNED, t0);
         assert_eq!(w.current(), Some(100 * DAY));
+        assert_eq!(w.held_by(), Some(("a", 1)));
         // Exactly at watermark − lateness is not late; a microsecond older is.
         assert!(!w.is_late(-20 * DAY));
         assert!(w.is_late(-20 * DAY - 1));
@@ -143,6 +165,7 @@ mod tests {
         assert_eq!(w.current(), Some(100 * DAY));
         w.refresh(&s, ASSIGNED, t0 + Duration::from_secs(10));
         assert_eq!(w.current(), Some(250 * DAY));
+        assert_eq!(w.held_by(), Some(("b", 0)));
         assert!(w.is_late(129 * DAY));
         // A message from it makes it active again.
         w.read("a", 1);

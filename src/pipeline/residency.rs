@@ -117,6 +117,7 @@ impl Runner {
             outbox = s.outbox.len(),
             dead_letters = s.dead_letters.len(),
             watermark = ?watermark.map(crate::calendar::date_of),
+            held_by = ?self.watermark.held_by(),
             "resident state"
         );
         evicted
