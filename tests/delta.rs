@@ -1,7 +1,8 @@
 //! The Delta layout of `quotaflow::snapshot` on its own: unchanged tables get no commit, a
 //! commit replaces only the partitions whose rows differ, a snapshot's `txn` makes a retried
-//! commit a no-op, older versions stay readable (time travel), and maintenance removes only
-//! what no retained snapshot needs.
+//! commit a no-op, older versions stay readable (time travel), maintenance removes only what
+//! no retained snapshot needs, and a lazy scan of the latest version reads only the files its
+//! query's filters may match.
 
 use std::sync::Arc;
 

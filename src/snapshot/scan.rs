@@ -47,13 +47,6 @@ impl fmt::Debug for DeltaScan {
     }
 }
 
-impl DeltaScan {
-    /// How many data files the scan may read (before any pruning).
-    pub fn files(&self) -> usize {
-        self.files.len()
-    }
-}
-
 impl Location {
     /// Table `name` at its latest version, leaving out the partitions (values of its partition
     /// column, as Delta writes them) in `except`, as a table whose files are read lazily.
@@ -116,9 +109,13 @@ impl Location {
             schema: Arc::clone(table_schema.table_schema()),
             table_schema,
             files,
-            // The store is registered under this URL at each scan (a scan carries its own).
-            store_url: ObjectStoreUrl::parse("quotaflow-output://tables")
-                .map_err(|e| err(e.to_string()))?,
+            // The store is registered in the session under this URL at each scan: one per
+            // output, so scans of two outputs in one session do not take each other's store.
+            store_url: ObjectStoreUrl::parse(format!(
+                "quotaflow-output://{:016x}",
+                xxhash_rust::xxh3::xxh3_64(self.url.as_str().as_bytes())
+            ))
+            .map_err(|e| err(e.to_string()))?,
             store: Arc::clone(&self.store),
         })
     }
