@@ -682,7 +682,7 @@ fn next_snapshot(
                 _ => None,
             };
             let previous = loc
-                .scan_delta(&m.table, except.as_ref())
+                .scan_delta(&m.table, None, except.as_ref())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             rules

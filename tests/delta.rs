@@ -230,7 +230,10 @@ async fn maintenance_keeps_what_retained_snapshots_need_and_removes_the_rest() {
 async fn scan_query(loc: &Location, except: &[&str], sql: &str) -> (Vec<(i32, i64, i64)>, usize) {
     use datafusion::physical_plan::{collect, ExecutionPlan};
     let except: std::collections::BTreeSet<String> = except.iter().map(|s| s.to_string()).collect();
-    let scan = loc.scan_delta("activity", Some(&except)).await.unwrap();
+    let scan = loc
+        .scan_delta("activity", None, Some(&except))
+        .await
+        .unwrap();
     let ctx = datafusion::prelude::SessionContext::new();
     ctx.register_table("activity", Arc::new(scan)).unwrap();
     let plan = ctx

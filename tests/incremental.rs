@@ -79,7 +79,10 @@ async fn snapshot(
             Publish::Partitions(p) => Some(p.clone()),
             _ => None,
         };
-        let previous = loc.scan_delta(&m.table, except.as_ref()).await.unwrap();
+        let previous = loc
+            .scan_delta(&m.table, None, except.as_ref())
+            .await
+            .unwrap();
         rules.provide(i, std::sync::Arc::new(previous)).unwrap();
     }
     let (breaches, evaluated) = rules.evaluate().await.unwrap();

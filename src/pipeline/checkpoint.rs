@@ -231,7 +231,7 @@ impl Runner {
                     _ => None,
                 };
                 let previous = with_retries("reading a table's log for the rules", || {
-                    location.scan_delta(&m.table, except)
+                    location.scan_delta(&m.table, None, except)
                 })
                 .await?;
                 rules.provide(i, std::sync::Arc::new(previous))?;

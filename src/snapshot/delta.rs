@@ -16,10 +16,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Once};
 
-use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{new_null_array, ArrayRef};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
-use deltalake_core::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use datafusion::arrow::datatypes::DataType;
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake_core::kernel::{
     new_metadata, Action, Add, MetadataExt, Remove, StructType, Transaction,
@@ -29,7 +29,6 @@ use deltalake_core::logstore::{
 };
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
-use futures::TryFutureExt;
 use object_store::ObjectStoreExt;
 use url::Url;
 
@@ -440,70 +439,6 @@ impl Location {
             }
         }
         Ok(out)
-    }
-
-    /// Reads table `name` at `version` (`None`: its latest) whole: its rows with the partition
-    /// column put back, in the table's column order.
-    pub async fn read_delta(
-        &self,
-        name: &str,
-        version: Option<u64>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
-        let table = self
-            .open_table(name, version)
-            .await?
-            .ok_or_else(|| SnapshotError::Table {
-                table: name.to_string(),
-                message: "no Delta log".into(),
-            })?;
-        let state = table.snapshot().map_err(delta_err(name))?;
-        let kernel = state.schema();
-        let schema: Schema =
-            kernel
-                .as_ref()
-                .try_into_arrow()
-                .map_err(|e| SnapshotError::Table {
-                    table: name.to_string(),
-                    message: format!("schema: {e}"),
-                })?;
-        let schema = Arc::new(schema);
-        let partition_columns = state.metadata().partition_columns().to_vec();
-        let mut out = Vec::new();
-        for f in state.log_data().iter() {
-            let values = f.partition_values_map();
-            let rel = format!("tables/{name}/{}", f.path());
-            let path = self.path(&rel);
-            let bytes = self
-                .store
-                .get(&path)
-                .and_then(|r| r.bytes())
-                .await
-                .map_err(super::store_err(&path))?;
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|r| r.build())
-                    .map_err(|e| super::format_err(&path, e))?;
-            for b in reader {
-                let b = b.map_err(|e| super::format_err(&path, e))?;
-                let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-                for field in schema.fields() {
-                    if partition_columns.contains(field.name()) {
-                        let value = values.get(field.name()).cloned().flatten();
-                        cols.push(
-                            constant(value.as_deref(), field.data_type(), b.num_rows())
-                                .map_err(arrow_err(name))?,
-                        );
-                    } else {
-                        let c = b.column_by_name(field.name()).ok_or_else(|| {
-                            super::format_err(&path, format!("no column `{}`", field.name()))
-                        })?;
-                        cols.push(Arc::clone(c));
-                    }
-                }
-                out.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(arrow_err(name))?);
-            }
-        }
-        Ok((schema, out))
     }
 }
 

@@ -3,13 +3,14 @@
 //! Parquet statistics, its projection reads only the columns it names, and its rows stream
 //! through the plan instead of being held whole. The alert rules read the partitions a
 //! snapshot did not recompute this way (`Location::scan_delta`), so what a cut holds for them
-//! is what their filters keep, not the table's history.
+//! is what their filters keep, not the table's history. A whole read (`Location::read_delta`:
+//! a restore's check, `verify`) is the same scan, collected.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
@@ -21,7 +22,8 @@ use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::prelude::SessionContext;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoArrow;
 use object_store::ObjectStore;
 
@@ -32,6 +34,8 @@ use super::{Location, SnapshotError};
 pub struct DeltaScan {
     table: String,
     schema: SchemaRef,
+    /// The index in `schema` of each column of the table, in the table's order.
+    table_order: Vec<usize>,
     table_schema: TableSchema,
     files: Vec<PartitionedFile>,
     store_url: ObjectStoreUrl,
@@ -48,12 +52,13 @@ impl fmt::Debug for DeltaScan {
 }
 
 impl Location {
-    /// Table `name` at its latest version, leaving out the partitions (values of its partition
-    /// column, as Delta writes them) in `except`, as a table whose files are read lazily.
-    /// Only the Delta log is read here.
+    /// Table `name` at `version` (`None`: its latest), leaving out the partitions (values of
+    /// its partition column, as Delta writes them) in `except`, as a table whose files are
+    /// read lazily. Only the Delta log is read here.
     pub async fn scan_delta(
         &self,
         name: &str,
+        version: Option<u64>,
         except: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<DeltaScan, SnapshotError> {
         let err = |message: String| SnapshotError::Table {
@@ -61,7 +66,7 @@ impl Location {
             message,
         };
         let table = self
-            .open_table(name, None)
+            .open_table(name, version)
             .await?
             .ok_or_else(|| err("no Delta log".into()))?;
         let state = table.snapshot().map_err(|e| err(e.to_string()))?;
@@ -104,9 +109,17 @@ impl Location {
         let table_schema = TableSchema::builder(Arc::new(Schema::new(file_fields)))
             .with_table_partition_cols(partition_fields)
             .build();
+        let schema = Arc::clone(table_schema.table_schema());
+        let table_order = whole
+            .fields()
+            .iter()
+            .map(|f| schema.index_of(f.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
         Ok(DeltaScan {
             table: name.to_string(),
-            schema: Arc::clone(table_schema.table_schema()),
+            schema,
+            table_order,
             table_schema,
             files,
             // The store is registered in the session under this URL at each scan: one per
@@ -118,6 +131,28 @@ impl Location {
             .map_err(|e| err(e.to_string()))?,
             store: Arc::clone(&self.store),
         })
+    }
+
+    /// Reads table `name` at `version` (`None`: its latest) whole: its rows with the partition
+    /// column put back, in the table's column order.
+    pub async fn read_delta(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SnapshotError> {
+        let scan = self.scan_delta(name, version, None).await?;
+        let err = |e: datafusion::error::DataFusionError| SnapshotError::Table {
+            table: name.to_string(),
+            message: e.to_string(),
+        };
+        let ctx = SessionContext::new();
+        let plan = scan
+            .scan(&ctx.state(), Some(&scan.table_order), &[], None)
+            .await
+            .map_err(err)?;
+        let schema = plan.schema();
+        let batches = collect(plan, ctx.task_ctx()).await.map_err(err)?;
+        Ok((schema, batches))
     }
 }
 
