@@ -38,15 +38,19 @@ def rss_mib(pid):
 
 
 def counted(port):
-    """(messages counted, watermark as a date or None) from the pipeline's /metrics."""
+    """(messages counted, watermark as a date or None, the partition furthest behind its end
+    with its lag) from the pipeline's /metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
-        return None, None
+        return None, None, None
     lines = text.splitlines()
     n = sum(int(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_messages_total{"))
     w = [float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_watermark_seconds")]
-    return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None)
+    lags = [(int(l.rsplit(" ", 1)[1]), l.split("{", 1)[1].split("}", 1)[0]) for l in lines
+            if l.startswith("quotaflow_consumer_lag{")]
+    behind = max(lags) if lags else None
+    return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None), behind
 
 
 def main():
@@ -110,7 +114,7 @@ def main():
                 run = start()
                 continue
             sys.exit(f"soak: the pipeline exited ({run.returncode}); see {work}/run.err")
-        n, watermark = counted(port)
+        n, watermark, behind = counted(port)
         n = n or 0
         samples.append((time.monotonic() - t0, rss_mib(run.pid), n))
         if n != moved[1]:
@@ -121,7 +125,8 @@ def main():
                      f"broker holds every earlier run's topics: `scripts/services stop` frees them); "
                      f"see {work}/run.err")
         if len(samples) % 10 == 0:
-            print(f"soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1]:.0f} MiB, {n:,} read, watermark {watermark}",
+            lag = f", furthest behind {behind[1]} by {behind[0]:,}" if behind else ""
+            print(f"soak: {samples[-1][0]:.0f} s, RSS {samples[-1][1]:.0f} MiB, {n:,} read, watermark {watermark}{lag}",
                   file=sys.stderr, flush=True)
         if produced is None and generator.poll() is not None:
             produced = generated()

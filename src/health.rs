@@ -29,6 +29,8 @@ pub struct Status {
     /// (topic, partition) → messages behind the partition's end, as of the latest fetch.
     pub lag: BTreeMap<(String, i32), i64>,
     pub state_keys: usize,
+    /// Partitions paused now for reading too far ahead, and pauses over the run.
+    pub paused: (usize, u64),
     /// Event-time watermark, microseconds since the epoch.
     pub watermark: Option<i64>,
     /// Alert events not yet acknowledged by their Kafka or webhook target.
@@ -281,6 +283,18 @@ fn metrics(s: &Status) -> String {
             escape(topic)
         ));
     }
+    let n = family(
+        "quotaflow_partitions_paused",
+        "gauge",
+        "Partitions paused for reading more than source.max_read_ahead past the slowest one.",
+    );
+    lines.push(format!("{n} {}", s.paused.0));
+    let n = family(
+        "quotaflow_partition_pauses_total",
+        "counter",
+        "Times a partition was paused for reading too far ahead.",
+    );
+    lines.push(format!("{n} {}", s.paused.1));
     let n4 = family(
         "quotaflow_snapshot_age_seconds",
         "gauge",

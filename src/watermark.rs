@@ -8,8 +8,13 @@
 //! `late`. While a partition that is not idle has delivered no event yet, there is no
 //! watermark and nothing is late: a replay that reads one partition long before another must
 //! not drop the other's older events.
+//!
+//! [`Alignment`] keeps the partitions reading at about the same event time: one that reads
+//! more than `source.max_read_ahead` past the slowest partition still reading is paused until
+//! that one catches up. Without it a partition the broker serves slowly holds the watermark
+//! back while the others read on, and every month between the two stays open in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::event::Micros;
@@ -58,6 +63,13 @@ impl Watermark {
             .or_default()
             .entry(partition)
             .or_insert(now);
+    }
+
+    /// Whether the partition is at its end (idle or not yet).
+    fn is_at_end(&self, topic: &str, partition: i32) -> bool {
+        self.at_end
+            .get(topic)
+            .is_some_and(|parts| parts.contains_key(&partition))
     }
 
     fn idle(&self, topic: &str, partition: i32, now: Instant) -> bool {
@@ -119,6 +131,87 @@ impl Watermark {
     pub fn is_late(&self, occurred_at: Micros) -> bool {
         self.current
             .is_some_and(|w| occurred_at < w.saturating_sub(self.allowed_lateness))
+    }
+}
+
+/// Which partitions are held back because they read too far ahead in event time (watermark
+/// alignment). Pure: the run loop does not read the partitions it holds.
+pub struct Alignment {
+    /// How far a partition's highest event time may run past the slowest partition still
+    /// reading before it is paused; zero turns alignment off.
+    max_ahead: Micros,
+    paused: BTreeSet<(String, i32)>,
+}
+
+/// Partitions newly held back and newly released, as [`Alignment::align`] decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub pause: Vec<(String, i32)>,
+    pub resume: Vec<(String, i32)>,
+}
+
+impl Alignment {
+    pub fn new(max_ahead: Micros) -> Alignment {
+        Alignment {
+            max_ahead,
+            paused: BTreeSet::new(),
+        }
+    }
+
+    /// Decides, from the state's highs, which `assigned` partitions are paused from now on.
+    /// The floor is the lowest high among the partitions still reading (not at their end;
+    /// paused ones count, so the lowest of them is resumed when every other one is at its
+    /// end). A partition more than `max_ahead` past the floor is paused; a paused one is
+    /// resumed once within half of it (the gap keeps a partition from being paused and
+    /// resumed at every refresh). The
+    /// partition at the floor always reads, so reading never stops. Before every partition
+    /// still reading has delivered an event there is no floor and nothing is paused.
+    pub fn align<'a>(
+        &mut self,
+        highs: &Highs,
+        assigned: impl IntoIterator<Item = (&'a str, i32)> + Clone,
+        watermark: &Watermark,
+    ) -> Changes {
+        let high = |t: &str, p: i32| highs.get(t).and_then(|h| h.get(&p)).copied();
+        let mut floor: Option<Micros> = None;
+        let mut known = true;
+        for (t, p) in assigned.clone() {
+            if watermark.is_at_end(t, p) {
+                continue;
+            }
+            match high(t, p) {
+                Some(h) => floor = Some(floor.map_or(h, |f| f.min(h))),
+                None => known = false,
+            }
+        }
+        let floor = floor.filter(|_| known && self.max_ahead > 0);
+        let mut changes = Changes::default();
+        for (t, p) in assigned {
+            let key = (t.to_string(), p);
+            let ahead = match (floor, high(t, p)) {
+                (Some(f), Some(h)) => h.saturating_sub(f),
+                _ => 0,
+            };
+            let paused = self.paused.contains(&key);
+            if !paused && ahead > self.max_ahead {
+                self.paused.insert(key.clone());
+                changes.pause.push(key);
+            } else if paused && ahead <= self.max_ahead / 2 {
+                self.paused.remove(&key);
+                changes.resume.push(key);
+            }
+        }
+        changes
+    }
+
+    /// The partitions held back now: the run does not read them.
+    pub fn held(&self) -> &BTreeSet<(String, i32)> {
+        &self.paused
+    }
+
+    /// How many partitions are paused.
+    pub fn paused(&self) -> usize {
+        self.paused.len()
     }
 }
 
@@ -188,5 +281,76 @@ mod tests {
         w.reached_end("a", 0, t0);
         w.refresh(&s, assigned, t0);
         assert_eq!(w.current(), Some(300 * DAY));
+    }
+
+    #[test]
+    fn a_partition_too_far_ahead_is_paused_until_the_slowest_reading_one_catches_up() {
+        let w = Watermark::new(Duration::from_secs(10), 120 * DAY, false);
+        let mut a = Alignment::new(10 * DAY);
+        // b/0 has delivered nothing yet: no floor, nothing paused.
+        let early = state(&[("a", 0, 300 * DAY), ("a", 1, 100 * DAY)]);
+        assert_eq!(a.align(&early, ASSIGNED, &w), Changes::default());
+        // a/0 is 200 days past the floor (a/1), b/0 exactly 10 days: only a/0 pauses.
+        let s = state(&[
+            ("a", 0, 300 * DAY),
+            ("a", 1, 100 * DAY),
+            ("b", 0, 110 * DAY),
+        ]);
+        let pause_a0 = Changes {
+            pause: vec![("a".into(), 0)],
+            resume: vec![],
+        };
+        assert_eq!(a.align(&s, ASSIGNED, &w), pause_a0);
+        assert!(a.held().contains(&("a".to_string(), 0)));
+        // Nothing changes while nothing moves.
+        assert_eq!(a.align(&s, ASSIGNED, &w), Changes::default());
+        // a/1 catches up to within 10 days, then within 5: only then is a/0 resumed.
+        let closer = state(&[
+            ("a", 0, 300 * DAY),
+            ("a", 1, 290 * DAY),
+            ("b", 0, 294 * DAY),
+        ]);
+        assert_eq!(a.align(&closer, ASSIGNED, &w), Changes::default());
+        let caught_up = state(&[
+            ("a", 0, 300 * DAY),
+            ("a", 1, 295 * DAY),
+            ("b", 0, 296 * DAY),
+        ]);
+        let resume_a0 = Changes {
+            pause: vec![],
+            resume: vec![("a".into(), 0)],
+        };
+        assert_eq!(a.align(&caught_up, ASSIGNED, &w), resume_a0);
+        assert!(a.held().is_empty());
+    }
+
+    #[test]
+    fn partitions_at_their_end_do_not_hold_the_others_back() {
+        let t0 = Instant::now();
+        let mut w = Watermark::new(Duration::from_secs(10), 120 * DAY, false);
+        let mut a = Alignment::new(10 * DAY);
+        let s = state(&[
+            ("a", 0, 300 * DAY),
+            ("a", 1, 100 * DAY),
+            ("b", 0, 200 * DAY),
+        ]);
+        let paused = a.align(&s, ASSIGNED, &w);
+        assert_eq!(paused.pause, vec![("a".into(), 0), ("b".into(), 0)]);
+        // a/1 reaches its end (not idle yet for the watermark): the floor is the lowest paused
+        // partition, which resumes; the other stays paused, 100 days past it.
+        w.reached_end("a", 1, t0);
+        let changes = a.align(&s, ASSIGNED, &w);
+        assert_eq!(changes.resume, vec![("b".into(), 0)]);
+        assert!(changes.pause.is_empty());
+        assert_eq!(a.paused(), 1);
+        // Every partition at its end: nothing stays paused.
+        w.reached_end("b", 0, t0);
+        w.reached_end("a", 0, t0);
+        assert_eq!(a.align(&s, ASSIGNED, &w).resume, vec![("a".into(), 0)]);
+        // Alignment off: nothing is ever paused.
+        let mut off = Alignment::new(0);
+        let fresh = Watermark::new(Duration::from_secs(10), 120 * DAY, false);
+        assert_eq!(off.align(&s, ASSIGNED, &fresh), Changes::default());
+        assert!(a.held().is_empty());
     }
 }

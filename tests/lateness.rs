@@ -84,14 +84,15 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
 
     // Now an event from January on the fast partition: whatever the idleness of partition 1,
     // the watermark is at least May 15, and January 5 is more than 120 days before it.
-    // A May 20 event on it is behind partition 0 but not late.
+    // A June 10 event on it is months behind partition 0 but not late, whatever the idleness
+    // of partition 1 too: at most 120 days before September 30.
     produce(
         &brokers,
         &topic,
         0,
         &[
             activity("stale", "2026-01-05T10:00:00Z"),
-            activity("behind", "2026-05-20T10:00:00Z"),
+            activity("behind", "2026-06-10T10:00:00Z"),
         ],
     );
     run_in_process(&p, opts).await;
@@ -117,7 +118,7 @@ async fn a_slow_partition_holds_the_watermark_and_only_the_truly_late_event_is_d
         "the late event changed no table"
     );
     assert!(
-        days.contains(&"2026-05-20".to_string()),
+        days.contains(&"2026-06-10".to_string()),
         "the event behind was folded in"
     );
     let quality = rows(&t, "data_quality");

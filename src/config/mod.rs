@@ -82,6 +82,9 @@ pub struct Source {
     pub allowed_lateness: Duration,
     /// A partition at its end for this long stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// A partition whose events run this far (event time) past the slowest partition still
+    /// reading is paused until it catches up (`watermark::Alignment`); zero turns that off.
+    pub max_read_ahead: Duration,
     /// librdkafka client properties (TLS, SASL, fetch sizes).
     pub kafka: BTreeMap<String, String>,
 }
@@ -95,6 +98,11 @@ impl Source {
     /// The allowed lateness in microseconds of event time.
     pub fn allowed_lateness_micros(&self) -> i64 {
         i64::try_from(self.allowed_lateness.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The read-ahead bound in microseconds of event time.
+    pub fn max_read_ahead_micros(&self) -> i64 {
+        i64::try_from(self.max_read_ahead.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// The event type read from `topic`, if it is one of the pipeline's.

@@ -164,6 +164,7 @@ fn source(s: &RawSource) -> Checked<Source> {
         dedup_horizon: duration("source.dedup_horizon", &s.dedup_horizon)?,
         allowed_lateness: duration("source.allowed_lateness", &s.allowed_lateness)?,
         idle_timeout: duration("source.idle_timeout", &s.idle_timeout)?,
+        max_read_ahead: duration("source.max_read_ahead", &s.max_read_ahead)?,
         kafka: s.kafka.clone(),
     })
 }

@@ -8,6 +8,7 @@
 //! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
 
 mod checkpoint;
+mod reading;
 mod residency;
 mod restore;
 mod state_write;
@@ -18,11 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
-use rdkafka::Message as _;
 
 pub use checkpoint::{table_names, SNAPSHOTS};
 pub use residency::bring_back;
@@ -33,7 +30,7 @@ use crate::alert::deliver::Dispatcher;
 use crate::config::Pipeline;
 use crate::engine::{Engine, EngineError};
 use crate::health::Health;
-use crate::ingest::{Ingest, Message};
+use crate::ingest::Ingest;
 use crate::internal::InternalError;
 use crate::kafka::{Cluster, KafkaIoError, Tp};
 use crate::snapshot::{Checkpoint, Location, SnapshotError, SnapshotRow};
@@ -41,8 +38,9 @@ use crate::source::consumer::{group_of, KafkaSource};
 use crate::source::dead_letters::DeadLetterSink;
 use crate::source::DeadLetter;
 use crate::state::State;
-use crate::watermark::Watermark;
+use crate::watermark::{Alignment, Watermark};
 use checkpoint::{written, InFlight};
+use reading::count_lost;
 use trigger::Trigger;
 
 /// How a run is started.
@@ -144,6 +142,8 @@ pub struct RunReport {
     pub grain_months_evicted: u64,
     /// Closed deals that left memory during this run (counted again the same way).
     pub deals_evicted: u64,
+    /// Times a partition was paused for reading too far ahead of the others.
+    pub partitions_paused: u64,
 }
 
 /// A `--once` run that reads no message and sees no partition newly at its end for this long
@@ -160,35 +160,13 @@ const BURST: usize = 1024;
 /// Messages between two reads of the wall clock (the clock-skew bound of the decoder).
 const CLOCK_EVERY: u64 = 1024;
 
-/// Offsets the broker deleted before they were read, found from every partition's log start
-/// (at start, and whenever a fetch is out of range): counted in the state (`data_quality`,
-/// `/metrics`, `/healthz`, `quotaflow snapshots`) and said once per partition. Reading then
-/// goes on from the log start, so none of them is also read (a broker may still serve some).
-/// Returns whether any were lost. Only log starts are trusted: tansu 0.6 reports stale ends.
-fn count_lost(state: &mut State, source: &KafkaSource) -> Result<bool, KafkaIoError> {
-    let mut moved = false;
-    for ((topic, p), (low, _)) in source.watermarks()? {
-        let next = state.next_offset(&topic, p);
-        let lost = state.lose(&topic, p, low);
-        if lost > 0 {
-            tracing::error!(topic, partition = p, next, log_start = low, lost,
-                "offsets were deleted by the broker before quotaflow read them: those events are lost (counted as lost_offsets in data_quality)");
-            moved = true;
-        }
-    }
-    if moved {
-        source.reassign(&state.offsets)?;
-    }
-    Ok(moved)
-}
-
 /// Runs a pipeline until `shutdown` resolves (or, with `once`, to the end of every partition).
 pub async fn run(
     pipeline: Arc<Pipeline>,
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
-    let (mut r, source, _server) = Runner::start(pipeline, &opts).await?;
+    let (mut r, mut source, _server) = Runner::start(pipeline, &opts).await?;
     let mut trigger = Trigger::new(&r.pipeline.snapshot, opts.once);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -196,6 +174,15 @@ pub async fn run(
     loop {
         if r.done(&opts, &source) {
             break;
+        }
+        if r.reassign {
+            // Lost offsets were counted: read on from the log starts.
+            match source.reassign(&r.state.offsets) {
+                Ok(()) => r.reassign = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving past the lost offsets failed; retrying")
+                }
+            }
         }
         if trigger.counted(r.since_snapshot) && r.inflight.is_none() {
             r.begin(opts.once, &source).await?;
@@ -219,6 +206,7 @@ pub async fn run(
                     }
                 }
             }
+            m = source.recv(r.alignment.held()) => r.on_messages(m, &source, &opts, &trigger)?,
             m = source.consumer.recv() => r.on_messages(m, &source, &opts, &trigger)?,
         }
     }
@@ -247,6 +235,8 @@ struct Runner {
     /// The retained snapshots, the last durable one included (rows of `snapshots`).
     history: Vec<SnapshotRow>,
     watermark: Watermark,
+    /// The partitions paused for reading too far ahead of the others.
+    alignment: Alignment,
     /// Dead letters not yet delivered (delivered before the snapshot that moves past them).
     pending: Vec<DeadLetter>,
     since_snapshot: u64,
@@ -261,6 +251,8 @@ struct Runner {
     /// A fetch was out of range and its lost offsets are not counted yet (`count_lost`
     /// failed): tried again every housekeeping tick, since the client waits for a new position.
     out_of_range: bool,
+    /// Lost offsets were counted: the consumer moves past them before the next read.
+    reassign: bool,
     /// The last durable snapshot's state (the next segment extends its chains).
     manifest: crate::state::segments::Manifest,
     /// The segments each retained snapshot names (filled as snapshots are written; a restore
@@ -324,7 +316,7 @@ impl Runner {
         let durable = checkpoint.as_ref().map_or(0, |c| c.snapshot_id);
         let restored_from = (durable > 0).then_some(durable);
         let cluster = Cluster::new(&opts.brokers, &pipeline.source.kafka);
-        let source = KafkaSource::connect(
+        let mut source = KafkaSource::connect(
             &cluster,
             &group_of(&pipeline.name),
             &pipeline.source.topics,
@@ -336,7 +328,9 @@ impl Runner {
             Dispatcher::start(&cluster, &pipeline.alert_delivery, &pipeline.metrics.alerts).await?;
         // Alert events a previous run recorded but did not see acknowledged go out again.
         alerts.submit(&state.outbox);
-        count_lost(&mut state, &source)?;
+        if count_lost(&mut state, &source)? {
+            source.reassign(&state.offsets)?;
+        }
         let health = Health::default();
         let server = match pipeline.http_bind {
             Some(addr) => health.serve(addr).await,
@@ -354,6 +348,7 @@ impl Runner {
             full_next: full,
             segments_lost: false,
             out_of_range: false,
+            reassign: false,
             manifest,
             segments: Default::default(),
             redefined_next: redefined,
@@ -364,6 +359,7 @@ impl Runner {
                 pipeline.source.allowed_lateness_micros(),
                 opts.once,
             ),
+            alignment: Alignment::new(pipeline.source.max_read_ahead_micros()),
             pipeline,
             location,
             dead_letters,
@@ -391,6 +387,7 @@ impl Runner {
                 alerts_pending: 0,
                 grain_months_evicted: 0,
                 deals_evicted: 0,
+                partitions_paused: 0,
             },
         };
         Ok((r, source, AbortOnDrop(server)))
@@ -401,31 +398,6 @@ impl Runner {
     fn done(&self, opts: &RunOptions, source: &KafkaSource) -> bool {
         (opts.once && self.ended.len() >= source.assigned.len())
             || opts.max_events.is_some_and(|m| self.report.messages >= m)
-    }
-
-    /// Counts the offsets lost since a fetch was out of range, and moves the consumer past
-    /// them; on failure, left for the next housekeeping tick.
-    fn recount_lost(&mut self, source: &KafkaSource) {
-        match count_lost(&mut self.state, source) {
-            Ok(lost) => {
-                self.out_of_range = false;
-                if !lost {
-                    tracing::error!("a fetch was out of range, but no partition's log start is past the offset it reads next (was a topic recreated or truncated?): that partition is not read until the pipeline restarts");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "a fetch was out of range and the log starts could not be read; retrying");
-                self.broker_health(false, source);
-            }
-        }
-    }
-
-    /// Recomputes the watermark from the state's highs (every HOUSEKEEPING, every burst of
-    /// messages and every cut).
-    fn refresh_watermark(&mut self, source: &KafkaSource) {
-        let highs = &self.state.partition_high;
-        self.watermark
-            .refresh(highs, source.partitions(), Instant::now());
     }
 
     /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
@@ -473,86 +445,6 @@ impl Runner {
         Ok(())
     }
 
-    /// The message path: `first`, then what is already queued, up to BURST messages, without
-    /// going back through the loop's select (it costs more than a message when data flows).
-    fn on_messages(
-        &mut self,
-        first: KafkaResult<BorrowedMessage<'_>>,
-        source: &KafkaSource,
-        opts: &RunOptions,
-        trigger: &Trigger,
-    ) -> Result<(), RunError> {
-        self.refresh_watermark(source);
-        let mut m = first;
-        let mut handled = 0;
-        loop {
-            match m {
-                Ok(msg) => {
-                    self.broker_health(true, source);
-                    self.on_message(&msg);
-                }
-                Err(KafkaError::PartitionEOF(_)) => {
-                    self.broker_health(true, source);
-                    let at_end = source.at_end(&self.state.offsets)?;
-                    let t = Instant::now();
-                    for (topic, p) in &at_end {
-                        self.watermark.reached_end(topic, *p, t);
-                    }
-                    if opts.once {
-                        self.ended.extend(at_end);
-                    }
-                }
-                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                    // A partition's next offset is out of range: retention overtook the reader.
-                    self.out_of_range = true;
-                    self.recount_lost(source);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consumer error; retrying");
-                    self.broker_health(false, source);
-                }
-            }
-            handled += 1;
-            let cut = trigger.counted(self.since_snapshot) && self.inflight.is_none();
-            let stop = opts
-                .max_events
-                .is_some_and(|max| self.report.messages >= max);
-            if handled >= BURST || cut || stop {
-                break;
-            }
-            // Only what is already queued: a message taken here is always handled.
-            match source.consumer.recv().now_or_never() {
-                Some(next) => m = next,
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    /// One message through the ingest path; a refused one waits to go to the dead letters.
-    fn on_message(&mut self, msg: &BorrowedMessage<'_>) {
-        let payload = msg.payload().unwrap_or_default();
-        self.report.messages += 1;
-        self.report.bytes += payload.len() as u64;
-        self.since_snapshot += 1;
-        if self.report.messages.is_multiple_of(CLOCK_EVERY) {
-            self.now = chrono::Utc::now().timestamp_micros();
-        }
-        self.watermark.read(msg.topic(), msg.partition());
-        let m = Message {
-            topic: msg.topic(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            payload,
-        };
-        if let Some(dl) = self
-            .ingest
-            .message(&mut self.state, &self.watermark, m, self.now)
-        {
-            self.pending.push(dl);
-        }
-    }
-
     /// Records whether the broker answers; `/healthz` follows. A message or an end of partition
     /// says it does (and clears the client's error), a client error that it does not.
     fn broker_health(&mut self, ok: bool, source: &KafkaSource) {
@@ -571,7 +463,9 @@ impl Runner {
         let (messages, state_keys) = (self.state.quality.clone(), self.state.size());
         let alerts_pending = self.alerts.pending();
         let watermark = self.watermark.current();
+        let paused = (self.alignment.paused(), self.report.partitions_paused);
         self.health.update(|s| {
+            s.paused = paused;
             s.messages = messages;
             s.lag = lag;
             s.state_keys = state_keys;

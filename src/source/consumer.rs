@@ -1,12 +1,19 @@
 //! The consumer: assigned to every partition of the pipeline's topics at the offsets a
 //! snapshot recorded (no group rebalancing; offsets live in the snapshot, the Kafka commit after
-//! a snapshot is advisory), the end-of-partition checks of `--once`, and the read limit.
+//! a snapshot is advisory), each partition read from a queue of its own so that the run can
+//! leave a partition unread (watermark alignment), the end-of-partition checks of `--once`, and
+//! the read limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{next_offset, Offsets};
@@ -63,9 +70,18 @@ impl SourceContext {
 
 /// The consumer side of a run.
 pub struct KafkaSource {
-    pub consumer: StreamConsumer<SourceContext>,
+    /// The client. Its own queue carries client events and errors (and a partition's messages
+    /// fetched before its queue was split off); it must be read too.
+    pub consumer: Arc<StreamConsumer<SourceContext>>,
     /// Every assigned partition with the offset reading starts at.
     pub assigned: BTreeMap<Tp, i64>,
+    /// Each assigned partition's own queue (`split_partition_queue`), in `assigned` order. A
+    /// partition that is not read keeps what the client fetched for it in its queue, and the
+    /// client stops fetching it once that queue holds `queued.max.messages.kbytes`: nothing is
+    /// dropped and fetched again, as pausing the partition would.
+    queues: Vec<(Tp, StreamPartitionQueue<SourceContext>)>,
+    /// The queue read last: reading stays on a partition while it has messages.
+    next: AtomicUsize,
 }
 
 impl KafkaSource {
@@ -85,8 +101,8 @@ impl KafkaSource {
             // run handles, counting what it skips (`pipeline::count_lost`), never a silent reset.
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "true");
-        let consumer: StreamConsumer<SourceContext> =
-            cfg.create_with_context(SourceContext::default())?;
+        let consumer: Arc<StreamConsumer<SourceContext>> =
+            Arc::new(cfg.create_with_context(SourceContext::default())?);
         let connect = |source| KafkaIoError::Connect {
             brokers: cluster.brokers.clone(),
             source,
@@ -114,13 +130,19 @@ impl KafkaSource {
             }
         }
         consumer.assign(&tpl)?;
-        Ok(KafkaSource { consumer, assigned })
+        let queues = split(&consumer, &assigned)?;
+        Ok(KafkaSource {
+            consumer,
+            assigned,
+            queues,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// Assigns every partition again, at its next offset in `offsets` (from its beginning if
     /// never read): reading goes on from there, and what the client had fetched beyond the
-    /// state is fetched again.
-    pub fn reassign(&self, offsets: &Offsets) -> Result<(), KafkaIoError> {
+    /// state is fetched again. Each partition gets a new queue (an assign retires them).
+    pub fn reassign(&mut self, offsets: &Offsets) -> Result<(), KafkaIoError> {
         let mut tpl = TopicPartitionList::new();
         for (t, p) in self.assigned.keys() {
             let at = next_offset(offsets, t, *p).map_or(Offset::Beginning, Offset::Offset);
@@ -131,11 +153,52 @@ impl KafkaSource {
                 })?;
         }
         self.consumer.assign(&tpl)?;
+        self.queues = split(&self.consumer, &self.assigned)?;
         Ok(())
     }
 
+    /// The next message or event of a partition not `held`, waiting for one.
+    pub async fn recv<'a>(&'a self, held: &BTreeSet<Tp>) -> KafkaResult<BorrowedMessage<'a>> {
+        if let Some(m) = self.try_recv(held) {
+            return m;
+        }
+        let waits: Vec<_> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, (tp, _))| !held.contains(tp))
+            .map(|(i, (_, q))| q.recv().map(move |m| (i, m)).boxed())
+            .collect();
+        if waits.is_empty() {
+            // Nothing assigned (no topic exists): the loop's other branches go on.
+            return std::future::pending().await;
+        }
+        let ((i, m), _, _) = futures::future::select_all(waits).await;
+        self.next.store(i, Ordering::Relaxed);
+        m
+    }
+
+    /// A message or event already queued for a partition not `held`, if any: from the
+    /// partition read last, then the next ones in turn.
+    pub fn try_recv(&self, held: &BTreeSet<Tp>) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+        let n = self.queues.len();
+        let from = self.next.load(Ordering::Relaxed);
+        for k in 0..n {
+            let i = (from + k) % n;
+            let (tp, q) = &self.queues[i];
+            if held.contains(tp) {
+                continue;
+            }
+            if let Some(m) = q.recv().now_or_never() {
+                self.next.store(i, Ordering::Relaxed);
+                return Some(m);
+            }
+        }
+        None
+    }
+
     /// The assigned partitions.
-    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32)> {
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32)> + Clone {
         self.assigned.keys().map(|(t, p)| (t.as_str(), *p))
     }
 
@@ -223,6 +286,28 @@ impl KafkaSource {
     }
 }
 
+/// Each assigned partition's own queue.
+fn split(
+    consumer: &Arc<StreamConsumer<SourceContext>>,
+    assigned: &BTreeMap<Tp, i64>,
+) -> Result<Vec<(Tp, StreamPartitionQueue<SourceContext>)>, KafkaIoError> {
+    assigned
+        .keys()
+        .map(|(topic, p)| {
+            let queue =
+                consumer
+                    .split_partition_queue(topic, *p)
+                    .ok_or_else(|| KafkaIoError::Topic {
+                        topic: topic.clone(),
+                        source: KafkaError::Subscription(format!(
+                            "partition {p} could not be given a queue of its own"
+                        )),
+                    })?;
+            Ok(((topic.clone(), *p), queue))
+        })
+        .collect()
+}
+
 /// Reads every partition of the pipeline's topics from the beginning to its end with the
 /// consumer `run` uses, only counting messages and bytes: the limit of broker and client
 /// that `run --once` is measured against. Returns (messages, bytes).
@@ -236,9 +321,16 @@ pub async fn read_limit(
     let source = KafkaSource::connect(cluster, group, topics, &empty)?;
     let total = source.assigned.len();
     let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut done = std::collections::BTreeSet::new();
+    let mut done = BTreeSet::new();
+    let none = BTreeSet::new();
     while done.len() < total {
-        match tokio::time::timeout(Duration::from_secs(30), source.consumer.recv()).await {
+        let next = async {
+            tokio::select! {
+                m = source.recv(&none) => m,
+                m = source.consumer.recv() => m,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), next).await {
             Err(_) => {
                 return Err(KafkaIoError::Stalled {
                     partitions: total - done.len(),

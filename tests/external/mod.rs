@@ -8,6 +8,7 @@
 //! and a broker or S3 server of a test's own for the fault tests.
 
 mod alerts_webhook;
+mod alignment;
 mod broker_faults;
 mod crash;
 mod end_to_end;
