@@ -37,8 +37,8 @@ pub(super) fn count_lost(state: &mut State, source: &KafkaSource) -> Result<bool
 }
 
 impl Runner {
-    /// Counts the offsets lost since a fetch was out of range, and moves the consumer past
-    /// them; on failure, left for the next housekeeping tick.
+    /// Counts the offsets lost since a fetch was out of range, and asks the loop to move the
+    /// consumer past them (`reassign`); on failure, left for the next housekeeping tick.
     pub(super) fn recount_lost(&mut self, source: &KafkaSource) {
         match count_lost(&mut self.state, source) {
             Ok(lost) => {

@@ -98,7 +98,8 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // An offset out of range (the broker deleted it before it was read) is an error the
-            // run handles, counting what it skips (`pipeline::count_lost`), never a silent reset.
+            // run handles, counting what it skips (`pipeline::reading::count_lost`), never a
+            // silent reset.
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "true");
         let consumer: Arc<StreamConsumer<SourceContext>> =
@@ -157,9 +158,11 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// The next message or event of a partition not `held`, waiting for one.
+    /// The next message or event of a partition not `held`, waiting for one. It starts a
+    /// burst, so it looks at the partition after the one read last first: every partition
+    /// with messages gets a turn, however fast another one's queue fills.
     pub async fn recv<'a>(&'a self, held: &BTreeSet<Tp>) -> KafkaResult<BorrowedMessage<'a>> {
-        if let Some(m) = self.try_recv(held) {
+        if let Some(m) = self.take(held, self.next.load(Ordering::Relaxed) + 1) {
             return m;
         }
         let waits: Vec<_> = self
@@ -179,10 +182,15 @@ impl KafkaSource {
     }
 
     /// A message or event already queued for a partition not `held`, if any: from the
-    /// partition read last, then the next ones in turn.
+    /// partition read last (a burst stays on it while it has messages), then the next ones.
     pub fn try_recv(&self, held: &BTreeSet<Tp>) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+        self.take(held, self.next.load(Ordering::Relaxed))
+    }
+
+    /// A message or event already queued for a partition not `held`, looking at the queues
+    /// in turn from `from`.
+    fn take(&self, held: &BTreeSet<Tp>, from: usize) -> Option<KafkaResult<BorrowedMessage<'_>>> {
         let n = self.queues.len();
-        let from = self.next.load(Ordering::Relaxed);
         for k in 0..n {
             let i = (from + k) % n;
             let (tp, q) = &self.queues[i];
