@@ -86,33 +86,23 @@ impl Watermark {
         assigned: impl IntoIterator<Item = (&'a str, i32)>,
         now: Instant,
     ) {
-        let mut min: Option<(Micros, &str, i32)> = None;
-        for (topic, p) in assigned {
-            if self.idle(topic, p, now) {
-                continue;
-            }
-            match highs.get(topic).and_then(|h| h.get(&p)) {
-                Some(high) if min.is_none_or(|(m, _, _)| *high < m) => {
-                    min = Some((*high, topic, p));
-                }
-                Some(_) => {}
-                None => {
-                    self.current = None;
-                    self.held_by = Some((topic.to_string(), p));
-                    return;
-                }
-            }
-        }
-        // Every partition idle: the watermark stays where it was.
-        if let Some((high, topic, p)) = min {
-            self.current = Some(high);
-            if self
-                .held_by
-                .as_ref()
-                .is_none_or(|(t, q)| t != topic || *q != p)
-            {
+        match lowest(highs, assigned, |t, p| self.idle(t, p, now)) {
+            Lowest::Undelivered(topic, p) => {
+                self.current = None;
                 self.held_by = Some((topic.to_string(), p));
             }
+            Lowest::At(high, topic, p) => {
+                self.current = Some(high);
+                if self
+                    .held_by
+                    .as_ref()
+                    .is_none_or(|(t, q)| t != topic || *q != p)
+                {
+                    self.held_by = Some((topic.to_string(), p));
+                }
+            }
+            // Every partition idle: the watermark stays where it was.
+            Lowest::Nothing => {}
         }
     }
 
@@ -140,7 +130,7 @@ pub struct Alignment {
     /// How far a partition's highest event time may run past the slowest partition still
     /// reading before it is paused; zero turns alignment off.
     max_ahead: Micros,
-    paused: BTreeSet<(String, i32)>,
+    held: BTreeSet<(String, i32)>,
 }
 
 /// Partitions newly held back and newly released, as [`Alignment::align`] decided.
@@ -154,7 +144,7 @@ impl Alignment {
     pub fn new(max_ahead: Micros) -> Alignment {
         Alignment {
             max_ahead,
-            paused: BTreeSet::new(),
+            held: BTreeSet::new(),
         }
     }
 
@@ -172,47 +162,72 @@ impl Alignment {
         assigned: impl IntoIterator<Item = (&'a str, i32)> + Clone,
         watermark: &Watermark,
     ) -> Changes {
-        let high = |t: &str, p: i32| highs.get(t).and_then(|h| h.get(&p)).copied();
-        let mut floor: Option<Micros> = None;
-        let mut known = true;
-        for (t, p) in assigned.clone() {
-            if watermark.is_at_end(t, p) {
-                continue;
-            }
-            match high(t, p) {
-                Some(h) => floor = Some(floor.map_or(h, |f| f.min(h))),
-                None => known = false,
-            }
-        }
-        let floor = floor.filter(|_| known && self.max_ahead > 0);
+        let floor = match lowest(highs, assigned.clone(), |t, p| watermark.is_at_end(t, p)) {
+            Lowest::At(floor, _, _) if self.max_ahead > 0 => Some(floor),
+            _ => None,
+        };
+        let ahead = |t: &str, p: i32| match (floor, high_of(highs, t, p)) {
+            (Some(f), Some(h)) => h.saturating_sub(f),
+            _ => 0,
+        };
         let mut changes = Changes::default();
         for (t, p) in assigned {
-            let key = (t.to_string(), p);
-            let ahead = match (floor, high(t, p)) {
-                (Some(f), Some(h)) => h.saturating_sub(f),
-                _ => 0,
-            };
-            let paused = self.paused.contains(&key);
-            if !paused && ahead > self.max_ahead {
-                self.paused.insert(key.clone());
-                changes.pause.push(key);
-            } else if paused && ahead <= self.max_ahead / 2 {
-                self.paused.remove(&key);
-                changes.resume.push(key);
+            if ahead(t, p) > self.max_ahead && !self.held.iter().any(|(ht, hp)| ht == t && *hp == p)
+            {
+                changes.pause.push((t.to_string(), p));
             }
         }
+        self.held.retain(|(t, p)| {
+            let keep = ahead(t, *p) > self.max_ahead / 2;
+            if !keep {
+                changes.resume.push((t.clone(), *p));
+            }
+            keep
+        });
+        self.held.extend(changes.pause.iter().cloned());
         changes
     }
 
     /// The partitions held back now: the run does not read them.
     pub fn held(&self) -> &BTreeSet<(String, i32)> {
-        &self.paused
+        &self.held
     }
+}
 
-    /// How many partitions are paused.
-    pub fn paused(&self) -> usize {
-        self.paused.len()
+/// The highest event time read from a partition, if it has delivered one.
+fn high_of(highs: &Highs, topic: &str, partition: i32) -> Option<Micros> {
+    highs.get(topic).and_then(|h| h.get(&partition)).copied()
+}
+
+/// The lowest high among partitions, as [`lowest`] finds it.
+enum Lowest<'a> {
+    /// This partition has delivered nothing yet: no lowest high is known.
+    Undelivered(&'a str, i32),
+    /// The lowest high and its partition.
+    At(Micros, &'a str, i32),
+    /// Every partition was skipped.
+    Nothing,
+}
+
+/// The lowest high among the `assigned` partitions that `skip` does not leave out (the
+/// watermark leaves out idle ones, alignment those at their end).
+fn lowest<'a>(
+    highs: &Highs,
+    assigned: impl IntoIterator<Item = (&'a str, i32)>,
+    skip: impl Fn(&str, i32) -> bool,
+) -> Lowest<'a> {
+    let mut min = Lowest::Nothing;
+    for (topic, p) in assigned {
+        if skip(topic, p) {
+            continue;
+        }
+        match high_of(highs, topic, p) {
+            None => return Lowest::Undelivered(topic, p),
+            Some(high) if matches!(min, Lowest::At(m, _, _) if m <= high) => {}
+            Some(high) => min = Lowest::At(high, topic, p),
+        }
     }
+    min
 }
 
 #[cfg(test)]
@@ -342,7 +357,7 @@ mod tests {
         let changes = a.align(&s, ASSIGNED, &w);
         assert_eq!(changes.resume, vec![("b".into(), 0)]);
         assert!(changes.pause.is_empty());
-        assert_eq!(a.paused(), 1);
+        assert_eq!(a.held().len(), 1);
         // Every partition at its end: nothing stays paused.
         w.reached_end("b", 0, t0);
         w.reached_end("a", 0, t0);

@@ -92,17 +92,17 @@ pub struct Source {
 impl Source {
     /// The dedup horizon in microseconds of event time, as `State::fold` and `prune` take it.
     pub fn dedup_horizon_micros(&self) -> i64 {
-        i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX)
+        micros(self.dedup_horizon)
     }
 
     /// The allowed lateness in microseconds of event time.
     pub fn allowed_lateness_micros(&self) -> i64 {
-        i64::try_from(self.allowed_lateness.as_micros()).unwrap_or(i64::MAX)
+        micros(self.allowed_lateness)
     }
 
     /// The read-ahead bound in microseconds of event time.
     pub fn max_read_ahead_micros(&self) -> i64 {
-        i64::try_from(self.max_read_ahead.as_micros()).unwrap_or(i64::MAX)
+        micros(self.max_read_ahead)
     }
 
     /// The event type read from `topic`, if it is one of the pipeline's.
@@ -270,6 +270,11 @@ pub fn default_stages() -> Vec<StageRule> {
         rule(Stage::ClosedWon, 1.00, "closed"),
         rule(Stage::ClosedLost, 0.00, "omitted"),
     ]
+}
+
+/// A duration in microseconds (of event time), saturating.
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Parses `250ms`, `5s`, `10m`, `1h`, `30d`.

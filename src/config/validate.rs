@@ -159,7 +159,7 @@ fn source(s: &RawSource) -> Checked<Source> {
         dead_letter_rows: s.dead_letter_rows,
         limits: DecodeLimits {
             max_message_bytes: s.max_message_bytes,
-            max_clock_skew_micros: i64::try_from(max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+            max_clock_skew_micros: super::micros(max_clock_skew),
         },
         dedup_horizon: duration("source.dedup_horizon", &s.dedup_horizon)?,
         allowed_lateness: duration("source.allowed_lateness", &s.allowed_lateness)?,

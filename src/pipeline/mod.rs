@@ -463,7 +463,7 @@ impl Runner {
         let (messages, state_keys) = (self.state.quality.clone(), self.state.size());
         let alerts_pending = self.alerts.pending();
         let watermark = self.watermark.current();
-        let paused = (self.alignment.paused(), self.report.partitions_paused);
+        let paused = (self.alignment.held().len(), self.report.partitions_paused);
         self.health.update(|s| {
             s.paused = paused;
             s.messages = messages;
