@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 use crate::event::{Day, Micros};
 
 /// Period types of the metric tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeriodType {
     Month,
     Quarter,

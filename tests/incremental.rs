@@ -363,6 +363,7 @@ proptest! {
         let mut grain = Grain { manifest: Manifest::default(), evict_before: None };
         let first_day = quotaflow::calendar::day_number(chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
         let (mut evicted, mut asked) = (0, false);
+        let (mut sums_out, mut asked_sums) = (0, false);
         let (mut book, mut full_book) = (AlertBook::new(), AlertBook::new());
         let mut at = 0;
         let mut id = 0;
@@ -380,9 +381,12 @@ proptest! {
             id += 1;
             grain.evict_before = evict.map(|d| first_day + d);
             asked |= at > roster_events && evict.is_some_and(|d| d >= 31);
+            // Past March 2026: a fiscal year (whichever month it starts in) is over.
+            asked_sums |= at > roster_events && evict.is_some_and(|d| d >= 425);
             let first = id == 1;
             let (plan, _) = rt.block_on(snapshot(&p, &engine, &loc, &mut state, id, &mut book, first, Some(&mut grain)));
             evicted += state.residency.months_out();
+            sums_out += state.residency.sums.len();
             if after_roster {
                 eligible += 1;
                 scoped += usize::from(plan.scope.is_some());
@@ -406,6 +410,8 @@ proptest! {
         );
         // And months were out of memory at some cuts, unless no cut asked for it.
         prop_assert!(evicted > 0 || !asked, "no month left memory");
+        // And so were the period and week sums of a past fiscal year.
+        prop_assert!(sums_out > 0 || !asked_sums, "no period or week sum left memory");
     }
 }
 

@@ -67,6 +67,7 @@ pub async fn bring_back(
     tracing::debug!(
         months = needed.months.len(),
         faulted,
+        sums = needed.sums.len(),
         full = scope.is_none(),
         rep_days,
         deals = needed.deals.len() - missing,
@@ -107,6 +108,7 @@ impl Runner {
             rep_days = s.daily.len(),
             period_sums = s.rollups.periods.len(),
             week_sums = s.rollups.weeks.len(),
+            sums_out = s.residency.sums.len(),
             deals = s.deals.len(),
             deals_out = s.residency.deals.len(),
             deal_activity = s.deal_last_activity.len(),
@@ -138,11 +140,12 @@ impl Runner {
         );
         self.report.grain_months_evicted += evicted.months as u64;
         self.report.deals_evicted += evicted.deals as u64;
-        if evicted.months > 0 || evicted.deals > 0 {
+        if evicted.months > 0 || evicted.deals > 0 || evicted.sums > 0 {
             tracing::debug!(
                 months = evicted.months,
                 rep_days = evicted.rep_days,
                 deals = evicted.deals,
+                sums = evicted.sums,
                 months_out = self.state.residency.months_out(),
                 deals_out = self.state.residency.deals.len(),
                 ms = started.elapsed().as_millis() as u64,

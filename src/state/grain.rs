@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::provenance::Spans;
+use super::residency::SumsOut;
 use super::Map;
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Activity, ActivityType, Day};
@@ -83,7 +84,8 @@ pub struct RepDay {
 /// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
 /// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
 /// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
-/// Derived from `daily`, so never serialised: a restored state rebuilds it once.
+/// Derived from `daily`, so never serialised: a restored state rebuilds it once. The sums of
+/// past years leave memory with their months (`residency::sums`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rollups {
     /// (rep id, period type, period start) → counters.
@@ -98,12 +100,24 @@ pub struct Rollups {
 
 impl Rollups {
     /// Adds the counters `c` of `rep` on `day` to the rep's period and week sums.
-    pub(super) fn add(&mut self, (rep, day): (u32, Day), c: &DailyCounts, starts: &mut Starts) {
+    /// A sum out of memory (`out`) is not added to but marked faulted: it is summed again
+    /// from the grain when its months come back.
+    pub(super) fn add(
+        &mut self,
+        (rep, day): (u32, Day),
+        c: &DailyCounts,
+        starts: &mut Starts,
+        out: &mut SumsOut,
+    ) {
         let (periods, week) = starts.of(day);
         for (p, start) in PeriodType::ALL.into_iter().zip(periods) {
-            self.periods.entry((rep, p, start)).or_default().absorb(c);
+            if !out.fault(day, (start, Some(p))) {
+                self.periods.entry((rep, p, start)).or_default().absorb(c);
+            }
         }
-        self.weeks.entry((rep, week)).or_default().absorb(c);
+        if !out.fault(day, (week, None)) {
+            self.weeks.entry((rep, week)).or_default().absorb(c);
+        }
     }
 
     /// Whether the rollups hold every activity folded so far.
@@ -117,9 +131,9 @@ impl Rollups {
             built: true,
             ..Rollups::default()
         };
-        let mut starts = Starts::new(cal);
+        let (mut starts, mut out) = (Starts::new(cal), SumsOut::default());
         for (key, c) in daily {
-            r.add(*key, &c.counts, &mut starts);
+            r.add(*key, &c.counts, &mut starts, &mut out);
         }
         r
     }

@@ -372,11 +372,12 @@ impl State {
         let pending = std::mem::take(&mut self.rollups.pending);
         let mut starts = Starts::new(cal);
         for (key, c) in &pending {
-            self.rollups.add(*key, c, &mut starts);
+            self.rollups
+                .add(*key, c, &mut starts, &mut self.residency.sums);
         }
     }
 
-    /// Sums the rollups again from the whole grain.
+    /// Sums the rollups again from the whole grain (every month of it in memory).
     pub fn roll_up_all(&mut self, cal: &Calendar) {
         self.rollups = Rollups::of(&self.daily, cal);
     }

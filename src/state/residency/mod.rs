@@ -4,9 +4,10 @@
 //! stream has left behind changes no more. Once every rep-day of a month is durable in the
 //! segments of the last durable snapshot (the grain is parted by calendar month, `segments`)
 //! and the month is closed (it ended before the watermark minus `allowed_lateness`: an
-//! activity in it is late), it may leave memory ([`State::evict`]). What stays: its period and week rollups, the
-//! reps' activity spans, and the rep-days of reps that moved in the hierarchy (whose scoped
-//! periods `activity_parts` sums from days).
+//! activity in it is late), it may leave memory ([`State::evict`]). What stays: the reps'
+//! activity spans, the rep-days of reps that moved in the hierarchy (whose scoped periods
+//! `activity_parts` sums from days), and its period and week rollups until all their months
+//! are out and their fiscal year is over (`sums`).
 //!
 //! A month comes back ([`State::bring_back`]) when a cut needs it ([`State::grain_needed`]):
 //! an activity folded into it, a snapshot that recomputes its `rep_daily` partition (a deal
@@ -21,6 +22,7 @@
 //! (`pipeline::residency`).
 
 pub mod deals;
+pub mod sums;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -31,6 +33,7 @@ use super::{Map, RepDay, State};
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Day, Micros};
 pub use deals::{DealsNeeded, DealsOut};
+pub use sums::{SumKey, SumsOut};
 
 /// The grain's months and the deals out of memory.
 #[derive(Debug, Clone)]
@@ -40,6 +43,7 @@ pub struct Residency {
     /// The last day of the latest month out: activities after it take no look-up.
     last: Day,
     pub deals: DealsOut,
+    pub sums: SumsOut,
 }
 
 impl Default for Residency {
@@ -48,6 +52,7 @@ impl Default for Residency {
             out: BTreeMap::new(),
             last: Day::MIN,
             deals: DealsOut::default(),
+            sums: SumsOut::default(),
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct Evicted {
     pub months: usize,
     pub rep_days: usize,
     pub deals: usize,
+    /// Period and week sums, each for every rep (`sums`).
+    pub sums: usize,
 }
 
 /// What a cut needs back in memory (`State::needed`).
@@ -128,11 +135,13 @@ pub struct Needed {
     /// The grain's parts (months).
     pub months: BTreeSet<i32>,
     pub deals: DealsNeeded,
+    /// The sums summed again once the months are back (`sums`).
+    pub sums: BTreeSet<SumKey>,
 }
 
 impl Needed {
     pub fn is_empty(&self) -> bool {
-        self.months.is_empty() && self.deals.is_empty()
+        self.months.is_empty() && self.deals.is_empty() && self.sums.is_empty()
     }
 }
 
@@ -160,10 +169,26 @@ pub fn closed_before(watermark: Micros, lateness: Micros, cal: &Calendar) -> Day
 impl State {
     /// Takes out of memory the rep-days of every closed month but the `keep` latest ones: those
     /// ending before `closed_before`, none of whose rep-days `dirty` names (the keys the cut
-    /// being written took); and the closed deals of the years before (`deals`). Call only when
-    /// every earlier cut is durable; nothing leaves before the rollups are first summed.
-    /// Rep-days of reps that moved in the hierarchy stay.
+    /// being written took); the closed deals of the years before (`deals`), and the period and
+    /// week sums of the years before whose months are all out (`sums`). Call only when every
+    /// earlier cut is durable; nothing leaves before the rollups are first summed. Rep-days of
+    /// reps that moved in the hierarchy stay.
     pub fn evict(
+        &mut self,
+        closed_before: Day,
+        keep: usize,
+        dirty: &Dirty,
+        cal: &Calendar,
+    ) -> Evicted {
+        let mut evicted = self.evict_months(closed_before, keep, dirty, cal);
+        if self.rollups.built {
+            let year = cal.period_start(PeriodType::Year, closed_before);
+            evicted.sums = self.evict_sums(year, cal);
+        }
+        evicted
+    }
+
+    fn evict_months(
         &mut self,
         closed_before: Day,
         keep: usize,
@@ -243,15 +268,20 @@ impl State {
             months: closed.len(),
             rep_days: before - self.daily.len(),
             deals,
+            sums: 0,
         }
     }
 
-    /// What the next cut needs back in memory: the grain's months ([`State::grain_needed`])
-    /// and the deals (`State::deals_needed`).
+    /// What the next cut needs back in memory: the grain's months ([`State::grain_needed`],
+    /// and every month of a sum it needs: `sums`) and the deals (`State::deals_needed`).
     pub fn needed(&self, scope: Option<&super::changes::Scope>, grain_read: bool) -> Needed {
+        let sums = self.sums_needed(scope, grain_read);
+        let mut months = self.grain_needed(scope, grain_read);
+        months.extend(self.months_of_sums(&sums));
         Needed {
-            months: self.grain_needed(scope, grain_read),
+            months,
             deals: self.deals_needed(scope),
+            sums,
         }
     }
 
@@ -286,12 +316,13 @@ impl State {
 
     /// Puts back what `needed` names from `read`, the state its parts' segments hold: the
     /// months' rep-days (a rep-day folded into while its month was out adds them to what it
-    /// holds) and the deals (`State::bring_back_deals`). Returns how many needed deals the
+    /// holds), the sums summed again from them, and the deals (`State::bring_back_deals`). Returns how many needed deals the
     /// segments did not hold.
     pub fn bring_back(&mut self, needed: &Needed, mut read: State) -> usize {
         let missing =
             self.bring_back_deals(&needed.deals, &mut read.deals, &read.deal_last_activity);
         self.bring_back_months(&needed.months, read.daily);
+        self.resum(&needed.sums);
         missing
     }
 
@@ -375,7 +406,8 @@ mod tests {
             Evicted {
                 months: 1,
                 rep_days: 62,
-                deals: 0
+                deals: 0,
+                sums: 0,
             }
         );
         assert!(s.daily.keys().all(|(_, d)| *d >= 31));
