@@ -29,11 +29,13 @@ use super::super::{DealVersion, Folded, Map, State, Versioned};
 use crate::calendar::Calendar;
 use crate::event::{Day, Deal, Stage};
 
-/// A deal's key in the index: its id's 128-bit hash (no string per deal out of memory).
-type Key = u128;
+/// A deal's key in the index: its id's 128-bit hash (no string per deal out of memory), as
+/// two words (a `u128` would align the map's slots to 16 bytes).
+type Key = [u64; 2];
 
 fn key(id: &str) -> Key {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+    let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+    [h as u64, (h >> 64) as u64]
 }
 
 /// The deals out of memory.
@@ -45,23 +47,85 @@ pub struct DealsOut {
     per_bucket: BTreeMap<i32, usize>,
     /// The currencies of `DealOut::currency`.
     currencies: Vec<String>,
+    /// The versions received of the deals whose versions are not one run (`Versions`).
+    scattered: Map<Key, Vec<i64>>,
     /// Messages about deals out of memory, in the order read.
     queued: Vec<Queued>,
 }
 
-/// What stays in memory of a deal out of it.
+/// What stays in memory of a deal out of it: 40 bytes, one slot of the index.
 #[derive(Debug, Clone)]
 struct DealOut {
+    amount: Decimal,
+    /// Its `Versions`, the fields side by side (a struct of them would be padded).
+    lo: i64,
+    n: u32,
     close: Day,
     created: Day,
-    /// Every version received, sorted.
-    versions: Vec<i64>,
-    amount: Decimal,
     /// Index into `DealsOut::currencies`.
     currency: u16,
-    bucket: i32,
+    /// Its hash bucket (`segments::bucket`, fewer than 256).
+    bucket: u8,
     /// A message about it was read since it left: the next cut brings it back.
     faulted: bool,
+}
+
+impl DealOut {
+    fn versions(&self) -> Versions {
+        Versions {
+            lo: self.lo,
+            n: self.n,
+        }
+    }
+
+    fn set_versions(&mut self, v: Versions) {
+        (self.lo, self.n) = (v.lo, v.n);
+    }
+}
+
+/// Every version received of a deal out of memory. Almost always one run, `lo..lo + n`
+/// (versions count up); any other set (`n == 0`) is kept sorted in `DealsOut::scattered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Versions {
+    lo: i64,
+    n: u32,
+}
+
+impl Versions {
+    /// The run of `sorted`, if it is one.
+    fn run(sorted: &[i64]) -> Option<Versions> {
+        let lo = *sorted.first()?;
+        let n = u32::try_from(sorted.len()).ok()?;
+        let is_run = sorted.iter().zip(lo..).all(|(v, w)| *v == w);
+        is_run.then_some(Versions { lo, n })
+    }
+
+    fn scattered(self) -> bool {
+        self.n == 0
+    }
+
+    /// Adds `v` to the run; `false` when it neither is in it nor extends it.
+    fn extend(&mut self, v: i64) -> bool {
+        if self.n == u32::MAX {
+            return false;
+        }
+        if v == self.lo.saturating_sub(1) {
+            self.lo = v;
+        } else if v != self.lo.saturating_add(i64::from(self.n)) {
+            return false;
+        }
+        self.n += 1;
+        true
+    }
+
+    fn holds(self, v: i64) -> bool {
+        v.checked_sub(self.lo)
+            .is_some_and(|d| (0..i64::from(self.n)).contains(&d))
+    }
+
+    fn all(self) -> impl Iterator<Item = i64> {
+        (0..i64::from(self.n)).map(move |i| self.lo + i)
+    }
 }
 
 /// A message about a deal out of memory, applied when it comes back.
@@ -114,13 +178,31 @@ impl DealsOut {
     /// Folds version `d` of a deal out of memory (queued, told new or duplicate from the
     /// versions received); `None` when the deal is not out.
     pub(in crate::state) fn fold(&mut self, d: &Deal, origin: Origin) -> Option<Folded> {
-        let o = self.find_mut(&d.deal_id)?;
+        if self.out.is_empty() {
+            return None;
+        }
+        let k = key(&d.deal_id);
+        let o = self.out.get_mut(&k)?;
         o.faulted = true;
-        let folded = match o.versions.binary_search(&d.version) {
-            Ok(_) => Folded::Duplicate,
-            Err(at) => {
-                o.versions.insert(at, d.version);
-                Folded::Ok
+        let (v, mut run) = (d.version, o.versions());
+        let folded = if !run.scattered() && run.holds(v) {
+            Folded::Duplicate
+        } else if !run.scattered() && run.extend(v) {
+            o.set_versions(run);
+            Folded::Ok
+        } else {
+            // Not one run (any more): every version, sorted, on the side.
+            o.set_versions(Versions { lo: 0, n: 0 });
+            let list = self
+                .scattered
+                .entry(k)
+                .or_insert_with(|| run.all().collect());
+            match list.binary_search(&v) {
+                Ok(_) => Folded::Duplicate,
+                Err(at) => {
+                    list.insert(at, v);
+                    Folded::Ok
+                }
             }
         };
         self.queued
@@ -218,16 +300,25 @@ impl State {
             let out = &mut self.residency.deals;
             let (close, created) = deal_days(&d.latest, cal);
             let bucket = bucket(id);
+            let (k, versions) = (
+                key(id),
+                d.history.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            );
+            let run = Versions::run(&versions).unwrap_or_else(|| {
+                out.scattered.insert(k, versions);
+                Versions { lo: 0, n: 0 }
+            });
             let entry = DealOut {
+                amount: d.latest.amount,
+                lo: run.lo,
+                n: run.n,
                 close,
                 created,
-                versions: d.history.iter().map(|(v, _)| *v).collect(),
-                amount: d.latest.amount,
                 currency: out.currency(&d.latest.currency),
-                bucket,
+                bucket: bucket as u8,
                 faulted: false,
             };
-            out.out.insert(key(id), entry);
+            out.out.insert(k, entry);
             *out.per_bucket.entry(bucket).or_default() += 1;
         }
         if self.deals.len() < self.deals.capacity() / 2 {
@@ -251,7 +342,7 @@ impl State {
         for (k, o) in &self.residency.deals.out {
             if keeps(o) {
                 needed.keys.insert(*k);
-                needed.buckets.insert(o.bucket);
+                needed.buckets.insert(i32::from(o.bucket));
             }
         }
         needed
@@ -275,9 +366,15 @@ impl State {
             let Some(o) = self.residency.deals.out.remove(&k) else {
                 continue;
             };
-            if let Some(n) = self.residency.deals.per_bucket.get_mut(&o.bucket) {
+            if let Some(n) = self
+                .residency
+                .deals
+                .per_bucket
+                .get_mut(&i32::from(o.bucket))
+            {
                 *n = n.saturating_sub(1);
             }
+            self.residency.deals.scattered.remove(&k);
             if let Some(t) = last_activity.get(&id) {
                 // An activity folded since it left started a fresh entry: the later one wins.
                 let e = self.deal_last_activity.entry(id.clone()).or_insert(*t);
@@ -433,6 +530,33 @@ mod tests {
         assert!(s.residency.deals.is_empty());
         assert_eq!(s.deals, never.deals);
         assert_eq!(s.deal_last_activity, never.deal_last_activity);
+    }
+
+    #[test]
+    fn versions_out_of_memory_tell_duplicates_whether_or_not_they_count_up() {
+        let cal = Calendar::default();
+        let (mut s, mut never) = (State::default(), State::default());
+        for (e, offset) in [
+            (deal(1, Stage::Prospecting, 10), 0),
+            (deal(2, Stage::ClosedWon, 20), 1),
+        ] {
+            fold(&mut s, e.clone(), offset);
+            fold(&mut never, e, offset);
+        }
+        s.take_dirty();
+        assert_eq!(s.evict_deals(365, &Dirty::default(), &cal), 1);
+        // Before the run, after it, past a gap, into the gap, and each again.
+        for (offset, v) in (10..).zip([0, 3, 7, 5, 0, 3, 7, 5, 1, 2, 4, 6]) {
+            let e = deal(v, Stage::ClosedWon, 20);
+            let folded = fold(&mut s, e.clone(), offset);
+            assert_eq!(folded, fold(&mut never, e, offset), "version {v}");
+        }
+        assert_eq!(
+            s.residency.deals.scattered.values().next().map(Vec::len),
+            Some(8)
+        );
+        // What the index holds per deal out of memory, its slot in the map.
+        assert_eq!(std::mem::size_of::<(Key, DealOut)>(), 56);
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub use merge::{Applied, Merge, Wants};
 /// refused at restore, naming the file.
 pub const FORMAT: u32 = 7;
 
-/// Hash buckets of the entity kinds.
+/// Hash buckets of the entity kinds; at most 256 (`residency::deals` keeps one in a byte).
 const BUCKETS: u64 = 64;
+const _: () = assert!(BUCKETS <= 256);
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// A kind of state data; with a period, a part.
