@@ -400,12 +400,14 @@ impl Runner {
             || opts.max_events.is_some_and(|m| self.report.messages >= m)
     }
 
-    /// Every HOUSEKEEPING: watermark, broker health and `/metrics` refreshed, the wall clock
-    /// read, the `--once` stall guard checked, and lost offsets counted if that failed before.
+    /// Every HOUSEKEEPING: partitions at their end marked, watermark, broker health and
+    /// `/metrics` refreshed, the wall clock read, the `--once` stall guard checked, and lost
+    /// offsets counted if that failed before.
     fn on_tick(&mut self, opts: &RunOptions, source: &KafkaSource) -> Result<(), RunError> {
         if self.out_of_range {
             self.recount_lost(source);
         }
+        self.mark_ends(source, opts)?;
         self.refresh_watermark(source);
         // Unhealthy while librdkafka reports client errors (a broker down or frozen); healthy
         // again at the next message or end of partition, or once they stop.

@@ -94,14 +94,7 @@ impl Runner {
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
                     self.broker_health(true, source);
-                    let at_end = source.at_end(&self.state.offsets)?;
-                    let t = Instant::now();
-                    for (topic, p) in &at_end {
-                        self.watermark.reached_end(topic, *p, t);
-                    }
-                    if opts.once {
-                        self.ended.extend(at_end);
-                    }
+                    self.mark_ends(source, opts)?;
                 }
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
                     // A partition's next offset is out of range: retention overtook the reader.
@@ -126,6 +119,26 @@ impl Runner {
                 Some(next) => m = next,
                 None => break,
             }
+        }
+        Ok(())
+    }
+
+    /// Marks the partitions whose read position is at the end of their latest fetch: at an
+    /// end-of-partition event, and at every housekeeping tick. The client tells an end once,
+    /// and the check beside it can miss (the partition's position or high watermark not known
+    /// yet); a missed end would hold a partition read ahead of it back for good.
+    pub(super) fn mark_ends(
+        &mut self,
+        source: &KafkaSource,
+        opts: &RunOptions,
+    ) -> Result<(), RunError> {
+        let at_end = source.at_end(&self.state.offsets)?;
+        let t = Instant::now();
+        for (topic, p) in &at_end {
+            self.watermark.reached_end(topic, *p, t);
+        }
+        if opts.once {
+            self.ended.extend(at_end);
         }
         Ok(())
     }
