@@ -111,7 +111,8 @@ impl State {
                 .is_some()
         };
         let r = &mut self.rollups;
-        r.periods.retain(|(_, p, first), _| !leaves((*first, Some(*p))));
+        r.periods
+            .retain(|(_, p, first), _| !leaves((*first, Some(*p))));
         r.weeks.retain(|(_, first), _| !leaves((*first, None)));
         if r.periods.len() < r.periods.capacity() / 2 {
             r.periods.shrink_to_fit();
@@ -275,7 +276,10 @@ mod tests {
         assert_eq!(s.residency.sums.len(), e.sums - 4);
         let r1 = s.rep_ids.find("r1").unwrap();
         let june = (r1, PeriodType::Month, 151);
-        assert_eq!(s.rollups.periods.get(&june), never.rollups.periods.get(&june));
+        assert_eq!(
+            s.rollups.periods.get(&june),
+            never.rollups.periods.get(&june)
+        );
         assert_eq!(s.rollups.periods[&june].calls, 11);
 
         // A full evaluation needs every sum: they come back equal to those of a state that
