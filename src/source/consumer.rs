@@ -338,18 +338,23 @@ pub async fn read_limit(
                 m = source.consumer.recv() => m,
             }
         };
-        match tokio::time::timeout(Duration::from_secs(30), next).await {
-            Err(_) => {
-                return Err(KafkaIoError::Stalled {
-                    partitions: total - done.len(),
-                })
+        let Ok(first) = tokio::time::timeout(Duration::from_secs(30), next).await else {
+            return Err(KafkaIoError::Stalled {
+                partitions: total - done.len(),
+            });
+        };
+        // A burst, as `run` reads: on from what is already queued, the same partition first.
+        let mut m = Some(first);
+        while let Some(r) = m.take() {
+            match r {
+                Ok(msg) => {
+                    messages += 1;
+                    bytes += msg.payload().map_or(0, <[u8]>::len) as u64;
+                }
+                Err(KafkaError::PartitionEOF(_)) => done.extend(source.at_end(&empty)?),
+                Err(e) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
             }
-            Ok(Ok(m)) => {
-                messages += 1;
-                bytes += m.payload().map_or(0, <[u8]>::len) as u64;
-            }
-            Ok(Err(KafkaError::PartitionEOF(_))) => done.extend(source.at_end(&empty)?),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error; retrying"),
+            m = source.try_recv(&none);
         }
     }
     Ok((messages, bytes))

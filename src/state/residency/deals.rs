@@ -53,7 +53,7 @@ pub struct DealsOut {
     queued: Vec<Queued>,
 }
 
-/// What stays in memory of a deal out of it: 40 bytes, one slot of the index.
+/// What stays in memory of a deal out of it: 40 bytes, 56 with its key (a slot of the index).
 #[derive(Debug, Clone)]
 struct DealOut {
     amount: Decimal,
