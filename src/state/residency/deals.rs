@@ -321,12 +321,8 @@ impl State {
             out.out.insert(k, entry);
             *out.per_bucket.entry(bucket).or_default() += 1;
         }
-        if self.deals.len() < self.deals.capacity() / 2 {
-            self.deals.shrink_to_fit();
-        }
-        if self.deal_last_activity.len() < self.deal_last_activity.capacity() / 2 {
-            self.deal_last_activity.shrink_to_fit();
-        }
+        super::shrink(&mut self.deals);
+        super::shrink(&mut self.deal_last_activity);
         leaves.len()
     }
 

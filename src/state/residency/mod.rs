@@ -109,6 +109,13 @@ impl Residency {
         }
     }
 
+    /// Month (grain part) `period`, if it is out of memory.
+    fn month_out(&self, period: i32) -> Option<&Out> {
+        self.out
+            .get(&month_days(period).0)
+            .filter(|o| o.period == period)
+    }
+
     fn month_of(&self, day: Day) -> Option<&Out> {
         let (_, o) = self.out.range(..=day).next_back()?;
         (day <= o.last).then_some(o)
@@ -116,6 +123,13 @@ impl Residency {
 
     fn relast(&mut self) {
         self.last = self.out.values().map(|o| o.last).max().unwrap_or(Day::MIN);
+    }
+}
+
+/// Gives a map's room back once it is less than half full (after what it held left memory).
+fn shrink<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
+    if m.len() < m.capacity() / 2 {
+        m.shrink_to_fit();
     }
 }
 
@@ -251,9 +265,7 @@ impl State {
         };
         let before = self.daily.len();
         self.daily.retain(|(rep, day), _| !leaves(*rep, *day));
-        if self.daily.len() < self.daily.capacity() / 2 {
-            self.daily.shrink_to_fit();
-        }
+        shrink(&mut self.daily);
         for (period, first, last) in &closed {
             let out = Out {
                 period: *period,
@@ -362,7 +374,8 @@ mod tests {
 
     const DAY: Micros = 86_400_000_000;
 
-    fn call(id: u64, rep: &str, day: Day) -> Event {
+    /// A connected call of `rep` on `day`, one hour into it.
+    pub(super) fn call(id: u64, rep: &str, day: Day) -> Event {
         Event::Activity(Activity {
             event_id: format!("a{id}"),
             occurred_at: i64::from(day) * DAY + 3_600_000_000,

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::changes::Scope;
-use super::super::segments::{month, month_days};
+use super::super::segments::month;
 use super::super::{Map, State};
 use super::Residency;
 use crate::calendar::{Calendar, PeriodType};
@@ -84,11 +84,7 @@ impl SumsOut {
 impl Residency {
     /// Whether every month of `first..=last` is out of memory, none faulted.
     fn all_out(&self, first: Day, last: Day) -> bool {
-        (month(first)..=month(last)).all(|p| {
-            self.out
-                .get(&month_days(p).0)
-                .is_some_and(|o| !o.faulted && o.period == p)
-        })
+        (month(first)..=month(last)).all(|p| self.month_out(p).is_some_and(|o| !o.faulted))
     }
 }
 
@@ -114,12 +110,8 @@ impl State {
         r.periods
             .retain(|(_, p, first), _| !leaves((*first, Some(*p))));
         r.weeks.retain(|(_, first), _| !leaves((*first, None)));
-        if r.periods.len() < r.periods.capacity() / 2 {
-            r.periods.shrink_to_fit();
-        }
-        if r.weeks.len() < r.weeks.capacity() / 2 {
-            r.weeks.shrink_to_fit();
-        }
+        super::shrink(&mut r.periods);
+        super::shrink(&mut r.weeks);
         let sums = &mut self.residency.sums;
         let before = sums.len();
         for (key, last) in leaving {
@@ -157,11 +149,10 @@ impl State {
 
     /// The grain's parts (months) out of memory holding a day of one of `sums`.
     pub(super) fn months_of_sums(&self, sums: &BTreeSet<SumKey>) -> BTreeSet<i32> {
-        let out = &self.residency.out;
         sums.iter()
             .filter_map(|key| Some((key.0, self.residency.sums.out.get(key)?.last)))
             .flat_map(|(first, last)| month(first)..=month(last))
-            .filter(|p| out.get(&month_days(*p).0).is_some_and(|o| o.period == *p))
+            .filter(|p| self.residency.month_out(*p).is_some())
             .collect()
     }
 
@@ -197,28 +188,19 @@ impl State {
 mod tests {
     use super::super::super::provenance::Origin;
     use super::super::super::segments::Dirty;
+    use super::super::tests::call;
     use super::super::Needed;
     use super::*;
-    use crate::event::{Activity, ActivityType, Event, Micros};
+    use crate::event::Micros;
 
     const DAY: Micros = 86_400_000_000;
 
     fn fold(s: &mut State, id: u64, rep: &str, day: Day) {
-        let call = Event::Activity(Activity {
-            event_id: format!("a{id}"),
-            occurred_at: i64::from(day) * DAY + 3_600_000_000,
-            rep_id: rep.into(),
-            activity_type: ActivityType::Call,
-            outcome: Some("connected".into()),
-            duration_s: Some(60),
-            deal_id: None,
-            account_id: None,
-        });
         let at = Origin {
             partition: 0,
             offset: id as i64,
         };
-        s.fold(call, at, &Calendar::default(), DAY);
+        s.fold(call(id, rep, day), at, &Calendar::default(), DAY);
         s.roll_up(&Calendar::default());
     }
 
