@@ -94,75 +94,141 @@ fn decode_and_fold(c: &mut Criterion) {
 /// team, quarterly quotas, activity counters on every weekday, a deal every 6 days a rep with
 /// three versions each (half won), a survey a month.
 pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
-    use quotaflow::event::{Deal, Event, Quota, Rep, Stage, Survey};
-    use rust_decimal::Decimal;
-    let day0 =
-        quotaflow::calendar::day_number(NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default());
-    let micros = |day: i32| i64::from(day) * 86_400_000_000 + 36_000_000_000;
-    let horizon = p.source.dedup_horizon_micros();
     let mut s = State::default();
+    history(p, reps, days, 0..days, Activities::Counters, &mut s);
+    s.as_of = Some(at(HISTORY_START + days - 1));
+    // As a running pipeline holds it: the rollups are up to date at every cut.
+    s.roll_up_all(&p.metrics.calendar);
+    s
+}
+
+/// The first day of `history`'s events (2025-01-01, a Wednesday).
+const HISTORY_START: i32 = 20_089;
+
+/// 10:00 UTC on `day`.
+fn at(day: i32) -> i64 {
+    i64::from(day) * 86_400_000_000 + 36_000_000_000
+}
+
+/// How `history` puts the activities into the state.
+#[derive(Clone, Copy, PartialEq)]
+enum Activities {
+    /// A rep-day's counters added at once (`State::add_counts`): fast, no dedup ids.
+    Counters,
+    /// One event folded per activity, as a pipeline reads them: the dedup ids too.
+    Events,
+}
+
+/// Folds into `s` the events of `history_state`'s history (of `days` days) that occur on the
+/// days of `window` (offsets from its first day), rep after rep.
+fn history(
+    p: &Pipeline,
+    reps: usize,
+    days: i32,
+    window: std::ops::Range<i32>,
+    activities: Activities,
+    s: &mut State,
+) {
+    use quotaflow::event::{Activity, ActivityType, Deal, Event, Quota, Rep, Stage, Survey};
+    use rust_decimal::Decimal;
+    let day0 = HISTORY_START;
+    let horizon = p.source.dedup_horizon_micros();
     let fold = |s: &mut State, e: Event| {
         s.fold(e, Default::default(), &p.metrics.calendar, horizon);
     };
     for r in 0..reps {
         let rep_id = format!("rep-{r:05}");
-        fold(
-            &mut s,
-            Event::Rep(Rep {
-                rep_id: rep_id.clone(),
-                version: 1,
-                occurred_at: micros(day0),
-                name: rep_id.clone(),
-                team_id: format!("team-{}", r / 8),
-                region: ["NA", "EMEA", "APAC", "LATAM"][r % 4].into(),
-                manager_id: None,
-                role: None,
-                hired_on: None,
-                effective_from: None,
-                active: true,
-            }),
-        );
-        for q in 0..(days + 90) / 91 {
-            let first = |q: i32| {
-                NaiveDate::from_ymd_opt(2025 + q / 4, 1 + 3 * (q % 4) as u32, 1)
-                    .map(quotaflow::calendar::day_number)
-                    .unwrap_or_default()
-            };
-            let (start, end) = (first(q), first(q + 1) - 1);
+        if window.contains(&0) {
             fold(
-                &mut s,
-                Event::Quota(Quota {
+                s,
+                Event::Rep(Rep {
                     rep_id: rep_id.clone(),
-                    period_start: start,
-                    period_end: end,
-                    amount: Decimal::new(15_000_000, 2),
-                    currency: "USD".into(),
                     version: 1,
-                    occurred_at: micros(day0),
+                    occurred_at: at(day0),
+                    name: rep_id.clone(),
+                    team_id: format!("team-{}", r / 8),
+                    region: ["NA", "EMEA", "APAC", "LATAM"][r % 4].into(),
+                    manager_id: None,
+                    role: None,
+                    hired_on: None,
+                    effective_from: None,
+                    active: true,
                 }),
             );
+            for q in 0..(days + 90) / 91 {
+                let first = |q: i32| {
+                    NaiveDate::from_ymd_opt(2025 + q / 4, 1 + 3 * (q % 4) as u32, 1)
+                        .map(quotaflow::calendar::day_number)
+                        .unwrap_or_default()
+                };
+                let (start, end) = (first(q), first(q + 1) - 1);
+                fold(
+                    s,
+                    Event::Quota(Quota {
+                        rep_id: rep_id.clone(),
+                        period_start: start,
+                        period_end: end,
+                        amount: Decimal::new(15_000_000, 2),
+                        currency: "USD".into(),
+                        version: 1,
+                        occurred_at: at(day0),
+                    }),
+                );
+            }
         }
-        for d in 0..days {
+        for d in window.start.max(0)..window.end.min(days) {
             if (d + 3) % 7 >= 5 {
                 continue; // 2025-01-01 is a Wednesday
             }
-            let c = quotaflow::state::DailyCounts {
-                calls: 10 + (r as u32 + d as u32) % 7,
-                emails: 8,
-                meetings: 2,
-                webinars: 0,
-                demos: 1,
-                tasks: 2,
-                activities: 23,
-                call_seconds: 1800,
-                connected_calls: 3,
-                replied_emails: 1,
-                meetings_held: 2,
-                demos_held: 1,
-            };
-            *s.daily_mut(&rep_id, day0 + d) = c;
+            let calls = 10 + (r as u32 + d as u32) % 7;
+            if activities == Activities::Counters {
+                let c = quotaflow::state::DailyCounts {
+                    calls,
+                    emails: 8,
+                    meetings: 2,
+                    webinars: 0,
+                    demos: 1,
+                    tasks: 2,
+                    activities: 23,
+                    call_seconds: 1800,
+                    connected_calls: 3,
+                    replied_emails: 1,
+                    meetings_held: 2,
+                    demos_held: 1,
+                };
+                s.add_counts(&rep_id, day0 + d, &c, &p.metrics.calendar);
+                continue;
+            }
+            // The same counters as events (`activities` counts each of them).
+            let kinds = std::iter::repeat_n((ActivityType::Call, "connected"), 3)
+                .chain(std::iter::repeat_n(
+                    (ActivityType::Call, "no_answer"),
+                    calls as usize - 3,
+                ))
+                .chain(std::iter::once((ActivityType::Email, "replied")))
+                .chain(std::iter::repeat_n((ActivityType::Email, "sent"), 7))
+                .chain(std::iter::repeat_n((ActivityType::Meeting, "held"), 2))
+                .chain(std::iter::once((ActivityType::Demo, "held")))
+                .chain(std::iter::repeat_n((ActivityType::Task, "done"), 2));
+            for (i, (activity_type, outcome)) in kinds.enumerate() {
+                fold(
+                    s,
+                    Event::Activity(Activity {
+                        event_id: format!("a-{r}-{d}-{i}"),
+                        occurred_at: at(day0 + d) + i as i64 * 60_000_000,
+                        rep_id: rep_id.clone(),
+                        activity_type,
+                        duration_s: (activity_type == ActivityType::Call).then_some(120),
+                        outcome: Some(outcome.into()),
+                        deal_id: None,
+                        account_id: None,
+                    }),
+                );
+            }
         }
-        for k in 0..days / 6 {
+        // A deal's versions occur on its creation day and 5 and 10 days later.
+        let deals = (window.start - 10).max(0) / 6..(window.end.min(days) + 5) / 6;
+        for k in deals.start..deals.end.min(days / 6) {
             let created = day0 + k * 6;
             let stages = [
                 Stage::Prospecting,
@@ -174,12 +240,17 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
                 },
             ];
             for (v, stage) in stages.into_iter().enumerate() {
+                // (the last window takes the versions after the history's last day)
+                let day = k * 6 + 5 * v as i32;
+                if day < window.start || (day >= window.end && window.end < days) {
+                    continue;
+                }
                 fold(
-                    &mut s,
+                    s,
                     Event::Deal(Deal {
                         deal_id: format!("{rep_id}-d{k}"),
                         version: v as i64 + 1,
-                        occurred_at: micros(created + 5 * v as i32),
+                        occurred_at: at(created + 5 * v as i32),
                         rep_id: rep_id.clone(),
                         account_id: None,
                         stage,
@@ -188,17 +259,17 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
                         close_date: created + 10,
                         forecast_category: None,
                         probability: None,
-                        created_at: micros(created),
+                        created_at: at(created),
                     }),
                 );
             }
         }
-        for m in 0..days / 30 {
+        for m in (0..days / 30).filter(|m| window.contains(&(m * 30))) {
             fold(
-                &mut s,
+                s,
                 Event::Survey(Survey {
                     response_id: format!("{rep_id}-s{m}"),
-                    occurred_at: micros(day0 + m * 30),
+                    occurred_at: at(day0 + m * 30),
                     rep_id: rep_id.clone(),
                     survey: format!("pulse-{m}"),
                     score: (r as i64 + m as i64) % 11,
@@ -207,10 +278,6 @@ pub fn history_state(p: &Pipeline, reps: usize, days: i32) -> State {
             );
         }
     }
-    s.as_of = Some(micros(day0 + days - 1));
-    // As a running pipeline holds it: the rollups are up to date at every cut.
-    s.roll_up_all(&p.metrics.calendar);
-    s
 }
 
 /// QUOTAFLOW_LOG=quotaflow=debug shows the time of every table.
@@ -396,76 +463,37 @@ criterion_group!(benches, decode_and_fold, snapshot_tables, snapshot_write);
 /// that no other benchmark's allocations count: `cargo bench --bench pipeline` with the
 /// variable set runs this instead of the criterion benchmarks.
 fn memory(spec: &str) {
-    let (reps, days) = spec
+    let parsed = spec
+        .split_once('/')
+        .map_or((spec, None), |(h, s)| (h, Some(s)));
+    let (reps, days, step) = parsed
+        .0
         .split_once('x')
-        .and_then(|(r, d)| Some((r.parse::<usize>().ok()?, d.parse::<i32>().ok()?)))
-        .unwrap_or_else(|| panic!("QUOTAFLOW_BENCH_MEMORY={spec}: expected <reps>x<days>"));
+        .and_then(|(r, d)| {
+            let step = match parsed.1 {
+                Some(s) => Some(s.parse::<i32>().ok().filter(|s| *s > 0)?),
+                None => None,
+            };
+            Some((r.parse::<usize>().ok()?, d.parse::<i32>().ok()?, step))
+        })
+        .unwrap_or_else(|| {
+            panic!("QUOTAFLOW_BENCH_MEMORY={spec}: expected <reps>x<days> or <reps>x<days>/<step days>")
+        });
     let p = Arc::new(Pipeline::builtin().unwrap_or_else(|e| panic!("{e}")));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
-    let mut state = history_state(&p, reps, days);
-    state.snapshot_id = 1;
-    let state_peak = peak_rss_mib();
     let dir = std::env::temp_dir().join(format!("quotaflow-bench-mem-{}", std::process::id()));
     let loc = quotaflow::snapshot::Location::parse(&dir.display().to_string())
         .unwrap_or_else(|e| panic!("{e}"));
-    let compact_after = p.snapshot.compact_after as usize;
+    if let Some(step) = step {
+        replay(&rt, &p, &loc, reps, days, step);
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    let mut state = history_state(&p, reps, days);
+    state.snapshot_id = 1;
+    let state_peak = peak_rss_mib();
     let started = std::time::Instant::now();
-    // The state's part first (the runtime runs its writes): its cut on the reading thread,
-    // then its write in the background task.
-    let (image, alerts, manifest, w, (cut_s, write_s)) = state_snapshot(
-        &rt,
-        &loc,
-        &mut state,
-        &Manifest::default(),
-        compact_after,
-        true,
-    );
-    let (rows, steps) = rt.block_on(async {
-        // The steps of the pipeline's cut and of its background snapshot task, timed.
-        let mut lap = std::time::Instant::now();
-        let mut steps = vec![format!(
-            "state segment {cut_s:.2} s to encode, {write_s:.2} s to write, {:.1} MB",
-            w.delta_bytes as f64 / 1e6
-        )];
-        let mut step = |name: &str| {
-            steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
-            lap = std::time::Instant::now();
-        };
-        let engine = Engine::new(Arc::clone(&p.metrics));
-        let prepared = engine
-            .prepare(&state, 1, engine.full_plan())
-            .unwrap_or_else(|e| panic!("{e}"));
-        step("state tables");
-        let mut tables = Vec::new();
-        let mut encoding = std::time::Duration::ZERO;
-        let rules = prepared
-            .run(|t| {
-                let t0 = std::time::Instant::now();
-                tables.push(
-                    EncodedTable::encode(&layout(&t), &t.schema, &t.batches)
-                        .unwrap_or_else(|e| panic!("{e}")),
-                );
-                encoding += t0.elapsed();
-                Ok::<_, quotaflow::engine::EngineError>(())
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
-        step("SQL and Parquet");
-        let (_, commits) = loc
-            .write_snapshot(&image, &alerts, &tables, &meta(&p))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        step("Delta commits");
-        let bytes: u64 = commits.iter().map(|(_, c)| c.bytes_written).sum();
-        let files: u64 = commits.iter().map(|(_, c)| c.files_added).sum();
-        steps.push(format!(
-            "of which Parquet {:.2} s; {files} files, {:.1} MB written",
-            encoding.as_secs_f64(),
-            bytes as f64 / 1e6
-        ));
-        (tables.iter().map(|t| t.rows).sum::<u64>(), steps.join(", "))
-    });
+    let (manifest, rows, steps) = first_snapshot(&rt, &p, &loc, &mut state);
     let took = started.elapsed();
     println!(
         "memory {reps} reps x {days} days: state {} rep-days, {} deals; peak RSS after building the state {state_peak} MiB, after one snapshot ({rows} rows, {:.2} s: {steps}) {} MiB",
@@ -612,9 +640,172 @@ fn memory(spec: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The first snapshot of `state` into `loc`, as the pipeline takes it (every table evaluated
+/// over the whole state, the state written whole). Returns its manifest, the rows it wrote
+/// and its steps, timed.
+fn first_snapshot(
+    rt: &tokio::runtime::Runtime,
+    p: &Arc<Pipeline>,
+    loc: &quotaflow::snapshot::Location,
+    state: &mut State,
+) -> (Manifest, u64, String) {
+    state.roll_up(&p.metrics.calendar);
+    let _ = state.take_changes(&p.metrics.calendar);
+    // The state's part first (the runtime runs its writes): its cut on the reading thread,
+    // then its write in the background task.
+    let compact_after = p.snapshot.compact_after as usize;
+    let (image, alerts, manifest, w, (cut_s, write_s)) =
+        state_snapshot(rt, loc, state, &Manifest::default(), compact_after, true);
+    let (rows, steps) = rt.block_on(async {
+        // The steps of the pipeline's cut and of its background snapshot task, timed.
+        let mut lap = std::time::Instant::now();
+        let mut steps = vec![format!(
+            "state segment {cut_s:.2} s to encode, {write_s:.2} s to write, {:.1} MB",
+            w.delta_bytes as f64 / 1e6
+        )];
+        let mut step = |name: &str| {
+            steps.push(format!("{name} {:.2} s", lap.elapsed().as_secs_f64()));
+            lap = std::time::Instant::now();
+        };
+        let engine = Engine::new(Arc::clone(&p.metrics));
+        let prepared = engine
+            .prepare(state, state.snapshot_id, engine.full_plan())
+            .unwrap_or_else(|e| panic!("{e}"));
+        step("state tables");
+        let mut tables = Vec::new();
+        let mut encoding = std::time::Duration::ZERO;
+        let rules = prepared
+            .run(|t| {
+                let t0 = std::time::Instant::now();
+                tables.push(
+                    EncodedTable::encode(&layout(&t), &t.schema, &t.batches)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+                encoding += t0.elapsed();
+                Ok::<_, quotaflow::engine::EngineError>(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
+        step("SQL and Parquet");
+        let (_, commits) = loc
+            .write_snapshot(&image, &alerts, &tables, &meta(p))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        step("Delta commits");
+        let bytes: u64 = commits.iter().map(|(_, c)| c.bytes_written).sum();
+        let files: u64 = commits.iter().map(|(_, c)| c.files_added).sum();
+        steps.push(format!(
+            "of which Parquet {:.2} s; {files} files, {:.1} MB written",
+            encoding.as_secs_f64(),
+            bytes as f64 / 1e6
+        ));
+        (tables.iter().map(|t| t.rows).sum::<u64>(), steps.join(", "))
+    });
+    (manifest, rows, steps)
+}
+
+/// Peak memory of a pipeline over the whole history (`QUOTAFLOW_BENCH_MEMORY=<reps>x<days>/<step>`):
+/// the history's events folded `step` days at a time, as a replay reads them, each step
+/// followed by the snapshot a trigger cuts (the first in full, the next ones incremental,
+/// with what they need read back) and the closed months and deals leaving memory after it.
+/// The activities are added as a rep-day's counters, as in the one-snapshot measurement,
+/// or, with `QUOTAFLOW_BENCH_ACTIVITIES=events`, folded one event each, so that the dedup ids
+/// are held as the pipeline holds them. Prints each step's resident state and RSS, then the
+/// peak.
+fn replay(
+    rt: &tokio::runtime::Runtime,
+    p: &Arc<Pipeline>,
+    loc: &quotaflow::snapshot::Location,
+    reps: usize,
+    days: i32,
+    step: i32,
+) {
+    let horizon = p.source.dedup_horizon_micros();
+    let activities = match std::env::var("QUOTAFLOW_BENCH_ACTIVITIES").as_deref() {
+        Ok("events") => Activities::Events,
+        Ok("counters") | Err(_) => Activities::Counters,
+        Ok(other) => panic!("QUOTAFLOW_BENCH_ACTIVITIES={other}: expected events or counters"),
+    };
+    let mut state = State::default();
+    let mut manifest = Manifest::default();
+    let started = std::time::Instant::now();
+    let mut peak = reset_peak();
+    for (i, first) in (0..days).step_by(step as usize).enumerate() {
+        let window = first..(first + step).min(days);
+        let t0 = std::time::Instant::now();
+        history(p, reps, days, window.clone(), activities, &mut state);
+        // (counters leave the event clock to the caller)
+        state.as_of = state.as_of.max(Some(at(HISTORY_START + window.end - 1)));
+        let folded = t0.elapsed();
+        state.prune(horizon);
+        // (each step's peak holds its fold)
+        let step_peak = if i == 0 {
+            state.snapshot_id = 1;
+            manifest = first_snapshot(rt, p, loc, &mut state).0;
+            evict(p, &mut state);
+            reset_peak()
+        } else {
+            let id = state.snapshot_id + 1;
+            let what = format!("days {}..{}", window.start, window.end);
+            next_snapshot(rt, p, loc, &mut state, &mut manifest, id, &what)
+        };
+        peak = peak.max(step_peak);
+        println!(
+            "step {} (days {}..{}, folded in {:.2} s, {:.2} s in all): {} rep-days, {} deals, {} dedup ids, {} months out, {} deals out; RSS {} MiB, peak {step_peak} MiB",
+            i + 1,
+            window.start,
+            window.end,
+            folded.as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
+            state.daily.len(),
+            state.deals.len(),
+            state.seen_activities.len(),
+            state.residency.months_out(),
+            state.residency.deals.len(),
+            rss_mib(),
+        );
+    }
+    println!(
+        "replay of {reps} reps x {days} days, a snapshot every {step} days: {:.1} s; peak RSS {peak} MiB",
+        started.elapsed().as_secs_f64(),
+    );
+    // What each part of the resident state holds: RSS freed by dropping it (and trimming).
+    let mut parts = Vec::new();
+    let mut drop_part = |name: &str, part: &mut dyn FnMut(&mut State)| {
+        quotaflow::memory::trim();
+        let before = rss_mib();
+        part(&mut state);
+        quotaflow::memory::trim();
+        parts.push(format!("{name} {} MiB", before.saturating_sub(rss_mib())));
+    };
+    // (a page is freed once all it holds is: parts allocated side by side, as the deals and
+    // survey responses of a rep, free theirs only when the last of them goes)
+    drop_part("dedup ids", &mut |s| s.seen_activities = Default::default());
+    drop_part("survey responses", &mut |s| s.surveys = Default::default());
+    drop_part("rep-days", &mut |s| s.daily = Default::default());
+    drop_part("period and week sums", &mut |s| {
+        s.rollups = Default::default()
+    });
+    drop_part("out-of-memory index", &mut |s| {
+        s.residency = Default::default()
+    });
+    drop_part("deals", &mut |s| {
+        s.deals = Default::default();
+        s.deal_last_activity = Default::default();
+    });
+    drop_part("the rest", &mut |s| *s = State::default());
+    println!(
+        "resident state at the end, by part (RSS freed by dropping it): {}; RSS left {} MiB",
+        parts.join(", "),
+        rss_mib()
+    );
+}
+
 /// One snapshot of `state` as the pipeline takes it after what was folded since the last:
 /// plan, state tables over the scope, SQL, the alert rules over the merged tables, Parquet,
-/// commits. Prints its steps and what it wrote.
+/// commits; then the closed months and deals out of memory. Prints its steps and what it
+/// wrote; returns its peak RSS (the peak is started again after it: `reset_peak`).
 fn next_snapshot(
     rt: &tokio::runtime::Runtime,
     p: &Arc<Pipeline>,
@@ -623,7 +814,7 @@ fn next_snapshot(
     manifest: &mut Manifest,
     id: u64,
     what: &str,
-) {
+) -> u64 {
     use quotaflow::engine::plan::Publish;
     let started = std::time::Instant::now();
     state.roll_up(&p.metrics.calendar);
@@ -699,7 +890,9 @@ fn next_snapshot(
             .unwrap_or_else(|e| panic!("{e}"));
         (commits, sql, written.elapsed())
     });
+    let peak = reset_peak();
     let evicted = evict(p, state);
+    let evict_peak = reset_peak();
     let committed: Vec<&str> = commits
         .iter()
         .filter(|(_, c)| c.committed)
@@ -731,12 +924,14 @@ fn next_snapshot(
         commits.iter().map(|(_, c)| c.bytes_written).sum::<u64>() as f64 / 1e6,
         commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
     );
+    println!("  peak RSS {peak} MiB through the write");
     if evicted.months > 0 || evicted.deals > 0 {
         println!(
-            "  then {} months, {} rep-days, {} deals out of memory",
+            "  then {} months, {} rep-days, {} deals out of memory, peak RSS {evict_peak} MiB",
             evicted.months, evicted.rep_days, evicted.deals
         );
     }
+    peak.max(evict_peak)
 }
 
 /// Lets the closed months of the grain go, as the pipeline does once its state is durable
@@ -763,9 +958,18 @@ fn rss_mib() -> u64 {
     status_mib("VmRSS:")
 }
 
-/// The process's peak resident set (VmHWM), in MiB.
+/// The process's peak resident set (VmHWM), in MiB: since the start, or since the last
+/// `reset_peak`.
 fn peak_rss_mib() -> u64 {
     status_mib("VmHWM:")
+}
+
+/// Starts the peak resident set again from the current one (Linux's `clear_refs`), so that
+/// the peak of one step can be told from the others'. Returns the peak until now.
+fn reset_peak() -> u64 {
+    let peak = peak_rss_mib();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    peak
 }
 
 fn status_mib(field: &str) -> u64 {

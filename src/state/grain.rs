@@ -1,11 +1,13 @@
 //! The rep × day grain of activity counters (`DailyCounts`) and its rollups per rep and
-//! fiscal period and per rep and ISO week (`Rollups`), kept up to date as activities fold.
+//! fiscal period and per rep and ISO week (`Rollups`), kept up to date as activities fold
+//! (`State::add_to_grain`).
 
 use serde::{Deserialize, Serialize};
 
+use super::changes::Input;
 use super::provenance::Spans;
 use super::residency::SumsOut;
-use super::Map;
+use super::{Map, Origin, State};
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Activity, ActivityType, Day};
 
@@ -162,5 +164,103 @@ impl<'a> Starts<'a> {
                 crate::calendar::week_start(day),
             )
         })
+    }
+}
+
+impl State {
+    /// Adds `counts` to the rep-day of `rep` on `day` as folding those activities does (the
+    /// rollups, the changes, the segment's dirty keys, a month out of memory), without their
+    /// ids or deals: for building a state directly (benchmarks). The event clock is the
+    /// caller's to set.
+    pub fn add_counts(&mut self, rep: &str, day: Day, counts: &DailyCounts, cal: &Calendar) {
+        self.add_to_grain(rep, day, counts, Origin::default(), cal);
+    }
+
+    pub(super) fn add_to_grain(
+        &mut self,
+        rep: &str,
+        day: Day,
+        counts: &DailyCounts,
+        origin: Origin,
+        cal: &Calendar,
+    ) {
+        let key = (self.rep_ids.id(rep), day);
+        self.changes.changes.day(Input::Activities, key.1);
+        match self.activity_span.get_mut(&key.0) {
+            Some(span) if span.0 <= key.1 => span.1 = span.1.max(key.1),
+            _ => {
+                let deal = self.rep_first_deal.get(rep).map(|t| cal.day_of(*t));
+                self.first_day(rep, key.1, deal, cal);
+                let span = self.activity_span.entry(key.0).or_insert((key.1, key.1));
+                *span = (span.0.min(key.1), span.1.max(key.1));
+            }
+        }
+        self.residency.folded(key.0, key.1);
+        let cell = self.daily.entry(key).or_default();
+        cell.counts.absorb(counts);
+        cell.from.widen(origin);
+        self.dirty.daily.touch(key, self.daily.len());
+        if self.rollups.built {
+            self.rollups.pending.entry(key).or_default().absorb(counts);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::state::Origin;
+
+    /// A rep-day's counters added at once change the state as folding those activities does
+    /// (but their ids): the grain, the rollups of a state whose sums are built, the changes.
+    #[test]
+    fn counters_added_at_once_fold_as_their_activities() {
+        use crate::event::{Activity, ActivityType};
+        let cal = Calendar::default();
+        let activity = |i: i64, activity_type, outcome: &str| {
+            Event::Activity(Activity {
+                event_id: format!("a{i}"),
+                occurred_at: 20_000 * 86_400_000_000 + i * 60_000_000,
+                rep_id: "r1".into(),
+                activity_type,
+                duration_s: Some(30),
+                outcome: Some(outcome.into()),
+                deal_id: None,
+                account_id: None,
+            })
+        };
+        let events = [
+            activity(0, ActivityType::Call, "connected"),
+            activity(1, ActivityType::Call, "no_answer"),
+            activity(2, ActivityType::Demo, "held"),
+        ];
+        let (mut folded, mut added) = (State::default(), State::default());
+        for s in [&mut folded, &mut added] {
+            s.fold(
+                activity(9, ActivityType::Email, "replied"),
+                Origin::default(),
+                &cal,
+                0,
+            );
+            s.roll_up(&cal);
+            let _ = s.take_changes(&cal);
+        }
+        let mut counts = DailyCounts::default();
+        for e in events {
+            if let Event::Activity(a) = &e {
+                counts.add(a);
+            }
+            folded.fold(e, Origin::default(), &cal, 0);
+        }
+        added.add_counts("r1", 20_000, &counts, &cal);
+        assert_eq!(counts.calls, 2);
+        assert_eq!(added.daily, folded.daily);
+        for s in [&mut folded, &mut added] {
+            s.roll_up(&cal);
+        }
+        assert_eq!(added.rollups, folded.rollups);
+        added.as_of = folded.as_of; // (the caller's to set)
+        assert_eq!(added.take_changes(&cal), folded.take_changes(&cal));
     }
 }

@@ -326,39 +326,10 @@ impl State {
                 self.changes.changes.day(Input::Deals, close);
             }
         }
-        let key = (self.rep_ids.id(&a.rep_id), cal.day_of(a.occurred_at));
-        self.changes.changes.day(Input::Activities, key.1);
-        match self.activity_span.get_mut(&key.0) {
-            Some(span) if span.0 <= key.1 => span.1 = span.1.max(key.1),
-            _ => {
-                let deal = self.rep_first_deal.get(&a.rep_id).map(|t| cal.day_of(*t));
-                self.first_day(&a.rep_id, key.1, deal, cal);
-                let span = self.activity_span.entry(key.0).or_insert((key.1, key.1));
-                *span = (span.0.min(key.1), span.1.max(key.1));
-            }
-        }
-        self.residency.folded(key.0, key.1);
-        let cell = self.daily.entry(key).or_default();
-        cell.counts.add(&a);
-        cell.from.widen(origin);
-        self.dirty.daily.touch(key, self.daily.len());
-        if self.rollups.built {
-            self.rollups.pending.entry(key).or_default().add(&a);
-        }
+        let mut counts = DailyCounts::default();
+        counts.add(&a);
+        self.add_to_grain(&a.rep_id, cal.day_of(a.occurred_at), &counts, origin, cal);
         Folded::Ok
-    }
-
-    /// The activity counters of `rep` on `day`, created empty on first use, for building a
-    /// state directly (benchmarks). The rollups no longer count as current: the next
-    /// `roll_up` sums them again from the whole grain.
-    pub fn daily_mut(&mut self, rep: &str, day: Day) -> &mut DailyCounts {
-        self.rollups.built = false;
-        let id = self.rep_ids.id(rep);
-        let span = self.activity_span.entry(id).or_insert((day, day));
-        *span = (span.0.min(day), span.1.max(day));
-        self.changes.changes.day(Input::Activities, day);
-        self.dirty.daily.touch((id, day), self.daily.len());
-        &mut self.daily.entry((id, day)).or_default().counts
     }
 
     /// Brings the rollups up to date: adds what was folded since the last call (or, after a
