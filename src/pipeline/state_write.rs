@@ -9,7 +9,9 @@ use super::checkpoint::{encode_err, with_retries};
 use super::restore::merge_segments;
 use super::RunError;
 use crate::snapshot::{segment_of, Location, SnapshotRow, StateImage};
-use crate::state::segments::{self, Encoded, Head, Manifest, Merge, SegmentRef};
+use crate::state::segments::{
+    self, Encoded, Head, Manifest, Merge, PartKey, SegmentBuilder, SegmentRef,
+};
 use crate::state::State;
 
 /// What writing a snapshot's state did.
@@ -32,6 +34,12 @@ pub fn cut_segment(
     state.encode_segment(dirty, all, delta_at(state.snapshot_id))
 }
 
+/// Parts a compaction merges at once. A part is a month of rep-days, a week of dedup ids or a
+/// bucket of 1/64 of the deals (and so on), so a batch holds a few of those decoded, where
+/// merging every overlong part at once held them all: at 10,000 reps × two years the 64 deal
+/// buckets, every deal of the history, came due together.
+const COMPACTION_BATCH: usize = 8;
+
 fn delta_at(id: u64) -> SegmentRef {
     SegmentRef {
         snapshot_id: id,
@@ -40,7 +48,8 @@ fn delta_at(id: u64) -> SegmentRef {
 }
 
 /// Writes snapshot `id`'s state onto `previous`: its delta segment, then a base of the parts
-/// whose chains grew longer than `compact_after` (merged from the segments they name). Returns
+/// whose chains grew longer than `compact_after` (merged from the segments they name,
+/// `COMPACTION_BATCH` parts at a time). Returns
 /// the snapshot's manifest. Safe to repeat: the same files get the same bytes.
 pub async fn write_state(
     location: &Location,
@@ -63,9 +72,18 @@ pub async fn write_state(
             snapshot_id: id,
             base: true,
         };
-        let mut merge = Merge::new(&manifest, Some(&long));
-        merge_segments(location, &mut merge, manifest.files(Some(&long))).await?;
-        let base = merge.base(at).map_err(encode_err("a state segment"))?;
+        // A batch of parts at a time: only one batch's rows are decoded at once.
+        let mut base = SegmentBuilder::new(at);
+        let keys: Vec<PartKey> = long.iter().copied().collect();
+        for batch in keys.chunks(COMPACTION_BATCH) {
+            let batch: BTreeSet<PartKey> = batch.iter().copied().collect();
+            let mut merge = Merge::new(&manifest, Some(&batch));
+            merge_segments(location, &mut merge, manifest.files(Some(&batch))).await?;
+            merge
+                .add_to(&mut base)
+                .map_err(encode_err("a state segment"))?;
+        }
+        let base = base.finish().map_err(encode_err("a state segment"))?;
         w.parts_compacted = long.len() as u64;
         w.base_bytes = base.bytes.len() as u64;
         location.put_segment(at, base.bytes.clone()).await?;

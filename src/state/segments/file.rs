@@ -180,33 +180,64 @@ pub struct Encoded {
     pub parts: Vec<(PartKey, bool)>,
 }
 
-/// Segment `at` of `parts`, in the layout above.
-pub(super) fn encode(at: SegmentRef, parts: Vec<PartOut<'_>>) -> Result<Encoded, bincode::Error> {
-    use bincode::Options;
-    let mut body = Vec::new();
-    let mut entries = Vec::with_capacity(parts.len());
-    for p in &parts {
-        let offset = body.len() as u64;
-        codec().serialize_into(&mut body, &p.data)?;
-        entries.push(PartEntry {
-            key: p.key,
-            whole: p.whole,
-            offset,
-            len: body.len() as u64 - offset,
-        });
+/// A segment file in the layout above, built a few parts at a time: a compaction merges and
+/// adds its parts in batches, so that only one batch is decoded at once.
+pub struct SegmentBuilder {
+    at: SegmentRef,
+    body: Vec<u8>,
+    entries: Vec<PartEntry>,
+}
+
+impl SegmentBuilder {
+    /// An empty segment `at`.
+    pub fn new(at: SegmentRef) -> SegmentBuilder {
+        SegmentBuilder {
+            at,
+            body: Vec::new(),
+            entries: Vec::new(),
+        }
     }
-    let index = codec().serialize(&SegmentIndex {
-        format: FORMAT,
-        at,
-        parts: entries,
-    })?;
-    let mut bytes = Vec::with_capacity(8 + index.len() + body.len());
-    bytes.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&index);
-    bytes.extend_from_slice(&body);
-    Ok(Encoded {
-        at,
-        bytes: bytes.into(),
-        parts: parts.iter().map(|p| (p.key, p.whole)).collect(),
-    })
+
+    /// Encodes `parts` after those added before.
+    pub(super) fn add(&mut self, parts: &[PartOut<'_>]) -> Result<(), bincode::Error> {
+        use bincode::Options;
+        for p in parts {
+            let offset = self.body.len() as u64;
+            codec().serialize_into(&mut self.body, &p.data)?;
+            self.entries.push(PartEntry {
+                key: p.key,
+                whole: p.whole,
+                offset,
+                len: self.body.len() as u64 - offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// The file: its index, then every part added.
+    pub fn finish(self) -> Result<Encoded, bincode::Error> {
+        use bincode::Options;
+        let parts = self.entries.iter().map(|e| (e.key, e.whole)).collect();
+        let index = codec().serialize(&SegmentIndex {
+            format: FORMAT,
+            at: self.at,
+            parts: self.entries,
+        })?;
+        let mut bytes = Vec::with_capacity(8 + index.len() + self.body.len());
+        bytes.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&index);
+        bytes.extend_from_slice(&self.body);
+        Ok(Encoded {
+            at: self.at,
+            bytes: bytes.into(),
+            parts,
+        })
+    }
+}
+
+/// Segment `at` of `parts`, in the layout above.
+pub(super) fn encode(at: SegmentRef, parts: &[PartOut<'_>]) -> Result<Encoded, bincode::Error> {
+    let mut file = SegmentBuilder::new(at);
+    file.add(parts)?;
+    file.finish()
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::{upsert, Dirty, Encoded, Kind, Manifest, PartData, PartKey, Segment, SegmentRef};
+use super::{
+    upsert, Dirty, Kind, Manifest, PartData, PartKey, Segment, SegmentBuilder, SegmentRef,
+};
 use crate::state::State;
 
 /// How long applying one file's parts took on each thread.
@@ -123,9 +125,9 @@ impl<'a> Merge<'a> {
         self.pruned()
     }
 
-    /// The merged parts as base segment `at` (parts left empty are not in it).
-    pub fn base(self, at: SegmentRef) -> Result<Encoded, bincode::Error> {
+    /// Adds the merged parts to `base`, a base segment (parts left empty are not in it).
+    pub fn add_to(self, base: &mut SegmentBuilder) -> Result<(), bincode::Error> {
         // The merge holds only the parts it was given: all of it, whole, is their base.
-        self.pruned().encode_segment(&Dirty::default(), true, at)
+        base.add(&self.pruned().segment_parts(&Dirty::default(), true))
     }
 }

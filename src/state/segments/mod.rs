@@ -9,8 +9,8 @@
 //! part's content is the upsert of its **chain** of segments, oldest first; a [`Manifest`]
 //! (one per snapshot, next to its checkpoint) names every part's chain and holds the small
 //! counters written whole each time ([`Head`]). A chain longer than the compaction limit is
-//! merged into a **base** of that part alone ([`Merge::base`]), so a restore reads a base plus a
-//! bounded number of deltas per part. Dedup ids under the prune floor are dropped at restore
+//! merged into a **base** of that part alone ([`Merge::add_to`], a few parts at a time into one
+//! [`SegmentBuilder`]), so a restore reads a base plus a bounded number of deltas per part. Dedup ids under the prune floor are dropped at restore
 //! and compaction, and a week wholly under it leaves the manifest.
 //!
 //! Pure: no I/O. `pipeline::state_write` writes the files and `pipeline::restore` reads them;
@@ -25,7 +25,9 @@ use super::hierarchy::Placement;
 use super::{DealVersion, Map, RepDay, State, Versioned};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
-pub use file::{Encoded, PartEntry, Segment, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES};
+pub use file::{
+    Encoded, PartEntry, Segment, SegmentBuilder, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES,
+};
 use file::{PartOut, PartRows, Rows};
 
 mod file;
@@ -341,6 +343,11 @@ impl State {
         all: bool,
         at: SegmentRef,
     ) -> Result<Encoded, bincode::Error> {
+        file::encode(at, &self.segment_parts(d, all))
+    }
+
+    /// The parts of [`State::encode_segment`], borrowed from the state.
+    fn segment_parts<'a>(&'a self, d: &'a Dirty, all: bool) -> Vec<PartOut<'a>> {
         let mut out = Vec::new();
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
@@ -435,7 +442,7 @@ impl State {
                 data: PartRows::DeadLetters(&self.dead_letters),
             });
         }
-        file::encode(at, out)
+        out
     }
 
     /// Makes room for the keys `parts` upsert, in every map at once (grown part by part, a map

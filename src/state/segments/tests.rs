@@ -41,11 +41,17 @@ fn cut(
             snapshot_id: id,
             base: true,
         };
-        let mut merge = Merge::new(&next, Some(&long));
-        for r in next.files(Some(&long)) {
-            merge.add(files[&r].clone());
+        // One part at a time, as a compaction merges them in batches.
+        let mut base = SegmentBuilder::new(base_at);
+        for k in &long {
+            let one = BTreeSet::from([*k]);
+            let mut merge = Merge::new(&next, Some(&one));
+            for r in next.files(Some(&one)) {
+                merge.add(files[&r].clone());
+            }
+            merge.add_to(&mut base).unwrap();
         }
-        let base = merge.base(base_at).unwrap();
+        let base = base.finish().unwrap();
         next.rebase(&long, &base);
         files.insert(base_at, Segment::decode(&base.bytes).unwrap());
     }
