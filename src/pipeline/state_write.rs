@@ -49,8 +49,8 @@ fn delta_at(id: u64) -> SegmentRef {
 
 /// Writes snapshot `id`'s state onto `previous`: its delta segment, then a base of the parts
 /// whose chains grew longer than `compact_after` (merged from the segments they name,
-/// `COMPACTION_BATCH` parts at a time). Returns
-/// the snapshot's manifest. Safe to repeat: the same files get the same bytes.
+/// `COMPACTION_BATCH` parts at a time). Returns the snapshot's manifest. Safe to repeat: the
+/// same files get the same bytes.
 pub async fn write_state(
     location: &Location,
     previous: &Manifest,

@@ -210,7 +210,6 @@ impl State {
 mod tests {
     use super::*;
     use crate::event::Event;
-    use crate::state::Origin;
 
     /// A rep-day's counters added at once change the state as folding those activities does
     /// (but their ids): the grain, the rollups of a state whose sums are built, the changes.

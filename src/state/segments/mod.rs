@@ -9,9 +9,10 @@
 //! part's content is the upsert of its **chain** of segments, oldest first; a [`Manifest`]
 //! (one per snapshot, next to its checkpoint) names every part's chain and holds the small
 //! counters written whole each time ([`Head`]). A chain longer than the compaction limit is
-//! merged into a **base** of that part alone ([`Merge::add_to`], a few parts at a time into one
-//! [`SegmentBuilder`]), so a restore reads a base plus a bounded number of deltas per part. Dedup ids under the prune floor are dropped at restore
-//! and compaction, and a week wholly under it leaves the manifest.
+//! merged into a **base** of that part alone ([`Merge::add_to`], a few parts at a time into
+//! one [`SegmentBuilder`]), so a restore reads a base plus a bounded number of deltas per
+//! part. Dedup ids under the prune floor are dropped at restore and compaction, and a week
+//! wholly under it leaves the manifest.
 //!
 //! Pure: no I/O. `pipeline::state_write` writes the files and `pipeline::restore` reads them;
 //! `snapshot` names and stores them.
