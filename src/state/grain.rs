@@ -173,16 +173,18 @@ impl State {
     /// ids or deals: for building a state directly (benchmarks). The event clock is the
     /// caller's to set.
     pub fn add_counts(&mut self, rep: &str, day: Day, counts: &DailyCounts, cal: &Calendar) {
-        self.add_to_grain(rep, day, counts, Origin::default(), cal);
+        self.add_to_grain(rep, day, Origin::default(), cal, |c| c.absorb(counts));
     }
 
+    /// Adds to the rep-day of `rep` on `day`, and to its pending rollups, what `add` adds to
+    /// a cell (an activity, folding; a rep-day's counters, `add_counts`).
     pub(super) fn add_to_grain(
         &mut self,
         rep: &str,
         day: Day,
-        counts: &DailyCounts,
         origin: Origin,
         cal: &Calendar,
+        add: impl Fn(&mut DailyCounts),
     ) {
         let key = (self.rep_ids.id(rep), day);
         self.changes.changes.day(Input::Activities, key.1);
@@ -197,11 +199,11 @@ impl State {
         }
         self.residency.folded(key.0, key.1);
         let cell = self.daily.entry(key).or_default();
-        cell.counts.absorb(counts);
+        add(&mut cell.counts);
         cell.from.widen(origin);
         self.dirty.daily.touch(key, self.daily.len());
         if self.rollups.built {
-            self.rollups.pending.entry(key).or_default().absorb(counts);
+            add(self.rollups.pending.entry(key).or_default());
         }
     }
 }

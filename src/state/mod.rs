@@ -326,9 +326,8 @@ impl State {
                 self.changes.changes.day(Input::Deals, close);
             }
         }
-        let mut counts = DailyCounts::default();
-        counts.add(&a);
-        self.add_to_grain(&a.rep_id, cal.day_of(a.occurred_at), &counts, origin, cal);
+        let day = cal.day_of(a.occurred_at);
+        self.add_to_grain(&a.rep_id, day, origin, cal, |c| c.add(&a));
         Folded::Ok
     }
 
