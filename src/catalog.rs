@@ -58,7 +58,7 @@ pub const PROVIDED: &[Provided] = &[
     t("period_types", Origin::Config, "`month`, `quarter`, `year`"),
     t("leaderboard_weights", Origin::Config, "one row: the leaderboard's points per counted thing"),
     t("commission_plan", Origin::Config, "one row: the commission plan's name"),
-    t("alerts", Origin::Written, "every alert (rule, key) ever fired, with its lifecycle"),
+    t("alerts", Origin::Written, "every alert lifecycle ever fired (one per alert_id), partitioned by resolved_month"),
     t("alert_deliveries", Origin::Written, "deliveries and failed attempts per target"),
     t("snapshots", Origin::Written, "one retained snapshot: its event clock, when it was written and the messages it includes"),
 ];

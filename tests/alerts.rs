@@ -170,7 +170,7 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
         .await
         .unwrap();
     let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
-    let fired: BTreeSet<String> = state.alerts.values().map(|a| a.alert_id.clone()).collect();
+    let fired: BTreeSet<String> = state.alerts.iter().map(|a| a.alert_id.clone()).collect();
     let ids: Vec<String> = topic
         .iter()
         .map(|(_, v)| v["event_id"].as_str().unwrap().to_string())
@@ -190,6 +190,155 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
     for (_, v) in &topic {
         crate::common::assert_alert_event_schema(v);
     }
+}
+
+/// (alert_id, state, resolved_month) of every row of the `alerts` table of the latest snapshot.
+async fn alert_rows(loc: &Location) -> Vec<(String, String, Option<String>)> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::DataType;
+    let (_, batches) = loc.read_delta("alerts", None).await.unwrap();
+    let mut rows = Vec::new();
+    for b in batches {
+        let text = |n: &str| cast(b.column_by_name(n).unwrap(), &DataType::Utf8).unwrap();
+        let (id, state, month) = (text("alert_id"), text("state"), text("resolved_month"));
+        let (id, state, month) = (
+            id.as_string::<i32>(),
+            state.as_string::<i32>(),
+            month.as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            rows.push((
+                id.value(i).to_string(),
+                state.value(i).to_string(),
+                (!month.is_null(i)).then(|| month.value(i).to_string()),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// A resolved alert leaves the state once the event clock has left the month it resolved in,
+/// and stays in the `alerts` table, in that month's partition, through the snapshots after
+/// it: the table holds every lifecycle ever fired, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_alerts_leave_the_state_after_their_month_and_stay_in_the_table() {
+    // Rep 5 logs nothing from 2026-03-12 to 2026-04-10: `rep_inactive` fires in March and
+    // resolves in April. The stream goes on to mid-May, read in four runs (a snapshot each).
+    let p = crate::common::pipeline();
+    let c = crate::pipeline_mock::cluster(&p);
+    let brokers = c.bootstrap_servers();
+    let spec = GenSpec {
+        silence: Some(Silence {
+            reps: vec![5],
+            from: start() + Duration::days(10),
+            until: start() + Duration::days(40),
+        }),
+        ..scenario(12, 75, &[], 0)
+    };
+    let mut msgs = Vec::new();
+    generate(&spec, |g| {
+        let day = serde_json::from_str::<serde_json::Value>(&g.value).unwrap()["occurred_at"]
+            .as_str()
+            .map(|t| t[..10].to_string());
+        msgs.push((
+            day,
+            (p.source.topics[&g.event_type].clone(), g.key, g.value),
+        ))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let loc = Location::parse(out).unwrap();
+    let month_of = |t: i64| {
+        let d = chrono::DateTime::from_timestamp_micros(t)
+            .unwrap()
+            .date_naive();
+        d.format("%Y-%m-01").to_string()
+    };
+    let rep5 = ("rep_inactive".to_string(), "rep-00005".to_string());
+    let mut sent = 0;
+    for (run, until) in ["2026-03-25", "2026-04-20", "2026-05-10", "9999"]
+        .iter()
+        .enumerate()
+    {
+        let chunk: Vec<_> = msgs
+            .iter()
+            .skip(sent)
+            .take_while(|(day, _)| day.as_deref().is_none_or(|d| d <= *until))
+            .map(|(_, m)| m.clone())
+            .collect();
+        sent += chunk.len();
+        produce(&brokers, 10_000, &chunk);
+        run_in_process(&p, once(&brokers, out)).await;
+        let m = loc
+            .checkpoint(loc.latest().await.unwrap().unwrap().snapshot_id)
+            .await
+            .unwrap();
+        let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
+        let now = month_of(state.as_of.unwrap());
+        // Only this month's resolved lifecycles are held.
+        for a in state.alerts.resolved.values() {
+            assert_eq!(month_of(a.resolved_at.unwrap()), now, "{a:?} held in {now}");
+        }
+        let rows = alert_rows(&loc).await;
+        match run {
+            0 => assert!(state.alerts.firing.contains_key(&rep5)),
+            1 => {
+                assert!(!state.alerts.firing.contains_key(&rep5));
+                assert!(state
+                    .alerts
+                    .resolved
+                    .values()
+                    .any(|a| (&a.rule, &a.key) == (&rep5.0, &rep5.1)));
+            }
+            _ => {
+                // Gone from the state, still in the table, in April's partition.
+                assert!(!state.alerts.iter().any(|a| a.key == rep5.1 && !a.firing));
+                let resolved: Vec<_> = rows
+                    .iter()
+                    .filter(|(id, _, _)| id.starts_with("rep_inactive/rep-00005/"))
+                    .filter(|(_, s, _)| s == "resolved")
+                    .collect();
+                assert_eq!(resolved.len(), 1, "{rows:?}");
+                assert_eq!(resolved[0].2.as_deref(), Some("2026-04-01"));
+            }
+        }
+        // Every row's partition is the month it resolved in, NULL while firing; the
+        // firing rows are the state's.
+        let firing: BTreeSet<&str> = rows
+            .iter()
+            .filter(|(_, s, month)| s == "firing" && month.is_none())
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        let held: BTreeSet<&str> = state
+            .alerts
+            .firing
+            .values()
+            .map(|a| a.alert_id.as_str())
+            .collect();
+        assert_eq!(firing, held);
+        assert!(rows
+            .iter()
+            .all(|(_, s, month)| (s == "firing") == month.is_none()));
+    }
+    // The table holds every lifecycle that fired, once: the fired events on the alert topic.
+    let fired: Vec<String> = read_topic(&brokers, &p.alert_delivery.kafka_topic)
+        .into_iter()
+        .filter(|(_, v)| v["transition"] == "fired")
+        .map(|(k, _)| k)
+        .collect();
+    let rows = alert_rows(&loc).await;
+    let ids: Vec<String> = rows.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        ids.len(),
+        "a lifecycle twice"
+    );
+    assert_eq!(
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        fired.into_iter().collect::<BTreeSet<_>>()
+    );
 }
 
 /// An alert event for the dispatcher tests, numbered `i`.

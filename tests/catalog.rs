@@ -31,7 +31,11 @@ fn schemas() -> Vec<(&'static str, Schema)> {
     ));
     out.push((
         "alerts",
-        tables::alerts(&state).unwrap().schema().as_ref().clone(),
+        tables::alerts(&state.alerts, |_| 0)
+            .unwrap()
+            .schema()
+            .as_ref()
+            .clone(),
     ));
     out.push((
         "alert_deliveries",

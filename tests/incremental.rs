@@ -155,8 +155,8 @@ async fn differences(
         }
     }
     let firing = |b: &AlertBook| -> Vec<String> {
-        b.values()
-            .filter(|a| a.firing)
+        b.firing
+            .values()
             .map(|a| format!("{} {} {:?} {}", a.rule, a.key, a.value, a.message))
             .collect()
     };
@@ -180,7 +180,14 @@ fn assert_equals_full(
     id: u64,
     book: &AlertBook,
 ) {
-    let diff = rt.block_on(differences(p, loc, state, id, book, &mut AlertBook::new()));
+    let diff = rt.block_on(differences(
+        p,
+        loc,
+        state,
+        id,
+        book,
+        &mut AlertBook::default(),
+    ));
     assert!(diff.is_empty(), "{diff:#?}");
 }
 
@@ -364,7 +371,7 @@ proptest! {
         let first_day = quotaflow::calendar::day_number(chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
         let (mut evicted, mut asked) = (0, false);
         let (mut sums_out, mut asked_sums) = (0, false);
-        let (mut book, mut full_book) = (AlertBook::new(), AlertBook::new());
+        let (mut book, mut full_book) = (AlertBook::default(), AlertBook::default());
         let mut at = 0;
         let mut id = 0;
         let mut scoped = 0;
@@ -443,7 +450,7 @@ fn after_first_snapshot(seed: u64, n: usize) -> Setup {
     for (t, json) in &events {
         fold_one(&p, &mut state, ev(*t, json));
     }
-    let mut book = AlertBook::new();
+    let mut book = AlertBook::default();
     rt.block_on(snapshot(
         &p, &engine, &loc, &mut state, 1, &mut book, true, None,
     ));
@@ -775,11 +782,11 @@ async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_
     assert!(differ.is_empty(), "differ from the batch path: {differ:?}");
     assert_eq!(streamed.len(), batch.len());
     // The rule's new threshold fired what a full evaluation fires.
-    let mut book = AlertBook::new();
+    let mut book = AlertBook::default();
     apply(&mut book, breaches, "p", 1, state.as_of);
     let mut expected: Vec<(String, String, String)> = book
+        .firing
         .values()
-        .filter(|a| a.firing)
         .map(|a| (a.rule.clone(), a.key.clone(), "firing".to_string()))
         .collect();
     expected.sort();
@@ -842,14 +849,15 @@ params = { at_least = "0" }
     for (t, json) in initial_roster() {
         fold_one(&p, &mut state, ev(t, &json));
     }
-    let mut book = AlertBook::new();
+    let mut book = AlertBook::default();
     rt.block_on(snapshot(
         &p, &engine, &loc, &mut state, 1, &mut book, true, None,
     ));
     assert!(
         !book
+            .firing
             .values()
-            .any(|a| a.firing && a.rule == "dead_letters_by_rep"),
+            .any(|a| a.rule == "dead_letters_by_rep"),
         "no dead letter yet"
     );
     let ingest = quotaflow::ingest::Ingest::new(&p.source, p.metrics.calendar).unwrap();
@@ -875,8 +883,9 @@ params = { at_least = "0" }
     let rule = p.metrics.alerts.len() - 1;
     assert!(plan.rules[rule] && plan.compute[reps], "{plan:?}");
     let firing: Vec<&str> = book
+        .firing
         .values()
-        .filter(|a| a.firing && a.rule == "dead_letters_by_rep")
+        .filter(|a| a.rule == "dead_letters_by_rep")
         .map(|a| a.key.as_str())
         .collect();
     assert_eq!(firing, ["r0", "r1", "r2", "r3"]);

@@ -124,8 +124,8 @@ async fn firing_ids(output: &str) -> std::collections::BTreeMap<(String, String)
     let state = quotaflow::pipeline::read_state(&loc, &m).await.unwrap();
     state
         .alerts
+        .firing
         .into_iter()
-        .filter(|(_, a)| a.firing)
         .map(|(k, a)| (k, a.alert_id))
         .collect()
 }

@@ -5,14 +5,19 @@
 //! resolves when it stops. Both transitions are events with a stable `alert_id`
 //! (`rule/key/snapshot it fired in`), handed to `deliver` once the snapshot holding them is
 //! durable.
+//!
+//! A resolved lifecycle never changes again. The book keeps it only until the event clock
+//! leaves the month it resolved in ([`AlertBook::leave_before`]): the `alerts` table is
+//! partitioned by that month, so the partition a snapshot last wrote holds it from then on,
+//! and the book stays the size of what is firing and what resolved this month.
 
 pub mod deliver;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Micros;
+use crate::event::{Day, Micros};
 
 /// One (rule, key) and where its lifecycle stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,8 +67,48 @@ pub struct AlertEvent {
     pub snapshot_id: u64,
 }
 
-/// Alerts by (rule, key).
-pub type AlertBook = BTreeMap<(String, String), Alert>;
+/// The lifecycles a snapshot can still change or has still to write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertBook {
+    /// The firing lifecycle of each (rule, key) that breaches.
+    pub firing: BTreeMap<(String, String), Alert>,
+    /// Resolved lifecycles, by `alert_id`, of the months the event clock has not left.
+    pub resolved: BTreeMap<String, Alert>,
+}
+
+impl AlertBook {
+    /// Every lifecycle held: the firing ones by (rule, key), then the resolved ones by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Alert> {
+        self.firing.values().chain(self.resolved.values())
+    }
+
+    pub fn len(&self) -> usize {
+        self.firing.len() + self.resolved.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The months (first days, by `month_of` of `resolved_at`) that resolved lifecycles held
+    /// here resolved in.
+    pub fn resolved_months(&self, month_of: impl Fn(Micros) -> Day) -> BTreeSet<Day> {
+        self.resolved
+            .values()
+            .filter_map(|a| a.resolved_at.map(&month_of))
+            .collect()
+    }
+
+    /// Lets go of the lifecycles resolved in a month before `month` (by `month_of` of
+    /// `resolved_at`): once the `alerts` table's partition of that month is written, nothing
+    /// can resolve in it any more (the event clock only moves on). Returns how many left.
+    pub fn leave_before(&mut self, month: Day, month_of: impl Fn(Micros) -> Day) -> usize {
+        let before = self.resolved.len();
+        self.resolved
+            .retain(|_, a| a.resolved_at.is_none_or(|t| month_of(t) >= month));
+        before - self.resolved.len()
+    }
+}
 
 /// Moves every lifecycle on by one evaluation (snapshot `snapshot_id`, event clock `as_of`)
 /// and returns the transitions.
@@ -95,21 +140,28 @@ pub fn apply_evaluated(
             .entry((b.rule.clone(), b.key.clone()))
             .or_insert(b);
     }
-    for (id, alert) in book.iter_mut() {
-        if alert.firing && ran(&id.0) && !breaching.contains_key(id) {
+    let stopped: Vec<_> = book
+        .firing
+        .keys()
+        .filter(|id| ran(&id.0) && !breaching.contains_key(*id))
+        .cloned()
+        .collect();
+    for id in stopped {
+        if let Some(mut alert) = book.firing.remove(&id) {
             alert.firing = false;
             alert.resolved_at = as_of;
             alert.resolved_snapshot = Some(snapshot_id);
-            events.push(event(alert, "resolved", pipeline, snapshot_id));
+            events.push(event(&alert, "resolved", pipeline, snapshot_id));
+            book.resolved.insert(alert.alert_id.clone(), alert);
         }
     }
     for (id, b) in breaching {
-        match book.get_mut(&id) {
-            Some(alert) if alert.firing => {
+        match book.firing.get_mut(&id) {
+            Some(alert) => {
                 alert.value = b.value;
                 alert.message = b.message;
             }
-            _ => {
+            None => {
                 let alert = Alert {
                     alert_id: format!("{}/{}/{snapshot_id}", b.rule, b.key),
                     rule: b.rule,
@@ -124,7 +176,7 @@ pub fn apply_evaluated(
                     resolved_snapshot: None,
                 };
                 events.push(event(&alert, "fired", pipeline, snapshot_id));
-                book.insert(id, alert);
+                book.firing.insert(id, alert);
             }
         }
     }
@@ -168,7 +220,7 @@ mod tests {
 
     #[test]
     fn fires_once_resolves_once_and_fires_anew() {
-        let mut book = AlertBook::new();
+        let mut book = AlertBook::default();
         let e = apply(&mut book, vec![breach("a", 1.0)], "p", 1, Some(10));
         assert_eq!(e.len(), 1);
         assert_eq!(
@@ -181,7 +233,7 @@ mod tests {
         );
         // Still breaching: no event, the value follows.
         assert!(apply(&mut book, vec![breach("a", 2.0)], "p", 2, Some(20)).is_empty());
-        assert_eq!(book[&("r".into(), "a".into())].value, Some(2.0));
+        assert_eq!(book.firing[&("r".into(), "a".into())].value, Some(2.0));
         // A restart restores the book from the snapshot: still no repeat.
         let mut restored: AlertBook =
             bincode::deserialize(&bincode::serialize(&book).unwrap()).unwrap();
@@ -197,5 +249,29 @@ mod tests {
             (e[0].event_id.as_str(), e[0].alert_id.as_str()),
             ("r/a/6/fired", "r/a/6")
         );
+    }
+
+    /// A key that resolves and fires again within a month has both lifecycles in the book;
+    /// the resolved one leaves once the month is over, and only then.
+    #[test]
+    fn resolved_lifecycles_stay_until_their_month_is_left() {
+        let month = |t: Micros| (t / 100) as Day; // a "month" of 100 µs
+        let mut book = AlertBook::default();
+        apply(&mut book, vec![breach("a", 1.0)], "p", 1, Some(110));
+        let e = apply(&mut book, vec![], "p", 2, Some(120));
+        assert_eq!(e[0].event_id, "r/a/1/resolved");
+        apply(&mut book, vec![breach("a", 1.0)], "p", 3, Some(130));
+        assert_eq!(book.firing.len(), 1);
+        assert_eq!(book.resolved.keys().collect::<Vec<_>>(), ["r/a/1"]);
+        assert_eq!(
+            book.iter().map(|a| a.alert_id.as_str()).collect::<Vec<_>>(),
+            ["r/a/3", "r/a/1"]
+        );
+        assert_eq!(book.resolved_months(month), BTreeSet::from([1]));
+        assert_eq!(book.leave_before(1, month), 0, "its month is not over");
+        apply(&mut book, vec![], "p", 4, Some(250));
+        assert_eq!(book.leave_before(2, month), 1);
+        assert_eq!(book.resolved.keys().collect::<Vec<_>>(), ["r/a/3"]);
+        assert!(book.firing.is_empty());
     }
 }

@@ -85,7 +85,7 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
         .filter(|t| t.publish)
         .map(|t| t.name.clone())
         .collect();
-    names.extend(OPERATIONAL.iter().map(|(n, _)| n.to_string()));
+    names.extend([ALERTS, ALERT_DELIVERIES].map(String::from));
     names.push(SNAPSHOTS.to_string());
     names
 }
@@ -194,6 +194,8 @@ impl Runner {
             fingerprints: self.fingerprints.clone(),
             lost_offsets: self.state.lost_offsets(),
         };
+        // No snapshot durable yet: the alerts table is written whole (it may have no version).
+        let first_snapshot = self.durable == 0;
         // The alert part goes on in a state of its own: the rules run on the computed tables.
         let mut alerting = State {
             snapshot_id: id,
@@ -248,11 +250,14 @@ impl Runner {
             alerting
                 .outbox
                 .extend(deliver::outgoing(&pipeline.metrics.alerts, &events));
-            for (name, build) in OPERATIONAL {
-                let batch = build(&alerting)
-                    .map_err(|e| InternalError::new(format!("{name} table: {e}")))?;
-                tables.push(unpartitioned(name, &batch)?);
-            }
+            tables.push(alerts_table(
+                &mut alerting,
+                &pipeline.metrics.calendar,
+                first_snapshot,
+            )?);
+            let batch = crate::state::tables::alert_deliveries(&alerting)
+                .map_err(|e| InternalError::new(format!("{ALERT_DELIVERIES} table: {e}")))?;
+            tables.push(unpartitioned(ALERT_DELIVERIES, &batch)?);
             let batch = retention::table(&history, &pipeline.metrics.calendar)
                 .map_err(|e| InternalError::new(format!("{SNAPSHOTS} table: {e}")))?;
             tables.push(unpartitioned(SNAPSHOTS, &batch)?);
@@ -525,18 +530,47 @@ where
 /// The `snapshots` table's name (METRICS.md, "Where the tables live").
 pub const SNAPSHOTS: &str = "snapshots";
 
-/// A builder of one Arrow table from the state (`state::tables`).
-type StateTableFn =
-    fn(
-        &State,
-    ) -> Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>;
+/// The table of alert deliveries per target (`state::tables::alert_deliveries`).
+const ALERT_DELIVERIES: &str = "alert_deliveries";
 
-/// The operational tables built from the alert part of the state in Rust, after the rules ran
-/// (`dead_letters` is SQL over the state, like the metrics).
-const OPERATIONAL: [(&str, StateTableFn); 2] = [
-    ("alerts", crate::state::tables::alerts as StateTableFn),
-    ("alert_deliveries", crate::state::tables::alert_deliveries),
-];
+/// The `alerts` table of this snapshot, from the book after the rules ran, partitioned by
+/// the month a lifecycle resolved in (NULL while firing). It replaces the firing partition and
+/// the months whose resolved lifecycles the book still holds; the months before `as_of`'s then
+/// leave the book (`AlertBook::leave_before`), and their partitions stay as last written.
+/// A first snapshot writes the table whole.
+fn alerts_table(
+    alerting: &mut State,
+    cal: &crate::calendar::Calendar,
+    first_snapshot: bool,
+) -> Result<EncodedTable, RunError> {
+    use crate::calendar::{date_of, PeriodType};
+    let month_of = |t| cal.period_start(PeriodType::Month, cal.day_of(t));
+    let batch = crate::state::tables::alerts(&alerting.alerts, month_of)
+        .map_err(|e| InternalError::new(format!("{ALERTS} table: {e}")))?;
+    let layout = Layout {
+        name: ALERTS.into(),
+        partition_by: Some(ALERTS_PARTITION.into()),
+    };
+    let only = (!first_snapshot).then(|| {
+        let mut only: BTreeSet<String> = alerting
+            .alerts
+            .resolved_months(month_of)
+            .into_iter()
+            .map(|m| date_of(m).to_string())
+            .collect();
+        only.insert(crate::snapshot::NULL_PARTITION.into());
+        only
+    });
+    let table = EncodedTable::encode_only(&layout, &batch.schema(), &[batch], only)?;
+    if let Some(now) = alerting.as_of {
+        alerting.alerts.leave_before(month_of(now), month_of);
+    }
+    Ok(table)
+}
+
+/// The `alerts` table's name, and the column it is partitioned by.
+const ALERTS: &str = "alerts";
+const ALERTS_PARTITION: &str = "resolved_month";
 
 fn unpartitioned(
     name: &str,

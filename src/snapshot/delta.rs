@@ -37,8 +37,9 @@ use super::{Location, SnapshotError};
 
 /// The tag of an add action that holds its partition's hash.
 const HASH_TAG: &str = "quotaflow.hash";
-/// Hive's name for a NULL partition value, which every Delta reader knows.
-const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+/// Hive's name for a NULL partition value, which every Delta reader knows (and what names the
+/// NULL partition among the partitions an [`EncodedTable`] replaces).
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// How one table is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,7 +306,7 @@ impl Location {
             encoded
                 .only
                 .as_ref()
-                .is_none_or(|o| key.as_ref().is_some_and(|k| o.contains(k)))
+                .is_none_or(|o| o.contains(key.as_deref().unwrap_or(NULL_PARTITION)))
         };
         if encoded.only.is_some() && !same_shape {
             return Err(SnapshotError::Table {

@@ -32,8 +32,8 @@ pub struct EncodedTable {
     pub schema: SchemaRef,
     pub parts: BTreeMap<Option<String>, EncodedPart>,
     pub rows: u64,
-    /// The partitions these rows replace (`None`: all of them); the table's other
-    /// partitions stay as its latest version has them.
+    /// The partitions these rows replace (`None`: all of them; the NULL partition by
+    /// `NULL_PARTITION`); the table's other partitions stay as its latest version has them.
     pub only: Option<std::collections::BTreeSet<String>>,
 }
 

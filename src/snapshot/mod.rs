@@ -42,7 +42,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-pub use delta::{Committed, Layout, LogSettings, Maintained};
+pub use delta::{Committed, Layout, LogSettings, Maintained, NULL_PARTITION};
 pub use encode::{EncodedPart, EncodedTable};
 pub use retention::{retained, SnapshotRow};
 pub use scan::DeltaScan;

@@ -120,9 +120,9 @@ pub struct State {
     /// topic → outcome or reason → messages.
     pub quality: BTreeMap<String, BTreeMap<String, u64>>,
     pub dead_letters: VecDeque<DeadLetter>,
-    /// Lifecycle of every alert (rule, key) ever fired.
-    /// (Kept beside the state in `_state/<id>/alerts.bin`, written after the rules ran:
-    /// `snapshot`.)
+    /// The alert lifecycles firing, and those resolved in a month the event clock has not
+    /// left (the `alerts` table holds every one). (Kept beside the state in
+    /// `_state/<id>/alerts.bin`, written after the rules ran: `snapshot`.)
     pub alerts: crate::alert::AlertBook,
     /// Alert events recorded by a snapshot and not yet acknowledged by their Kafka or webhook
     /// target (`alert::deliver`).

@@ -35,9 +35,10 @@ mod file;
 mod merge;
 pub use merge::{Applied, Merge, Wants};
 
-/// Bump when the encoding of segments or manifests changes: a snapshot in another format is
-/// refused at restore, naming the file.
-pub const FORMAT: u32 = 7;
+/// Bump when the encoding of segments, manifests or the alert part changes: a snapshot in
+/// another format is refused at restore, naming the file. (8: the alert book holds firing
+/// and this month's resolved lifecycles apart.)
+pub const FORMAT: u32 = 8;
 
 /// Hash buckets of the entity kinds; at most 256 (`residency::deals` keeps one in a byte).
 const BUCKETS: u64 = 64;

@@ -497,9 +497,14 @@ fn rep_activity(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-/// The `alerts` table: every (rule, key) that ever fired, firing or resolved.
-pub fn alerts(s: &State) -> Result<RecordBatch, ArrowError> {
-    let rows: Vec<_> = s.alerts.values().collect();
+/// The `alerts` table: every lifecycle the book holds (the firing ones and those resolved in
+/// a month the event clock has not left), with `resolved_month`, the first day of the month
+/// (`month_of`) it resolved in, NULL while firing: the column the table is partitioned by.
+pub fn alerts(
+    book: &crate::alert::AlertBook,
+    month_of: impl Fn(Micros) -> Day,
+) -> Result<RecordBatch, ArrowError> {
+    let rows: Vec<_> = book.iter().collect();
     batch(vec![
         ("rule", strs(rows.iter().map(|a| a.rule.as_str()))),
         ("key", strs(rows.iter().map(|a| a.key.as_str()))),
@@ -519,6 +524,10 @@ pub fn alerts(s: &State) -> Result<RecordBatch, ArrowError> {
         ("alert_id", strs(rows.iter().map(|a| a.alert_id.as_str()))),
         ("fired_at", times(rows.iter().map(|a| a.fired_at))),
         ("resolved_at", times(rows.iter().map(|a| a.resolved_at))),
+        (
+            "resolved_month",
+            opt_dates(rows.iter().map(|a| a.resolved_at.map(&month_of))),
+        ),
         (
             "fired_snapshot",
             i64s(rows.iter().map(|a| a.fired_snapshot as i64)),
