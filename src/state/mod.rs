@@ -83,6 +83,17 @@ pub fn lost_offsets(quality: &BTreeMap<String, BTreeMap<String, u64>>) -> BTreeM
 /// Bytes of payload kept per dead letter in the snapshot's log.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
+/// An id as the state keeps it where it keeps no string (activity `event_id`s in the dedup
+/// map, deals out of memory): its 128-bit xxh3 hash as (low, high) words. As a `u128` it would
+/// align a map's slots to 16 bytes (a dedup slot with its event time to 32; as words, 24).
+pub type IdHash = [u64; 2];
+
+/// The [`IdHash`] of `id`.
+pub fn id_hash(id: &str) -> IdHash {
+    let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+    [h as u64, (h >> 64) as u64]
+}
+
 /// The hash maps of the state: foldhash, seeded per process (several times faster than the
 /// default SipHash on these short keys, and still not predictable from input).
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -111,7 +122,7 @@ pub struct State {
     pub fx: Map<(String, Day), Versioned<FxRate>>,
     pub surveys: Map<String, Survey>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
-    pub seen_activities: Map<u128, Micros>,
+    pub seen_activities: Map<IdHash, Micros>,
     /// The event time under which `prune` forgot activity ids.
     pub seen_floor: Option<Micros>,
     /// topic → partition → highest `occurred_at` of a valid event read from it (the watermark's
@@ -291,7 +302,7 @@ impl State {
         cal: &Calendar,
         horizon: i64,
     ) -> Folded {
-        let id = xxhash_rust::xxh3::xxh3_128(a.event_id.as_bytes());
+        let id = id_hash(&a.event_id);
         // A repeat within the horizon of the remembered copy's event time is a duplicate. The
         // test compares the two events only, never the event clock, so the outcome does not
         // depend on how far other partitions have been read.
@@ -535,5 +546,32 @@ mod tests {
         assert_eq!(d.latest.stage, Stage::Proposal);
         assert_eq!(d.history.len(), 2);
         assert_eq!(s.as_of, Some(20));
+    }
+
+    /// An activity id repeated within the horizon of the copy remembered is a duplicate, one
+    /// further away counts; the map keeps each id in a 24-byte slot (key and event time).
+    #[test]
+    fn activity_ids_are_duplicates_within_the_horizon() {
+        use crate::event::{Activity, ActivityType};
+        let activity = |t: Micros| {
+            Event::Activity(Activity {
+                event_id: "a1".into(),
+                occurred_at: t,
+                rep_id: "r1".into(),
+                activity_type: ActivityType::Call,
+                duration_s: None,
+                outcome: None,
+                deal_id: None,
+                account_id: None,
+            })
+        };
+        let (mut s, cal, horizon) = (State::default(), Calendar::default(), 1_000);
+        let mut fold = |t| s.fold(activity(t), Origin::default(), &cal, horizon);
+        assert_eq!(fold(5_000), Folded::Ok);
+        assert_eq!(fold(5_900), Folded::Duplicate);
+        assert_eq!(fold(4_000), Folded::Duplicate);
+        assert_eq!(fold(6_001), Folded::Ok);
+        assert_eq!(s.seen_activities[&id_hash("a1")], 6_001);
+        assert_eq!(std::mem::size_of::<(IdHash, Micros)>(), 24);
     }
 }

@@ -28,15 +28,10 @@ use super::super::segments::{bucket, Dirty};
 use super::super::{DealVersion, Folded, Map, State, Versioned};
 use crate::calendar::Calendar;
 use crate::event::{Day, Deal, Stage};
+use crate::state::id_hash as key;
 
-/// A deal's key in the index: its id's 128-bit hash (no string per deal out of memory), as
-/// two words (a `u128` would align the map's slots to 16 bytes).
-type Key = [u64; 2];
-
-fn key(id: &str) -> Key {
-    let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
-    [h as u64, (h >> 64) as u64]
-}
+/// A deal's key in the index: its id's hash (no string per deal out of memory).
+type Key = crate::state::IdHash;
 
 /// The deals out of memory.
 #[derive(Debug, Clone, Default)]

@@ -19,7 +19,7 @@ use super::{Manifest, Part, PartData, PartKey, SegmentRef, FORMAT};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 use crate::state::hierarchy::Placement;
-use crate::state::{DealVersion, RepDay, Versioned};
+use crate::state::{DealVersion, IdHash, RepDay, Versioned};
 
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -153,7 +153,7 @@ pub(super) type Rows<'a, K, V> = Vec<(&'a K, &'a V)>;
 #[derive(Serialize)]
 pub(super) enum PartRows<'a> {
     Daily(Rows<'a, (u32, Day), RepDay>),
-    Seen(Rows<'a, u128, Micros>),
+    Seen(Rows<'a, IdHash, Micros>),
     Deals(Rows<'a, String, Versioned<Deal, DealVersion>>),
     DealActivity(Rows<'a, String, Micros>),
     RepFirstDeal(Rows<'a, String, Micros>),

@@ -23,7 +23,7 @@ use std::hash::Hash;
 use serde::{Deserialize, Serialize};
 
 use super::hierarchy::Placement;
-use super::{DealVersion, Map, RepDay, State, Versioned};
+use super::{DealVersion, IdHash, Map, RepDay, State, Versioned};
 use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 pub use file::{
@@ -79,7 +79,7 @@ pub struct PartKey {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum PartData {
     Daily(Vec<((u32, Day), RepDay)>),
-    Seen(Vec<(u128, Micros)>),
+    Seen(Vec<(IdHash, Micros)>),
     Deals(Vec<(String, Versioned<Deal, DealVersion>)>),
     DealActivity(Vec<(String, Micros)>),
     RepFirstDeal(Vec<(String, Micros)>),
@@ -168,7 +168,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default)]
 pub struct Dirty {
     pub(super) daily: Touched<(u32, Day)>,
-    pub(super) seen: Touched<u128>,
+    pub(super) seen: Touched<IdHash>,
     pub(super) deals: Touched<String>,
     pub(super) deal_activity: Touched<String>,
     pub(super) rep_first_deal: Touched<String>,
