@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::operational::{self, ALERTS, ALERT_DELIVERIES, SNAPSHOTS};
 use super::restore::read_acks;
 use super::state_write::{cut_segment, retained_segments, state_image, write_state, StateWrite};
 use super::{RunError, Runner};
@@ -30,8 +31,8 @@ use crate::engine::plan::Publish;
 use crate::health::SnapshotWrite;
 use crate::internal::InternalError;
 use crate::snapshot::{
-    retention, AlertsImage, CalendarRef, Checkpoint, Committed, EncodedTable, Layout, Location,
-    LogSettings, Maintained, SnapshotMeta, SnapshotRow, StateImage,
+    AlertsImage, CalendarRef, Checkpoint, Committed, EncodedTable, Layout, Location, LogSettings,
+    Maintained, SnapshotMeta, SnapshotRow, StateImage,
 };
 use crate::source::consumer::KafkaSource;
 use crate::state::segments::{Manifest, SegmentRef};
@@ -85,8 +86,7 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
         .filter(|t| t.publish)
         .map(|t| t.name.clone())
         .collect();
-    names.extend([ALERTS, ALERT_DELIVERIES].map(String::from));
-    names.push(SNAPSHOTS.to_string());
+    names.extend([ALERTS, ALERT_DELIVERIES, SNAPSHOTS].map(String::from));
     names
 }
 
@@ -250,17 +250,12 @@ impl Runner {
             alerting
                 .outbox
                 .extend(deliver::outgoing(&pipeline.metrics.alerts, &events));
-            tables.push(alerts_table(
+            tables.extend(operational::tables(
                 &mut alerting,
+                &history,
                 &pipeline.metrics.calendar,
                 first_snapshot,
             )?);
-            let batch = crate::state::tables::alert_deliveries(&alerting)
-                .map_err(|e| InternalError::new(format!("{ALERT_DELIVERIES} table: {e}")))?;
-            tables.push(unpartitioned(ALERT_DELIVERIES, &batch)?);
-            let batch = retention::table(&history, &pipeline.metrics.calendar)
-                .map_err(|e| InternalError::new(format!("{SNAPSHOTS} table: {e}")))?;
-            tables.push(unpartitioned(SNAPSHOTS, &batch)?);
             let alerts_image = AlertsImage(
                 alerting
                     .encode_alerts()
@@ -525,66 +520,6 @@ where
             }
         }
     }
-}
-
-/// The `snapshots` table's name (METRICS.md, "Where the tables live").
-pub const SNAPSHOTS: &str = "snapshots";
-
-/// The table of alert deliveries per target (`state::tables::alert_deliveries`).
-const ALERT_DELIVERIES: &str = "alert_deliveries";
-
-/// The `alerts` table of this snapshot, from the book after the rules ran, partitioned by
-/// the month a lifecycle resolved in (NULL while firing). It replaces the firing partition and
-/// the months whose resolved lifecycles the book still holds; the months before `as_of`'s then
-/// leave the book (`AlertBook::leave_before`), and their partitions stay as last written.
-/// A first snapshot writes the table whole.
-fn alerts_table(
-    alerting: &mut State,
-    cal: &crate::calendar::Calendar,
-    first_snapshot: bool,
-) -> Result<EncodedTable, RunError> {
-    use crate::calendar::{date_of, PeriodType};
-    let month_of = |t| cal.period_start(PeriodType::Month, cal.day_of(t));
-    let batch = crate::state::tables::alerts(&alerting.alerts, month_of)
-        .map_err(|e| InternalError::new(format!("{ALERTS} table: {e}")))?;
-    let layout = Layout {
-        name: ALERTS.into(),
-        partition_by: Some(ALERTS_PARTITION.into()),
-    };
-    let only = (!first_snapshot).then(|| {
-        let mut only: BTreeSet<String> = alerting
-            .alerts
-            .resolved_months(month_of)
-            .into_iter()
-            .map(|m| date_of(m).to_string())
-            .collect();
-        only.insert(crate::snapshot::NULL_PARTITION.into());
-        only
-    });
-    let table = EncodedTable::encode_only(&layout, &batch.schema(), &[batch], only)?;
-    if let Some(now) = alerting.as_of {
-        alerting.alerts.leave_before(month_of(now), month_of);
-    }
-    Ok(table)
-}
-
-/// The `alerts` table's name, and the column it is partitioned by.
-const ALERTS: &str = "alerts";
-const ALERTS_PARTITION: &str = "resolved_month";
-
-fn unpartitioned(
-    name: &str,
-    batch: &datafusion::arrow::array::RecordBatch,
-) -> Result<EncodedTable, RunError> {
-    let layout = Layout {
-        name: name.into(),
-        partition_by: None,
-    };
-    Ok(EncodedTable::encode(
-        &layout,
-        &batch.schema(),
-        std::slice::from_ref(batch),
-    )?)
 }
 
 /// What one snapshot's commits did, for the log and `/metrics`.

@@ -4,10 +4,11 @@
 //! for, or waits for the first of shutdown, the snapshot in flight, the trigger tick and the
 //! next messages. The message path is [`Runner::on_messages`] (through `ingest`), the trigger
 //! is [`trigger`], the checkpoint (restore, cut, background job, durable hand-over) is
-//! [`checkpoint`]. Offsets only move inside the state, so whatever a snapshot holds is exactly
+//! [`checkpoint`] (with the tables it writes beside the SQL's, [`operational`]). Offsets only move inside the state, so whatever a snapshot holds is exactly
 //! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
 
 mod checkpoint;
+mod operational;
 mod reading;
 mod residency;
 mod restore;
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 
-pub use checkpoint::{table_names, SNAPSHOTS};
+pub use checkpoint::table_names;
+pub use operational::SNAPSHOTS;
 pub use residency::bring_back;
 pub use restore::{read_state, restore, Restored};
 pub use state_write::{cut_segment, state_image, write_state, StateWrite};

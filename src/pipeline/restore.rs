@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::checkpoint::{table_names, SNAPSHOTS};
+use super::checkpoint::table_names;
+use super::operational::SNAPSHOTS;
 use super::RunError;
 use crate::alert::deliver::DeliveryAcks;
 use crate::config::Pipeline;
