@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::operational::{self, ALERTS, ALERT_DELIVERIES, SNAPSHOTS};
+use super::operational;
 use super::restore::read_acks;
 use super::state_write::{cut_segment, retained_segments, state_image, write_state, StateWrite};
 use super::{RunError, Runner};
@@ -86,7 +86,7 @@ pub fn table_names(pipeline: &Pipeline) -> Vec<String> {
         .filter(|t| t.publish)
         .map(|t| t.name.clone())
         .collect();
-    names.extend([ALERTS, ALERT_DELIVERIES, SNAPSHOTS].map(String::from));
+    names.extend(operational::NAMES.map(String::from));
     names
 }
 

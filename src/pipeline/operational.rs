@@ -20,6 +20,9 @@ pub const ALERT_DELIVERIES: &str = "alert_deliveries";
 pub const ALERTS: &str = "alerts";
 const ALERTS_PARTITION: &str = "resolved_month";
 
+/// The tables [`tables`] builds, in its order (`snapshots` last, as commits want it).
+pub const NAMES: [&str; 3] = [ALERTS, ALERT_DELIVERIES, SNAPSHOTS];
+
 /// The three tables of a snapshot whose alert part is `alerting` (after the rules ran) and
 /// whose retained snapshots are `history`. `first_snapshot`: none is durable yet, so the
 /// `alerts` table may have no version and is written whole.
