@@ -11,7 +11,9 @@ use quotaflow::config::Pipeline;
 use quotaflow::generate::{generate, GenSpec, Silence};
 use quotaflow::snapshot::Location;
 
-use crate::common::{decoder, fold_one, read_topic, Engine, HookServer, State, FAR_FUTURE};
+use crate::common::{
+    decoder, fold_one, json_rows, read_topic, Engine, HookServer, State, FAR_FUTURE,
+};
 use crate::harness::{once, produce, run_in_process};
 
 const START: (i32, u32, u32) = (2026, 3, 2);
@@ -194,27 +196,15 @@ async fn a_webhook_that_is_down_never_blocks_and_gets_its_events_later_once() {
 
 /// (alert_id, state, resolved_month) of every row of the `alerts` table of the latest snapshot.
 async fn alert_rows(loc: &Location) -> Vec<(String, String, Option<String>)> {
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::compute::cast;
-    use datafusion::arrow::datatypes::DataType;
     let (_, batches) = loc.read_delta("alerts", None).await.unwrap();
-    let mut rows = Vec::new();
-    for b in batches {
-        let text = |n: &str| cast(b.column_by_name(n).unwrap(), &DataType::Utf8).unwrap();
-        let (id, state, month) = (text("alert_id"), text("state"), text("resolved_month"));
-        let (id, state, month) = (
-            id.as_string::<i32>(),
-            state.as_string::<i32>(),
-            month.as_string::<i32>(),
-        );
-        for i in 0..b.num_rows() {
-            rows.push((
-                id.value(i).to_string(),
-                state.value(i).to_string(),
-                (!month.is_null(i)).then(|| month.value(i).to_string()),
-            ));
-        }
-    }
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let mut rows: Vec<_> = json_rows(&batches)
+        .iter()
+        .map(|r| {
+            let (id, state) = (text(&r["alert_id"]), text(&r["state"]));
+            (id.unwrap(), state.unwrap(), text(&r["resolved_month"]))
+        })
+        .collect();
     rows.sort();
     rows
 }

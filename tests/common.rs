@@ -157,8 +157,13 @@ pub fn rows(tables: &[Table], table: &str) -> Vec<serde_json::Value> {
         .iter()
         .find(|t| t.name == table)
         .unwrap_or_else(|| panic!("no table {table}"));
+    json_rows(&t.batches)
+}
+
+/// Rows of `batches` as JSON objects (a NULL column is absent from its row's object).
+pub fn json_rows(batches: &[RecordBatch]) -> Vec<serde_json::Value> {
     let mut w = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    for b in &t.batches {
+    for b in batches {
         w.write(&decimals_as_text(b)).unwrap();
     }
     w.finish().unwrap();

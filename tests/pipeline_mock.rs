@@ -135,23 +135,16 @@ async fn firing_ids(output: &str) -> std::collections::BTreeMap<(String, String)
 pub fn firing_alerts(
     tables: &[(String, Vec<datafusion::arrow::array::RecordBatch>)],
 ) -> Vec<(String, String, String)> {
-    use datafusion::arrow::array::AsArray;
     let (_, batches) = tables
         .iter()
         .find(|(n, _)| n == "alerts")
         .expect("an alerts table");
-    let mut out = Vec::new();
-    for b in batches {
-        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-        let (rule, key, state) = (col("rule"), col("key"), col("state"));
-        for i in (0..b.num_rows()).filter(|i| state.value(*i) == "firing") {
-            out.push((
-                rule.value(i).to_string(),
-                key.value(i).to_string(),
-                state.value(i).to_string(),
-            ));
-        }
-    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    let mut out: Vec<_> = crate::common::json_rows(batches)
+        .iter()
+        .filter(|r| r["state"] == "firing")
+        .map(|r| (text(&r["rule"]), text(&r["key"]), text(&r["state"])))
+        .collect();
     out.sort();
     out
 }

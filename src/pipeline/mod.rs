@@ -4,8 +4,9 @@
 //! for, or waits for the first of shutdown, the snapshot in flight, the trigger tick and the
 //! next messages. The message path is [`Runner::on_messages`] (through `ingest`), the trigger
 //! is [`trigger`], the checkpoint (restore, cut, background job, durable hand-over) is
-//! [`checkpoint`] (with the tables it writes beside the SQL's, [`operational`]). Offsets only move inside the state, so whatever a snapshot holds is exactly
-//! what its offsets say was read: a restart resumes from `_latest` and reads on from there.
+//! [`checkpoint`] (with the tables it writes beside the SQL's, [`operational`]). Offsets only
+//! move inside the state, so whatever a snapshot holds is exactly what its offsets say was
+//! read: a restart resumes from `_latest` and reads on from there.
 
 mod checkpoint;
 mod operational;
