@@ -224,6 +224,74 @@ async fn maintenance_keeps_what_retained_snapshots_need_and_removes_the_rest() {
     );
 }
 
+/// The table's properties as its latest version has them.
+async fn properties(loc: &Location) -> std::collections::HashMap<String, String> {
+    let t = loc.open_table("activity", None).await.unwrap().unwrap();
+    t.snapshot().unwrap().metadata().configuration().clone()
+}
+
+/// Remove actions (tombstones) in the table's latest Delta log checkpoint.
+async fn tombstones_in_last_log_checkpoint(dir: &std::path::Path) -> i64 {
+    let log = dir.join("tables/activity/_delta_log");
+    let last = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".checkpoint.parquet"))
+        .max()
+        .expect("a Delta log checkpoint");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_parquet("cp", last.to_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let b = ctx
+        .sql("SELECT count(*) FROM cp WHERE remove IS NOT NULL")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    b[0].column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+/// Replaced files leave no tombstones in the log's checkpoints (what retained snapshots read
+/// is kept by maintenance from their versions), so the log does not grow with every file ever
+/// replaced; and the log settings of the pipeline reach a table that exists already.
+#[tokio::test]
+async fn log_checkpoints_carry_no_tombstones_and_tables_follow_the_log_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+    write(&loc, 1, &table(&[(100, 1, 5), (131, 1, 0)]), 10).await;
+    let before = properties(&loc).await;
+    assert_eq!(before["delta.checkpointInterval"], "10");
+    assert_eq!(
+        before["delta.deletedFileRetentionDuration"],
+        "interval 0 seconds"
+    );
+    // Now a Delta log checkpoint at every commit; each snapshot replaces partition 131's file.
+    for id in 2..=5 {
+        write(&loc, id, &table(&[(100, 1, 5), (131, 1, id as i64)]), 1).await;
+    }
+    assert_eq!(properties(&loc).await["delta.checkpointInterval"], "1");
+    assert_eq!(tombstones_in_last_log_checkpoint(dir.path()).await, 0);
+    // The replaced files are still there until maintenance, which removes what no retained
+    // snapshot needs all the same.
+    assert_eq!(data_files(dir.path()).len(), 6);
+    let latest = loc.checkpoint(5).await.unwrap();
+    let m = loc.maintain(&[5], &latest).await.unwrap();
+    assert_eq!(
+        m.files_removed, 4,
+        "partition 131's files of snapshots 1..4"
+    );
+    assert_eq!(
+        rows_at(&loc, latest.tables["activity"].version).await,
+        vec![(100, 1, 5), (131, 1, 5)]
+    );
+}
+
 /// Runs `sql` over `activity` scanned lazily (its partitions `except` left out): the rows
 /// of its three columns `(day, rep, calls)`, sorted, and how many rows the scan itself
 /// gave (before the filter above it).

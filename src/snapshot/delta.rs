@@ -76,6 +76,31 @@ pub struct LogSettings {
     pub checkpoint_interval: u32,
 }
 
+/// The table properties quotaflow sets on its tables: its own log settings, no log cleanup by
+/// the writer (maintenance does it, from the oldest retained version), and no retention of
+/// removed files in the log. What a retained snapshot still reads is kept by maintenance from
+/// the retained checkpoints' versions, not by tombstones; and tombstones kept for the default
+/// week would make every Delta log checkpoint, every load of the log and every vacuum carry
+/// each file ever replaced in that week (hundreds a snapshot), a cost growing with time.
+fn table_config(log: &LogSettings) -> [(String, String); 3] {
+    [
+        (
+            TableProperty::CheckpointInterval.as_ref().to_string(),
+            log.checkpoint_interval.to_string(),
+        ),
+        (
+            TableProperty::EnableExpiredLogCleanup.as_ref().to_string(),
+            "false".to_string(),
+        ),
+        (
+            TableProperty::DeletedFileRetentionDuration
+                .as_ref()
+                .to_string(),
+            "interval 0 seconds".to_string(),
+        ),
+    ]
+}
+
 fn delta_err(table: &str) -> impl Fn(DeltaTableError) -> SnapshotError + '_ {
     move |e| SnapshotError::Table {
         table: table.to_string(),
@@ -232,11 +257,14 @@ impl Location {
 
         // What the latest version holds, per partition: its hashes and its files.
         let mut old: BTreeMap<Option<String>, (BTreeSet<String>, Vec<Remove>)> = BTreeMap::new();
-        let mut same_shape = false;
+        let config = table_config(&log);
+        let (mut same_shape, mut same_config) = (false, false);
         if let Some(t) = &table {
             let state = t.snapshot().map_err(delta_err(name))?;
             same_shape = state.schema().as_ref() == &kernel_schema
                 && state.metadata().partition_columns() == partition_columns;
+            let has = state.metadata().configuration();
+            same_config = config.iter().all(|(k, v)| has.get(k) == Some(v));
             for f in state.log_data().iter() {
                 let key = layout
                     .partition_by
@@ -332,16 +360,6 @@ impl Location {
             .with_application_transaction(txn)
             .with_create_checkpoint(true)
             .with_cleanup_expired_logs(Some(false));
-        let config = [
-            (
-                TableProperty::CheckpointInterval.as_ref().to_string(),
-                log.checkpoint_interval.to_string(),
-            ),
-            (
-                TableProperty::EnableExpiredLogCleanup.as_ref().to_string(),
-                "false".to_string(),
-            ),
-        ];
         let version = match table {
             None => {
                 if let Some(dir) = self.local_dir(name) {
@@ -363,7 +381,9 @@ impl Location {
             }
             Some(t) => {
                 let state = t.snapshot().map_err(delta_err(name))?;
-                if !same_shape {
+                // A new shape, or table properties of an older quotaflow or other log
+                // settings: the commit carries the table's metadata anew.
+                if !same_shape || !same_config {
                     let metadata = new_metadata(&kernel_schema, partition_columns.clone(), config)
                         .and_then(|m| m.with_table_id(state.metadata().id().to_string()))
                         .map_err(|e| delta_err(name)(DeltaTableError::from(e)))?;
