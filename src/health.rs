@@ -31,6 +31,8 @@ pub struct Status {
     pub state_keys: usize,
     /// Partitions paused now for reading too far ahead, and pauses over the run.
     pub paused: (usize, u64),
+    /// Times reading waited for the snapshot being written (`max_events_while_writing`).
+    pub waits_for_write: u64,
     /// Event-time watermark, microseconds since the epoch.
     pub watermark: Option<i64>,
     /// Alert events not yet acknowledged by their Kafka or webhook target.
@@ -295,6 +297,12 @@ fn metrics(s: &Status) -> String {
         "Times a partition was paused for reading too far ahead.",
     );
     lines.push(format!("{n} {}", s.paused.1));
+    let n = family(
+        "quotaflow_waits_for_write_total",
+        "counter",
+        "Times reading waited for the snapshot being written, having read snapshot.max_events_while_writing for the next.",
+    );
+    lines.push(format!("{n} {}", s.waits_for_write));
     let n4 = family(
         "quotaflow_snapshot_age_seconds",
         "gauge",

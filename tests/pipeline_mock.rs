@@ -645,6 +645,45 @@ pub async fn segments_on_disk_and_named(out: &str) -> (BTreeSet<String>, BTreeSe
 /// A `--once` run (a replay) cuts intermediate snapshots at `once_trigger_interval`, not at
 /// the continuous run's `trigger_interval`: with the first at an hour and the second at a
 /// millisecond, it writes one snapshot, at the end, however long it reads.
+/// While a snapshot is written, reading stops at `max_events_while_writing` for the next one:
+/// no snapshot takes in more than that (or `trigger_events`), however slow the write. Reading
+/// the produced messages from the queue takes microseconds each, a write tens of milliseconds:
+/// without the bound, the reader would take in everything queued during the first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_waits_for_the_write_instead_of_growing_the_next_cut() {
+    let p = PipelineFile::default()
+        .snapshot("trigger_events", "300")
+        .snapshot("max_events_while_writing", "300")
+        .snapshot("trigger_interval", "\"1h\"")
+        .snapshot("retention", "1000")
+        .load();
+    let c = cluster(&p);
+    let brokers = c.bootstrap_servers();
+    let msgs = messages(&p, 8);
+    produce(&brokers, 10_000, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let r = run_in_process(&p, once(&brokers, out)).await;
+    assert_eq!(r.messages as usize, msgs.len());
+    assert!(r.waits_for_write > 0, "reading never waited: {r:?}");
+    let loc = Location::parse(out).unwrap();
+    let m = loc.checkpoint(r.snapshots).await.unwrap();
+    let (_, rows) = loc.read_table(&m, "snapshots").await.unwrap();
+    let rows = quotaflow::snapshot::retention::rows(&rows).unwrap();
+    assert_eq!(rows.len() as u64, r.snapshots, "every snapshot retained");
+    let mut before = 0;
+    for row in &rows {
+        let took = row.events - before;
+        assert!(
+            took <= 300,
+            "snapshot {} took in {took} messages",
+            row.snapshot_id
+        );
+        before = row.events;
+    }
+    assert_eq!(before as usize, msgs.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_once_run_pays_only_for_the_snapshots_its_own_interval_asks_for() {
     let p = PipelineFile::default()

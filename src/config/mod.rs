@@ -139,6 +139,10 @@ pub struct Snapshot {
     pub once_trigger_interval: Duration,
     /// Snapshot after this many events as well as on the interval (0 = off).
     pub trigger_events: u64,
+    /// While a snapshot is being written, read at most this many messages for the next one,
+    /// then wait for the write (0 = no bound): what the next cut takes in, and the memory it
+    /// holds, stay bounded when writing is slower than reading.
+    pub max_events_while_writing: u64,
     /// The last this many snapshots stay readable...
     pub retention: usize,
     /// ... and the last one of each of this many days.

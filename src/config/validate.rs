@@ -243,6 +243,7 @@ fn snapshot(sn: &RawSnapshot) -> Checked<Snapshot> {
         trigger_interval,
         once_trigger_interval,
         trigger_events: sn.trigger_events,
+        max_events_while_writing: sn.max_events_while_writing,
         retention: sn.retention,
         retention_days: sn.retention_days,
         log_checkpoint_interval: sn.log_checkpoint_interval,

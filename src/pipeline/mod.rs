@@ -147,6 +147,8 @@ pub struct RunReport {
     pub deals_evicted: u64,
     /// Times a partition was paused for reading too far ahead of the others.
     pub partitions_paused: u64,
+    /// Times reading waited for the snapshot in flight (`max_events_while_writing` read).
+    pub waits_for_write: u64,
 }
 
 /// A `--once` run that reads no message and sees no partition newly at its end for this long
@@ -190,6 +192,16 @@ pub async fn run(
         if trigger.counted(r.since_snapshot) && r.inflight.is_none() {
             r.begin(opts.once, &source).await?;
         }
+        // Enough read for the next cut while one is written: the loop waits for the write.
+        let waiting = trigger.waits_for_write(r.since_snapshot, r.inflight.is_some());
+        if waiting && !r.waiting_for_write {
+            r.report.waits_for_write += 1;
+            tracing::debug!(
+                messages = r.since_snapshot,
+                "reading waits for the snapshot being written"
+            );
+        }
+        r.waiting_for_write = waiting;
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -209,7 +221,10 @@ pub async fn run(
                     }
                 }
             }
-            m = source.recv(r.alignment.held()) => r.on_messages(m, &source, &opts, &trigger)?,
+            m = source.recv(r.alignment.held()), if !waiting => {
+                r.on_messages(m, &source, &opts, &trigger)?
+            }
+            // The consumer's own queue (client errors, events) is served all the same.
             m = source.consumer.recv() => r.on_messages(m, &source, &opts, &trigger)?,
         }
     }
@@ -245,6 +260,8 @@ struct Runner {
     since_snapshot: u64,
     /// The snapshot being computed and written in the background, if any.
     inflight: Option<InFlight>,
+    /// Reading waits for it (`Trigger::waits_for_write`).
+    waiting_for_write: bool,
     /// Whether the next snapshot is evaluated in full (the first after a restore that needs
     /// it, or after a failed snapshot, whose changes are lost with it).
     full_next: bool,
@@ -373,6 +390,7 @@ impl Runner {
             pending: Vec::new(),
             since_snapshot: 0,
             inflight: None,
+            waiting_for_write: false,
             ended: BTreeSet::new(),
             progress: (Instant::now(), (0, 0)),
             now: chrono::Utc::now().timestamp_micros(),
@@ -391,6 +409,7 @@ impl Runner {
                 grain_months_evicted: 0,
                 deals_evicted: 0,
                 partitions_paused: 0,
+                waits_for_write: 0,
             },
         };
         Ok((r, source, AbortOnDrop(server)))
@@ -469,8 +488,10 @@ impl Runner {
         let alerts_pending = self.alerts.pending();
         let watermark = self.watermark.current();
         let paused = (self.alignment.held().len(), self.report.partitions_paused);
+        let waits_for_write = self.report.waits_for_write;
         self.health.update(|s| {
             s.paused = paused;
+            s.waits_for_write = waits_for_write;
             s.messages = messages;
             s.lag = lag;
             s.state_keys = state_keys;

@@ -108,10 +108,11 @@ impl Runner {
             }
             handled += 1;
             let cut = trigger.counted(self.since_snapshot) && self.inflight.is_none();
+            let wait = trigger.waits_for_write(self.since_snapshot, self.inflight.is_some());
             let stop = opts
                 .max_events
                 .is_some_and(|max| self.report.messages >= max);
-            if handled >= BURST || cut || stop {
+            if handled >= BURST || cut || wait || stop {
                 break;
             }
             // Only what is already queued: a message taken here is always handled.

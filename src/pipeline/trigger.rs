@@ -3,7 +3,10 @@
 //! snapshots that bound what a crash loses), and, with `trigger_events`, as soon as that many
 //! messages were read since the last cut. One snapshot is in flight at a time; an interval that
 //! comes due meanwhile is remembered, and the next cut starts as soon as the one in flight is
-//! written.
+//! written. While one is in flight, reading goes on for the next until
+//! `max_events_while_writing` messages, then waits for the write: a slow write (table
+//! maintenance, a slow store) does not make the next cut, and the memory it holds, grow
+//! without bound.
 
 use crate::config::Snapshot;
 
@@ -11,6 +14,8 @@ pub(super) struct Trigger {
     interval: tokio::time::Interval,
     /// Messages that trigger a cut (0 = only the interval).
     events: u64,
+    /// Messages read while a snapshot is in flight before reading waits for it (0 = no bound).
+    while_writing: u64,
     /// An interval came due while a snapshot was in flight.
     due: bool,
 }
@@ -27,6 +32,7 @@ impl Trigger {
         Trigger {
             interval,
             events: snapshot.trigger_events,
+            while_writing: snapshot.max_events_while_writing,
             due: false,
         }
     }
@@ -39,6 +45,12 @@ impl Trigger {
     /// Whether `since_snapshot` messages call for a cut by count.
     pub(super) fn counted(&self, since_snapshot: u64) -> bool {
         self.events > 0 && since_snapshot >= self.events
+    }
+
+    /// Whether reading waits for the snapshot in flight (`writing`): `since_snapshot` messages
+    /// are as many as the next cut may take in meanwhile.
+    pub(super) fn waits_for_write(&self, since_snapshot: u64, writing: bool) -> bool {
+        writing && self.while_writing > 0 && since_snapshot >= self.while_writing
     }
 
     /// Remembers an interval that came due while a snapshot was in flight.
