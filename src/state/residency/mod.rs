@@ -5,9 +5,10 @@
 //! segments of the last durable snapshot (the grain is parted by calendar month, `segments`)
 //! and the month is closed (it ended before the watermark minus `allowed_lateness`: an
 //! activity in it is late), it may leave memory ([`State::evict`]). What stays: the reps'
-//! activity spans, the rep-days of reps that moved in the hierarchy (whose scoped periods
-//! `activity_parts` sums from days), and its period and week rollups until all their months
-//! are out and their fiscal year is over (`sums`).
+//! activity spans, the rep-days of the reps that moved in the hierarchy during the month's
+//! fiscal year (`activity_parts` sums a period in which a rep's place changed from its days,
+//! and the year holds every such period of its months), and its period and week rollups until
+//! all their months are out and their fiscal year is over (`sums`).
 //!
 //! A month comes back ([`State::bring_back`]) when a cut needs it ([`State::grain_needed`]):
 //! an activity folded into it, a snapshot that recomputes its `rep_daily` partition (a deal
@@ -25,7 +26,7 @@ pub mod deals;
 pub mod sums;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::provenance::Origin;
 use super::segments::{month, month_days, Dirty, Kind};
@@ -70,7 +71,10 @@ struct Out {
     /// Its grain part (`segments::month`).
     period: i32,
     last: Day,
-    /// Reps whose rep-days of the month stayed in memory (they had moved in the hierarchy).
+    /// The first and last day of the fiscal year the month is in.
+    year: (Day, Day),
+    /// Reps whose rep-days of the month stayed in memory (they moved in the hierarchy during
+    /// that fiscal year).
     kept: HashSet<u32>,
     /// An activity of a rep not kept folded into it since it left.
     faulted: bool,
@@ -124,6 +128,16 @@ impl Residency {
     fn relast(&mut self) {
         self.last = self.out.values().map(|o| o.last).max().unwrap_or(Day::MIN);
     }
+}
+
+/// The reps with a hierarchy range starting inside `year` after its first day (`starts`:
+/// `tables::range_starts`): the reps whose periods of that year `activity_parts` splits.
+fn moved_in(starts: &HashMap<u32, Vec<Day>>, year: (Day, Day)) -> HashSet<u32> {
+    starts
+        .iter()
+        .filter(|(_, days)| days.iter().any(|d| *d > year.0 && *d <= year.1))
+        .map(|(rep, _)| *rep)
+        .collect()
 }
 
 /// Gives a map's room back once it is less than half full (after what it held left memory).
@@ -185,8 +199,8 @@ impl State {
     /// ending before `closed_before`, none of whose rep-days `dirty` names (the keys the cut
     /// being written took); the closed deals of the years before (`deals`), and the period and
     /// week sums of the years before whose months are all out (`sums`). Call only when every
-    /// earlier cut is durable; nothing leaves before the rollups are first summed. Rep-days of
-    /// reps that moved in the hierarchy stay.
+    /// earlier cut is durable; nothing leaves before the rollups are first summed. The rep-days
+    /// of a rep that moved in the hierarchy during the month's fiscal year stay.
     pub fn evict(
         &mut self,
         closed_before: Day,
@@ -242,7 +256,15 @@ impl State {
                 ..Evicted::default()
             };
         }
-        let moved = super::tables::moved_reps(self);
+        let starts = super::tables::range_starts(self);
+        let years: Vec<(Day, Day)> = closed
+            .iter()
+            .map(|(_, first, _)| {
+                let start = cal.period_start(PeriodType::Year, *first);
+                (start, cal.period_end(PeriodType::Year, start))
+            })
+            .collect();
+        let kept: Vec<HashSet<u32>> = years.iter().map(|y| moved_in(&starts, *y)).collect();
         let top = closed
             .iter()
             .map(|(_, _, last)| *last)
@@ -250,7 +272,6 @@ impl State {
             .unwrap_or(Day::MIN);
         let leaves = |rep: u32, day: Day| {
             day <= top
-                && !moved.contains(&rep)
                 && closed
                     .binary_search_by(|(_, first, last)| {
                         if day < *first {
@@ -261,16 +282,17 @@ impl State {
                             std::cmp::Ordering::Equal
                         }
                     })
-                    .is_ok()
+                    .is_ok_and(|i| !kept[i].contains(&rep))
         };
         let before = self.daily.len();
         self.daily.retain(|(rep, day), _| !leaves(*rep, *day));
         shrink(&mut self.daily);
-        for (period, first, last) in &closed {
+        for (((period, first, last), year), kept) in closed.iter().zip(years).zip(kept) {
             let out = Out {
                 period: *period,
                 last: *last,
-                kept: moved.clone(),
+                year,
+                kept,
                 faulted: false,
             };
             self.residency.out.insert(*first, out);
@@ -305,17 +327,23 @@ impl State {
         scope: Option<&super::changes::Scope>,
         grain_read: bool,
     ) -> BTreeSet<i32> {
-        let moved = match (grain_read, scope) {
-            (true, Some(_)) => super::tables::moved_reps(self),
-            _ => HashSet::new(),
+        let starts = match (grain_read, scope) {
+            (true, Some(_)) => super::tables::range_starts(self),
+            _ => HashMap::new(),
         };
+        // A scoped period holding the month sums a moved rep's days when the rep moved during
+        // the month's fiscal year: its days must be in memory (those that left before the
+        // rep moved come back).
         let needed = |first: Day, o: &Out| match scope {
             _ if o.faulted => true,
             _ if !grain_read => false,
             None => true,
             Some(s) => {
                 s.overlaps_months(first, o.last)
-                    || (s.overlaps(first, o.last) && moved.iter().any(|r| !o.kept.contains(r)))
+                    || (s.overlaps(first, o.last)
+                        && moved_in(&starts, o.year)
+                            .iter()
+                            .any(|r| !o.kept.contains(r)))
             }
         };
         self.residency
@@ -468,6 +496,74 @@ mod tests {
         assert_eq!(e.months, 1);
         assert!(s.daily.keys().any(|(_, d)| (31..59).contains(d)));
         assert!(s.daily.keys().all(|(_, d)| *d >= 31));
+    }
+
+    /// `rep` in `team` from `from` (version `version`).
+    fn placed(s: &mut State, rep: &str, version: i64, team: &str, from: Day) {
+        let e = Event::Rep(crate::event::Rep {
+            rep_id: rep.into(),
+            version,
+            occurred_at: i64::from(from) * DAY,
+            name: rep.into(),
+            team_id: team.into(),
+            region: "emea".into(),
+            manager_id: None,
+            role: None,
+            hired_on: None,
+            active: true,
+            effective_from: Some(from),
+        });
+        let at = Origin {
+            partition: 0,
+            offset: 9000 + version,
+        };
+        s.fold(e, at, &Calendar::default(), DAY);
+    }
+
+    /// A rep that moved keeps in memory only the rep-days of the fiscal year it moved in (whose
+    /// periods `activity_parts` sums from days); those of other years leave as anyone's, and
+    /// come back when a move lands in their year.
+    #[test]
+    fn a_moved_reps_days_stay_only_in_the_fiscal_year_of_its_move() {
+        let cal = Calendar::default();
+        let mut s = State::default();
+        // 1970 and the first half of 1971; r1 moves on 1971-03-01 (day 424).
+        for d in 0..546 {
+            fold(&mut s, d as u64, "r1", d, i64::from(d));
+            fold(&mut s, 1000 + d as u64, "r2", d, 1000 + i64::from(d));
+        }
+        placed(&mut s, "r1", 1, "team-a", 0);
+        placed(&mut s, "r2", 1, "team-a", 0);
+        placed(&mut s, "r1", 2, "team-b", 424);
+        s.roll_up(&cal);
+        s.take_dirty();
+        // Every month before June 1971 (day 516) closed, none kept.
+        let e = s.evict(516, 0, &Dirty::default(), &cal);
+        assert_eq!(e.months, 17);
+        let r1 = s.rep_ids.index["r1"];
+        // r1's days of 1971 stay (January to May: 151), r2's leave; 1970 leaves for both.
+        let kept: Vec<Day> = s
+            .daily
+            .keys()
+            .filter(|(_, d)| *d < 516)
+            .map(|k| k.1)
+            .collect();
+        assert_eq!(kept.len(), 151, "{kept:?}");
+        assert!(s
+            .daily
+            .keys()
+            .filter(|(_, d)| *d < 516)
+            .all(|(r, d)| *r == r1 && *d >= 365));
+        // A scope over 1971 needs no month back; r2 moving in 1970 brings 1970's months back.
+        let scope = super::super::changes::Scope::of(&[(520, 520)], &cal, 545);
+        assert!(s.grain_needed(Some(&scope), true).is_empty());
+        placed(&mut s, "r2", 2, "team-b", 200);
+        let scope = super::super::changes::Scope::of(&[(200, 200)], &cal, 545);
+        let needed = s.grain_needed(Some(&scope), true);
+        assert_eq!(
+            needed,
+            (0..12).map(|m| month(m * 31)).collect::<BTreeSet<_>>()
+        );
     }
 
     #[test]

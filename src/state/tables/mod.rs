@@ -344,7 +344,23 @@ fn roster(s: &State) -> Result<RecordBatch, ArrowError> {
     ])
 }
 
-/// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
+/// The first day of every hierarchy range but the first of each rep that moved: the days its
+/// place changed (`activity_parts` splits a period holding one after its first day).
+pub(crate) fn range_starts(s: &State) -> std::collections::HashMap<u32, Vec<Day>> {
+    s.roster
+        .iter()
+        .filter_map(|(rep, v)| {
+            let starts: Vec<Day> = ranges(&v.history)
+                .iter()
+                .skip(1)
+                .map(|r| r.valid_from)
+                .collect();
+            let rep = s.rep_ids.index.get(rep.as_str()).copied()?;
+            (!starts.is_empty()).then_some((rep, starts))
+        })
+        .collect()
+}
+
 /// The (interned) reps with more than one place in the hierarchy.
 pub(crate) fn moved_reps(s: &State) -> HashSet<u32> {
     s.roster
@@ -354,6 +370,7 @@ pub(crate) fn moved_reps(s: &State) -> HashSet<u32> {
         .collect()
 }
 
+/// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
 fn roster_ranges(s: &State) -> Result<RecordBatch, ArrowError> {
     let rows: Vec<(&str, Range<'_>)> = s
         .roster
