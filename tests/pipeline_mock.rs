@@ -67,6 +67,23 @@ pub fn cluster_of(p: &Pipeline, partitions: i32) -> MockCluster<'static, Default
     c
 }
 
+/// A mock cluster (`cluster`) holding `messages(p, seed)`: the cluster (alive as long as it
+/// is held), its bootstrap servers and the messages.
+pub fn produced(
+    p: &Pipeline,
+    seed: u64,
+) -> (
+    MockCluster<'static, DefaultProducerContext>,
+    String,
+    Vec<(String, String, String)>,
+) {
+    let c = cluster(p);
+    let brokers = c.bootstrap_servers();
+    let msgs = messages(p, seed);
+    produce(&brokers, 10_000, &msgs);
+    (c, brokers, msgs)
+}
+
 /// Every table of the latest snapshot under `output`, as (name, batches).
 pub async fn latest_tables(
     output: &str,
@@ -167,10 +184,7 @@ pub fn without(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
     let p = crate::common::pipeline();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 1);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 1);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
 
@@ -229,10 +243,7 @@ async fn once_equals_batch_and_bad_input_reaches_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let p = crate::common::pipeline();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 2);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 2);
     let whole = tempfile::tempdir().unwrap();
     let pieces = tempfile::tempdir().unwrap();
     let (whole, pieces) = (
@@ -308,10 +319,7 @@ async fn snapshots_every_n_events_and_retention_keeps_the_newest() {
         .snapshot("log_checkpoint_interval", "1")
         .snapshot("compact_after", "1")
         .load();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 3);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 3);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap().to_string();
     // Two runs of at most a third of the messages each, then one to the end.
@@ -395,10 +403,7 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
         .http_port(port)
         .snapshot("trigger_interval", "\"200ms\"")
         .load();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 4);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 4);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap().to_string();
     let running = Running::start(&p, continuous(&brokers, &out));
@@ -657,10 +662,7 @@ async fn reading_waits_for_the_write_instead_of_growing_the_next_cut() {
         .snapshot("trigger_interval", "\"1h\"")
         .snapshot("retention", "1000")
         .load();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 8);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 8);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let r = run_in_process(&p, once(&brokers, out)).await;
@@ -690,10 +692,7 @@ async fn a_once_run_pays_only_for_the_snapshots_its_own_interval_asks_for() {
         .snapshot("trigger_interval", "\"1ms\"")
         .snapshot("once_trigger_interval", "\"1h\"")
         .load();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 20);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, msgs) = produced(&p, 20);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let started = std::time::Instant::now();
@@ -731,10 +730,7 @@ async fn runs_of_one_snapshot_each_still_maintain_the_tables() {
         .snapshot("maintenance_every", "3")
         .snapshot("log_checkpoint_interval", "1")
         .load();
-    let c = cluster(&p);
-    let brokers = c.bootstrap_servers();
-    let msgs = messages(&p, 5);
-    produce(&brokers, 10_000, &msgs);
+    let (_c, brokers, _) = produced(&p, 5);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let loc = Location::parse(out).unwrap();

@@ -363,11 +363,7 @@ pub(crate) fn range_starts(s: &State) -> std::collections::HashMap<u32, Vec<Day>
 
 /// The (interned) reps with more than one place in the hierarchy.
 pub(crate) fn moved_reps(s: &State) -> HashSet<u32> {
-    s.roster
-        .iter()
-        .filter(|(_, v)| ranges(&v.history).len() > 1)
-        .filter_map(|(rep, _)| s.rep_ids.index.get(rep.as_str()).copied())
-        .collect()
+    range_starts(s).into_keys().collect()
 }
 
 /// The effective-dated hierarchy: per rep in the roster, the days each team and region held.
