@@ -45,6 +45,8 @@ pub struct Status {
     /// Table maintenance (vacuum and log cleanup) runs, and the data files they removed.
     pub vacuum_runs: u64,
     pub vacuum_files_removed: u64,
+    /// The allocator's counters, read as a request is answered (not published by the loop).
+    pub heap: Option<crate::memory::Heap>,
 }
 
 /// What one snapshot's Delta commits did.
@@ -99,7 +101,9 @@ impl Health {
     pub async fn serve(&self, addr: SocketAddr) -> Option<tokio::task::AbortHandle> {
         let health = self.clone();
         let answer = move |req: Request| {
-            let reply = respond(&health.get(), &req.path);
+            let mut status = health.get();
+            status.heap = crate::memory::heap();
+            let reply = respond(&status, &req.path);
             Box::pin(async move { reply }) as futures::future::BoxFuture<'static, Reply>
         };
         match http(addr, answer).await {
@@ -336,6 +340,16 @@ fn metrics(s: &Status) -> String {
             lines.push(format!("{n} {v}"));
         }
     }
+    if let Some(h) = s.heap {
+        let gauges = [
+            ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", h.allocated),
+            ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident); RSS less this is the C libraries, code and stacks.", h.resident),
+        ];
+        for (name, help, v) in gauges {
+            let n = family(name, "gauge", help);
+            lines.push(format!("{n} {v}"));
+        }
+    }
     let t = s.writes_total;
     let counters = [
         ("quotaflow_table_commits_total", "Delta commits made by snapshots.", t.tables_committed),
@@ -443,7 +457,19 @@ mod tests {
             .or_default()
             .insert("negative_amount".into(), 2);
         s.lag.insert(("spm.deals".into(), 0), 5);
+        s.heap = Some(crate::memory::Heap {
+            allocated: 300,
+            resident: 400,
+        });
         let text = metrics(&s);
+        assert!(
+            text.contains("quotaflow_heap_allocated_bytes 300\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quotaflow_heap_resident_bytes 400\n"),
+            "{text}"
+        );
         assert!(
             text.contains("quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7\n"),
             "{text}"

@@ -1,13 +1,23 @@
-//! The allocator's share of resident memory. glibc's malloc gives every thread that contends
-//! for the heap an arena of its own (up to eight per core) and keeps freed memory in them; a
-//! cut that builds Arrow tables and runs DataFusion on a pool of threads then leaves each arena
-//! holding its high-water mark, and resident memory follows the sum of those marks instead of
-//! what the state holds. quotaflow caps the arenas at start ([`limit_arenas`]) and hands the
-//! free pages back after every cut ([`trim`]). Measured in docs/performance.md ("The
-//! allocator"); other allocators and platforms are left as they are.
+//! The allocators' share of resident memory. A cut builds Arrow tables and runs DataFusion on
+//! a pool of threads, then frees them; what the allocator keeps of those peaks, not what the
+//! state holds, is what made the live soak's RSS rise (docs/performance.md, "The allocator
+//! built in").
+//!
+//! On Linux (glibc) Rust allocates from jemalloc ([`ALLOCATOR`], for the binary, the tests and
+//! the benchmarks alike): after every cut [`trim`] purges its arenas, so resident memory
+//! follows the live heap. The C libraries (librdkafka) still allocate from glibc's malloc,
+//! which gives every thread that contends for the heap an arena of its own and keeps freed
+//! memory in them: [`limit_arenas`] caps those at start and [`trim`] hands their free pages
+//! back too. [`heap`] reads jemalloc's counters (what is allocated, what its pages occupy) for
+//! `/metrics`. Other platforms keep their system allocator.
 
-/// Arenas when `MALLOC_ARENA_MAX` does not say otherwise.
+/// glibc arenas when `MALLOC_ARENA_MAX` does not say otherwise.
 pub const ARENAS: i32 = 2;
+
+/// Rust's allocator on Linux with glibc: jemalloc, whose freed pages [`trim`] returns at once.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+pub static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Caps glibc's malloc arenas at [`ARENAS`] unless `MALLOC_ARENA_MAX` is set (glibc reads
 /// that itself). Call before any thread starts.
@@ -21,11 +31,121 @@ pub fn limit_arenas() {
     }
 }
 
-/// Returns the free pages of every arena to the system (glibc's `malloc_trim`).
+/// Returns the free pages of both allocators to the system: every jemalloc arena's dirty
+/// pages (`arena.<all>.purge`) and glibc's (`malloc_trim`). A failed purge is logged.
 pub fn trim() {
+    if let Err(code) = purge_jemalloc() {
+        tracing::warn!(code, "jemalloc did not purge its arenas");
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim walks malloc's own free lists under its locks.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// jemalloc's counters: what Rust's live allocations hold, and the pages jemalloc keeps in
+/// memory for them (the allocator's share of RSS; the rest is the C libraries, code, stacks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Heap {
+    pub allocated: u64,
+    pub resident: u64,
+}
+
+/// jemalloc's counters as of now (`stats.allocated`, `stats.resident`); `None` where it is
+/// not the allocator.
+pub fn heap() -> Option<Heap> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // The counters are cached per `epoch`: writing it refreshes them.
+        let mut epoch: u64 = 1;
+        let mut len = std::mem::size_of::<u64>();
+        let epoch_ptr: *mut u64 = &mut epoch;
+        // SAFETY: `epoch` is a u64 read and written in place, `len` its size.
+        let refreshed = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"epoch".as_ptr(),
+                epoch_ptr.cast(),
+                &mut len,
+                epoch_ptr.cast(),
+                len,
+            )
+        };
+        if refreshed != 0 {
+            return None;
+        }
+        let read = |name: &std::ffi::CStr| {
+            let mut v: usize = 0;
+            let mut len = std::mem::size_of::<usize>();
+            let v_ptr: *mut usize = &mut v;
+            // SAFETY: both counters are size_t, read into `v` of that size.
+            let code = unsafe {
+                tikv_jemalloc_sys::mallctl(
+                    name.as_ptr(),
+                    v_ptr.cast(),
+                    &mut len,
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+            (code == 0).then_some(v as u64)
+        };
+        Some(Heap {
+            allocated: read(c"stats.allocated")?,
+            resident: read(c"stats.resident")?,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// Purges every jemalloc arena (`MALLCTL_ARENAS_ALL` is 4096); the error is mallctl's code.
+fn purge_jemalloc() -> Result<(), i32> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: a NUL-terminated name, and no old or new value to read or write.
+        let code = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arena.4096.purge".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if code != 0 {
+            return Err(code);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn rust_allocates_from_jemalloc_and_its_arenas_purge() {
+        // What the allocator handed out is jemalloc's: it knows the block's usable size.
+        let block = std::hint::black_box(vec![0u8; 1000]);
+        // SAFETY: the pointer is a live allocation of the global allocator.
+        let usable = unsafe { tikv_jemalloc_sys::malloc_usable_size(block.as_ptr().cast()) };
+        assert!(usable >= 1000, "jemalloc does not know the block: {usable}");
+        drop(block);
+        assert_eq!(super::purge_jemalloc(), Ok(()));
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn the_heap_counters_follow_what_is_allocated() {
+        let before = super::heap().expect("jemalloc's counters");
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        let during = super::heap().expect("jemalloc's counters");
+        // Other tests allocate on their threads meanwhile: 64 MiB is far above that noise.
+        assert!(
+            during.allocated >= before.allocated + (48 << 20),
+            "{before:?} -> {during:?}"
+        );
+        assert!(during.resident >= during.allocated, "{during:?}");
+        drop(block);
     }
 }

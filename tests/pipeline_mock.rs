@@ -459,6 +459,9 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
     );
     assert!(sample("quotaflow_snapshot_commit_seconds") > 0.0);
     assert!(sample("quotaflow_vacuum_runs_total") >= 0.0);
+    // The binary allocates from jemalloc, whose counters /metrics reads as it answers.
+    assert!(sample("quotaflow_heap_allocated_bytes") > 1e6);
+    assert!(sample("quotaflow_heap_resident_bytes") >= sample("quotaflow_heap_allocated_bytes"));
     running.stop().await;
     // The endpoint stops with the run.
     assert!(!endpoint.answers().await);
