@@ -12,7 +12,9 @@ million) into fresh topics of the suite's broker and runs `quotaflow run` on the
   time, while the pipeline reads them as they arrive (what a long-running pipeline sees).
 It samples the pipeline's RSS (/proc) and the messages it has counted (its /metrics) every
 second until it has read everything, stops it with SIGTERM and prints the RSS curve by tenths
-of the stream.
+of the stream, the spread of the medians over its last 80 % (tenths 3-10), and the median by
+quarter of the event clock, year by year (what grows with the history shows there, apart from
+the fiscal year's own cycle).
 """
 
 import argparse
@@ -39,28 +41,42 @@ def rss_mib(pid):
 
 def counted(port):
     """(messages counted, watermark as a date or None, the partition furthest behind its end
-    with its lag) from the pipeline's /metrics."""
+    with its lag, (live heap, jemalloc's resident pages) in MiB or None) from the pipeline's
+    /metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
-        return None, None, None
+        return None, None, None, None
     lines = text.splitlines()
     n = sum(int(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_messages_total{"))
     w = [float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith("quotaflow_watermark_seconds")]
     lags = [(int(l.rsplit(" ", 1)[1]), l.split("{", 1)[1].split("}", 1)[0]) for l in lines
             if l.startswith("quotaflow_consumer_lag{")]
     behind = max(lags) if lags else None
-    return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None), behind
+    heap = [int(l.rsplit(" ", 1)[1]) / 2**20 for l in lines
+            if l.startswith(("quotaflow_heap_allocated_bytes ", "quotaflow_heap_resident_bytes "))]
+    return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None), behind, (tuple(heap) if len(heap) == 2 else None)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", required=True)
+    ap.add_argument("--bin")
+    ap.add_argument("--report", metavar="CSV", help="print the report of an earlier run's samples and exit")
     ap.add_argument("--events", type=int, default=20_000_000)
     ap.add_argument("--reps", type=int, default=800)
     ap.add_argument("--csv", default="soak-rss.csv")
     ap.add_argument("--rate", type=int, help="produce this many messages/s while the pipeline runs (a live stream)")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            rows = [line.rstrip("\n").split(",") for line in f][1:]
+        samples = [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
+        clocks = [r[3] if len(r) > 3 and r[3] else None for r in rows]
+        heaps = [(float(r[4]), float(r[5])) if len(r) > 5 and r[4] and r[5] else None for r in rows]
+        report(samples, clocks, heaps, max(n for _, _, n in samples))
+        return
+    if not args.bin:
+        ap.error("--bin is required to run a soak")
     brokers = os.environ.get("QUOTAFLOW_TEST_BROKERS") or sys.exit("soak: QUOTAFLOW_TEST_BROKERS is not set")
     days = max(1, round(args.events / (EVENTS_PER_REP_DAY * args.reps)))
     work = tempfile.mkdtemp(prefix="quotaflow-soak-")
@@ -104,6 +120,8 @@ def main():
     run = start()
     print(f"soak: the pipeline's log is {work}/run.err (QUOTAFLOW_LOG sets its level)", file=sys.stderr, flush=True)
     samples = []
+    clocks = []  # the watermark (a date) at each sample
+    heaps = []  # (quotaflow's live heap, jemalloc's resident pages) in MiB at each sample
     t0 = time.monotonic()
     moved = (t0, 0)  # when the count last moved, and to what
     while True:
@@ -114,9 +132,11 @@ def main():
                 run = start()
                 continue
             sys.exit(f"soak: the pipeline exited ({run.returncode}); see {work}/run.err")
-        n, watermark, behind = counted(port)
+        n, watermark, behind, heap = counted(port)
         n = n or 0
         samples.append((time.monotonic() - t0, rss_mib(run.pid), n))
+        clocks.append(watermark)
+        heaps.append(heap)
         if n != moved[1]:
             moved = (time.monotonic(), n)
         elif time.monotonic() - moved[0] > 120:
@@ -136,17 +156,56 @@ def main():
     run.send_signal(signal.SIGTERM)
     run.wait()
     with open(args.csv, "w") as f:
-        f.write("seconds,rss_mib,messages\n")
-        for t, r, n in samples:
-            f.write(f"{t:.1f},{r:.0f},{n}\n")
+        f.write("seconds,rss_mib,messages,watermark,heap_mib,heap_resident_mib\n")
+        for (t, r, n), w, h in zip(samples, clocks, heaps):
+            cells = ",".join(f"{v:.0f}" for v in h) if h else ","
+            f.write(f"{t:.1f},{r:.0f},{n},{w or ''},{cells}\n")
     print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
-    print("share of stream read   RSS MiB (max so far)   RSS MiB (median of the tenth)")
+    report(samples, clocks, heaps, produced)
+
+
+def report(samples, clocks, heaps, produced):
+    """The RSS curve of `samples` ((seconds, RSS MiB, messages read)), with the watermark and
+    the heap ((live, jemalloc's resident) MiB) of each, for a stream of `produced` messages."""
+    print("share of stream read   RSS MiB: max so far, median of the tenth   live heap, jemalloc's pages (medians)")
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]
-        this = sorted(r for t, r, n in samples if produced * (tenth - 1) / 10 < n <= produced * tenth / 10)
+        inside = [i for i, (t, r, n) in enumerate(samples) if produced * (tenth - 1) / 10 < n <= produced * tenth / 10]
+        this = sorted(samples[i][1] for i in inside)
+        heap = sorted(heaps[i][0] for i in inside if heaps[i] is not None)
+        pages = sorted(heaps[i][1] for i in inside if heaps[i] is not None)
         if upto:
             median = f"{this[len(this) // 2]:.0f}" if this else "-"
-            print(f"{tenth * 10:>5} %               {max(upto):<22.0f} {median}")
+            live = f"{heap[len(heap) // 2]:.0f}, {pages[len(pages) // 2]:.0f}" if heap else "-"
+            print(f"{tenth * 10:>5} %               {max(upto):>5.0f}, {median:<32} {live}")
+    medians = []
+    for tenth in range(3, 11):
+        this = sorted(r for t, r, n in samples if produced * (tenth - 1) / 10 < n <= produced * tenth / 10)
+        if this:
+            medians.append(this[len(this) // 2])
+    if medians:
+        lo, hi = min(medians), max(medians)
+        mid = (lo + hi) / 2
+        print(f"last 80 % (tenths 3-10): medians {lo:.0f}-{hi:.0f} MiB, {mid:.0f} +/- {100 * (hi - mid) / mid:.1f} %")
+    # The state follows the fiscal year (a year's deals stay until it ends), so a tenth's median
+    # also depends on where in the year it falls: the same quarter of successive years shows
+    # what grows with the history. (The default pipeline's fiscal year starts in January.)
+    outside = [r - h[1] if h else None for (_, r, _), h in zip(samples, heaps)]
+    for what, values in (("RSS", [r for _, r, _ in samples]), ("live heap", [h[0] if h else None for h in heaps]),
+                         ("RSS outside jemalloc's pages (librdkafka, code, stacks)", outside)):
+        by = {}
+        for v, w in zip(values, clocks):
+            if w and v is not None:
+                by.setdefault((int(w[:4]), (int(w[5:7]) - 1) // 3 + 1), []).append(v)
+        if by:
+            print(f"{what} MiB, median by quarter of the event clock (the watermark)")
+            print("year      Q1     Q2     Q3     Q4")
+            for year in sorted({y for y, _ in by}):
+                cells = []
+                for q in range(1, 5):
+                    v = sorted(by.get((year, q), []))
+                    cells.append(f"{v[len(v) // 2]:>6.0f}" if v else "     -")
+                print(f"{year}  {' '.join(cells)}")
 
 
 if __name__ == "__main__":
