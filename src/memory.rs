@@ -4,12 +4,14 @@
 //! built in").
 //!
 //! On Linux (glibc) Rust allocates from jemalloc ([`ALLOCATOR`], for the binary, the tests and
-//! the benchmarks alike): after every cut [`trim`] purges its arenas, so resident memory
-//! follows the live heap. The C libraries (librdkafka) still allocate from glibc's malloc,
-//! which gives every thread that contends for the heap an arena of its own and keeps freed
-//! memory in them: [`limit_arenas`] caps those at start and [`trim`] hands their free pages
-//! back too. [`heap`] reads jemalloc's counters (what is allocated, what its pages occupy) for
-//! `/metrics`. Other platforms keep their system allocator.
+//! the benchmarks alike): after every cut [`trim`] purges its arenas, so resident memory falls
+//! back to the live heap (within a cut jemalloc returns freed pages after ten seconds, its
+//! default: sooner cost 11 % more CPU in a replay). The C libraries (librdkafka) still
+//! allocate from glibc's malloc, which gives every thread that contends for the heap an arena
+//! of its own and keeps freed memory in them: [`limit_arenas`] caps those at start and
+//! [`trim`] hands their free pages back too. [`heap`] reads jemalloc's counters (what is
+//! allocated, what its pages occupy) for `/metrics`. Other platforms keep their system
+//! allocator.
 
 /// glibc arenas when `MALLOC_ARENA_MAX` does not say otherwise.
 pub const ARENAS: i32 = 2;
