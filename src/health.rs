@@ -343,7 +343,9 @@ fn metrics(s: &Status) -> String {
     if let Some(h) = s.heap {
         let gauges = [
             ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", h.allocated),
-            ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident); RSS less this is the C libraries, code and stacks.", h.resident),
+            ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident).", h.resident),
+            ("quotaflow_c_heap_allocated_bytes", "Bytes the C libraries (librdkafka) have allocated from glibc's malloc (mallinfo2 uordblks + hblkhd).", h.c_allocated),
+            ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd); RSS less both allocators' is code and stacks.", h.c_held),
         ];
         for (name, help, v) in gauges {
             let n = family(name, "gauge", help);
@@ -460,6 +462,8 @@ mod tests {
         s.heap = Some(crate::memory::Heap {
             allocated: 300,
             resident: 400,
+            c_allocated: 50,
+            c_held: 70,
         });
         let text = metrics(&s);
         assert!(
@@ -470,6 +474,7 @@ mod tests {
             text.contains("quotaflow_heap_resident_bytes 400\n"),
             "{text}"
         );
+        assert!(text.contains("quotaflow_c_heap_held_bytes 70\n"), "{text}");
         assert!(
             text.contains("quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7\n"),
             "{text}"

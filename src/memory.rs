@@ -9,8 +9,8 @@
 //! default: sooner cost 11 % more CPU in a replay). The C libraries (librdkafka) still
 //! allocate from glibc's malloc, which gives every thread that contends for the heap an arena
 //! of its own and keeps freed memory in them: [`limit_arenas`] caps those at start and
-//! [`trim`] hands their free pages back too. [`heap`] reads jemalloc's counters (what is
-//! allocated, what its pages occupy) for `/metrics`. Other platforms keep their system
+//! [`trim`] hands their free pages back too. [`heap`] reads both allocators' counters (what
+//! is allocated, what they hold) for `/metrics`. Other platforms keep their system
 //! allocator.
 
 /// glibc arenas when `MALLOC_ARENA_MAX` does not say otherwise.
@@ -47,14 +47,19 @@ pub fn trim() {
 }
 
 /// jemalloc's counters: what Rust's live allocations hold, and the pages jemalloc keeps in
-/// memory for them (the allocator's share of RSS; the rest is the C libraries, code, stacks).
+/// memory for them (the allocator's share of RSS); and glibc's heap, the C libraries'
+/// (librdkafka's): what is in use and what its arenas hold. The rest of RSS is code and
+/// stacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Heap {
     pub allocated: u64,
     pub resident: u64,
+    pub c_allocated: u64,
+    pub c_held: u64,
 }
 
-/// jemalloc's counters as of now (`stats.allocated`, `stats.resident`); `None` where it is
+/// Both allocators' counters as of now (jemalloc's `stats.allocated` and `stats.resident`,
+/// glibc's `mallinfo2`, which walks its arenas under their locks); `None` where jemalloc is
 /// not the allocator.
 pub fn heap() -> Option<Heap> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -92,9 +97,14 @@ pub fn heap() -> Option<Heap> {
             };
             (code == 0).then_some(v as u64)
         };
+        // SAFETY: mallinfo2 only reads malloc's own bookkeeping.
+        let c = unsafe { libc::mallinfo2() };
+        // Chunks of 128 KiB and more are mapped of their own (`hblkhd`), outside the arenas.
         Some(Heap {
             allocated: read(c"stats.allocated")?,
             resident: read(c"stats.resident")?,
+            c_allocated: (c.uordblks + c.hblkhd) as u64,
+            c_held: (c.arena + c.hblkhd) as u64,
         })
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -149,5 +159,17 @@ mod tests {
         );
         assert!(during.resident >= during.allocated, "{during:?}");
         drop(block);
+        // glibc's heap holds what C code allocates from it: 8 MiB, mapped of its own.
+        // SAFETY: a plain malloc, freed below.
+        let c_block = std::hint::black_box(unsafe { libc::malloc(8 << 20) });
+        assert!(!c_block.is_null());
+        let with_c = super::heap().expect("both allocators' counters");
+        // SAFETY: the block malloc returned above.
+        unsafe { libc::free(c_block) };
+        assert!(
+            with_c.c_allocated >= during.c_allocated + (8 << 20),
+            "{during:?} -> {with_c:?}"
+        );
+        assert!(with_c.c_held >= with_c.c_allocated, "{with_c:?}");
     }
 }
