@@ -345,7 +345,7 @@ fn metrics(s: &Status) -> String {
             ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", h.allocated),
             ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident).", h.resident),
             ("quotaflow_c_heap_allocated_bytes", "Bytes the C libraries (librdkafka) have allocated from glibc's malloc (mallinfo2 uordblks + hblkhd).", h.c_allocated),
-            ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd); RSS less both allocators' is code and stacks.", h.c_held),
+            ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd; pages trimmed after a cut still count, so an upper bound of its share of RSS).", h.c_held),
         ];
         for (name, help, v) in gauges {
             let n = family(name, "gauge", help);

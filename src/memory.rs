@@ -48,8 +48,8 @@ pub fn trim() {
 
 /// jemalloc's counters: what Rust's live allocations hold, and the pages jemalloc keeps in
 /// memory for them (the allocator's share of RSS); and glibc's heap, the C libraries'
-/// (librdkafka's): what is in use and what its arenas hold. The rest of RSS is code and
-/// stacks.
+/// (librdkafka's): what is in use and what its arenas hold (trimmed pages included). The
+/// rest of RSS is code and stacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Heap {
     pub allocated: u64,
@@ -99,7 +99,8 @@ pub fn heap() -> Option<Heap> {
         };
         // SAFETY: mallinfo2 only reads malloc's own bookkeeping.
         let c = unsafe { libc::mallinfo2() };
-        // Chunks of 128 KiB and more are mapped of their own (`hblkhd`), outside the arenas.
+        // Large chunks (128 KiB and up, by default) are mapped of their own (`hblkhd`), outside
+        // the arenas; an arena keeps its size when `malloc_trim` returns its free pages.
         Some(Heap {
             allocated: read(c"stats.allocated")?,
             resident: read(c"stats.resident")?,
