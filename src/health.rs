@@ -234,30 +234,22 @@ fn respond(s: &Status, path: &str) -> Reply {
 }
 
 fn metrics(s: &Status) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    };
-    let mut lines: Vec<String> = Vec::new();
-    let n = family(
+    let mut e = Exposition::default();
+    e.family(
         "quotaflow_messages_total",
         "counter",
         "Messages read, by topic and outcome (ok, duplicate) or dead-letter reason.",
-    );
-    for (topic, outcomes) in &s.messages {
-        for (outcome, count) in outcomes.iter().filter(|(o, _)| *o != LOST_OFFSETS) {
-            lines.push(format!(
-                "{n}{{topic=\"{}\",outcome=\"{}\"}} {count}",
-                escape(topic),
-                escape(outcome)
-            ));
-        }
-    }
-    let n2 = family(
-        "quotaflow_dead_letters_total",
-        "counter",
-        "Messages sent to the dead letters, by reason.",
+        s.messages.iter().flat_map(|(topic, outcomes)| {
+            outcomes
+                .iter()
+                .filter(|(o, _)| *o != LOST_OFFSETS)
+                .map(move |(outcome, count)| {
+                    (
+                        labels(&[("topic", topic.as_str()), ("outcome", outcome.as_str())]),
+                        *count,
+                    )
+                })
+        }),
     );
     let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
     for outcomes in s.messages.values() {
@@ -267,93 +259,62 @@ fn metrics(s: &Status) -> String {
             }
         }
     }
-    for (reason, count) in by_reason {
-        lines.push(format!("{n2}{{reason=\"{}\"}} {count}", escape(reason)));
-    }
-    let n = family(
+    e.family(
+        "quotaflow_dead_letters_total",
+        "counter",
+        "Messages sent to the dead letters, by reason.",
+        by_reason
+            .into_iter()
+            .map(|(reason, count)| (labels(&[("reason", reason)]), count)),
+    );
+    e.family(
         "quotaflow_lost_offsets_total",
         "counter",
         "Offsets the broker deleted before quotaflow read them (those events are lost), by topic.",
+        lost_offsets(&s.messages)
+            .into_iter()
+            .map(|(topic, lost)| (labels(&[("topic", topic.as_str())]), lost)),
     );
-    for (topic, lost) in lost_offsets(&s.messages) {
-        lines.push(format!("{n}{{topic=\"{}\"}} {lost}", escape(&topic)));
-    }
-    let n3 = family(
+    e.family(
         "quotaflow_consumer_lag",
         "gauge",
         "Messages behind the end of each partition, as of the latest fetch.",
+        s.lag.iter().map(|((topic, p), lag)| {
+            (
+                labels(&[("topic", topic.as_str()), ("partition", &p.to_string())]),
+                *lag,
+            )
+        }),
     );
-    for ((topic, p), lag) in &s.lag {
-        lines.push(format!(
-            "{n3}{{topic=\"{}\",partition=\"{p}\"}} {lag}",
-            escape(topic)
-        ));
+    let snapshot = s.last_snapshot;
+    let write = s.last_write;
+    let (heap, t) = (s.heap, s.writes_total);
+    let watermark = s.watermark.map(|w| w as f64 / 1e6);
+    let gauges: [(&str, &str, Option<f64>); 17] = [
+        ("quotaflow_partitions_paused", "Partitions paused for reading more than source.max_read_ahead past the slowest one.", Some(s.paused.0 as f64)),
+        ("quotaflow_snapshot_age_seconds", "Seconds since the last snapshot became durable.", snapshot.map(|(at, _, _)| at.elapsed().as_secs_f64())),
+        ("quotaflow_snapshot_duration_seconds", "How long the last snapshot took, cut to durable.", snapshot.map(|(_, _, took)| took.as_secs_f64())),
+        ("quotaflow_snapshot_id", "Id of the last durable snapshot.", snapshot.map(|(_, id, _)| id as f64)),
+        ("quotaflow_snapshot_commit_seconds", "Seconds the last snapshot took to write (state segments and compaction, Delta commits, checkpoint, _latest).", write.map(|w| w.commit_seconds)),
+        ("quotaflow_snapshot_tables_committed", "Tables the last snapshot committed to (unchanged tables get no commit).", write.map(|w| w.tables_committed as f64)),
+        ("quotaflow_snapshot_files_added", "Data files the last snapshot added.", write.map(|w| w.files_added as f64)),
+        ("quotaflow_snapshot_bytes_written", "Bytes of data files the last snapshot wrote.", write.map(|w| w.bytes_written as f64)),
+        ("quotaflow_snapshot_state_bytes_written", "Bytes of state segments the last snapshot wrote (what changed, and the parts it compacted).", write.map(|w| w.state_bytes_written as f64)),
+        ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", heap.map(|h| h.allocated as f64)),
+        ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident).", heap.map(|h| h.resident as f64)),
+        ("quotaflow_c_heap_allocated_bytes", "Bytes the C libraries (librdkafka) have allocated from glibc's malloc (mallinfo2 uordblks + hblkhd).", heap.map(|h| h.c_allocated as f64)),
+        ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd; pages trimmed after a cut still count, so an upper bound of its share of RSS).", heap.map(|h| h.c_held as f64)),
+        ("quotaflow_state_keys", "Keys held in the state.", Some(s.state_keys as f64)),
+        ("quotaflow_watermark_seconds", "Event-time watermark, seconds since the epoch.", watermark),
+        ("quotaflow_alert_deliveries_pending", "Alert events not yet acknowledged by their target.", Some(s.alerts_pending as f64)),
+        ("quotaflow_up", "1 when ready and the broker connected.", Some(f64::from(u8::from(s.ready && s.broker_connected)))),
+    ];
+    for (name, help, v) in gauges {
+        e.family(name, "gauge", help, v.map(|v| (String::new(), v)));
     }
-    let n = family(
-        "quotaflow_partitions_paused",
-        "gauge",
-        "Partitions paused for reading more than source.max_read_ahead past the slowest one.",
-    );
-    lines.push(format!("{n} {}", s.paused.0));
-    let n = family(
-        "quotaflow_partition_pauses_total",
-        "counter",
-        "Times a partition was paused for reading too far ahead.",
-    );
-    lines.push(format!("{n} {}", s.paused.1));
-    let n = family(
-        "quotaflow_waits_for_write_total",
-        "counter",
-        "Times reading waited for the snapshot being written, having read snapshot.max_events_while_writing for the next.",
-    );
-    lines.push(format!("{n} {}", s.waits_for_write));
-    let n4 = family(
-        "quotaflow_snapshot_age_seconds",
-        "gauge",
-        "Seconds since the last snapshot became durable.",
-    );
-    let n5 = family(
-        "quotaflow_snapshot_duration_seconds",
-        "gauge",
-        "How long the last snapshot took, cut to durable.",
-    );
-    let n6 = family(
-        "quotaflow_snapshot_id",
-        "gauge",
-        "Id of the last durable snapshot.",
-    );
-    if let Some((at, id, took)) = s.last_snapshot {
-        lines.push(format!("{n4} {}", at.elapsed().as_secs_f64()));
-        lines.push(format!("{n5} {}", took.as_secs_f64()));
-        lines.push(format!("{n6} {id}"));
-    }
-    if let Some(w) = s.last_write {
-        let gauges = [
-            ("quotaflow_snapshot_commit_seconds", "Seconds the last snapshot took to write (state segments and compaction, Delta commits, checkpoint, _latest).", w.commit_seconds),
-            ("quotaflow_snapshot_tables_committed", "Tables the last snapshot committed to (unchanged tables get no commit).", w.tables_committed as f64),
-            ("quotaflow_snapshot_files_added", "Data files the last snapshot added.", w.files_added as f64),
-            ("quotaflow_snapshot_bytes_written", "Bytes of data files the last snapshot wrote.", w.bytes_written as f64),
-            ("quotaflow_snapshot_state_bytes_written", "Bytes of state segments the last snapshot wrote (what changed, and the parts it compacted).", w.state_bytes_written as f64),
-        ];
-        for (name, help, v) in gauges {
-            let n = family(name, "gauge", help);
-            lines.push(format!("{n} {v}"));
-        }
-    }
-    if let Some(h) = s.heap {
-        let gauges = [
-            ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", h.allocated),
-            ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident).", h.resident),
-            ("quotaflow_c_heap_allocated_bytes", "Bytes the C libraries (librdkafka) have allocated from glibc's malloc (mallinfo2 uordblks + hblkhd).", h.c_allocated),
-            ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd; pages trimmed after a cut still count, so an upper bound of its share of RSS).", h.c_held),
-        ];
-        for (name, help, v) in gauges {
-            let n = family(name, "gauge", help);
-            lines.push(format!("{n} {v}"));
-        }
-    }
-    let t = s.writes_total;
     let counters = [
+        ("quotaflow_partition_pauses_total", "Times a partition was paused for reading too far ahead.", s.paused.1),
+        ("quotaflow_waits_for_write_total", "Times reading waited for the snapshot being written, having read snapshot.max_events_while_writing for the next.", s.waits_for_write),
         ("quotaflow_table_commits_total", "Delta commits made by snapshots.", t.tables_committed),
         ("quotaflow_files_added_total", "Data files added by snapshots.", t.files_added),
         ("quotaflow_files_replaced_total", "Data files snapshots removed from their tables' latest versions (kept for time travel until vacuumed).", t.files_removed),
@@ -364,59 +325,41 @@ fn metrics(s: &Status) -> String {
         ("quotaflow_vacuum_files_removed_total", "Data files deleted by vacuum.", s.vacuum_files_removed),
     ];
     for (name, help, v) in counters {
-        let n = family(name, "counter", help);
-        lines.push(format!("{n} {v}"));
+        e.family(name, "counter", help, [(String::new(), v)]);
     }
-    let n7 = family("quotaflow_state_keys", "gauge", "Keys held in the state.");
-    lines.push(format!("{n7} {}", s.state_keys));
-    let n8 = family(
-        "quotaflow_watermark_seconds",
-        "gauge",
-        "Event-time watermark, seconds since the epoch.",
-    );
-    if let Some(w) = s.watermark {
-        lines.push(format!("{n8} {}", w as f64 / 1e6));
-    }
-    let n9 = family(
-        "quotaflow_alert_deliveries_pending",
-        "gauge",
-        "Alert events not yet acknowledged by their target.",
-    );
-    lines.push(format!("{n9} {}", s.alerts_pending));
-    let n10 = family(
-        "quotaflow_up",
-        "gauge",
-        "1 when ready and the broker connected.",
-    );
-    lines.push(format!("{n10} {}", u8::from(s.ready && s.broker_connected)));
-    // Families first (HELP/TYPE), then samples: Prometheus accepts samples of a family after
-    // its metadata anywhere in the exposition; keep them grouped for readers.
-    regroup(&out, &lines)
+    e.0
 }
 
-/// Puts each family's samples right after its HELP/TYPE lines.
-fn regroup(meta: &str, samples: &[String]) -> String {
-    let mut out = String::new();
-    let mut lines = meta.lines().peekable();
-    while let Some(help) = lines.next() {
-        let Some(name) = help.split_whitespace().nth(2) else {
-            continue;
-        };
-        out.push_str(help);
-        out.push('\n');
-        if let Some(ty) = lines.next() {
-            out.push_str(ty);
-            out.push('\n');
-        }
-        for s in samples.iter().filter(|s| {
-            s.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        }) {
-            out.push_str(s);
-            out.push('\n');
+/// The Prometheus text exposition, built a family at a time: its HELP and TYPE lines, then
+/// its samples, so every sample follows its own family's metadata.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// One family and its samples, each `(labels, value)` with labels as [`labels`] writes
+    /// them (empty for a family of one unlabelled sample). A family without samples keeps its
+    /// HELP and TYPE lines, so a scraper learns of it before its first value.
+    fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (String, V)>,
+    ) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {v}");
         }
     }
-    out
+}
+
+/// `{k="v",…}`, the values escaped.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
 }
 
 fn escape(v: &str) -> String {
@@ -465,28 +408,27 @@ mod tests {
             c_allocated: 50,
             c_held: 70,
         });
+        s.lag.insert(("we\"ird".into(), 1), 0);
         let text = metrics(&s);
-        assert!(
-            text.contains("quotaflow_heap_allocated_bytes 300\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("quotaflow_heap_resident_bytes 400\n"),
-            "{text}"
-        );
-        assert!(text.contains("quotaflow_c_heap_held_bytes 70\n"), "{text}");
-        assert!(
-            text.contains("quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("quotaflow_dead_letters_total{reason=\"negative_amount\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("quotaflow_consumer_lag{topic=\"spm.deals\",partition=\"0\"} 5\n"),
-            "{text}"
-        );
+        let lines: std::collections::BTreeSet<&str> = text.lines().collect();
+        let missing: Vec<&str> = [
+            "quotaflow_heap_allocated_bytes 300",
+            "quotaflow_heap_resident_bytes 400",
+            "quotaflow_c_heap_allocated_bytes 50",
+            "quotaflow_c_heap_held_bytes 70",
+            "quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7",
+            "quotaflow_dead_letters_total{reason=\"negative_amount\"} 2",
+            "quotaflow_consumer_lag{topic=\"spm.deals\",partition=\"0\"} 5",
+            "quotaflow_consumer_lag{topic=\"we\\\"ird\",partition=\"1\"} 0",
+            "quotaflow_up 0",
+            "# TYPE quotaflow_snapshot_id gauge",
+        ]
+        .into_iter()
+        .filter(|l| !lines.contains(l))
+        .collect();
+        assert!(missing.is_empty(), "missing {missing:?} in\n{text}");
+        // No snapshot yet: its families say so by having no sample.
+        assert!(!text.contains("\nquotaflow_snapshot_id "), "{text}");
         // Lost offsets are no messages: a family of their own, and in /healthz.
         assert!(!text.contains("quotaflow_lost_offsets_total{"), "{text}");
         s.messages
@@ -505,11 +447,13 @@ mod tests {
             body.contains("\"lost_offsets\":{\"spm.deals\":40}"),
             "{body}"
         );
-        // Every sample follows its own family's TYPE line.
+        // Every sample follows its own family's TYPE line, and every family is there once.
         let mut family = "";
+        let mut families = std::collections::BTreeSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 family = rest.split_whitespace().next().unwrap();
+                assert!(families.insert(family), "{family} twice");
             } else if !line.starts_with('#') {
                 assert!(line.starts_with(family), "{line} outside {family}");
             }
