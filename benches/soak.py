@@ -41,8 +41,8 @@ def rss_mib(pid):
 
 def counted(port):
     """(messages counted, watermark as a date or None, the partition furthest behind its end
-    with its lag, (live heap, jemalloc's resident pages, glibc's heap) in MiB or None) from the
-    pipeline's /metrics."""
+    with its lag, (live heap, jemalloc's resident pages, glibc's heap held, glibc's heap in use) in
+    MiB or None) from the pipeline's /metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
@@ -53,7 +53,8 @@ def counted(port):
     lags = [(int(l.rsplit(" ", 1)[1]), l.split("{", 1)[1].split("}", 1)[0]) for l in lines
             if l.startswith("quotaflow_consumer_lag{")]
     behind = max(lags) if lags else None
-    names = ("quotaflow_heap_allocated_bytes", "quotaflow_heap_resident_bytes", "quotaflow_c_heap_held_bytes")
+    names = ("quotaflow_heap_allocated_bytes", "quotaflow_heap_resident_bytes", "quotaflow_c_heap_held_bytes",
+             "quotaflow_c_heap_allocated_bytes")
     values = {l.split(" ", 1)[0]: int(l.rsplit(" ", 1)[1]) / 2**20 for l in lines if l.startswith(names)}
     heap = tuple(values[k] for k in names) if all(k in values for k in names) else None
     return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None), behind, heap
@@ -73,7 +74,9 @@ def main():
             rows = [line.rstrip("\n").split(",") for line in f][1:]
         samples = [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
         clocks = [r[3] if len(r) > 3 and r[3] else None for r in rows]
-        heaps = [tuple(float(v) for v in r[4:7]) if len(r) > 6 and all(r[4:7]) else None for r in rows]
+        # (runs before 2026-12-07's second session have no column for glibc's heap in use)
+        heaps = [tuple(float(v) for v in r[4:8]) + (None,) * (8 - len(r)) if len(r) > 6 and all(r[4:7]) else None
+                 for r in rows]
         report(samples, clocks, heaps, max(n for _, _, n in samples))
         return
     if not args.bin:
@@ -122,7 +125,7 @@ def main():
     print(f"soak: the pipeline's log is {work}/run.err (QUOTAFLOW_LOG sets its level)", file=sys.stderr, flush=True)
     samples = []
     clocks = []  # the watermark (a date) at each sample
-    heaps = []  # (quotaflow's live heap, jemalloc's resident pages, glibc's heap) in MiB at each sample
+    heaps = []  # (quotaflow's live heap, jemalloc's resident pages, glibc's heap held and in use) in MiB at each sample
     t0 = time.monotonic()
     moved = (t0, 0)  # when the count last moved, and to what
     while True:
@@ -157,9 +160,9 @@ def main():
     run.send_signal(signal.SIGTERM)
     run.wait()
     with open(args.csv, "w") as f:
-        f.write("seconds,rss_mib,messages,watermark,heap_mib,heap_resident_mib,c_heap_mib\n")
+        f.write("seconds,rss_mib,messages,watermark,heap_mib,heap_resident_mib,c_heap_mib,c_heap_used_mib\n")
         for (t, r, n), w, h in zip(samples, clocks, heaps):
-            cells = ",".join(f"{v:.0f}" for v in h) if h else ",,"
+            cells = ",".join(f"{v:.0f}" for v in h) if h else ",,,"
             f.write(f"{t:.1f},{r:.0f},{n},{w or ''},{cells}\n")
     print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
     report(samples, clocks, heaps, produced)
@@ -167,8 +170,9 @@ def main():
 
 def report(samples, clocks, heaps, produced):
     """The RSS curve of `samples` ((seconds, RSS MiB, messages read)), with the watermark and
-    the heap ((live, jemalloc's resident, glibc's) MiB) of each, for a stream of `produced` messages."""
-    print("share of stream read   RSS MiB: max so far, median of the tenth   live heap, jemalloc's pages, glibc's heap (medians)")
+    the heap ((live, jemalloc's resident, glibc's held, glibc's in use) MiB) of each, for a stream
+    of `produced` messages."""
+    print("share of stream read   RSS MiB: max so far, median of the tenth   live heap, jemalloc's pages, glibc's heap held, in use (medians)")
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]
         inside = [i for i, (t, r, n) in enumerate(samples) if produced * (tenth - 1) / 10 < n <= produced * tenth / 10]
@@ -176,9 +180,11 @@ def report(samples, clocks, heaps, produced):
         heap = sorted(heaps[i][0] for i in inside if heaps[i] is not None)
         pages = sorted(heaps[i][1] for i in inside if heaps[i] is not None)
         glibc = sorted(heaps[i][2] for i in inside if heaps[i] is not None)
+        used = sorted(heaps[i][3] for i in inside if heaps[i] is not None and heaps[i][3] is not None)
         if upto:
             median = f"{this[len(this) // 2]:.0f}" if this else "-"
             live = f"{heap[len(heap) // 2]:.0f}, {pages[len(pages) // 2]:.0f}, {glibc[len(glibc) // 2]:.0f}" if heap else "-"
+            live += f", {used[len(used) // 2]:.0f}" if used else ""
             print(f"{tenth * 10:>5} %               {max(upto):>5.0f}, {median:<32} {live}")
     medians = []
     for tenth in range(3, 11):
@@ -197,6 +203,7 @@ def report(samples, clocks, heaps, produced):
     outside = [r - h[1] if h else None for (_, r, _), h in zip(samples, heaps)]
     for what, values in (("RSS", [r for _, r, _ in samples]), ("live heap", [h[0] if h else None for h in heaps]),
                          ("glibc's heap held (librdkafka; trimmed pages included)", [h[2] if h else None for h in heaps]),
+                         ("glibc's heap in use (librdkafka's buffers and messages)", [h[3] if h and len(h) > 3 else None for h in heaps]),
                          ("RSS outside jemalloc's pages (glibc's heap, code, stacks)", outside)):
         by = {}
         for v, w in zip(values, clocks):

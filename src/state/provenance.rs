@@ -198,19 +198,24 @@ impl State {
 }
 
 /// Folds version `v` of an entity, read at `origin`; the first arrival of an (entity, version)
-/// wins, the highest version is the after-image.
-pub(super) fn fold_entity<K: std::hash::Hash + Eq, T, H>(
-    map: &mut Map<K, Versioned<T, H>>,
+/// wins, the highest version is the after-image. The map holds an entity as it is or boxed
+/// (`V` is a `Versioned` or a `Box` of one).
+pub(super) fn fold_entity<K, T, H, V>(
+    map: &mut Map<K, V>,
     key: K,
     v: i64,
     item: T,
     h: H,
     origin: Origin,
-) -> Folded {
+) -> Folded
+where
+    K: std::hash::Hash + Eq,
+    V: std::borrow::BorrowMut<Versioned<T, H>> + From<Versioned<T, H>>,
+{
     use std::collections::hash_map::Entry;
     match map.entry(key) {
         Entry::Occupied(mut o) => {
-            let e = o.get_mut();
+            let e: &mut Versioned<T, H> = o.get_mut().borrow_mut();
             match e.history.binary_search_by_key(&v, |(version, _)| *version) {
                 Ok(_) => {
                     e.note(v, origin, Arrival::Duplicate);
@@ -233,7 +238,7 @@ pub(super) fn fold_entity<K: std::hash::Hash + Eq, T, H>(
             Folded::Ok
         }
         Entry::Vacant(slot) => {
-            slot.insert(Versioned {
+            slot.insert(V::from(Versioned {
                 latest: item,
                 latest_version: v,
                 history: vec![(v, h)],
@@ -242,7 +247,7 @@ pub(super) fn fold_entity<K: std::hash::Hash + Eq, T, H>(
                     origin,
                     arrival: Arrival::Applied,
                 }],
-            });
+            }));
             Folded::Ok
         }
     }

@@ -25,7 +25,7 @@ use rust_decimal::Decimal;
 use super::super::changes::{deal_days, Scope};
 use super::super::provenance::{fold_entity, Arrival, Origin};
 use super::super::segments::{bucket, Dirty};
-use super::super::{DealVersion, Folded, Map, State, Versioned};
+use super::super::{DealEntry, Folded, Map, State};
 use crate::calendar::Calendar;
 use crate::event::{Day, Deal, Stage};
 use crate::state::id_hash as key;
@@ -345,7 +345,7 @@ impl State {
     pub(super) fn bring_back_deals(
         &mut self,
         needed: &DealsNeeded,
-        read: &mut Map<String, Versioned<Deal, DealVersion>>,
+        read: &mut Map<String, DealEntry>,
         last_activity: &Map<String, crate::event::Micros>,
     ) -> usize {
         let mut back = 0;

@@ -16,10 +16,10 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::{Manifest, Part, PartData, PartKey, SegmentRef, FORMAT};
-use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
+use crate::event::{Day, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 use crate::state::hierarchy::Placement;
-use crate::state::{DealVersion, IdHash, RepDay, Versioned};
+use crate::state::{DealEntry, IdHash, RepDay, Versioned};
 
 fn codec() -> impl bincode::Options + Copy {
     bincode::DefaultOptions::new()
@@ -154,7 +154,7 @@ pub(super) type Rows<'a, K, V> = Vec<(&'a K, &'a V)>;
 pub(super) enum PartRows<'a> {
     Daily(Rows<'a, (u32, Day), RepDay>),
     Seen(Rows<'a, IdHash, Micros>),
-    Deals(Rows<'a, String, Versioned<Deal, DealVersion>>),
+    Deals(Rows<'a, String, DealEntry>),
     DealActivity(Rows<'a, String, Micros>),
     RepFirstDeal(Rows<'a, String, Micros>),
     Quotas(Rows<'a, (String, Day), Versioned<Quota>>),

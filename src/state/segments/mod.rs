@@ -23,8 +23,8 @@ use std::hash::Hash;
 use serde::{Deserialize, Serialize};
 
 use super::hierarchy::Placement;
-use super::{DealVersion, IdHash, Map, RepDay, State, Versioned};
-use crate::event::{Day, Deal, FxRate, Micros, Quota, Rep, Survey};
+use super::{DealEntry, IdHash, Map, RepDay, State, Versioned};
+use crate::event::{Day, FxRate, Micros, Quota, Rep, Survey};
 use crate::source::DeadLetter;
 pub use file::{
     Encoded, PartEntry, Segment, SegmentBuilder, SegmentError, SegmentIndex, INDEX_LENGTH_BYTES,
@@ -80,7 +80,7 @@ pub struct PartKey {
 pub enum PartData {
     Daily(Vec<((u32, Day), RepDay)>),
     Seen(Vec<(IdHash, Micros)>),
-    Deals(Vec<(String, Versioned<Deal, DealVersion>)>),
+    Deals(Vec<(String, DealEntry)>),
     DealActivity(Vec<(String, Micros)>),
     RepFirstDeal(Vec<(String, Micros)>),
     Quotas(Vec<((String, Day), Versioned<Quota>)>),
