@@ -69,8 +69,8 @@ pub type DealVersion = (Stage, Micros);
 
 /// A deal as the state holds it: boxed, so that the map's slots are a key and a pointer. A
 /// hash map keeps up to half its slots free after it doubles, and a deal with its versions
-/// is about 250 bytes: unboxed, the free slots of 600,000 deals took about 100 MiB. (A box
-/// serialises as what it holds: the segments are the same.)
+/// is about 250 bytes: boxing them freed 84 MiB at 610,000 deals (docs/performance.md). (A
+/// box serialises as what it holds: the segments are the same.)
 pub type DealEntry = Box<Versioned<Deal, DealVersion>>;
 
 /// The data-quality reason (METRICS.md `data_quality`) counting offsets the broker deleted
