@@ -168,6 +168,12 @@ def main():
     report(samples, clocks, heaps, produced)
 
 
+def median(values):
+    """The upper median of `values`, or None when there are none."""
+    v = sorted(values)
+    return v[len(v) // 2] if v else None
+
+
 def report(samples, clocks, heaps, produced):
     """The RSS curve of `samples` ((seconds, RSS MiB, messages read)), with the watermark and
     the heap ((live, jemalloc's resident, glibc's held, glibc's in use) MiB) of each, for a stream
@@ -176,21 +182,19 @@ def report(samples, clocks, heaps, produced):
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]
         inside = [i for i, (t, r, n) in enumerate(samples) if produced * (tenth - 1) / 10 < n <= produced * tenth / 10]
-        this = sorted(samples[i][1] for i in inside)
-        heap = sorted(heaps[i][0] for i in inside if heaps[i] is not None)
-        pages = sorted(heaps[i][1] for i in inside if heaps[i] is not None)
-        glibc = sorted(heaps[i][2] for i in inside if heaps[i] is not None)
-        used = sorted(heaps[i][3] for i in inside if heaps[i] is not None and heaps[i][3] is not None)
+        this = median(samples[i][1] for i in inside)
+        # each heap column's median over the samples that have it (older CSVs lack the last)
+        cols = [median(heaps[i][k] for i in inside if heaps[i] is not None and heaps[i][k] is not None)
+                for k in range(4)]
         if upto:
-            median = f"{this[len(this) // 2]:.0f}" if this else "-"
-            live = f"{heap[len(heap) // 2]:.0f}, {pages[len(pages) // 2]:.0f}, {glibc[len(glibc) // 2]:.0f}" if heap else "-"
-            live += f", {used[len(used) // 2]:.0f}" if used else ""
-            print(f"{tenth * 10:>5} %               {max(upto):>5.0f}, {median:<32} {live}")
+            rss = f"{this:.0f}" if this is not None else "-"
+            live = ", ".join(f"{v:.0f}" for v in cols if v is not None) or "-"
+            print(f"{tenth * 10:>5} %               {max(upto):>5.0f}, {rss:<32} {live}")
     medians = []
     for tenth in range(3, 11):
-        this = sorted(r for t, r, n in samples if produced * (tenth - 1) / 10 < n <= produced * tenth / 10)
-        if this:
-            medians.append(this[len(this) // 2])
+        this = median(r for t, r, n in samples if produced * (tenth - 1) / 10 < n <= produced * tenth / 10)
+        if this is not None:
+            medians.append(this)
     if medians:
         lo, hi = min(medians), max(medians)
         mid = (lo + hi) / 2
@@ -215,8 +219,8 @@ def report(samples, clocks, heaps, produced):
             for year in sorted({y for y, _ in by}):
                 cells = []
                 for q in range(1, 5):
-                    v = sorted(by.get((year, q), []))
-                    cells.append(f"{v[len(v) // 2]:>6.0f}" if v else "     -")
+                    v = median(by.get((year, q), []))
+                    cells.append(f"{v:>6.0f}" if v is not None else "     -")
                 print(f"{year}  {' '.join(cells)}")
 
 
