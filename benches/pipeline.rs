@@ -814,6 +814,7 @@ fn next_snapshot(
 ) -> u64 {
     use quotaflow::engine::plan::Publish;
     let started = std::time::Instant::now();
+    let mut heap = vec![("before", heap_phase())];
     state.roll_up(&p.metrics.calendar);
     let rolled = started.elapsed();
     state.snapshot_id = id;
@@ -827,12 +828,14 @@ fn next_snapshot(
         ))
         .unwrap_or_else(|e| panic!("{e}"));
     let planned = started.elapsed();
+    heap.push(("roll-up, plan, read back", heap_phase()));
     let months = plan.scope.as_ref().map_or(0, |s| s.months.len());
     let computed = plan.compute.iter().filter(|c| **c).count();
     let prepared = engine
         .prepare(state, id, plan)
         .unwrap_or_else(|e| panic!("{e}"));
     let cut = started.elapsed();
+    heap.push(("state tables", heap_phase()));
     let (image, alerts, next, w, (segment_s, state_write_s)) = state_snapshot(
         rt,
         loc,
@@ -842,11 +845,21 @@ fn next_snapshot(
         false,
     );
     *manifest = next;
+    heap.push(("state segment and write", heap_phase()));
     let (commits, sql, writing) = rt.block_on(async {
         let t0 = std::time::Instant::now();
         let mut tables = Vec::new();
+        let mut by_table = Vec::new();
         let mut rules = prepared
             .run(|t| {
+                let peak = heap_phase();
+                let now = quotaflow::memory::heap().map_or(0, |h| h.allocated) >> 20;
+                let size: usize = t.batches.iter().map(|b| b.get_array_memory_size()).sum();
+                by_table.push(format!(
+                    "{} {peak} (now {now}, its rows {})",
+                    t.name,
+                    size >> 20
+                ));
                 let l = layout(&t);
                 tables.push(
                     match t.publish {
@@ -863,6 +876,11 @@ fn next_snapshot(
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let computed = t0.elapsed();
+        heap.push(("SQL and Parquet", heap_phase()));
+        println!(
+            "  live heap's peak by table computed, MiB: {}",
+            by_table.join(", ")
+        );
         for i in 0..rules.merges().len() {
             let m = &rules.merges()[i];
             let except = match &m.publish {
@@ -880,6 +898,7 @@ fn next_snapshot(
         let merged = t0.elapsed();
         rules.evaluate().await.unwrap_or_else(|e| panic!("{e}"));
         let sql = (computed, merged - computed, t0.elapsed() - merged);
+        heap.push(("merges and rules", heap_phase()));
         let written = std::time::Instant::now();
         let (_, commits) = loc
             .write_snapshot(&image, &alerts, &tables, &meta(p))
@@ -887,6 +906,7 @@ fn next_snapshot(
             .unwrap_or_else(|e| panic!("{e}"));
         (commits, sql, written.elapsed())
     });
+    heap.push(("commits", heap_phase()));
     let peak = reset_peak();
     let evicted = evict(p, state);
     let evict_peak = reset_peak();
@@ -922,6 +942,8 @@ fn next_snapshot(
         commits.iter().map(|(_, c)| c.files_removed).sum::<u64>(),
     );
     println!("  peak RSS {peak} MiB through the write");
+    let heap: Vec<String> = heap.iter().map(|(n, m)| format!("{n} {m}")).collect();
+    println!("  live heap's peak by phase, MiB: {}", heap.join(", "));
     if evicted.months > 0 || evicted.deals > 0 {
         println!(
             "  then {} months, {} rep-days, {} deals out of memory, peak RSS {evict_peak} MiB",
@@ -948,6 +970,32 @@ fn evict(p: &Pipeline, state: &mut State) -> quotaflow::state::residency::Evicte
     // And the freed pages back to the system, as after every snapshot.
     quotaflow::memory::trim();
     evicted
+}
+
+/// The highest live heap (jemalloc's `stats.allocated`) a sampler thread saw since the last
+/// `heap_phase`, in bytes; the sampler reads it every two milliseconds.
+static HEAP_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Starts the sampler behind [`heap_phase`] (once).
+fn sample_heap() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| loop {
+            if let Some(h) = quotaflow::memory::heap() {
+                HEAP_PEAK.fetch_max(h.allocated, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        });
+    });
+}
+
+/// The live heap's peak since the last call, in MiB, and starts the next phase's from the
+/// live heap now.
+fn heap_phase() -> u64 {
+    sample_heap();
+    let now = quotaflow::memory::heap().map_or(0, |h| h.allocated);
+    let peak = HEAP_PEAK.swap(now, std::sync::atomic::Ordering::Relaxed);
+    peak.max(now) >> 20
 }
 
 /// The process's resident set now (VmRSS), in MiB.
