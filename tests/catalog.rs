@@ -16,11 +16,12 @@ const END: &str = "<!-- catalog: end -->";
 fn schemas() -> Vec<(&'static str, Schema)> {
     let p = Pipeline::builtin().unwrap();
     let state = State::default();
-    let mut out: Vec<(&'static str, Schema)> = tables::build(&state, &p.metrics, 0, None)
-        .unwrap()
-        .into_iter()
-        .map(|(name, b)| (name, b.schema().as_ref().clone()))
-        .collect();
+    let mut out: Vec<(&'static str, Schema)> =
+        tables::build(&state, &p.metrics, 0, None, &|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|(name, b)| (name, b.schema().as_ref().clone()))
+            .collect();
     out.push((
         "unconverted",
         quotaflow::engine::udf::unconverted(&state, &Default::default())

@@ -519,6 +519,22 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
     ] {
         assert!(committed.contains(t), "{t} not committed: {committed:?}");
     }
+    // Only the state tables a computed statement or an evaluated rule names are built: no
+    // survey response, quota record or dead letter for a snapshot of three activities.
+    let prepared = engine.prepare(&state, 3, plan.clone()).unwrap();
+    let built: BTreeSet<&str> = prepared.state_tables().iter().map(String::as_str).collect();
+    for t in ["surveys", "quotas", "dead_letter_log"] {
+        assert!(!built.contains(t), "{t} built: {built:?}");
+    }
+    for t in [
+        "activity_days",
+        "activity_weeks",
+        "deals",
+        "clock",
+        "unconverted",
+    ] {
+        assert!(built.contains(t), "{t} not built: {built:?}");
+    }
     let scope = plan.scope.expect("a scoped snapshot");
     let months: Vec<String> = scope
         .months
@@ -889,4 +905,59 @@ params = { at_least = "0" }
         .map(|a| a.key.as_str())
         .collect();
     assert_eq!(firing, ["r0", "r1", "r2", "r3"]);
+}
+
+#[test]
+fn a_table_the_rules_read_merged_is_not_held_for_them_whole() {
+    let Setup {
+        rt,
+        p,
+        engine,
+        _dir,
+        loc,
+        mut state,
+        mut book,
+    } = after_first_snapshot(11, 400);
+    // A new version of an open deal: `deals_current` recomputes its close month, and
+    // `stalled_deal` reads the table merged with its latest version.
+    let today = p
+        .metrics
+        .calendar
+        .day_of(state.as_of.expect("an event clock"));
+    let (at, close) = (
+        quotaflow::calendar::date_of(today),
+        quotaflow::calendar::date_of(today + 20),
+    );
+    let json = format!(
+        r#"{{"deal_id":"d1","version":100,"occurred_at":"{at}T07:00:00Z","rep_id":"r1","stage":"proposal","amount":"5000.00","currency":"USD","close_date":"{close}","created_at":"{at}T06:00:00Z"}}"#
+    );
+    fold_one(&p, &mut state, ev(EventType::Deal, &json));
+    let mut probe = state.clone();
+    probe.roll_up(&p.metrics.calendar);
+    let changes = probe.take_changes(&p.metrics.calendar);
+    let plan = engine.plan(&probe, &changes);
+    let rules = rt
+        .block_on(
+            engine
+                .prepare(&probe, 2, plan)
+                .unwrap()
+                .run(|_| Ok::<_, EngineError>(())),
+        )
+        .unwrap();
+    let deals = rules.merges().iter().find(|m| m.table == "deals_current");
+    assert!(
+        deals.is_some_and(|m| matches!(m.publish, Publish::Partitions(_))),
+        "{:?}",
+        rules.merges().iter().map(|m| &m.table).collect::<Vec<_>>()
+    );
+    // Its rows of every month computed are gone; `clock`, a state table `stalled_deal`
+    // names, stays until the rules run.
+    assert!(!rules.holds("deals_current"));
+    assert!(rules.holds("clock"));
+    // The same snapshot, provided and evaluated, equals the full recompute (the rules'
+    // breaches included).
+    rt.block_on(snapshot(
+        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
+    ));
+    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
 }

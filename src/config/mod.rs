@@ -552,10 +552,10 @@ mod tests {
             (
                 "name = \"rep_daily\"",
                 "name = \"../rep_daily\"",
-                "tables[3].name",
+                "tables[5].name",
             ),
-            ("name = \"rep_daily\"", "name = \"x/y\"", "tables[3].name"),
-            ("name = \"rep_daily\"", "name = \"..\"", "tables[3].name"),
+            ("name = \"rep_daily\"", "name = \"x/y\"", "tables[5].name"),
+            ("name = \"rep_daily\"", "name = \"..\"", "tables[5].name"),
         ] {
             let text = builtin::PIPELINE.replacen(from, to, 1);
             let err = Pipeline::parse(&text, "p.toml", &sql)
@@ -579,7 +579,7 @@ mod tests {
                 .to_string();
             assert!(
                 err.contains("p.toml")
-                    && err.contains("key `tables[3].name`")
+                    && err.contains("key `tables[5].name`")
                     && err.contains(&format!("`{reserved}` is reserved")),
                 "{reserved}: {err}"
             );

@@ -8,7 +8,7 @@
 pub mod plan;
 pub mod udf;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -64,8 +64,9 @@ pub enum EngineError {
 #[derive(Debug, Clone)]
 pub struct Engine {
     metrics: Arc<Metrics>,
-    /// Per table name, the last statement that reads it (`last_reads`).
-    last_read: Arc<HashMap<String, usize>>,
+    /// The names each statement uses (`plan::words`): the SQL files in order, then the alert
+    /// rules.
+    words: Arc<Vec<BTreeSet<String>>>,
     analysis: Arc<Analysis>,
 }
 
@@ -74,11 +75,14 @@ const TARGET_PARTITIONS: usize = 2;
 
 impl Engine {
     pub fn new(metrics: Arc<Metrics>) -> Engine {
-        let last_read = Arc::new(last_reads(&metrics));
+        let words = (metrics.tables.iter().map(|t| &t.sql))
+            .chain(metrics.alerts.iter().map(|a| &a.sql))
+            .map(|sql| plan::words(sql))
+            .collect();
         let analysis = Arc::new(Analysis::of(&metrics));
         Engine {
             metrics,
-            last_read,
+            words: Arc::new(words),
             analysis,
         }
     }
@@ -170,7 +174,7 @@ impl Engine {
             ctx,
             state_tables,
             metrics: Arc::clone(&self.metrics),
-            last_read: Arc::clone(&self.last_read),
+            words: Arc::clone(&self.words),
             analysis: Arc::clone(&self.analysis),
             plan,
         })
@@ -202,10 +206,24 @@ impl Engine {
             corporate: p.corporate_currency.clone(),
             rates,
         };
-        let unconverted = udf::unconverted(state, &fx).map_err(|e| EngineError::State {
-            table: "unconverted".into(),
-            source: e.into(),
-        })?;
+        // Only the state tables a statement or rule of this plan names (a word of its SQL) are
+        // built: a cut that computes no survey table builds no table of every survey response.
+        let statements = p.tables.len();
+        let wanted = |name: &str| {
+            let ran = plan.compute.iter().chain(&plan.rules);
+            (ran.zip(self.words.iter())).any(|(on, words)| *on && words.contains(name))
+        };
+        debug_assert_eq!(plan.rules.len(), self.words.len() - statements);
+        let unconverted = if wanted("unconverted") {
+            Some(
+                udf::unconverted(state, &fx).map_err(|e| EngineError::State {
+                    table: "unconverted".into(),
+                    source: e.into(),
+                })?,
+            )
+        } else {
+            None
+        };
         let udf_ctx = Arc::new(UdfContext {
             calendar: p.calendar,
             fx,
@@ -215,12 +233,13 @@ impl Engine {
             ctx.register_udf(f);
         }
         let converted = started.elapsed();
-        let mut tables = crate::state::tables::build(state, p, snapshot_id, plan.scope.as_ref())
+        let scope = plan.scope.as_ref();
+        let mut tables = crate::state::tables::build(state, p, snapshot_id, scope, &wanted)
             .map_err(|e| EngineError::State {
                 table: "*".into(),
                 source: e.into(),
             })?;
-        tables.push(("unconverted", unconverted));
+        tables.extend(unconverted.map(|u| ("unconverted", u)));
         tracing::debug!(
             fx_and_unconverted_ms = converted.as_millis() as u64,
             state_tables_ms = (started.elapsed() - converted).as_millis() as u64,
@@ -245,7 +264,7 @@ pub struct Prepared {
     /// Names of the state tables registered in `ctx`.
     state_tables: Vec<String>,
     metrics: Arc<Metrics>,
-    last_read: Arc<HashMap<String, usize>>,
+    words: Arc<Vec<BTreeSet<String>>>,
     analysis: Arc<Analysis>,
     plan: Plan,
 }
@@ -269,22 +288,49 @@ pub struct Merge {
 }
 
 impl Prepared {
+    /// The state tables this snapshot built: those a statement it computes, or a rule it
+    /// evaluates, names.
+    pub fn state_tables(&self) -> &[String] {
+        &self.state_tables
+    }
+
     /// Runs every SQL file in order, handing each published table to `publish` as soon as it
     /// is computed, then the alert rules over the results.
     ///
     /// Memory stays bounded by what is still to be read, not by the whole snapshot: a table
-    /// (state or computed) stays registered only until the last statement that names it has
-    /// run, so `publish` can encode a table and drop it while later ones are computed.
+    /// (state or computed) stays registered only until the last computed statement that
+    /// names it has run, or to the end if an evaluated rule names it, unless the rules read it
+    /// merged with its latest version ([`Merge`]: then they hold only its partitions in
+    /// scope). So `publish` can encode a table and drop it while later ones are computed.
     pub async fn run<E: From<EngineError>>(
         self,
         mut publish: impl FnMut(Table) -> Result<(), E>,
     ) -> Result<Rules, E> {
         let ctx = self.ctx;
-        let last_read = self.last_read;
         let plan = self.plan;
-        let live = |name: &str, now: usize| last_read.get(name).is_some_and(|at| *at > now);
-        let mut registered = self.state_tables;
         let merging = plan.merges(&self.analysis);
+        let statements = self.metrics.tables.len();
+        let (stmt_words, rule_words) = self.words.split_at(statements);
+        let mut last_read: HashMap<&str, usize> = HashMap::new();
+        for (i, words) in stmt_words.iter().enumerate() {
+            if plan.compute[i] {
+                last_read.extend(words.iter().map(|w| (w.as_str(), i)));
+            }
+        }
+        let merged: BTreeSet<&str> = (merging.keys())
+            .map(|i| self.metrics.tables[*i].name.as_str())
+            .collect();
+        let by_rules: BTreeSet<&str> = (rule_words.iter().zip(&plan.rules))
+            .filter(|(_, on)| **on)
+            .flat_map(|(words, _)| words.iter().map(String::as_str))
+            .filter(|w| !merged.contains(w))
+            .collect();
+        let live = |name: &str, now: usize| {
+            let name = name.to_ascii_lowercase();
+            by_rules.contains(name.as_str())
+                || last_read.get(name.as_str()).is_some_and(|at| *at > now)
+        };
+        let mut registered = self.state_tables;
         let mut merges = Vec::new();
         for (i, spec) in self.metrics.tables.iter().enumerate() {
             if !plan.compute[i] {
@@ -370,6 +416,12 @@ impl Prepared {
 }
 
 impl Rules {
+    /// Whether `table` is registered for the rules now. Before [`Rules::provide`], a table the
+    /// rules read merged is not: its computed partitions wait in [`Rules::merges`].
+    pub fn holds(&self, table: &str) -> bool {
+        self.ctx.table_exist(table).unwrap_or(false)
+    }
+
     /// The tables to provide (`Rules::provide`) before the rules run.
     pub fn merges(&self) -> &[Merge] {
         &self.merges
@@ -506,30 +558,40 @@ fn only_partitions(
         let mask: BooleanArray = (0..text.len())
             .map(|i| Some(!text.is_null(i) && keep.contains(text.value(i))))
             .collect();
-        let kept = datafusion::arrow::compute::filter_record_batch(b, &mask)?;
-        if kept.num_rows() > 0 {
-            out.push(kept);
-        }
+        // (every row kept: the same buffers, not a copy of them)
+        let kept = match mask.true_count() {
+            0 => continue,
+            n if n == b.num_rows() => b.clone(),
+            _ => datafusion::arrow::compute::filter_record_batch(b, &mask)?,
+        };
+        out.push(kept);
     }
     Ok(out)
 }
 
-/// For every table name, the index of the last statement that names it: the SQL files in
-/// order, then the alert rules after them. Names are found as whole identifiers in the SQL
-/// text, so a column that shares a table's name only keeps that table longer than needed.
-fn last_reads(p: &Metrics) -> HashMap<String, usize> {
-    let statements = p
-        .tables
-        .iter()
-        .map(|t| &t.sql)
-        .chain(p.alerts.iter().map(|a| &a.sql));
-    let mut out = HashMap::new();
-    for (i, sql) in statements.enumerate() {
-        for word in sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if !word.is_empty() {
-                out.insert(word.to_ascii_lowercase(), i);
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringArray;
+
+    #[test]
+    fn the_partitions_kept_share_a_batch_kept_whole() {
+        let months: ArrayRef = Arc::new(StringArray::from(vec!["2026-01-01", "2026-02-01"]));
+        let b = RecordBatch::try_from_iter([("month", months)]).unwrap();
+        let keep = |m: &[&str]| m.iter().map(|s| s.to_string()).collect();
+        let all = only_partitions(
+            std::slice::from_ref(&b),
+            "month",
+            &keep(&["2026-01-01", "2026-02-01"]),
+        );
+        let all = all.unwrap();
+        assert!(Arc::ptr_eq(all[0].column(0), b.column(0)), "a copy");
+        let one =
+            only_partitions(std::slice::from_ref(&b), "month", &keep(&["2026-02-01"])).unwrap();
+        assert_eq!(one[0].column(0).as_string::<i32>().value(0), "2026-02-01");
+        assert_eq!(one[0].num_rows(), 1);
+        assert!(only_partitions(&[b], "month", &keep(&[]))
+            .unwrap()
+            .is_empty());
     }
-    out
 }

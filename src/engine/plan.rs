@@ -433,7 +433,7 @@ pub fn fingerprints(p: &Metrics) -> BTreeMap<String, String> {
     let a = Analysis::of(p);
     let base: BTreeSet<&str> = INPUTS.iter().map(|(n, _)| *n).collect();
     let settings: Vec<(&str, String)> =
-        crate::state::tables::build(&crate::state::State::default(), p, 0, None)
+        crate::state::tables::build(&crate::state::State::default(), p, 0, None, &|_| true)
             .map(|t| {
                 t.into_iter()
                     .filter(|(n, _)| !base.contains(n))

@@ -39,12 +39,14 @@ pub const SCOPED: [&str; 6] = [
 /// scope, the tables of [`SCOPED`] hold only the facts their readers need: a period sum or a
 /// quota record overlapping the scope's days, a deal whose close date or created day lies in
 /// them; the week sums and weeks of the trend weeks and their context; the rep-days of the
-/// recomputed months, and of the scope's days for reps that moved in the hierarchy.
+/// recomputed months, and of the scope's days for reps that moved in the hierarchy. Only the
+/// tables `wanted` names are built (the settings tables, a few rows each, always are).
 pub fn build(
     state: &State,
     pipeline: &Metrics,
     snapshot_id: u64,
     scope: Option<&Scope>,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
     let cal = &pipeline.calendar;
     let keep = |from: Day, to: Day| scope.is_none_or(|s| s.overlaps(from, to));
@@ -70,30 +72,33 @@ pub fn build(
     let keep_deal = |c: Day, t: Micros| keep(c, c) || keep(cal.day_of(t), cal.day_of(t));
     let (deals, rest) = std::thread::scope(|s| {
         // The largest table on a second core: the cut pauses the reader while these are built.
-        let deals = s.spawn(|| timed("deals", || deals(state, &keep_deal)));
+        let deals = s.spawn(|| timed(wanted, "deals", || deals(state, &keep_deal)));
         let rest = (|| -> Result<Vec<_>, ArrowError> {
-            Ok(vec![
-                timed("activity_days", || activity_days(state, &keep_day))?,
-                timed("activity_periods", || {
+            Ok([
+                timed(wanted, "activity_days", || activity_days(state, &keep_day))?,
+                timed(wanted, "activity_periods", || {
                     activity_periods(state, rollups, &|p, d| keep(d, cal.period_end(p, d)))
                 })?,
-                timed("activity_weeks", || {
+                timed(wanted, "activity_weeks", || {
                     activity_weeks(state, rollups, &|_, w| keep_week(w))
                 })?,
-                timed("quotas", || quotas(state, &keep))?,
-                timed("roster", || roster(state))?,
-                timed("roster_ranges", || roster_ranges(state))?,
-                timed("fx_rates", || fx_rates(state))?,
-                timed("surveys", || surveys(state))?,
-                timed("quality_counts", || quality_counts(state))?,
-                timed("dead_letter_log", || dead_letter_log(state))?,
-                timed("clock", || clock(state, pipeline, snapshot_id))?,
-                timed("calendar", || calendar(state, pipeline))?,
-                timed("rep_first_deal", || rep_first_deal(state))?,
-                timed("rep_ids", || rep_ids(state))?,
-                timed("rep_activity", || rep_activity(state))?,
-                timed("weeks", || weeks(state, pipeline, &keep_week))?,
-            ])
+                timed(wanted, "quotas", || quotas(state, &keep))?,
+                timed(wanted, "roster", || roster(state))?,
+                timed(wanted, "roster_ranges", || roster_ranges(state))?,
+                timed(wanted, "fx_rates", || fx_rates(state))?,
+                timed(wanted, "surveys", || surveys(state))?,
+                timed(wanted, "quality_counts", || quality_counts(state))?,
+                timed(wanted, "dead_letter_log", || dead_letter_log(state))?,
+                timed(wanted, "clock", || clock(state, pipeline, snapshot_id))?,
+                timed(wanted, "calendar", || calendar(state, pipeline))?,
+                timed(wanted, "rep_first_deal", || rep_first_deal(state))?,
+                timed(wanted, "rep_ids", || rep_ids(state))?,
+                timed(wanted, "rep_activity", || rep_activity(state))?,
+                timed(wanted, "weeks", || weeks(state, pipeline, &keep_week))?,
+            ]
+            .into_iter()
+            .flatten()
+            .collect())
         })();
         let deals = deals
             .join()
@@ -101,21 +106,26 @@ pub fn build(
         (deals, rest)
     });
     let mut tables = rest?;
-    tables.push(deals?);
+    tables.extend(deals?);
     tables.extend(settings::tables(pipeline)?);
     Ok(tables)
 }
 
-/// Builds state table `name` with `f`, logging (at trace level) how long it took.
+/// Builds state table `name` with `f` if it is `wanted`, logging (at trace level) how long it
+/// took.
 fn timed(
+    wanted: &(dyn Fn(&str) -> bool + Sync),
     name: &'static str,
     f: impl FnOnce() -> Result<RecordBatch, ArrowError>,
-) -> Result<(&'static str, RecordBatch), ArrowError> {
+) -> Result<Option<(&'static str, RecordBatch)>, ArrowError> {
+    if !wanted(name) {
+        return Ok(None);
+    }
     let started = std::time::Instant::now();
     let batch = f()?;
     let ms = started.elapsed().as_millis() as u64;
     tracing::trace!(table = name, ms, "state table built");
-    Ok((name, batch))
+    Ok(Some((name, batch)))
 }
 
 /// The counter columns of the rep × day grain and of its rollups, in one order.
