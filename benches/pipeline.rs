@@ -731,6 +731,8 @@ fn replay(
     for (i, first) in (0..days).step_by(step as usize).enumerate() {
         let window = first..(first + step).min(days);
         let t0 = std::time::Instant::now();
+        // (the peak until here is the last cut's, printed with it)
+        heap_phase();
         history(p, reps, days, window.clone(), activities, &mut state);
         // (counters leave the event clock to the caller)
         state.as_of = state.as_of.max(Some(at(HISTORY_START + window.end - 1)));
@@ -814,7 +816,7 @@ fn next_snapshot(
 ) -> u64 {
     use quotaflow::engine::plan::Publish;
     let started = std::time::Instant::now();
-    let mut heap = vec![("before", heap_phase())];
+    let mut heap = vec![("the step's events generated and folded", heap_phase())];
     state.roll_up(&p.metrics.calendar);
     let rolled = started.elapsed();
     state.snapshot_id = id;
@@ -910,6 +912,7 @@ fn next_snapshot(
     let peak = reset_peak();
     let evicted = evict(p, state);
     let evict_peak = reset_peak();
+    let evict_heap = heap_phase();
     let committed: Vec<&str> = commits
         .iter()
         .filter(|(_, c)| c.committed)
@@ -946,7 +949,7 @@ fn next_snapshot(
     println!("  live heap's peak by phase, MiB: {}", heap.join(", "));
     if evicted.months > 0 || evicted.deals > 0 {
         println!(
-            "  then {} months, {} rep-days, {} deals out of memory, peak RSS {evict_peak} MiB",
+            "  then {} months, {} rep-days, {} deals out of memory, peak RSS {evict_peak} MiB, live heap {evict_heap} MiB",
             evicted.months, evicted.rep_days, evicted.deals
         );
     }
