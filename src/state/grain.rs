@@ -2,11 +2,15 @@
 //! fiscal period and per rep and ISO week (`Rollups`), kept up to date as activities fold
 //! (`State::add_to_grain`).
 
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::changes::Input;
 use super::provenance::Spans;
 use super::residency::SumsOut;
+use super::segments::month;
 use super::{Map, Origin, State};
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Activity, ActivityType, Day};
@@ -83,6 +87,92 @@ pub struct RepDay {
     pub from: Spans,
 }
 
+/// The rep × day grain: a map per calendar month (`segments::month`, the months its segments
+/// are parted by). A month leaves memory by dropping its map and comes back into one of its
+/// own, so no map keeps the churn of months coming and going: one map of every month kept
+/// the slots of the months gone as tombstones, and doubled to make room for them at 1.5
+/// million rep-days, holding the old 226 MiB and the new 453 MiB at once
+/// (docs/performance.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grain {
+    months: BTreeMap<i32, Map<(u32, Day), RepDay>>,
+}
+
+impl Grain {
+    pub fn len(&self) -> usize {
+        self.months.values().map(Map::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.months.values().all(Map::is_empty)
+    }
+
+    pub fn get(&self, key: &(u32, Day)) -> Option<&RepDay> {
+        self.months.get(&month(key.1))?.get(key)
+    }
+
+    pub fn get_key_value(&self, key: &(u32, Day)) -> Option<(&(u32, Day), &RepDay)> {
+        self.months.get(&month(key.1))?.get_key_value(key)
+    }
+
+    pub fn entry(&mut self, key: (u32, Day)) -> Entry<'_, (u32, Day), RepDay> {
+        self.months.entry(month(key.1)).or_default().entry(key)
+    }
+
+    /// Every rep-day, month by month.
+    pub fn iter(&self) -> impl Iterator<Item = (&(u32, Day), &RepDay)> {
+        self.months.values().flat_map(|m| m.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &(u32, Day)> {
+        self.months.values().flat_map(|m| m.keys())
+    }
+
+    /// Every rep-day, taken.
+    pub fn into_rows(self) -> impl Iterator<Item = ((u32, Day), RepDay)> {
+        self.months.into_values().flatten()
+    }
+
+    /// The rep-days of each month (`segments::month`) in memory.
+    pub fn months(&self) -> impl Iterator<Item = (i32, &Map<(u32, Day), RepDay>)> {
+        self.months.iter().map(|(p, m)| (*p, m))
+    }
+
+    /// Keeps the rep-days `keep` returns true for. A month left empty goes with its map; one
+    /// less than half full gets a map of its size (the rep-days kept of reps that moved).
+    pub fn retain(&mut self, mut keep: impl FnMut(&(u32, Day)) -> bool) {
+        self.months.retain(|_, m| {
+            m.retain(|k, _| keep(k));
+            if m.len() < m.capacity() / 2 {
+                m.shrink_to_fit();
+            }
+            !m.is_empty()
+        });
+    }
+
+    /// Upserts `rows`, room made in a month's map for the rows still to come when it runs
+    /// out (a part's rows are of one month: one allocation).
+    pub fn extend(&mut self, rows: Vec<((u32, Day), RepDay)>) {
+        let mut left = rows.len();
+        for (key, v) in rows {
+            let m = self.months.entry(month(key.1)).or_default();
+            if m.capacity() == m.len() {
+                m.reserve(left);
+            }
+            m.insert(key, v);
+            left -= 1;
+        }
+    }
+}
+
+impl FromIterator<((u32, Day), RepDay)> for Grain {
+    fn from_iter<I: IntoIterator<Item = ((u32, Day), RepDay)>>(rows: I) -> Grain {
+        let mut g = Grain::default();
+        g.extend(rows.into_iter().collect());
+        g
+    }
+}
+
 /// The rep × day grain summed per rep and fiscal period and per rep and ISO week: the
 /// grains that `rep_periods` and `trends` group by. Kept up to date from what changed since
 /// the last snapshot (`State::roll_up`), so a snapshot does not sum the whole history again.
@@ -128,13 +218,13 @@ impl Rollups {
     }
 
     /// The rollups of a whole grain, summed from scratch.
-    pub fn of(daily: &Map<(u32, Day), RepDay>, cal: &Calendar) -> Rollups {
+    pub fn of(daily: &Grain, cal: &Calendar) -> Rollups {
         let mut r = Rollups {
             built: true,
             ..Rollups::default()
         };
         let (mut starts, mut out) = (Starts::new(cal), SumsOut::default());
-        for (key, c) in daily {
+        for (key, c) in daily.iter() {
             r.add(*key, &c.counts, &mut starts, &mut out);
         }
         r
@@ -263,5 +353,46 @@ mod tests {
         assert_eq!(added.rollups, folded.rollups);
         added.as_of = folded.as_of; // (the caller's to set)
         assert_eq!(added.take_changes(&cal), folded.take_changes(&cal));
+    }
+
+    /// A month leaves with its map, and the maps of the others are not touched: a map of
+    /// every month would keep the slots of the month gone, and grow to make room for them.
+    #[test]
+    fn the_grain_holds_a_map_a_month_and_a_month_leaves_with_it() {
+        let cell = |n: u32| RepDay {
+            counts: DailyCounts {
+                calls: n,
+                ..DailyCounts::default()
+            },
+            ..RepDay::default()
+        };
+        // Three reps over January to March 1970 (days 0..90), a part's rows a month.
+        let mut g = Grain::default();
+        for (first, last) in [(0, 30), (31, 58), (59, 89)] {
+            g.extend(
+                (first..=last)
+                    .flat_map(|d| (0..3).map(move |r| ((r, d), cell(1))))
+                    .collect(),
+            );
+        }
+        assert_eq!(g.len(), 270);
+        assert_eq!(
+            g.months().map(|(p, m)| (p, m.len())).collect::<Vec<_>>(),
+            [(month(0), 93), (month(31), 84), (month(59), 93)]
+        );
+        let march = g.months().last().map(|(_, m)| m.capacity());
+        *g.entry((1, 40)).or_default() = cell(7);
+        assert_eq!(g.get(&(1, 40)), Some(&cell(7)));
+        // January leaves, and rep 2 of February.
+        g.retain(|(r, d)| *d > 30 && !(*r == 2 && *d <= 58));
+        assert_eq!(
+            g.months().map(|(p, _)| p).collect::<Vec<_>>(),
+            [month(31), month(59)]
+        );
+        assert_eq!(g.months().last().map(|(_, m)| m.capacity()), march);
+        assert_eq!(g.len(), 56 + 93);
+        assert!(g.get(&(0, 3)).is_none() && g.get(&(2, 40)).is_none());
+        let rows: Grain = g.clone().into_rows().collect();
+        assert_eq!(rows, g);
     }
 }

@@ -30,7 +30,7 @@ use crate::source::DeadLetter;
 pub use changes::Pending;
 use changes::{deal_days, Input};
 use grain::Starts;
-pub use grain::{DailyCounts, RepDay, Rollups};
+pub use grain::{DailyCounts, Grain, RepDay, Rollups};
 use hierarchy::Placement;
 use provenance::fold_entity;
 pub use provenance::{Arrival, Origin, Received, Span, Spans};
@@ -114,7 +114,7 @@ pub struct State {
     /// topic → partition → next offset to read.
     pub offsets: crate::source::Offsets,
     /// The rep × day grain, by rep id (`rep_ids`), with the offsets each rep-day was read from.
-    pub daily: Map<(u32, Day), RepDay>,
+    pub daily: Grain,
     pub rep_ids: RepIds,
     pub rollups: Rollups,
     pub deals: Map<String, DealEntry>,

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::provenance::Origin;
 use super::segments::{month, month_days, Dirty, Kind};
-use super::{Map, RepDay, State};
+use super::{Grain, Map, RepDay, State};
 use crate::calendar::{Calendar, PeriodType};
 use crate::event::{Day, Micros};
 pub use deals::{DealsNeeded, DealsOut};
@@ -285,8 +285,7 @@ impl State {
                     .is_ok_and(|i| !kept[i].contains(&rep))
         };
         let before = self.daily.len();
-        self.daily.retain(|(rep, day), _| !leaves(*rep, *day));
-        shrink(&mut self.daily);
+        self.daily.retain(|(rep, day)| !leaves(*rep, *day));
         for (((period, first, last), year), kept) in closed.iter().zip(years).zip(kept) {
             let out = Out {
                 period: *period,
@@ -366,12 +365,11 @@ impl State {
         missing
     }
 
-    fn bring_back_months(&mut self, periods: &BTreeSet<i32>, rows: Map<(u32, Day), RepDay>) {
+    fn bring_back_months(&mut self, periods: &BTreeSet<i32>, rows: Grain) {
         if periods.is_empty() {
             return;
         }
-        self.daily.reserve(rows.len());
-        for (key, base) in rows {
+        for (key, base) in rows.into_rows() {
             let Some(out) = self.residency.month_of(key.1) else {
                 continue;
             };
@@ -458,7 +456,7 @@ mod tests {
         fold(&mut s, 5001, "r1", 80, 9);
         let january = month(0);
         assert_eq!(s.grain_needed(None, false), BTreeSet::from([january]));
-        let rows: Map<_, _> = all
+        let rows: Grain = all
             .iter()
             .filter(|(k, _)| k.1 < 31)
             .map(|(k, v)| (*k, v.clone()))

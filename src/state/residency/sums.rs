@@ -172,7 +172,7 @@ impl State {
         }
         self.residency.sums.relast();
         let r = &mut self.rollups;
-        for ((rep, day), cell) in &self.daily {
+        for ((rep, day), cell) in self.daily.iter() {
             for (first, which) in of_day.get(day).into_iter().flatten() {
                 let sum = match which {
                     Some(p) => r.periods.entry((*rep, *p, *first)).or_default(),

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::{
-    upsert, Dirty, Kind, Manifest, PartData, PartKey, Segment, SegmentBuilder, SegmentRef,
-};
+use super::{Dirty, Kind, Manifest, PartData, PartKey, Segment, SegmentBuilder, SegmentRef};
 use crate::state::State;
 
 /// How long applying one file's parts took on each thread.
@@ -67,7 +65,7 @@ impl<'a> Merge<'a> {
                 let at = Instant::now();
                 for p in grain_parts {
                     if let PartData::Daily(rows) = p {
-                        upsert(&mut grain, rows);
+                        grain.extend(rows);
                     }
                 }
                 at.elapsed()

@@ -362,13 +362,20 @@ impl State {
                 parts_of(&mut out, $kind, whole, grouped, $wrap);
             }};
         }
-        kind!(
-            daily,
-            d.daily,
-            Kind::Daily,
-            |k: &(u32, Day), _| month(k.1),
-            PartRows::Daily
-        );
+        {
+            // The grain is held by month already: a month in memory is a part.
+            let keys = d.daily.keys(all);
+            let every = keys.is_none();
+            let whole = |period| every && !self.residency.partly_out(Kind::Daily, period);
+            let mut grouped: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+            match keys {
+                Some(keys) => keys
+                    .filter_map(|k| self.daily.get_key_value(k))
+                    .for_each(|(k, v)| grouped.entry(month(k.1)).or_default().push((k, v))),
+                None => grouped.extend(self.daily.months().map(|(p, m)| (p, m.iter().collect()))),
+            }
+            parts_of(&mut out, Kind::Daily, whole, grouped, PartRows::Daily);
+        }
         kind!(
             seen_activities,
             d.seen,
@@ -456,7 +463,8 @@ impl State {
         }
         for (kind, n) in rows {
             match kind {
-                Kind::Daily => self.daily.reserve(n),
+                // (each part's rows are one month's: `Grain::extend` makes room for them)
+                Kind::Daily => {}
                 Kind::Seen => self.seen_activities.reserve(n),
                 Kind::Deals => self.deals.reserve(n),
                 Kind::DealActivity => self.deal_last_activity.reserve(n),
@@ -473,7 +481,7 @@ impl State {
     /// Upserts one part's data (a restore or compaction applies each chain oldest first).
     pub fn apply(&mut self, data: PartData) {
         match data {
-            PartData::Daily(rows) => upsert(&mut self.daily, rows),
+            PartData::Daily(rows) => self.daily.extend(rows),
             PartData::Seen(rows) => upsert(&mut self.seen_activities, rows),
             PartData::Deals(rows) => upsert(&mut self.deals, rows),
             PartData::DealActivity(rows) => upsert(&mut self.deal_last_activity, rows),
