@@ -1,6 +1,6 @@
-//! The rep × day grain of activity counters (`DailyCounts`) and its rollups per rep and
-//! fiscal period and per rep and ISO week (`Rollups`), kept up to date as activities fold
-//! (`State::add_to_grain`).
+//! The rep × day grain of activity counters (`DailyCounts`), held a map per calendar month
+//! (`Grain`), and its rollups per rep and fiscal period and per rep and ISO week (`Rollups`),
+//! kept up to date as activities fold (`State::add_to_grain`).
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
