@@ -64,9 +64,6 @@ pub enum EngineError {
 #[derive(Debug, Clone)]
 pub struct Engine {
     metrics: Arc<Metrics>,
-    /// The names each statement uses (`plan::words`): the SQL files in order, then the alert
-    /// rules.
-    words: Arc<Vec<BTreeSet<String>>>,
     analysis: Arc<Analysis>,
 }
 
@@ -75,16 +72,8 @@ const TARGET_PARTITIONS: usize = 2;
 
 impl Engine {
     pub fn new(metrics: Arc<Metrics>) -> Engine {
-        let words = (metrics.tables.iter().map(|t| &t.sql))
-            .chain(metrics.alerts.iter().map(|a| &a.sql))
-            .map(|sql| plan::words(sql))
-            .collect();
         let analysis = Arc::new(Analysis::of(&metrics));
-        Engine {
-            metrics,
-            words: Arc::new(words),
-            analysis,
-        }
+        Engine { metrics, analysis }
     }
 
     /// Why every snapshot of this pipeline is evaluated in full, if it is.
@@ -174,7 +163,6 @@ impl Engine {
             ctx,
             state_tables,
             metrics: Arc::clone(&self.metrics),
-            words: Arc::clone(&self.words),
             analysis: Arc::clone(&self.analysis),
             plan,
         })
@@ -211,9 +199,9 @@ impl Engine {
         let statements = p.tables.len();
         let wanted = |name: &str| {
             let ran = plan.compute.iter().chain(&plan.rules);
-            (ran.zip(self.words.iter())).any(|(on, words)| *on && words.contains(name))
+            (ran.zip(&self.analysis.words)).any(|(on, words)| *on && words.contains(name))
         };
-        debug_assert_eq!(plan.rules.len(), self.words.len() - statements);
+        debug_assert_eq!(plan.rules.len(), self.analysis.words.len() - statements);
         let unconverted = if wanted("unconverted") {
             Some(
                 udf::unconverted(state, &fx).map_err(|e| EngineError::State {
@@ -264,7 +252,6 @@ pub struct Prepared {
     /// Names of the state tables registered in `ctx`.
     state_tables: Vec<String>,
     metrics: Arc<Metrics>,
-    words: Arc<Vec<BTreeSet<String>>>,
     analysis: Arc<Analysis>,
     plan: Plan,
 }
@@ -310,7 +297,7 @@ impl Prepared {
         let plan = self.plan;
         let merging = plan.merges(&self.analysis);
         let statements = self.metrics.tables.len();
-        let (stmt_words, rule_words) = self.words.split_at(statements);
+        let (stmt_words, rule_words) = self.analysis.words.split_at(statements);
         let mut last_read: HashMap<&str, usize> = HashMap::new();
         for (i, words) in stmt_words.iter().enumerate() {
             if plan.compute[i] {

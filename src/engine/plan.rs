@@ -142,6 +142,8 @@ pub struct Analysis {
     pub reads: Vec<BTreeSet<usize>>,
     /// Per alert rule, what it reads.
     pub rules: Vec<RuleReads>,
+    /// The names each statement uses ([`words`]): the SQL files in order, then the rules.
+    pub words: Vec<BTreeSet<String>>,
     /// Whether snapshots can be incremental; if not, why not.
     pub full_because: Option<String>,
 }
@@ -157,15 +159,19 @@ impl Analysis {
         // Statements whose rows are partial under a scope (they read a scoped state table).
         let mut partial: Vec<bool> = Vec::new();
         let mut full_because = None;
-        let trace = |sql: &str,
+        let words: Vec<BTreeSet<String>> = (p.tables.iter().map(|t| &t.sql))
+            .chain(p.alerts.iter().map(|a| &a.sql))
+            .map(|sql| words(sql))
+            .collect();
+        let trace = |used: &BTreeSet<String>,
                      by_name: &HashMap<String, usize>,
                      inputs: &[BTreeSet<Input>],
                      partial: &[bool]| {
             let mut ins = BTreeSet::new();
             let mut rd = BTreeSet::new();
             let mut part = false;
-            for w in words(sql) {
-                if let Some(i) = by_name.get(&w) {
+            for w in used {
+                if let Some(i) = by_name.get(w) {
                     ins.extend(inputs[*i].iter().copied());
                     rd.insert(*i);
                     part |= partial[*i];
@@ -190,7 +196,7 @@ impl Analysis {
                     t.name, t.origin
                 ));
             }
-            let (ins, rd, part) = trace(&t.sql, &by_name, &inputs, &partial);
+            let (ins, rd, part) = trace(&words[i], &by_name, &inputs, &partial);
             let whole = decl.is_some_and(|d| d.partitioning == Partitioning::Whole);
             if whole && part && full_because.is_none() {
                 full_because = Some(format!(
@@ -205,14 +211,14 @@ impl Analysis {
             by_name.insert(t.name.to_ascii_lowercase(), i);
         }
         let mut rules = Vec::new();
-        for r in &p.alerts {
-            let (ins, rd, _) = trace(&r.sql, &by_name, &inputs, &partial);
+        for (r, used) in p.alerts.iter().zip(&words[p.tables.len()..]) {
+            let (ins, rd, _) = trace(used, &by_name, &inputs, &partial);
             // A rule sees each published table whole; a helper or state table it names must
             // not be one a scope restricts.
-            let restricted = words(&r.sql).into_iter().find(|w| {
+            let restricted = used.iter().find(|w| {
                 scoped.contains(w.as_str())
                     || by_name
-                        .get(w)
+                        .get(*w)
                         .is_some_and(|i| partial[*i] && !p.tables[*i].publish)
             });
             if let (Some(w), None) = (restricted, &full_because) {
@@ -233,6 +239,7 @@ impl Analysis {
             inputs,
             reads,
             rules,
+            words,
             full_because,
         }
     }
