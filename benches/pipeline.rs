@@ -854,14 +854,10 @@ fn next_snapshot(
         let mut by_table = Vec::new();
         let mut rules = prepared
             .run(|t| {
-                let peak = heap_phase();
+                // (the peak since the last table was encoded: this one's SQL)
+                let computing = heap_phase();
                 let now = quotaflow::memory::heap().map_or(0, |h| h.allocated) >> 20;
-                let size: usize = t.batches.iter().map(|b| b.get_array_memory_size()).sum();
-                by_table.push(format!(
-                    "{} {peak} (now {now}, its rows {})",
-                    t.name,
-                    size >> 20
-                ));
+                let name = t.name.clone();
                 let l = layout(&t);
                 tables.push(
                     match t.publish {
@@ -873,6 +869,7 @@ fn next_snapshot(
                     }
                     .unwrap_or_else(|e| panic!("{e}")),
                 );
+                by_table.push(format!("{name} {computing} (then {now}), {}", heap_phase()));
                 Ok::<_, quotaflow::engine::EngineError>(())
             })
             .await
@@ -880,7 +877,7 @@ fn next_snapshot(
         let computed = t0.elapsed();
         heap.push(("SQL and Parquet", heap_phase()));
         println!(
-            "  live heap's peak by table computed, MiB: {}",
+            "  live heap's peak by table computed, MiB: the SQL (then), its encoding: {}",
             by_table.join(", ")
         );
         for i in 0..rules.merges().len() {

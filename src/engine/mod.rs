@@ -5,6 +5,7 @@
 //! with no snapshot-wide columns (a row stays the same bytes until its inputs change). The
 //! engine owns no state between calls.
 
+mod partitions;
 pub mod plan;
 pub mod udf;
 
@@ -22,6 +23,7 @@ use crate::alert::Breach;
 use crate::config::Metrics;
 use crate::state::changes::Changes;
 use crate::state::State;
+use partitions::{in_partitions, only_partitions};
 pub use plan::fingerprints;
 use plan::{Analysis, Plan, Publish};
 use udf::{FxTable, UdfContext};
@@ -346,8 +348,16 @@ impl Prepared {
                 source,
             };
             let started = std::time::Instant::now();
-            let df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
+            let mut df = ctx.sql(&spec.sql).await.map_err(sql_err)?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            // A table no later statement reads is computed for the partitions it replaces
+            // alone: the filter on its partition column goes down to its inputs where it can
+            // (a year of deals read for two months of `deals_current`).
+            if let (false, Publish::Partitions(keep), Some(c)) =
+                (live(&spec.name, i), &plan.publish[i], &spec.partition_by)
+            {
+                df = in_partitions(df, c, keep).map_err(sql_err)?;
+            }
             let all = df.collect().await.map_err(sql_err)?;
             tracing::debug!(
                 table = spec.name,
@@ -525,60 +535,5 @@ impl Rules {
             }
         }
         Ok((breaches, evaluated))
-    }
-}
-
-/// The rows of `batches` whose column `c` (a DATE) is one of `keep` (as `YYYY-MM-DD`).
-fn only_partitions(
-    batches: &[RecordBatch],
-    c: &str,
-    keep: &std::collections::BTreeSet<String>,
-) -> Result<Vec<RecordBatch>, DataFusionError> {
-    use datafusion::arrow::array::BooleanArray;
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        let col = b
-            .column_by_name(c)
-            .ok_or_else(|| DataFusionError::Plan(format!("no partition column `{c}`")))?;
-        let text = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
-        let text = text.as_string::<i32>();
-        let mask: BooleanArray = (0..text.len())
-            .map(|i| Some(!text.is_null(i) && keep.contains(text.value(i))))
-            .collect();
-        // (every row kept: the same buffers, not a copy of them)
-        let kept = match mask.true_count() {
-            0 => continue,
-            n if n == b.num_rows() => b.clone(),
-            _ => datafusion::arrow::compute::filter_record_batch(b, &mask)?,
-        };
-        out.push(kept);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::arrow::array::StringArray;
-
-    #[test]
-    fn the_partitions_kept_share_a_batch_kept_whole() {
-        let months: ArrayRef = Arc::new(StringArray::from(vec!["2026-01-01", "2026-02-01"]));
-        let b = RecordBatch::try_from_iter([("month", months)]).unwrap();
-        let keep = |m: &[&str]| m.iter().map(|s| s.to_string()).collect();
-        let all = only_partitions(
-            std::slice::from_ref(&b),
-            "month",
-            &keep(&["2026-01-01", "2026-02-01"]),
-        );
-        let all = all.unwrap();
-        assert!(Arc::ptr_eq(all[0].column(0), b.column(0)), "a copy");
-        let one =
-            only_partitions(std::slice::from_ref(&b), "month", &keep(&["2026-02-01"])).unwrap();
-        assert_eq!(one[0].column(0).as_string::<i32>().value(0), "2026-02-01");
-        assert_eq!(one[0].num_rows(), 1);
-        assert!(only_partitions(&[b], "month", &keep(&[]))
-            .unwrap()
-            .is_empty());
     }
 }
