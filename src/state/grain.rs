@@ -96,11 +96,13 @@ pub struct RepDay {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grain {
     months: BTreeMap<i32, Map<(u32, Day), RepDay>>,
+    /// The rep-days of every month (the fold reads it at every activity: `Dirty`).
+    len: usize,
 }
 
 impl Grain {
     pub fn len(&self) -> usize {
-        self.months.values().map(Map::len).sum()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,8 +117,15 @@ impl Grain {
         self.months.get(&month(key.1))?.get_key_value(key)
     }
 
-    pub fn entry(&mut self, key: (u32, Day)) -> Entry<'_, (u32, Day), RepDay> {
-        self.months.entry(month(key.1)).or_default().entry(key)
+    /// The cell of `key`, an empty one put there if it has none.
+    pub fn cell(&mut self, key: (u32, Day)) -> &mut RepDay {
+        match self.months.entry(month(key.1)).or_default().entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.len += 1;
+                e.insert(RepDay::default())
+            }
+        }
     }
 
     /// Every rep-day, month by month.
@@ -148,6 +157,7 @@ impl Grain {
             }
             !m.is_empty()
         });
+        self.len = self.months.values().map(Map::len).sum();
     }
 
     /// Upserts `rows`, room made in a month's map for the rows still to come when it runs
@@ -159,7 +169,9 @@ impl Grain {
             if m.capacity() == m.len() {
                 m.reserve(left);
             }
-            m.insert(key, v);
+            if m.insert(key, v).is_none() {
+                self.len += 1;
+            }
             left -= 1;
         }
     }
@@ -288,7 +300,7 @@ impl State {
             }
         }
         self.residency.folded(key.0, key.1);
-        let cell = self.daily.entry(key).or_default();
+        let cell = self.daily.cell(key);
         add(&mut cell.counts);
         cell.from.widen(origin);
         self.dirty.daily.touch(key, self.daily.len());
@@ -381,8 +393,11 @@ mod tests {
             [(month(0), 93), (month(31), 84), (month(59), 93)]
         );
         let march = g.months().last().map(|(_, m)| m.capacity());
-        *g.entry((1, 40)).or_default() = cell(7);
+        *g.cell((1, 40)) = cell(7);
         assert_eq!(g.get(&(1, 40)), Some(&cell(7)));
+        assert_eq!(g.len(), 270, "a cell there is not counted again");
+        *g.cell((5, 40)) = cell(1);
+        assert_eq!(g.len(), 271, "a new cell is");
         // January leaves, and rep 2 of February.
         g.retain(|(r, d)| *d > 30 && !(*r == 2 && *d <= 58));
         assert_eq!(
@@ -390,7 +405,7 @@ mod tests {
             [month(31), month(59)]
         );
         assert_eq!(g.months().last().map(|(_, m)| m.capacity()), march);
-        assert_eq!(g.len(), 56 + 93);
+        assert_eq!(g.len(), 57 + 93);
         assert!(g.get(&(0, 3)).is_none() && g.get(&(2, 40)).is_none());
         let rows: Grain = g.clone().into_rows().collect();
         assert_eq!(rows, g);

@@ -25,7 +25,6 @@
 pub mod deals;
 pub mod sums;
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::provenance::Origin;
@@ -376,15 +375,10 @@ impl State {
             if !periods.contains(&out.period) || out.kept.contains(&key.0) {
                 continue;
             }
-            match self.daily.entry(key) {
-                Entry::Occupied(mut e) => {
-                    let since = std::mem::replace(e.get_mut(), base);
-                    e.get_mut().absorb(&since);
-                }
-                Entry::Vacant(e) => {
-                    e.insert(base);
-                }
-            }
+            // (what was folded into the month while it was out, added to what it held)
+            let cell = self.daily.cell(key);
+            let since = std::mem::replace(cell, base);
+            cell.absorb(&since);
         }
         self.residency
             .out
