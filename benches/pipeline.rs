@@ -248,10 +248,10 @@ fn history(
                 fold(
                     s,
                     Event::Deal(Deal {
-                        deal_id: format!("{rep_id}-d{k}"),
+                        deal_id: format!("{rep_id}-d{k}").into(),
                         version: v as i64 + 1,
                         occurred_at: at(created + 5 * v as i32),
-                        rep_id: rep_id.clone(),
+                        rep_id: rep_id.as_str().into(),
                         account_id: None,
                         stage,
                         amount: Decimal::new(2_000_000 + k as i64 * 1000, 2),
@@ -620,7 +620,7 @@ fn memory(spec: &str) {
     assert_eq!(state.residency.months_out(), 0, "{out} months were out");
     assert_eq!(state.residency.deals.len(), 0, "{deals_out} deals were out");
     assert_eq!(restored.daily, state.daily, "the restore holds the state");
-    let differing: Vec<&String> = restored
+    let differing: Vec<_> = restored
         .deals
         .keys()
         .chain(state.deals.keys())

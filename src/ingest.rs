@@ -273,7 +273,14 @@ mod tests {
         let got: Vec<_> = s.deals["d1"]
             .received
             .iter()
-            .map(|r| (r.version, r.origin.partition, r.origin.offset, r.arrival))
+            .map(|r| {
+                (
+                    r.version,
+                    r.origin().partition,
+                    r.origin().offset,
+                    r.arrival,
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -641,7 +641,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         false,
         Some(&mut grain),
     ));
-    let out: Vec<String> = whole
+    let out: Vec<smol_str::SmolStr> = whole
         .deals
         .keys()
         .filter(|id| !state.deals.contains_key(*id))
@@ -650,7 +650,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
     assert_eq!(state.residency.deals.len(), out.len());
     assert!(!out.is_empty(), "no deal left memory");
     for id in &out {
-        let d = &whole.deals[id].latest;
+        let d = &whole.deals[id.as_str()].latest;
         assert!(
             matches!(d.stage.as_str(), "closed_won" | "closed_lost"),
             "{id}: {d:?}"
@@ -661,7 +661,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
     // A new version of one (reopened, closing in 2026), the same version again, an
     // activity naming it; and a repeat of a version it had before it left.
     let id = &out[0];
-    let old = whole.deals[id].history[0].0;
+    let old = whole.deals[id.as_str()].history[0].0;
     let (_, repeat) = random_events(13, 600, false)
         .into_iter()
         .find(|(t, json)| {
@@ -687,7 +687,10 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         fold_one(&p, &mut state, ev(*t, json));
         fold_one(&p, &mut whole, ev(*t, json));
     }
-    assert!(!state.deals.contains_key(id), "folded without coming back");
+    assert!(
+        !state.deals.contains_key(id.as_str()),
+        "folded without coming back"
+    );
     assert_eq!(
         state.quality, whole.quality,
         "new and duplicate versions told apart"
@@ -705,13 +708,13 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
     ));
     assert!(plan.scope.is_some(), "a scoped snapshot");
     assert_eq!(
-        state.deals.get(id),
-        whole.deals.get(id),
+        state.deals.get(id.as_str()),
+        whole.deals.get(id.as_str()),
         "the deal came back whole"
     );
     assert_eq!(
-        state.deal_last_activity.get(id),
-        whole.deal_last_activity.get(id)
+        state.deal_last_activity.get(id.as_str()),
+        whole.deal_last_activity.get(id.as_str())
     );
     assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
 }

@@ -6,6 +6,7 @@
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 pub mod schema;
 
@@ -100,18 +101,20 @@ pub struct Activity {
     pub account_id: Option<String>,
 }
 
+/// A deal version. Its ids and codes are `SmolStr`s: inline up to 23 bytes, so a deal the state
+/// keeps holds no allocation for them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deal {
-    pub deal_id: String,
+    pub deal_id: SmolStr,
     pub version: i64,
     pub occurred_at: Micros,
-    pub rep_id: String,
-    pub account_id: Option<String>,
+    pub rep_id: SmolStr,
+    pub account_id: Option<SmolStr>,
     pub stage: Stage,
     pub amount: Decimal,
-    pub currency: String,
+    pub currency: SmolStr,
     pub close_date: Day,
-    pub forecast_category: Option<String>,
+    pub forecast_category: Option<SmolStr>,
     pub probability: Option<f64>,
     pub created_at: Micros,
 }

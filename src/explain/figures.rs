@@ -261,8 +261,9 @@ pub(super) fn deals<'s>(ctx: &Ctx<'s>, e: Entity<'_>, period: &Period) -> Vec<De
             rate,
             category: d
                 .forecast_category
-                .clone()
-                .unwrap_or_else(|| rule.forecast_category.clone()),
+                .as_deref()
+                .unwrap_or(&rule.forecast_category)
+                .to_string(),
             probability: d.probability.unwrap_or(rule.probability),
             closed: matches!(d.stage, Stage::ClosedWon | Stage::ClosedLost),
             won: d.stage == Stage::ClosedWon,
@@ -343,7 +344,7 @@ pub(super) fn deal_input(ctx: &Ctx<'_>, d: &DealIn<'_>) -> Input {
         "deal",
         ctx.topic(EventType::Deal),
         d.v.origin_of(d.v.latest_version),
-        l.deal_id.clone(),
+        l.deal_id.to_string(),
     )
     .field("rep_id", &l.rep_id)
     .field("stage", l.stage.as_str())

@@ -52,7 +52,12 @@ fn candidates(ctx: &Ctx<'_>, e: &Explanation) -> Vec<Input> {
     let deals = named("deal");
     for (id, v) in &s.deals {
         if deals.contains(&id.as_str()) || rep == Some(v.latest.rep_id.as_str()) {
-            push("deal", ctx.topic(EventType::Deal), id.clone(), &v.received);
+            push(
+                "deal",
+                ctx.topic(EventType::Deal),
+                id.to_string(),
+                &v.received,
+            );
         }
     }
     let quotas = named("quota");

@@ -182,7 +182,7 @@ impl Input {
 
     /// A message received about an entity, with its version and how the fold took it.
     fn received(kind: &'static str, topic: &str, key: String, r: &crate::state::Received) -> Input {
-        let mut i = Input::new(kind, topic, Some(r.origin), key);
+        let mut i = Input::new(kind, topic, Some(r.origin()), key);
         i.version = Some(r.version);
         i.arrival = Some(r.arrival.as_str().to_string());
         i

@@ -214,7 +214,7 @@ fn deal(ctx: &Ctx<'_>, keys: &Keys<'_>, column: &str) -> Result<Option<Traced>, 
         "stage" => Value::Text(l.stage.as_str().into()),
         "version" => Value::Int(v.latest_version),
         "close_date" => Value::Text(day_text(l.close_date)),
-        "rep_id" => Value::Text(l.rep_id.clone()),
+        "rep_id" => Value::Text(l.rep_id.to_string()),
         _ => return Ok(None),
     };
     let mut t = Traced {
@@ -280,7 +280,7 @@ fn data_quality(ctx: &Ctx<'_>, keys: &Keys<'_>) -> Result<Traced, ExplainError> 
                         "deal",
                         topic,
                         v.origin_of(v.latest_version),
-                        l.deal_id.clone(),
+                        l.deal_id.to_string(),
                     )
                     .field("currency", &l.currency)
                     .field("close_date", day_text(l.close_date));
@@ -357,7 +357,7 @@ fn data_quality(ctx: &Ctx<'_>, keys: &Keys<'_>) -> Result<Traced, ExplainError> 
         if kind_of(EventType::Deal) {
             s.deals
                 .iter()
-                .for_each(|(k, v)| add("deal", k.clone(), &v.received));
+                .for_each(|(k, v)| add("deal", k.to_string(), &v.received));
         }
         if kind_of(EventType::Quota) {
             s.quotas

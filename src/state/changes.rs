@@ -270,7 +270,7 @@ impl State {
         let names: Vec<String> = self
             .deals
             .values()
-            .map(|d| d.latest.rep_id.clone())
+            .map(|d| d.latest.rep_id.to_string())
             .chain(self.quotas.keys().map(|(r, _)| r.clone()))
             .chain(self.roster.keys().cloned())
             .chain(self.surveys.values().map(|s| s.rep_id.clone()))

@@ -23,6 +23,7 @@ pub mod tables;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::calendar::Calendar;
 use crate::event::{Activity, Day, Deal, Event, FxRate, Micros, Quota, Rep, Stage, Survey};
@@ -117,11 +118,11 @@ pub struct State {
     pub daily: Grain,
     pub rep_ids: RepIds,
     pub rollups: Rollups,
-    pub deals: Map<String, DealEntry>,
+    pub deals: Map<SmolStr, DealEntry>,
     /// Latest `occurred_at` of an activity naming the deal.
-    pub deal_last_activity: Map<String, Micros>,
+    pub deal_last_activity: Map<SmolStr, Micros>,
     /// Earliest `occurred_at` of any deal version naming the rep (where the rep's trends start).
-    pub rep_first_deal: Map<String, Micros>,
+    pub rep_first_deal: Map<SmolStr, Micros>,
     pub quotas: Map<(String, Day), Versioned<Quota>>,
     /// Every roster version's placement is kept: the hierarchy is effective-dated.
     pub roster: Map<String, Versioned<Rep, Placement>>,
@@ -322,6 +323,7 @@ impl State {
         self.seen_activities.insert(id, a.occurred_at);
         self.dirty.seen.touch(id, self.seen_activities.len());
         if let Some(deal) = &a.deal_id {
+            let deal = SmolStr::new(deal);
             let last = self
                 .deal_last_activity
                 .entry(deal.clone())
@@ -330,12 +332,12 @@ impl State {
                 *last = a.occurred_at;
                 self.dirty
                     .deal_activity
-                    .touch(deal.clone(), self.deal_last_activity.len());
+                    .touch(deal, self.deal_last_activity.len());
             }
         }
         if let Some(deal) = &a.deal_id {
             // its last_activity_at (a deal out of memory comes back for it)
-            let close = match self.deals.get(deal) {
+            let close = match self.deals.get(deal.as_str()) {
                 Some(d) => Some(d.latest.close_date),
                 None => self.residency.deals.named(deal),
             };

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use rust_decimal::Decimal;
+use smol_str::SmolStr;
 
 use super::super::changes::{deal_days, Scope};
 use super::super::provenance::{fold_entity, Arrival, Origin};
@@ -128,7 +129,7 @@ impl Versions {
 enum Queued {
     Version(Box<Deal>, Origin),
     Late {
-        deal_id: String,
+        deal_id: SmolStr,
         version: i64,
         origin: Origin,
     },
@@ -210,7 +211,7 @@ impl DealsOut {
         if let Some(o) = self.find_mut(id) {
             o.faulted = true;
             self.queued.push(Queued::Late {
-                deal_id: id.to_string(),
+                deal_id: SmolStr::new(id),
                 version,
                 origin,
             });
@@ -274,7 +275,7 @@ impl State {
     /// Takes out of memory the closed deals whose close and created days are before `before`
     /// and none of whose keys `dirty` names; returns how many left.
     pub(super) fn evict_deals(&mut self, before: Day, dirty: &Dirty, cal: &Calendar) -> usize {
-        let leaves: Vec<String> = self
+        let leaves: Vec<SmolStr> = self
             .deals
             .iter()
             .filter(|(id, d)| {
@@ -345,8 +346,8 @@ impl State {
     pub(super) fn bring_back_deals(
         &mut self,
         needed: &DealsNeeded,
-        read: &mut Map<String, DealEntry>,
-        last_activity: &Map<String, crate::event::Micros>,
+        read: &mut Map<SmolStr, DealEntry>,
+        last_activity: &Map<SmolStr, crate::event::Micros>,
     ) -> usize {
         let mut back = 0;
         for (id, d) in read.drain() {
@@ -563,7 +564,7 @@ mod tests {
         let Event::Deal(mut open) = deal(1, Stage::Proposal, 20) else {
             unreachable!()
         };
-        open.deal_id = same.clone();
+        open.deal_id = same.as_str().into();
         fold(&mut s, Event::Deal(open), 1);
         s.take_dirty();
         assert_eq!(s.evict_deals(365, &Dirty::default(), &cal), 1);

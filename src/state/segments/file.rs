@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use super::{Manifest, Part, PartData, PartKey, SegmentRef, FORMAT};
 use crate::event::{Day, FxRate, Micros, Quota, Rep, Survey};
@@ -154,9 +155,9 @@ pub(super) type Rows<'a, K, V> = Vec<(&'a K, &'a V)>;
 pub(super) enum PartRows<'a> {
     Daily(Rows<'a, (u32, Day), RepDay>),
     Seen(Rows<'a, IdHash, Micros>),
-    Deals(Rows<'a, String, DealEntry>),
-    DealActivity(Rows<'a, String, Micros>),
-    RepFirstDeal(Rows<'a, String, Micros>),
+    Deals(Rows<'a, SmolStr, DealEntry>),
+    DealActivity(Rows<'a, SmolStr, Micros>),
+    RepFirstDeal(Rows<'a, SmolStr, Micros>),
     Quotas(Rows<'a, (String, Day), Versioned<Quota>>),
     Roster(Rows<'a, String, Versioned<Rep, Placement>>),
     Fx(Rows<'a, (String, Day), Versioned<FxRate>>),

@@ -17,6 +17,7 @@
 //! Pure: no I/O. `pipeline::state_write` writes the files and `pipeline::restore` reads them;
 //! `snapshot` names and stores them.
 
+use smol_str::SmolStr;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::Hash;
 
@@ -80,9 +81,9 @@ pub struct PartKey {
 pub enum PartData {
     Daily(Vec<((u32, Day), RepDay)>),
     Seen(Vec<(IdHash, Micros)>),
-    Deals(Vec<(String, DealEntry)>),
-    DealActivity(Vec<(String, Micros)>),
-    RepFirstDeal(Vec<(String, Micros)>),
+    Deals(Vec<(SmolStr, DealEntry)>),
+    DealActivity(Vec<(SmolStr, Micros)>),
+    RepFirstDeal(Vec<(SmolStr, Micros)>),
     Quotas(Vec<((String, Day), Versioned<Quota>)>),
     Roster(Vec<(String, Versioned<Rep, Placement>)>),
     Fx(Vec<((String, Day), Versioned<FxRate>)>),
@@ -169,9 +170,9 @@ pub struct Manifest {
 pub struct Dirty {
     pub(super) daily: Touched<(u32, Day)>,
     pub(super) seen: Touched<IdHash>,
-    pub(super) deals: Touched<String>,
-    pub(super) deal_activity: Touched<String>,
-    pub(super) rep_first_deal: Touched<String>,
+    pub(super) deals: Touched<SmolStr>,
+    pub(super) deal_activity: Touched<SmolStr>,
+    pub(super) rep_first_deal: Touched<SmolStr>,
     pub(super) quotas: Touched<(String, Day)>,
     pub(super) roster: Touched<String>,
     pub(super) fx: Touched<(String, Day)>,
@@ -387,21 +388,21 @@ impl State {
             deals,
             d.deals,
             Kind::Deals,
-            |k: &String, _| bucket(k),
+            |k: &SmolStr, _| bucket(k),
             PartRows::Deals
         );
         kind!(
             deal_last_activity,
             d.deal_activity,
             Kind::DealActivity,
-            |k: &String, _| bucket(k),
+            |k: &SmolStr, _| bucket(k),
             PartRows::DealActivity
         );
         kind!(
             rep_first_deal,
             d.rep_first_deal,
             Kind::RepFirstDeal,
-            |k: &String, _| bucket(k),
+            |k: &SmolStr, _| bucket(k),
             PartRows::RepFirstDeal
         );
         kind!(

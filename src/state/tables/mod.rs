@@ -9,6 +9,7 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
 };
 use datafusion::arrow::error::ArrowError;
+use smol_str::SmolStr;
 
 mod calendar;
 mod settings;
@@ -491,7 +492,7 @@ fn dead_letter_log(s: &State) -> Result<RecordBatch, ArrowError> {
 
 fn rep_first_deal(s: &State) -> Result<RecordBatch, ArrowError> {
     batch(vec![
-        ("rep_id", strs(s.rep_first_deal.keys().map(String::as_str))),
+        ("rep_id", strs(s.rep_first_deal.keys().map(SmolStr::as_str))),
         (
             "first_deal_at",
             times(s.rep_first_deal.values().map(|t| Some(*t))),
