@@ -352,7 +352,8 @@ impl Prepared {
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             // A table no later statement reads is computed for the partitions it replaces
             // alone: the filter on its partition column goes down to its inputs where it can
-            // (a year of deals read for two months of `deals_current`).
+            // (the scope holds a whole year for its year periods: a period table aggregated
+            // every period in it, to publish those that changed).
             if let (false, Publish::Partitions(keep), Some(c)) =
                 (live(&spec.name, i), &plan.publish[i], &spec.partition_by)
             {
