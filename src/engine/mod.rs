@@ -354,10 +354,12 @@ impl Prepared {
             // alone: the filter on its partition column goes down to its inputs where it can
             // (the scope holds a whole year for its year periods: a period table aggregated
             // every period in it, to publish those that changed).
+            let mut filtered = false;
             if let (false, Publish::Partitions(keep), Some(c)) =
                 (live(&spec.name, i), &plan.publish[i], &spec.partition_by)
             {
                 df = in_partitions(df, c, keep).map_err(sql_err)?;
+                filtered = true;
             }
             let all = df.collect().await.map_err(sql_err)?;
             tracing::debug!(
@@ -380,8 +382,9 @@ impl Prepared {
                     false
                 }
             });
+            // (rows computed under the filter are those of the partitions already)
             let batches = match (&plan.publish[i], &spec.partition_by) {
-                (Publish::Partitions(keep), Some(c)) => {
+                (Publish::Partitions(keep), Some(c)) if !filtered => {
                     only_partitions(&all, c, keep).map_err(sql_err)?
                 }
                 _ => all,

@@ -67,8 +67,8 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
-    /// What makes `deals_current` cheap: the filter on the partition column reaches the
-    /// table read, below the sort and the projection that computes the column.
+    /// What makes a period table cheap under a year's scope: the filter on the partition
+    /// column reaches the table read, below the sort and the projection computing it.
     #[tokio::test]
     async fn the_filter_on_the_partitions_kept_reaches_the_input() {
         let day = |d: &str| {

@@ -17,11 +17,11 @@
 //! Pure: no I/O. `pipeline::state_write` writes the files and `pipeline::restore` reads them;
 //! `snapshot` names and stores them.
 
-use smol_str::SmolStr;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use super::hierarchy::Placement;
 use super::{DealEntry, IdHash, Map, RepDay, State, Versioned};
