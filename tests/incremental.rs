@@ -719,6 +719,102 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
     assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
 }
 
+/// A revision of an open deal created in a past fiscal year changes its cohort (the quarter
+/// it was created in) and its close periods, not the year it was created in: the cut brings
+/// back the deals out of memory created in that quarter, and none of the year's sums or
+/// months, and its tables still equal the full recompute.
+#[test]
+fn a_revision_of_an_old_open_deal_brings_back_its_cohort_quarter_not_its_year() {
+    let Setup {
+        rt,
+        p,
+        engine,
+        _dir,
+        loc,
+        mut state,
+        mut book,
+    } = after_first_snapshot(13, 600);
+    let cal = &p.metrics.calendar;
+    let day = |d: &str| quotaflow::calendar::day_number(d.parse().unwrap());
+    // On the stream's last day (the clock stays on it): created in February 2025, closing in
+    // December 2026, so it stays in memory when 2025 leaves.
+    let version = |v: i64, stage: &str| {
+        let json = format!(
+            r#"{{"deal_id":"cohort-1","version":{v},"occurred_at":"2026-12-30T09:00:00Z","rep_id":"r1","stage":"{stage}","amount":"900.00","currency":"USD","close_date":"2026-12-15","created_at":"2025-02-01T08:00:00Z"}}"#
+        );
+        ev(EventType::Deal, &json)
+    };
+    fold_one(&p, &mut state, version(1, "qualification"));
+    let mut whole = state.clone();
+    let mut grain = Grain {
+        manifest: Manifest::default(),
+        evict_before: Some(day("2026-12-01")),
+    };
+    rt.block_on(snapshot(
+        &p,
+        &engine,
+        &loc,
+        &mut state,
+        2,
+        &mut book,
+        false,
+        Some(&mut grain),
+    ));
+    assert!(state.deals.contains_key("cohort-1"), "an open deal stays");
+    assert!(!state.residency.sums.is_empty(), "2025's sums left memory");
+    let out_before = state.residency.deals.len();
+    assert!(out_before > 0, "2025's closed deals left memory");
+    fold_one(&p, &mut state, version(2, "proposal"));
+    fold_one(&p, &mut whole, version(2, "proposal"));
+    // What the cut will need, planned on a copy (the snapshot takes the changes itself).
+    let mut probe = state.clone();
+    let changes = probe.take_changes(cal);
+    let plan = engine.plan(&probe, &changes);
+    let scope = plan.scope.as_ref().expect("a scoped snapshot");
+    assert!(scope.quarters.contains(&day("2025-01-01")), "the cohort");
+    assert!(
+        scope.periods.iter().all(|p| *p >= day("2026-01-01")),
+        "no period of 2025: {:?}",
+        scope.periods
+    );
+    let needed = probe.needed(Some(scope), engine.reads_grain(&plan));
+    assert!(needed.sums.is_empty(), "{:?}", needed.sums);
+    assert!(needed.months.is_empty(), "{:?}", needed.months);
+    let resident: BTreeSet<smol_str::SmolStr> = state.deals.keys().cloned().collect();
+    grain.evict_before = None;
+    rt.block_on(snapshot(
+        &p,
+        &engine,
+        &loc,
+        &mut state,
+        3,
+        &mut book,
+        false,
+        Some(&mut grain),
+    ));
+    // The deals that came back are the cohort's: created in the first quarter of 2025.
+    let back: Vec<_> = state
+        .deals
+        .iter()
+        .filter(|(id, _)| !resident.contains(*id))
+        .map(|(_, d)| &d.latest)
+        .collect();
+    assert!(!back.is_empty(), "the cohort's deals came back");
+    assert_eq!(state.residency.deals.len(), out_before - back.len());
+    assert!(
+        !state.residency.deals.is_empty(),
+        "deals of other quarters stayed out"
+    );
+    for d in &back {
+        let created = cal.day_of(d.created_at);
+        assert!(
+            (day("2025-01-01")..day("2025-04-01")).contains(&created),
+            "{d:?}"
+        );
+    }
+    assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
+}
+
 #[test]
 fn a_custom_sql_file_makes_every_snapshot_full_and_says_why() {
     let p = crate::common::pipeline_with(|t| {

@@ -334,11 +334,9 @@ impl Plan {
             return Plan::redefined(a, p, changes);
         }
         let hi = bounds.map_or(0, |(_, hi)| hi);
-        let scope = Scope::of(&changes.days, &p.calendar, hi).activities(
-            &changes.activity_days,
-            &p.calendar,
-            hi,
-        );
+        let scope = Scope::of(&changes.days, &p.calendar, hi)
+            .activities(&changes.activity_days, &p.calendar, hi)
+            .cohorts(&changes.created_days, &p.calendar);
         let activities_alone = BTreeSet::from([Input::Activities]);
         let values = |set: &BTreeSet<i32>| {
             set.iter()

@@ -39,6 +39,10 @@ pub struct Changes {
     pub days: Vec<(Day, Day)>,
     /// Those of activity facts alone (`Scope::activities`).
     pub activity_days: Vec<(Day, Day)>,
+    /// The created days of changed deal versions, which only the cohort tables read (by the
+    /// day's fiscal quarter: `Scope::cohorts`); not in `days`, whose periods would be whole
+    /// years of a deal's past.
+    pub created_days: Vec<(Day, Day)>,
     /// Published tables and alert rules (`rule:<name>`) whose SQL or settings changed since
     /// the checkpoint (their fingerprints differ): recomputed in full, evaluated. Set by the
     /// pipeline at a restore, not by the fold.
@@ -58,6 +62,12 @@ impl Changes {
     /// A changed fact of input `i` on `day`.
     pub fn day(&mut self, i: Input, day: Day) {
         self.span(i, day, day);
+    }
+
+    /// A changed deal version created on `day`: its cohort changes, not its periods.
+    pub fn created(&mut self, day: Day) {
+        self.inputs.insert(Input::Deals);
+        add_span(&mut self.created_days, day, day);
     }
 
     /// Changed facts of input `i` on the days `from..=to`.
@@ -106,8 +116,12 @@ pub struct Scope {
     /// Period starts (of any period type) whose periods are recomputed: for a period
     /// partition, every period starting that day is in `spans`.
     pub periods: BTreeSet<Day>,
-    /// Fiscal quarters (by start) recomputed by the cohort tables.
+    /// Fiscal quarters (by start) recomputed by the cohort tables: those of the changed days
+    /// and of the changed deals' created days (`Scope::cohorts`).
     pub quarters: BTreeSet<Day>,
+    /// The days of `quarters`: a deal created on one of them is kept for its cohort
+    /// (`Scope::keeps_deal`).
+    pub quarter_spans: Vec<(Day, Day)>,
     /// Fiscal months (by start) recomputed by the month-partitioned tables.
     pub months: BTreeSet<Day>,
     /// Those holding changed activity facts: all that a month-partitioned table over the
@@ -173,8 +187,31 @@ impl Scope {
         spans.extend(&s.week_spans);
         s.activity_months = s.months.clone();
         s.month_spans = month_spans(&s.months, cal);
+        s.quarter_spans = quarter_spans(&s.quarters, cal);
         s.spans = merge(spans);
         s
+    }
+
+    /// Adds the fiscal quarters of the created days `days` (as `Changes::created_days`
+    /// records them) to those the cohort tables recompute. Only those: a deal revised years
+    /// after it was created brings back the deals of its cohort quarter, not its fiscal year.
+    pub fn cohorts(mut self, days: &[(Day, Day)], cal: &Calendar) -> Scope {
+        for (a, b) in merge(days.to_vec()) {
+            let mut start = cal.period_start(PeriodType::Quarter, a);
+            while start <= b {
+                self.quarters.insert(start);
+                start = cal.period_end(PeriodType::Quarter, start) + 1;
+            }
+        }
+        self.quarter_spans = quarter_spans(&self.quarters, cal);
+        self
+    }
+
+    /// Whether a deal closing on `close` and created on `created` is kept: its close date
+    /// lies in the scope's days (the tables by close date), or its created day in a
+    /// recomputed quarter (its cohort).
+    pub fn keeps_deal(&self, close: Day, created: Day) -> bool {
+        self.holds(close) || overlaps(&self.quarter_spans, created, created)
     }
 
     /// Narrows the months of the activity tables to those holding a changed activity fact
@@ -224,10 +261,20 @@ impl Scope {
 
 /// The days of `months` (by start).
 fn month_spans(months: &BTreeSet<Day>, cal: &Calendar) -> Vec<(Day, Day)> {
+    period_spans(months, PeriodType::Month, cal)
+}
+
+/// The days of `quarters` (by start).
+fn quarter_spans(quarters: &BTreeSet<Day>, cal: &Calendar) -> Vec<(Day, Day)> {
+    period_spans(quarters, PeriodType::Quarter, cal)
+}
+
+/// The days of the periods of type `pt` starting on `starts`.
+fn period_spans(starts: &BTreeSet<Day>, pt: PeriodType, cal: &Calendar) -> Vec<(Day, Day)> {
     merge(
-        months
+        starts
             .iter()
-            .map(|m| (*m, cal.period_end(PeriodType::Month, *m)))
+            .map(|m| (*m, cal.period_end(pt, *m)))
             .collect(),
     )
 }
@@ -420,5 +467,29 @@ mod tests {
             d(2026, 10, 1),
         );
         assert!(s.months.contains(&d(2026, 12, 1)) && !s.months.contains(&d(2026, 11, 1)));
+    }
+
+    #[test]
+    fn a_created_day_recomputes_its_cohort_quarter_alone() {
+        let cal = Calendar::default();
+        let mut c = Changes::default();
+        // a revision today of a deal created last year
+        c.day(Input::Deals, d(2026, 5, 13));
+        c.created(d(2025, 8, 20));
+        assert!(c.inputs.contains(&Input::Deals));
+        let s = Scope::of(&c.days, &cal, d(2026, 5, 13)).cohorts(&c.created_days, &cal);
+        // Q3 2025 for the cohort, beside Q2 2026 of the close day
+        assert_eq!(
+            s.quarters.iter().copied().collect::<Vec<_>>(),
+            vec![d(2025, 7, 1), d(2026, 4, 1)]
+        );
+        // but no period of 2025 and none of its days: its sums stay where they are
+        assert!(s.periods.iter().all(|p| *p >= d(2026, 1, 1)));
+        assert!(!s.overlaps(d(2025, 1, 1), d(2025, 12, 31)));
+        // a deal created in the quarter is kept for its cohort, one created before it is not
+        assert!(s.keeps_deal(d(2024, 1, 1), d(2025, 9, 30)));
+        assert!(!s.keeps_deal(d(2024, 1, 1), d(2025, 6, 30)));
+        // and a deal closing in scope is kept whenever it was created
+        assert!(s.keeps_deal(d(2026, 5, 1), d(2020, 1, 1)));
     }
 }

@@ -212,7 +212,7 @@ impl State {
                     };
                     for (close, created) in old.into_iter().chain(Some(new)) {
                         self.changes.changes.day(Input::Deals, close);
-                        self.changes.changes.day(Input::Deals, created);
+                        self.changes.changes.created(created);
                     }
                 }
                 folded

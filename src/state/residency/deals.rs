@@ -14,8 +14,9 @@
 //! or duplicate from the index and queued, a late copy is queued, and an activity naming it
 //! updates a fresh `deal_last_activity` entry. The deal is then *faulted*: the next cut brings
 //! it back (`State::needed`) and applies the queue in the order read, as the fold would have.
-//! A cut also brings back the deals its scope keeps (their close or created day in it; all of
-//! them for a full evaluation). Pure, like the rest of the state: `pipeline::residency` reads
+//! A cut also brings back the deals its scope keeps (`Scope::keeps_deal`: their close day in
+//! it, or their created day in a recomputed cohort quarter; all of them for a full
+//! evaluation). Pure, like the rest of the state: `pipeline::residency` reads
 //! them back.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -323,13 +324,13 @@ impl State {
     }
 
     /// The deals out of memory the next cut needs back: those a message was read about, and
-    /// those whose close or created day the scope keeps (all of them without a scope).
+    /// those the scope keeps (`Scope::keeps_deal`; all of them without a scope).
     pub fn deals_needed(&self, scope: Option<&Scope>) -> DealsNeeded {
         let mut needed = DealsNeeded::default();
         let keeps = |o: &DealOut| match scope {
             _ if o.faulted => true,
             None => true,
-            Some(s) => s.overlaps(o.close, o.close) || s.overlaps(o.created, o.created),
+            Some(s) => s.keeps_deal(o.close, o.created),
         };
         for (k, o) in &self.residency.deals.out {
             if keeps(o) {

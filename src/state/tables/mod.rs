@@ -38,8 +38,8 @@ pub const SCOPED: [&str; 6] = [
 
 /// The state tables for one snapshot, with the snapshot id the engine is computing. With a
 /// scope, the tables of [`SCOPED`] hold only the facts their readers need: a period sum or a
-/// quota record overlapping the scope's days, a deal whose close date or created day lies in
-/// them; the week sums and weeks of the trend weeks and their context; the rep-days of the
+/// quota record overlapping the scope's days, a deal whose close date lies in them or whose
+/// created day lies in a recomputed cohort quarter; the week sums and weeks of the trend weeks and their context; the rep-days of the
 /// recomputed months, and of the scope's days for reps that moved in the hierarchy. Only the
 /// tables `wanted` names are built (the settings tables, a few rows each, always are).
 pub fn build(
@@ -70,7 +70,7 @@ pub fn build(
         summed = Rollups::of(&state.daily, &pipeline.calendar);
         &summed
     };
-    let keep_deal = |c: Day, t: Micros| keep(c, c) || keep(cal.day_of(t), cal.day_of(t));
+    let keep_deal = |c: Day, t: Micros| scope.is_none_or(|s| s.keeps_deal(c, cal.day_of(t)));
     let (deals, rest) = std::thread::scope(|s| {
         // The largest table on a second core: the cut pauses the reader while these are built.
         let deals = s.spawn(|| timed(wanted, "deals", || deals(state, &keep_deal)));
