@@ -268,10 +268,10 @@ fn history(
             fold(
                 s,
                 Event::Survey(Survey {
-                    response_id: format!("{rep_id}-s{m}"),
+                    response_id: format!("{rep_id}-s{m}").into(),
                     occurred_at: at(day0 + m * 30),
-                    rep_id: rep_id.clone(),
-                    survey: format!("pulse-{m}"),
+                    rep_id: rep_id.clone().into(),
+                    survey: format!("pulse-{m}").into(),
                     score: (r as i64 + m as i64) % 11,
                     comment: None,
                 }),

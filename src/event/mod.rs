@@ -149,12 +149,12 @@ pub struct Rep {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Survey {
-    pub response_id: String,
+    pub response_id: SmolStr,
     pub occurred_at: Micros,
-    pub rep_id: String,
-    pub survey: String,
+    pub rep_id: SmolStr,
+    pub survey: SmolStr,
     pub score: i64,
-    pub comment: Option<String>,
+    pub comment: Option<SmolStr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

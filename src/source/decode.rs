@@ -417,12 +417,12 @@ fn build(schema: &Schema, vals: Vec<Option<Val>>) -> Result<Event, String> {
             effective_from: f.opt_date("effective_from"),
         }),
         EventType::Survey => Event::Survey(Survey {
-            response_id: f.text("response_id")?,
+            response_id: f.text("response_id")?.into(),
             occurred_at: f.instant("occurred_at")?,
-            rep_id: f.text("rep_id")?,
-            survey: f.text("survey")?,
+            rep_id: f.text("rep_id")?.into(),
+            survey: f.text("survey")?.into(),
             score: f.int("score")?,
-            comment: f.opt_text("comment"),
+            comment: f.opt_text("comment").map(Into::into),
         }),
         EventType::FxRate => Event::FxRate(FxRate {
             currency: f.text("currency")?,

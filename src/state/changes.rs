@@ -314,16 +314,20 @@ impl State {
             let e = self.activity_span.entry(*rep).or_insert((*day, *day));
             *e = (e.0.min(*day), e.1.max(*day));
         }
-        let names: Vec<String> = self
-            .deals
-            .values()
-            .map(|d| d.latest.rep_id.to_string())
-            .chain(self.quotas.keys().map(|(r, _)| r.clone()))
-            .chain(self.roster.keys().cloned())
-            .chain(self.surveys.values().map(|s| s.rep_id.clone()))
-            .collect();
+        let State {
+            deals,
+            quotas,
+            roster,
+            surveys,
+            rep_ids,
+            ..
+        } = self;
+        let names = (deals.values().map(|d| d.latest.rep_id.as_str()))
+            .chain(quotas.keys().map(|(r, _)| r.as_str()))
+            .chain(roster.keys().map(String::as_str))
+            .chain(surveys.values().map(|s| s.rep_id.as_str()));
         for n in names {
-            self.rep_ids.id(&n);
+            rep_ids.id(n);
         }
         self.changes = Pending {
             changes: Changes::default(),

@@ -127,7 +127,9 @@ pub struct State {
     /// Every roster version's placement is kept: the hierarchy is effective-dated.
     pub roster: Map<String, Versioned<Rep, Placement>>,
     pub fx: Map<(String, Day), Versioned<FxRate>>,
-    pub surveys: Map<String, Survey>,
+    /// Boxed, as deals are (`DealEntry`): a response is about 110 bytes, and the map's free
+    /// slots then cost a key and a pointer each.
+    pub surveys: Map<SmolStr, Box<Survey>>,
     /// Hash of each activity `event_id` within the dedup horizon → its `occurred_at`.
     pub seen_activities: Map<IdHash, Micros>,
     /// The event time under which `prune` forgot activity ids.
@@ -291,7 +293,7 @@ impl State {
                     self.dirty
                         .surveys
                         .touch(s.response_id.clone(), self.surveys.len());
-                    self.surveys.insert(s.response_id.clone(), s);
+                    self.surveys.insert(s.response_id.clone(), Box::new(s));
                     Folded::Ok
                 }
             }

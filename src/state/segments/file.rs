@@ -161,7 +161,7 @@ pub(super) enum PartRows<'a> {
     Quotas(Rows<'a, (String, Day), Versioned<Quota>>),
     Roster(Rows<'a, String, Versioned<Rep, Placement>>),
     Fx(Rows<'a, (String, Day), Versioned<FxRate>>),
-    Surveys(Rows<'a, String, Survey>),
+    Surveys(Rows<'a, SmolStr, Box<Survey>>),
     RepNames(u32, &'a [String]),
     DeadLetters(&'a VecDeque<DeadLetter>),
 }

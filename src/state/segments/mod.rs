@@ -87,7 +87,7 @@ pub enum PartData {
     Quotas(Vec<((String, Day), Versioned<Quota>)>),
     Roster(Vec<(String, Versioned<Rep, Placement>)>),
     Fx(Vec<((String, Day), Versioned<FxRate>)>),
-    Surveys(Vec<(String, Survey)>),
+    Surveys(Vec<(SmolStr, Box<Survey>)>),
     /// Names from index `.0` on.
     RepNames(u32, Vec<String>),
     DeadLetters(VecDeque<DeadLetter>),
@@ -176,7 +176,7 @@ pub struct Dirty {
     pub(super) quotas: Touched<(String, Day)>,
     pub(super) roster: Touched<String>,
     pub(super) fx: Touched<(String, Day)>,
-    pub(super) surveys: Touched<String>,
+    pub(super) surveys: Touched<SmolStr>,
     pub(super) dead_letters: bool,
     /// Rep names already in a segment.
     pub(super) rep_names: usize,
@@ -430,7 +430,7 @@ impl State {
             surveys,
             d.surveys,
             Kind::Surveys,
-            |k: &String, _| bucket(k),
+            |k: &SmolStr, _| bucket(k),
             PartRows::Surveys
         );
         let from = if all {

@@ -133,3 +133,36 @@ fn a_whole_part_starts_its_chain_again() {
     let m = m.next(Head::default(), at(4), &[(d, false)]);
     assert_eq!(m.chains[&d], vec![at(3), at(4)]);
 }
+
+/// A survey response is held boxed with its ids inline, and its rows in a segment are the
+/// bytes they were when it held `String`s: segments written before still restore.
+#[test]
+fn a_survey_response_is_held_boxed_and_segments_hold_it_as_before() {
+    let s = Survey {
+        response_id: "resp-7-000123".into(),
+        occurred_at: 1_700_000_000_000_000,
+        rep_id: "rep-0042".into(),
+        survey: "pulse-3".into(),
+        score: 9,
+        comment: Some("a comment longer than twenty-three bytes".into()),
+    };
+    assert!(!s.response_id.is_heap_allocated() && !s.rep_id.is_heap_allocated());
+    let row: (SmolStr, Box<Survey>) = (s.response_id.clone(), Box::new(s.clone()));
+    let as_strings = (
+        "resp-7-000123".to_string(),
+        (
+            "resp-7-000123".to_string(),
+            s.occurred_at,
+            "rep-0042".to_string(),
+            "pulse-3".to_string(),
+            9i64,
+            Some("a comment longer than twenty-three bytes".to_string()),
+        ),
+    );
+    let bytes = bincode::serialize(&row).unwrap();
+    assert_eq!(bytes, bincode::serialize(&as_strings).unwrap());
+    assert_eq!(
+        bincode::deserialize::<(SmolStr, Box<Survey>)>(&bytes).unwrap(),
+        row
+    );
+}
