@@ -39,9 +39,10 @@ pub const SCOPED: [&str; 6] = [
 /// The state tables for one snapshot, with the snapshot id the engine is computing. With a
 /// scope, the tables of [`SCOPED`] hold only the facts their readers need: a period sum or a
 /// quota record overlapping the scope's days, a deal whose close date lies in them or whose
-/// created day lies in a recomputed cohort quarter; the week sums and weeks of the trend weeks and their context; the rep-days of the
-/// recomputed months, and of the scope's days for reps that moved in the hierarchy. Only the
-/// tables `wanted` names are built (the settings tables, a few rows each, always are).
+/// created day lies in a recomputed cohort quarter; the week sums and weeks of the trend
+/// weeks and their context; the rep-days of the recomputed months, and of the scope's days
+/// for reps that moved in the hierarchy. Only the tables `wanted` names are built (the
+/// settings tables, a few rows each, always are).
 pub fn build(
     state: &State,
     pipeline: &Metrics,
