@@ -191,6 +191,7 @@ impl<T, H> Versioned<T, H> {
         if self.received.len() >= RECEIVED_KEPT {
             return false;
         }
+        self.received.reserve_exact(1);
         self.received.push(Received::new(version, origin, arrival));
         true
     }
@@ -264,7 +265,13 @@ where
                     e.note(v, origin, Arrival::Duplicate);
                     return Folded::Duplicate;
                 }
-                Err(at) => e.history.insert(at, (v, h)),
+                Err(at) => {
+                    // Grown one at a time: an entity holds a handful of versions, and a
+                    // vector doubled to four (its least) holds up to twice what it needs,
+                    // per deal in memory (32 bytes a deal of three versions).
+                    e.history.reserve_exact(1);
+                    e.history.insert(at, (v, h));
+                }
             }
             let arrival = if v > e.latest_version {
                 e.latest = item;
@@ -273,6 +280,7 @@ where
             } else {
                 Arrival::Superseded
             };
+            e.received.reserve_exact(1);
             e.received.push(Received::new(v, origin, arrival));
             Folded::Ok
         }
@@ -349,6 +357,8 @@ mod tests {
             (d.latest, d.origin_of(3), d.origin_of(2)),
             ("three", Some(at(13)), Some(at(10)))
         );
+        // grown one at a time, not doubled
+        assert_eq!((d.history.capacity(), d.received.capacity()), (3, 4));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::super::changes::{deal_days, Scope};
 use super::super::provenance::{fold_entity, Arrival, Origin};
 use super::super::segments::{bucket, Dirty};
 use super::super::{DealEntry, Folded, Map, State};
+use super::sorted::SortedMap;
 use crate::calendar::Calendar;
 use crate::event::{Day, Deal, Stage};
 use crate::state::id_hash as key;
@@ -38,7 +39,7 @@ type Key = crate::state::IdHash;
 /// The deals out of memory.
 #[derive(Debug, Clone, Default)]
 pub struct DealsOut {
-    out: Map<Key, DealOut>,
+    out: SortedMap<Key, DealOut>,
     /// Deals out per hash bucket of their id (`segments`): a bucket holding one is never
     /// written whole from memory.
     per_bucket: BTreeMap<i32, usize>,
@@ -50,7 +51,8 @@ pub struct DealsOut {
     queued: Vec<Queued>,
 }
 
-/// What stays in memory of a deal out of it: 40 bytes, 56 with its key (a slot of the index).
+/// What stays in memory of a deal out of it: 40 bytes, 56 with its key (an entry of the
+/// index, which has no spare slots: `sorted`).
 #[derive(Debug, Clone)]
 struct DealOut {
     amount: Decimal,
@@ -289,6 +291,7 @@ impl State {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let mut batch = Vec::with_capacity(leaves.len());
         for id in &leaves {
             let Some(d) = self.deals.remove(id) else {
                 continue;
@@ -315,9 +318,10 @@ impl State {
                 bucket: bucket as u8,
                 faulted: false,
             };
-            out.out.insert(k, entry);
+            batch.push((k, entry));
             *out.per_bucket.entry(bucket).or_default() += 1;
         }
+        self.residency.deals.out.extend(batch);
         super::shrink(&mut self.deals);
         super::shrink(&mut self.deal_last_activity);
         leaves.len()
@@ -332,7 +336,7 @@ impl State {
             None => true,
             Some(s) => s.keeps_deal(o.close, o.created),
         };
-        for (k, o) in &self.residency.deals.out {
+        for (k, o) in self.residency.deals.out.iter() {
             if keeps(o) {
                 needed.keys.insert(*k);
                 needed.buckets.insert(i32::from(o.bucket));
@@ -350,21 +354,16 @@ impl State {
         read: &mut Map<SmolStr, DealEntry>,
         last_activity: &Map<SmolStr, crate::event::Micros>,
     ) -> usize {
-        let mut back = 0;
+        let mut back: HashSet<Key, foldhash::fast::RandomState> = HashSet::default();
         for (id, d) in read.drain() {
             let k = key(&id);
             if !needed.keys.contains(&k) {
                 continue;
             }
-            let Some(o) = self.residency.deals.out.remove(&k) else {
+            let Some(bucket) = self.residency.deals.out.get(&k).map(|o| o.bucket) else {
                 continue;
             };
-            if let Some(n) = self
-                .residency
-                .deals
-                .per_bucket
-                .get_mut(&i32::from(o.bucket))
-            {
+            if let Some(n) = self.residency.deals.per_bucket.get_mut(&i32::from(bucket)) {
                 *n = n.saturating_sub(1);
             }
             self.residency.deals.scattered.remove(&k);
@@ -374,7 +373,11 @@ impl State {
                 *e = (*e).max(*t);
             }
             self.deals.insert(id, d);
-            back += 1;
+            back.insert(k);
+        }
+        // (the index leaves its entries in one pass)
+        if !back.is_empty() {
+            self.residency.deals.out.retain(|k, _| !back.contains(k));
         }
         let queued = std::mem::take(&mut self.residency.deals.queued);
         for q in queued {
@@ -404,7 +407,7 @@ impl State {
                 }
             }
         }
-        needed.len() - back.min(needed.len())
+        needed.len() - back.len().min(needed.len())
     }
 }
 

@@ -23,6 +23,7 @@
 //! (`pipeline::residency`).
 
 pub mod deals;
+mod sorted;
 pub mod sums;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
