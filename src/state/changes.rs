@@ -144,22 +144,15 @@ impl Scope {
     pub fn of(days: &[(Day, Day)], cal: &Calendar, hi: Day) -> Scope {
         let mut s = Scope::default();
         let mut spans = Vec::new();
-        // Only an open range is clipped (before merging): a closed one may hold a fact's old
-        // day, beyond what the state holds now, whose rows must go.
-        let clipped = days
-            .iter()
-            .map(|(a, b)| (*a, if *b == Day::MAX { hi.max(*a) } else { *b }));
-        for (a, b) in merge(clipped.collect()) {
+        for (a, b) in clipped(days, hi) {
             for pt in PeriodType::ALL {
-                let mut start = cal.period_start(pt, a);
-                while start <= b {
+                for start in starts(pt, a, b, cal) {
                     s.periods.insert(start);
                     match pt {
                         PeriodType::Month => s.months.insert(start),
                         PeriodType::Quarter => s.quarters.insert(start),
                         PeriodType::Year => false,
                     };
-                    start = cal.period_end(pt, start) + 1;
                 }
             }
             let mut w = week_start(a);
@@ -197,11 +190,7 @@ impl Scope {
     /// after it was created brings back the deals of its cohort quarter, not its fiscal year.
     pub fn cohorts(mut self, days: &[(Day, Day)], cal: &Calendar) -> Scope {
         for (a, b) in merge(days.to_vec()) {
-            let mut start = cal.period_start(PeriodType::Quarter, a);
-            while start <= b {
-                self.quarters.insert(start);
-                start = cal.period_end(PeriodType::Quarter, start) + 1;
-            }
+            self.quarters.extend(starts(PeriodType::Quarter, a, b, cal));
         }
         self.quarter_spans = quarter_spans(&self.quarters, cal);
         self
@@ -218,16 +207,10 @@ impl Scope {
     /// (`days`, as `Changes::activity_days` records them; an open range ends at `hi`): a
     /// month where only a deal changed keeps its `rep_daily` partition.
     pub fn activities(mut self, days: &[(Day, Day)], cal: &Calendar, hi: Day) -> Scope {
-        let clipped = days
-            .iter()
-            .map(|(a, b)| (*a, if *b == Day::MAX { hi.max(*a) } else { *b }));
         self.activity_months = BTreeSet::new();
-        for (a, b) in merge(clipped.collect()) {
-            let mut start = cal.period_start(PeriodType::Month, a);
-            while start <= b {
-                self.activity_months.insert(start);
-                start = cal.period_end(PeriodType::Month, start) + 1;
-            }
+        for (a, b) in clipped(days, hi) {
+            self.activity_months
+                .extend(starts(PeriodType::Month, a, b, cal));
         }
         self.month_spans = month_spans(&self.activity_months, cal);
         self
@@ -257,6 +240,25 @@ impl Scope {
     pub fn overlaps(&self, from: Day, to: Day) -> bool {
         overlaps(&self.spans, from, to)
     }
+}
+
+/// Changed-day ranges sorted and merged, an open range (to `Day::MAX`) ending at `hi`. Only
+/// an open range is clipped (before merging): a closed one may hold a fact's old day, beyond
+/// what the state holds now, whose rows must go.
+fn clipped(days: &[(Day, Day)], hi: Day) -> Vec<(Day, Day)> {
+    merge(
+        days.iter()
+            .map(|(a, b)| (*a, if *b == Day::MAX { hi.max(*a) } else { *b }))
+            .collect(),
+    )
+}
+
+/// The starts of the periods of type `pt` overlapping `a..=b`.
+fn starts(pt: PeriodType, a: Day, b: Day, cal: &Calendar) -> impl Iterator<Item = Day> + '_ {
+    std::iter::successors(Some(cal.period_start(pt, a)), move |s| {
+        Some(cal.period_end(pt, *s) + 1)
+    })
+    .take_while(move |s| *s <= b)
 }
 
 /// The days of `months` (by start).
