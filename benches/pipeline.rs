@@ -1029,8 +1029,6 @@ fn status_mib(field: &str) -> u64 {
 }
 
 fn main() {
-    // As the binary does (src/main.rs), so that resident memory is the binary's.
-    quotaflow::memory::limit_arenas();
     if let Ok(spec) = std::env::var("QUOTAFLOW_BENCH_MEMORY") {
         log_from_env();
         memory(&spec);

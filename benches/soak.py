@@ -42,7 +42,8 @@ def rss_mib(pid):
 def counted(port):
     """(messages counted, watermark as a date or None, the partition furthest behind its end
     with its lag, (live heap, jemalloc's resident pages, glibc's heap held, glibc's heap in use) in
-    MiB or None) from the pipeline's /metrics."""
+    MiB or None) from the pipeline's /metrics (glibc's counters None from builds since 2026-12-08,
+    whose C code allocates from jemalloc too)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
@@ -56,7 +57,7 @@ def counted(port):
     names = ("quotaflow_heap_allocated_bytes", "quotaflow_heap_resident_bytes", "quotaflow_c_heap_held_bytes",
              "quotaflow_c_heap_allocated_bytes")
     values = {l.split(" ", 1)[0]: int(l.rsplit(" ", 1)[1]) / 2**20 for l in lines if l.startswith(names)}
-    heap = tuple(values[k] for k in names) if all(k in values for k in names) else None
+    heap = tuple(values.get(k) for k in names) if all(k in values for k in names[:2]) else None
     return n, (time.strftime("%Y-%m-%d", time.gmtime(w[0])) if w else None), behind, heap
 
 
@@ -74,9 +75,10 @@ def main():
             rows = [line.rstrip("\n").split(",") for line in f][1:]
         samples = [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
         clocks = [r[3] if len(r) > 3 and r[3] else None for r in rows]
-        # (runs before 2026-12-07's second session have no column for glibc's heap in use)
-        heaps = [tuple(float(v) for v in r[4:8]) + (None,) * (8 - len(r)) if len(r) > 6 and all(r[4:7]) else None
-                 for r in rows]
+        # (runs before 2026-12-07's second session have no column for glibc's heap in use, runs
+        # since 2026-12-08 none for glibc's heap: the C code allocates from jemalloc too)
+        heaps = [tuple(float(v) if v else None for v in r[4:8]) + (None,) * (8 - len(r)) if len(r) > 5 and all(r[4:6])
+                 else None for r in rows]
         report(samples, clocks, heaps, max(n for _, _, n in samples))
         return
     if not args.bin:
@@ -162,7 +164,7 @@ def main():
     with open(args.csv, "w") as f:
         f.write("seconds,rss_mib,messages,watermark,heap_mib,heap_resident_mib,c_heap_mib,c_heap_used_mib\n")
         for (t, r, n), w, h in zip(samples, clocks, heaps):
-            cells = ",".join(f"{v:.0f}" for v in h) if h else ",,,"
+            cells = ",".join("" if v is None else f"{v:.0f}" for v in h) if h else ",,,"
             f.write(f"{t:.1f},{r:.0f},{n},{w or ''},{cells}\n")
     print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
     report(samples, clocks, heaps, produced)
@@ -178,7 +180,8 @@ def report(samples, clocks, heaps, produced):
     """The RSS curve of `samples` ((seconds, RSS MiB, messages read)), with the watermark and
     the heap ((live, jemalloc's resident, glibc's held, glibc's in use) MiB) of each, for a stream
     of `produced` messages."""
-    print("share of stream read   RSS MiB: max so far, median of the tenth   live heap, jemalloc's pages, glibc's heap held, in use (medians)")
+    print("share of stream read   RSS MiB: max so far, median of the tenth   live heap, jemalloc's pages"
+          "[, glibc's heap held, in use: builds before 2026-12-08] (medians)")
     for tenth in range(1, 11):
         upto = [r for t, r, n in samples if n <= produced * tenth / 10]
         inside = [i for i, (t, r, n) in enumerate(samples) if produced * (tenth - 1) / 10 < n <= produced * tenth / 10]
@@ -208,7 +211,7 @@ def report(samples, clocks, heaps, produced):
     for what, values in (("RSS", [r for _, r, _ in samples]), ("live heap", [h[0] if h else None for h in heaps]),
                          ("glibc's heap held (librdkafka; trimmed pages included)", [h[2] if h else None for h in heaps]),
                          ("glibc's heap in use (librdkafka's buffers and messages)", [h[3] if h and len(h) > 3 else None for h in heaps]),
-                         ("RSS outside jemalloc's pages (glibc's heap, code, stacks)", outside)):
+                         ("RSS outside jemalloc's pages (code, stacks; glibc's heap before 2026-12-08)", outside)):
         by = {}
         for v, w in zip(values, clocks):
             if w and v is not None:

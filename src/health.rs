@@ -290,7 +290,7 @@ fn metrics(s: &Status) -> String {
     let write = s.last_write;
     let (heap, t) = (s.heap, s.writes_total);
     let watermark = s.watermark.map(|w| w as f64 / 1e6);
-    let gauges: [(&str, &str, Option<f64>); 17] = [
+    let gauges: [(&str, &str, Option<f64>); 15] = [
         ("quotaflow_partitions_paused", "Partitions paused for reading more than source.max_read_ahead past the slowest one.", Some(s.paused.0 as f64)),
         ("quotaflow_snapshot_age_seconds", "Seconds since the last snapshot became durable.", snapshot.map(|(at, _, _)| at.elapsed().as_secs_f64())),
         ("quotaflow_snapshot_duration_seconds", "How long the last snapshot took, cut to durable.", snapshot.map(|(_, _, took)| took.as_secs_f64())),
@@ -300,10 +300,8 @@ fn metrics(s: &Status) -> String {
         ("quotaflow_snapshot_files_added", "Data files the last snapshot added.", write.map(|w| w.files_added as f64)),
         ("quotaflow_snapshot_bytes_written", "Bytes of data files the last snapshot wrote.", write.map(|w| w.bytes_written as f64)),
         ("quotaflow_snapshot_state_bytes_written", "Bytes of state segments the last snapshot wrote (what changed, and the parts it compacted).", write.map(|w| w.state_bytes_written as f64)),
-        ("quotaflow_heap_allocated_bytes", "Bytes of quotaflow's live allocations (jemalloc's stats.allocated).", heap.map(|h| h.allocated as f64)),
+        ("quotaflow_heap_allocated_bytes", "Bytes of the process's live allocations, Rust's and the C libraries' (jemalloc's stats.allocated).", heap.map(|h| h.allocated as f64)),
         ("quotaflow_heap_resident_bytes", "Bytes of memory pages jemalloc holds for them, freed pages not yet returned included (stats.resident).", heap.map(|h| h.resident as f64)),
-        ("quotaflow_c_heap_allocated_bytes", "Bytes the C libraries (librdkafka) have allocated from glibc's malloc (mallinfo2 uordblks + hblkhd).", heap.map(|h| h.c_allocated as f64)),
-        ("quotaflow_c_heap_held_bytes", "Bytes glibc's malloc holds for them, free space in its arenas included (arena + hblkhd; pages trimmed after a cut still count, so an upper bound of its share of RSS).", heap.map(|h| h.c_held as f64)),
         ("quotaflow_state_keys", "Keys held in the state.", Some(s.state_keys as f64)),
         ("quotaflow_watermark_seconds", "Event-time watermark, seconds since the epoch.", watermark),
         ("quotaflow_alert_deliveries_pending", "Alert events not yet acknowledged by their target.", Some(s.alerts_pending as f64)),
@@ -405,8 +403,6 @@ mod tests {
         s.heap = Some(crate::memory::Heap {
             allocated: 300,
             resident: 400,
-            c_allocated: 50,
-            c_held: 70,
         });
         s.lag.insert(("we\"ird".into(), 1), 0);
         let text = metrics(&s);
@@ -414,8 +410,6 @@ mod tests {
         let missing: Vec<&str> = [
             "quotaflow_heap_allocated_bytes 300",
             "quotaflow_heap_resident_bytes 400",
-            "quotaflow_c_heap_allocated_bytes 50",
-            "quotaflow_c_heap_held_bytes 70",
             "quotaflow_messages_total{topic=\"spm.deals\",outcome=\"ok\"} 7",
             "quotaflow_dead_letters_total{reason=\"negative_amount\"} 2",
             "quotaflow_consumer_lag{topic=\"spm.deals\",partition=\"0\"} 5",

@@ -6,7 +6,7 @@
 //! uses only modules below it (`tests/layers.rs` reads `src/` and fails on an upward name):
 //!
 //! ```text
-//! memory    the allocators: jemalloc for Rust, glibc's arenas, trimming, heap counters
+//! memory    the allocator: jemalloc for Rust and C alike, trimming, heap counters
 //! internal  InternalError: a bug, not bad input
 //! event     typed events, the input contract's schemas (event::schema), money/rate scales
 //! calendar  fiscal periods and the time zone

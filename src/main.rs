@@ -3,8 +3,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Before the runtime starts its threads.
-    quotaflow::memory::limit_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run()),
         Err(e) => {

@@ -1,66 +1,42 @@
-//! The allocators' share of resident memory. A cut builds Arrow tables and runs DataFusion on
-//! a pool of threads, then frees them; what the allocator keeps of those peaks, not what the
-//! state holds, is what made the live soak's RSS rise (docs/performance.md, "The allocator
-//! built in").
+//! The allocator's share of resident memory. A cut builds Arrow tables and runs DataFusion on
+//! a pool of threads, then frees them, and while the reader trails the stream librdkafka fills
+//! its queues and then frees them; what the allocator keeps of those peaks, not what the state
+//! holds, is what made the live soak's RSS rise (docs/performance.md, "The allocator built
+//! in", "One allocator for C as well").
 //!
-//! On Linux (glibc) Rust allocates from jemalloc ([`ALLOCATOR`], for the binary, the tests and
-//! the benchmarks alike): after every cut [`trim`] purges its arenas, so resident memory falls
-//! back to the live heap (within a cut jemalloc returns freed pages after ten seconds, its
-//! default: sooner cost 11 % more CPU in a replay). The C libraries (librdkafka) still
-//! allocate from glibc's malloc, which gives every thread that contends for the heap an arena
-//! of its own and keeps freed memory in them: [`limit_arenas`] caps those at start and
-//! [`trim`] hands their free pages back too. [`heap`] reads both allocators' counters (what
-//! is allocated, what they hold) for `/metrics`. Other platforms keep their system
-//! allocator.
+//! On Linux (glibc) the whole process allocates from jemalloc: Rust through [`ALLOCATOR`] (for
+//! the binary, the tests and the benchmarks alike), and the C libraries linked in (librdkafka,
+//! zlib) through `malloc`, which jemalloc, built unprefixed, defines in place of glibc's. After
+//! every cut [`trim`] purges its arenas, so resident memory falls back to the live heap
+//! (within a cut jemalloc returns freed pages after ten seconds, its default: sooner cost 11 %
+//! more CPU in a replay). [`heap`] reads its counters (what is allocated, what it holds) for
+//! `/metrics`. Other platforms keep their system allocator.
 
-/// glibc arenas when `MALLOC_ARENA_MAX` does not say otherwise.
-pub const ARENAS: i32 = 2;
-
-/// Rust's allocator on Linux with glibc: jemalloc, whose freed pages [`trim`] returns at once.
+/// The process's allocator on Linux with glibc: jemalloc, whose freed pages [`trim`] returns
+/// at once. Built unprefixed, it is also the `malloc` and `free` of the C code.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 pub static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Caps glibc's malloc arenas at [`ARENAS`] unless `MALLOC_ARENA_MAX` is set (glibc reads
-/// that itself). Call before any thread starts.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a malloc parameter; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-        }
-    }
-}
-
-/// Returns the free pages of both allocators to the system: every jemalloc arena's dirty
-/// pages (`arena.<all>.purge`) and glibc's (`malloc_trim`). A failed purge is logged.
+/// Returns jemalloc's free pages to the system: every arena's dirty pages
+/// (`arena.<all>.purge`). A failed purge is logged.
 pub fn trim() {
     if let Err(code) = purge_jemalloc() {
         tracing::warn!(code, "jemalloc did not purge its arenas");
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim walks malloc's own free lists under its locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
-/// jemalloc's counters: what Rust's live allocations hold, and the pages jemalloc keeps in
-/// memory for them (the allocator's share of RSS); and glibc's heap, the C libraries'
-/// (librdkafka's): what is in use and what its arenas hold (trimmed pages included). The
-/// rest of RSS is code and stacks.
+/// jemalloc's counters: what the process's live allocations hold (Rust's and the C
+/// libraries'), and the pages jemalloc keeps in memory for them (the allocator's share of
+/// RSS). The rest of RSS is code and stacks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Heap {
     pub allocated: u64,
     pub resident: u64,
-    pub c_allocated: u64,
-    pub c_held: u64,
 }
 
-/// Both allocators' counters as of now (jemalloc's `stats.allocated` and `stats.resident`,
-/// glibc's `mallinfo2`, which walks its arenas under their locks); `None` where jemalloc is
-/// not the allocator.
+/// jemalloc's counters as of now (`stats.allocated` and `stats.resident`); `None` where
+/// jemalloc is not the allocator.
 pub fn heap() -> Option<Heap> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -97,15 +73,9 @@ pub fn heap() -> Option<Heap> {
             };
             (code == 0).then_some(v as u64)
         };
-        // SAFETY: mallinfo2 only reads malloc's own bookkeeping.
-        let c = unsafe { libc::mallinfo2() };
-        // Large chunks (128 KiB and up, by default) are mapped of their own (`hblkhd`), outside
-        // the arenas; an arena keeps its size when `malloc_trim` returns its free pages.
         Some(Heap {
             allocated: read(c"stats.allocated")?,
             resident: read(c"stats.resident")?,
-            c_allocated: (c.uordblks + c.hblkhd) as u64,
-            c_held: (c.arena + c.hblkhd) as u64,
         })
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -147,9 +117,16 @@ mod tests {
         assert_eq!(super::purge_jemalloc(), Ok(()));
     }
 
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    extern "C" {
+        /// The process's `malloc`, the one C code calls (librdkafka's `rd_malloc`).
+        fn malloc(size: usize) -> *mut std::ffi::c_void;
+        fn free(ptr: *mut std::ffi::c_void);
+    }
+
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn the_heap_counters_follow_what_is_allocated() {
+    fn the_heap_counters_follow_what_rust_and_c_allocate() {
         let before = super::heap().expect("jemalloc's counters");
         let block = std::hint::black_box(vec![1u8; 64 << 20]);
         let during = super::heap().expect("jemalloc's counters");
@@ -160,17 +137,23 @@ mod tests {
         );
         assert!(during.resident >= during.allocated, "{during:?}");
         drop(block);
-        // glibc's heap holds what C code allocates from it: 8 MiB, mapped of its own.
+        // C code's `malloc` is jemalloc's too: the block is counted with Rust's.
+        let after = super::heap().expect("jemalloc's counters");
         // SAFETY: a plain malloc, freed below.
-        let c_block = std::hint::black_box(unsafe { libc::malloc(8 << 20) });
+        let c_block = std::hint::black_box(unsafe { malloc(64 << 20) });
         assert!(!c_block.is_null());
-        let with_c = super::heap().expect("both allocators' counters");
-        // SAFETY: the block malloc returned above.
-        unsafe { libc::free(c_block) };
+        let with_c = super::heap().expect("jemalloc's counters");
         assert!(
-            with_c.c_allocated >= during.c_allocated + (8 << 20),
-            "{during:?} -> {with_c:?}"
+            with_c.allocated >= after.allocated + (48 << 20),
+            "{after:?} -> {with_c:?}"
         );
-        assert!(with_c.c_held >= with_c.c_allocated, "{with_c:?}");
+        // SAFETY: a live block of jemalloc's (the counters say so).
+        let usable = unsafe { tikv_jemalloc_sys::malloc_usable_size(c_block) };
+        assert!(
+            usable >= 64 << 20,
+            "jemalloc does not know C's block: {usable}"
+        );
+        // SAFETY: the block malloc returned above.
+        unsafe { free(c_block) };
     }
 }

@@ -461,9 +461,6 @@ async fn a_running_pipeline_serves_healthz_and_metrics() {
     // The binary allocates from jemalloc, whose counters /metrics reads as it answers.
     assert!(sample("quotaflow_heap_allocated_bytes") > 1e6);
     assert!(sample("quotaflow_heap_resident_bytes") >= sample("quotaflow_heap_allocated_bytes"));
-    // librdkafka allocates from glibc's malloc: its buffers are there.
-    assert!(sample("quotaflow_c_heap_allocated_bytes") > 0.0);
-    assert!(sample("quotaflow_c_heap_held_bytes") >= sample("quotaflow_c_heap_allocated_bytes"));
     running.stop().await;
     // The endpoint stops with the run.
     assert!(!endpoint.answers().await);
