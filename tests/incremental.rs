@@ -422,17 +422,45 @@ proptest! {
     }
 }
 
-/// What the deterministic tests start from: a runtime, the default pipeline and its engine,
-/// an output in a directory of its own, and the state of the initial roster and `n` random
-/// events (`seed`) after its first, full snapshot.
+/// What the deterministic tests start from: the fixed parts of their snapshots (`Rig`), and
+/// the state of the initial roster and `n` random events (`seed`) after its first, full
+/// snapshot.
 struct Setup {
+    rig: Rig,
+    state: State,
+    book: AlertBook,
+}
+
+/// A runtime, the default pipeline and its engine, and an output in a directory of its own:
+/// what every snapshot of a deterministic test is taken with.
+struct Rig {
     rt: tokio::runtime::Runtime,
     p: Arc<Pipeline>,
     engine: Engine,
     _dir: tempfile::TempDir,
     loc: Location,
-    state: State,
-    book: AlertBook,
+}
+
+impl Rig {
+    /// Snapshot `id` of `state`, not its first, as [`snapshot`] takes it (with `grain`, its
+    /// segments written and its closed months out of memory).
+    fn snapshot(
+        &self,
+        state: &mut State,
+        book: &mut AlertBook,
+        id: u64,
+        grain: Option<&mut Grain>,
+    ) -> (Plan, Vec<(String, bool)>) {
+        let Rig {
+            rt, p, engine, loc, ..
+        } = self;
+        rt.block_on(snapshot(p, engine, loc, state, id, book, false, grain))
+    }
+
+    /// [`assert_equals_full`] on this rig's output.
+    fn assert_equals_full(&self, state: &State, id: u64, book: &AlertBook) {
+        assert_equals_full(&self.rt, &self.p, &self.loc, state, id, book);
+    }
 }
 
 fn after_first_snapshot(seed: u64, n: usize) -> Setup {
@@ -455,11 +483,13 @@ fn after_first_snapshot(seed: u64, n: usize) -> Setup {
         &p, &engine, &loc, &mut state, 1, &mut book, true, None,
     ));
     Setup {
-        rt,
-        p,
-        engine,
-        _dir: dir,
-        loc,
+        rig: Rig {
+            rt,
+            p,
+            engine,
+            _dir: dir,
+            loc,
+        },
         state,
         book,
     }
@@ -468,14 +498,11 @@ fn after_first_snapshot(seed: u64, n: usize) -> Setup {
 #[test]
 fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_current_periods() {
     let Setup {
-        rt,
-        p,
-        engine,
-        _dir,
-        loc,
+        rig,
         mut state,
         mut book,
     } = after_first_snapshot(7, 400);
+    let Rig { p, engine, .. } = &rig;
     // Three activities on the day of the event clock (2026-12-30), no deal named.
     let today = quotaflow::calendar::date_of(
         p.metrics
@@ -486,11 +513,9 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
         let json = format!(
             r#"{{"event_id":"new-{i}","occurred_at":"{today}T07:00:00Z","rep_id":"r{i}","activity_type":"call","outcome":"connected","duration_s":60}}"#
         );
-        fold_one(&p, &mut state, ev(EventType::Activity, &json));
+        fold_one(p, &mut state, ev(EventType::Activity, &json));
     }
-    let (plan, committed) = rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
-    ));
+    let (plan, committed) = rig.snapshot(&mut state, &mut book, 2, None);
     let committed: BTreeSet<&str> = committed
         .iter()
         .filter(|(_, c)| *c)
@@ -548,20 +573,17 @@ fn after_a_few_activities_on_the_current_day_only_the_activity_tables_recompute_
         "{months:?}"
     );
     assert_eq!(scope.weeks.len(), 8);
-    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
+    rig.assert_equals_full(&state, 2, &book);
 }
 
 #[test]
 fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything() {
     let Setup {
-        rt,
-        p,
-        engine,
-        _dir,
-        loc,
+        rig,
         mut state,
         mut book,
     } = after_first_snapshot(11, 600);
+    let Rig { p, .. } = &rig;
     let rep = |rep: &str, version: i64, from: &str| {
         format!(
             r#"{{"rep_id":"{rep}","version":{version},"occurred_at":"2026-12-30T08:00:00Z","name":"n","team_id":"t9","region":"g1","active":true,"effective_from":"{from}"}}"#
@@ -569,13 +591,11 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
     };
     // r1 moves to t9 from 2025-12-10, back-dated: a year ago, after its first placement.
     fold_one(
-        &p,
+        p,
         &mut state,
         ev(EventType::Rep, &rep("r1", 10, "2025-12-10")),
     );
-    let (plan, _) = rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
-    ));
+    let (plan, _) = rig.snapshot(&mut state, &mut book, 2, None);
     let scope = plan
         .scope
         .expect("a move after the first placement is scoped");
@@ -590,21 +610,19 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
         months.iter().all(|m| m.as_str() >= "2025-11-01"),
         "{months:?}"
     );
-    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
+    rig.assert_equals_full(&state, 2, &book);
     // A rep's first placement reaches back to the first day: evaluated in full.
     fold_one(
-        &p,
+        p,
         &mut state,
         ev(EventType::Rep, &rep("r7", 1, "2026-06-01")),
     );
-    let (plan, _) = rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 3, &mut book, false, None,
-    ));
+    let (plan, _) = rig.snapshot(&mut state, &mut book, 3, None);
     assert!(
         plan.scope.is_none(),
         "a first placement is evaluated in full"
     );
-    assert_equals_full(&rt, &p, &loc, &state, 3, &book);
+    rig.assert_equals_full(&state, 3, &book);
 }
 
 /// Closed deals of the years before the closed months leave memory with them; a new version,
@@ -614,14 +632,11 @@ fn a_move_recomputes_from_its_effective_day_on_and_a_first_placement_everything(
 #[test]
 fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_about_it() {
     let Setup {
-        rt,
-        p,
-        engine,
-        _dir,
-        loc,
+        rig,
         mut state,
         mut book,
     } = after_first_snapshot(13, 600);
+    let Rig { p, .. } = &rig;
     let mut whole = state.clone();
     let cal = &p.metrics.calendar;
     let day = |d: &str| quotaflow::calendar::day_number(d.parse().unwrap());
@@ -631,16 +646,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         manifest: Manifest::default(),
         evict_before: Some(day("2026-12-01")),
     };
-    rt.block_on(snapshot(
-        &p,
-        &engine,
-        &loc,
-        &mut state,
-        2,
-        &mut book,
-        false,
-        Some(&mut grain),
-    ));
+    rig.snapshot(&mut state, &mut book, 2, Some(&mut grain));
     let out: Vec<smol_str::SmolStr> = whole
         .deals
         .keys()
@@ -684,8 +690,8 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         (EventType::Deal, repeat),
     ];
     for (t, json) in &events {
-        fold_one(&p, &mut state, ev(*t, json));
-        fold_one(&p, &mut whole, ev(*t, json));
+        fold_one(p, &mut state, ev(*t, json));
+        fold_one(p, &mut whole, ev(*t, json));
     }
     assert!(
         !state.deals.contains_key(id.as_str()),
@@ -696,16 +702,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         "new and duplicate versions told apart"
     );
     grain.evict_before = None;
-    let (plan, _) = rt.block_on(snapshot(
-        &p,
-        &engine,
-        &loc,
-        &mut state,
-        3,
-        &mut book,
-        false,
-        Some(&mut grain),
-    ));
+    let (plan, _) = rig.snapshot(&mut state, &mut book, 3, Some(&mut grain));
     assert!(plan.scope.is_some(), "a scoped snapshot");
     assert_eq!(
         state.deals.get(id.as_str()),
@@ -716,7 +713,7 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
         state.deal_last_activity.get(id.as_str()),
         whole.deal_last_activity.get(id.as_str())
     );
-    assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
+    rig.assert_equals_full(&whole, 3, &book);
 }
 
 /// A revision of an open deal created in a past fiscal year changes its cohort (the quarter
@@ -726,14 +723,11 @@ fn a_closed_deal_of_a_past_year_leaves_memory_and_comes_back_with_what_was_read_
 #[test]
 fn a_revision_of_an_old_open_deal_brings_back_its_cohort_quarter_not_its_year() {
     let Setup {
-        rt,
-        p,
-        engine,
-        _dir,
-        loc,
+        rig,
         mut state,
         mut book,
     } = after_first_snapshot(13, 600);
+    let Rig { p, engine, .. } = &rig;
     let cal = &p.metrics.calendar;
     let day = |d: &str| quotaflow::calendar::day_number(d.parse().unwrap());
     // On the stream's last day (the clock stays on it): created in February 2025, closing in
@@ -744,28 +738,19 @@ fn a_revision_of_an_old_open_deal_brings_back_its_cohort_quarter_not_its_year() 
         );
         ev(EventType::Deal, &json)
     };
-    fold_one(&p, &mut state, version(1, "qualification"));
+    fold_one(p, &mut state, version(1, "qualification"));
     let mut whole = state.clone();
     let mut grain = Grain {
         manifest: Manifest::default(),
         evict_before: Some(day("2026-12-01")),
     };
-    rt.block_on(snapshot(
-        &p,
-        &engine,
-        &loc,
-        &mut state,
-        2,
-        &mut book,
-        false,
-        Some(&mut grain),
-    ));
+    rig.snapshot(&mut state, &mut book, 2, Some(&mut grain));
     assert!(state.deals.contains_key("cohort-1"), "an open deal stays");
     assert!(!state.residency.sums.is_empty(), "2025's sums left memory");
     let out_before = state.residency.deals.len();
     assert!(out_before > 0, "2025's closed deals left memory");
-    fold_one(&p, &mut state, version(2, "proposal"));
-    fold_one(&p, &mut whole, version(2, "proposal"));
+    fold_one(p, &mut state, version(2, "proposal"));
+    fold_one(p, &mut whole, version(2, "proposal"));
     // What the cut will need, planned on a copy (the snapshot takes the changes itself).
     let mut probe = state.clone();
     let changes = probe.take_changes(cal);
@@ -782,16 +767,7 @@ fn a_revision_of_an_old_open_deal_brings_back_its_cohort_quarter_not_its_year() 
     assert!(needed.months.is_empty(), "{:?}", needed.months);
     let resident: BTreeSet<smol_str::SmolStr> = state.deals.keys().cloned().collect();
     grain.evict_before = None;
-    rt.block_on(snapshot(
-        &p,
-        &engine,
-        &loc,
-        &mut state,
-        3,
-        &mut book,
-        false,
-        Some(&mut grain),
-    ));
+    rig.snapshot(&mut state, &mut book, 3, Some(&mut grain));
     // The deals that came back are the cohort's: created in the first quarter of 2025.
     let back: Vec<_> = state
         .deals
@@ -812,7 +788,7 @@ fn a_revision_of_an_old_open_deal_brings_back_its_cohort_quarter_not_its_year() 
             "{d:?}"
         );
     }
-    assert_equals_full(&rt, &p, &loc, &whole, 3, &book);
+    rig.assert_equals_full(&whole, 3, &book);
 }
 
 #[test]
@@ -1009,14 +985,11 @@ params = { at_least = "0" }
 #[test]
 fn a_table_the_rules_read_merged_is_not_held_for_them_whole() {
     let Setup {
-        rt,
-        p,
-        engine,
-        _dir,
-        loc,
+        rig,
         mut state,
         mut book,
     } = after_first_snapshot(11, 400);
+    let Rig { rt, p, engine, .. } = &rig;
     // A new version of an open deal: `deals_current` recomputes its close month, and
     // `stalled_deal` reads the table merged with its latest version.
     let today = p
@@ -1030,7 +1003,7 @@ fn a_table_the_rules_read_merged_is_not_held_for_them_whole() {
     let json = format!(
         r#"{{"deal_id":"d1","version":100,"occurred_at":"{at}T07:00:00Z","rep_id":"r1","stage":"proposal","amount":"5000.00","currency":"USD","close_date":"{close}","created_at":"{at}T06:00:00Z"}}"#
     );
-    fold_one(&p, &mut state, ev(EventType::Deal, &json));
+    fold_one(p, &mut state, ev(EventType::Deal, &json));
     let mut probe = state.clone();
     probe.roll_up(&p.metrics.calendar);
     let changes = probe.take_changes(&p.metrics.calendar);
@@ -1055,8 +1028,6 @@ fn a_table_the_rules_read_merged_is_not_held_for_them_whole() {
     assert!(rules.holds("clock"));
     // The same snapshot, provided and evaluated, equals the full recompute (the rules'
     // breaches included).
-    rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
-    ));
-    assert_equals_full(&rt, &p, &loc, &state, 2, &book);
+    rig.snapshot(&mut state, &mut book, 2, None);
+    rig.assert_equals_full(&state, 2, &book);
 }
