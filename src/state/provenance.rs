@@ -266,9 +266,9 @@ where
                     return Folded::Duplicate;
                 }
                 Err(at) => {
-                    // Grown one at a time: an entity holds a handful of versions, and a
-                    // vector doubled to four (its least) holds up to twice what it needs,
-                    // per deal in memory (32 bytes a deal of three versions).
+                    // Grown one at a time: an entity (a deal, quota, roster or fx record)
+                    // holds a handful of versions, and a vector doubled to four (its least)
+                    // holds up to twice what it needs (32 bytes a deal of three versions).
                     e.history.reserve_exact(1);
                     e.history.insert(at, (v, h));
                 }

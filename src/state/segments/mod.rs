@@ -352,22 +352,22 @@ impl State {
     /// The parts of [`State::encode_segment`], borrowed from the state.
     fn segment_parts<'a>(&'a self, d: &'a Dirty, all: bool) -> Vec<PartOut<'a>> {
         let mut out = Vec::new();
+        // A kind's parts are whole when every key is written (`every`), except a part with
+        // data out of memory: what memory holds of it is upserted onto its chain.
+        let whole =
+            |kind, every: bool| move |period| every && !self.residency.partly_out(kind, period);
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
                 let keys = $dirty.keys(all);
-                // A part with data out of memory is never written whole from memory: what
-                // memory holds of it is upserted onto its chain.
                 let every = keys.is_none();
-                let whole = |period| every && !self.residency.partly_out($kind, period);
                 let grouped = pick(&self.$map, keys, $part);
-                parts_of(&mut out, $kind, whole, grouped, $wrap);
+                parts_of(&mut out, $kind, whole($kind, every), grouped, $wrap);
             }};
         }
         {
             // The grain is held by month already: a month in memory is a part.
             let keys = d.daily.keys(all);
             let every = keys.is_none();
-            let whole = |period| every && !self.residency.partly_out(Kind::Daily, period);
             let mut grouped: BTreeMap<i32, Vec<_>> = BTreeMap::new();
             match keys {
                 Some(keys) => keys
@@ -375,7 +375,13 @@ impl State {
                     .for_each(|(k, v)| grouped.entry(month(k.1)).or_default().push((k, v))),
                 None => grouped.extend(self.daily.months().map(|(p, m)| (p, m.iter().collect()))),
             }
-            parts_of(&mut out, Kind::Daily, whole, grouped, PartRows::Daily);
+            parts_of(
+                &mut out,
+                Kind::Daily,
+                whole(Kind::Daily, every),
+                grouped,
+                PartRows::Daily,
+            );
         }
         kind!(
             seen_activities,
