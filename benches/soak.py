@@ -168,6 +168,11 @@ def main():
             f.write(f"{t:.1f},{r:.0f},{n},{w or ''},{cells}\n")
     print(f"events {produced:,} ({args.reps} reps x {days} days, {mode}), {samples[-1][0]:.0f} s, RSS samples in {args.csv}")
     report(samples, clocks, heaps, produced)
+    # tansu's memory storage keeps every run's topics until it stops: about 4 GB a run here,
+    # and the fourth soak on one broker (after three soaks and two replays) filled this
+    # machine's 23 GB and stalled.
+    print("soak: the broker keeps this run's topics in memory; `scripts/services stop` frees them "
+          "(do so between runs)", file=sys.stderr)
 
 
 def median(values):
