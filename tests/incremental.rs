@@ -442,6 +442,24 @@ struct Rig {
 }
 
 impl Rig {
+    /// `p` with its engine, on a runtime of its own, writing to a fresh directory.
+    fn new(p: Arc<Pipeline>) -> Rig {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = Engine::new(Arc::clone(&p.metrics));
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        Rig {
+            rt,
+            p,
+            engine,
+            _dir: dir,
+            loc,
+        }
+    }
+
     /// Snapshot `id` of `state`, not its first, as [`snapshot`] takes it (with `grain`, its
     /// segments written and its closed months out of memory).
     fn snapshot(
@@ -464,35 +482,21 @@ impl Rig {
 }
 
 fn after_first_snapshot(seed: u64, n: usize) -> Setup {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let p = pipeline();
-    let engine = Engine::new(Arc::clone(&p.metrics));
-    let dir = tempfile::tempdir().unwrap();
-    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
+    let rig = Rig::new(pipeline());
     let mut state = State::default();
     let mut events = initial_roster();
     events.extend(random_events(seed, n, false));
     for (t, json) in &events {
-        fold_one(&p, &mut state, ev(*t, json));
+        fold_one(&rig.p, &mut state, ev(*t, json));
     }
     let mut book = AlertBook::default();
+    let Rig {
+        rt, p, engine, loc, ..
+    } = &rig;
     rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
+        p, engine, loc, &mut state, 1, &mut book, true, None,
     ));
-    Setup {
-        rig: Rig {
-            rt,
-            p,
-            engine,
-            _dir: dir,
-            loc,
-        },
-        state,
-        book,
-    }
+    Setup { rig, state, book }
 }
 
 #[test]
@@ -914,11 +918,7 @@ async fn a_changed_setting_recomputes_its_tables_in_full_and_a_changed_calendar_
 /// even when no table of the snapshot needs them (here `reps`, when only a dead letter came).
 #[test]
 fn a_rule_gets_the_helper_views_it_reads_when_only_its_table_changed() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let p = crate::common::pipeline_with(|t| {
+    let rig = Rig::new(crate::common::pipeline_with(|t| {
         t + r#"
 [[alerts]]
 name = "dead_letters_by_rep"
@@ -927,22 +927,22 @@ description = "test rule"
 sql = "../tests/data/alerts/dead_letters_by_rep.sql"
 params = { at_least = "0" }
 "#
-    });
-    let engine = Engine::new(Arc::clone(&p.metrics));
+    }));
+    let Rig {
+        rt, p, engine, loc, ..
+    } = &rig;
     assert!(
         engine.full_because().is_none(),
         "{:?}",
         engine.full_because()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let loc = Location::parse(dir.path().to_str().unwrap()).unwrap();
     let mut state = State::default();
     for (t, json) in initial_roster() {
-        fold_one(&p, &mut state, ev(t, &json));
+        fold_one(p, &mut state, ev(t, &json));
     }
     let mut book = AlertBook::default();
     rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 1, &mut book, true, None,
+        p, engine, loc, &mut state, 1, &mut book, true, None,
     ));
     assert!(
         !book
@@ -962,9 +962,7 @@ params = { at_least = "0" }
     assert!(ingest
         .message(&mut state, &watermark, bad, crate::common::FAR_FUTURE)
         .is_some());
-    let (plan, _) = rt.block_on(snapshot(
-        &p, &engine, &loc, &mut state, 2, &mut book, false, None,
-    ));
+    let (plan, _) = rig.snapshot(&mut state, &mut book, 2, None);
     let reps = p
         .metrics
         .tables

@@ -302,17 +302,20 @@ fn upsert<K: Hash + Eq, V>(map: &mut Map<K, V>, rows: Vec<(K, V)>) {
     map.extend(rows);
 }
 
-/// One kind's parts, for [`State::encode_segment`]; `whole` says which are written whole.
+/// One kind's parts, for [`State::encode_segment`]. A part is written whole when every key of
+/// the kind is written (`every`), unless it has data out of memory (`residency`): what memory
+/// holds of such a part is upserted onto its chain.
 fn parts_of<'a, K, V>(
     out: &mut Vec<PartOut<'a>>,
     kind: Kind,
-    whole: impl Fn(i32) -> bool,
+    every: bool,
+    residency: &super::residency::Residency,
     grouped: BTreeMap<i32, Rows<'a, K, V>>,
     wrap: fn(Rows<'a, K, V>) -> PartRows<'a>,
 ) {
     out.extend(grouped.into_iter().map(|(period, rows)| PartOut {
         key: key(kind, period),
-        whole: whole(period),
+        whole: every && !residency.partly_out(kind, period),
         data: wrap(rows),
     }));
 }
@@ -352,16 +355,13 @@ impl State {
     /// The parts of [`State::encode_segment`], borrowed from the state.
     fn segment_parts<'a>(&'a self, d: &'a Dirty, all: bool) -> Vec<PartOut<'a>> {
         let mut out = Vec::new();
-        // A kind's parts are whole when every key is written (`every`), except a part with
-        // data out of memory: what memory holds of it is upserted onto its chain.
-        let whole =
-            |kind, every: bool| move |period| every && !self.residency.partly_out(kind, period);
+        let r = &self.residency;
         macro_rules! kind {
             ($map:ident, $dirty:expr, $kind:expr, $part:expr, $wrap:expr) => {{
                 let keys = $dirty.keys(all);
                 let every = keys.is_none();
                 let grouped = pick(&self.$map, keys, $part);
-                parts_of(&mut out, $kind, whole($kind, every), grouped, $wrap);
+                parts_of(&mut out, $kind, every, r, grouped, $wrap);
             }};
         }
         {
@@ -375,13 +375,7 @@ impl State {
                     .for_each(|(k, v)| grouped.entry(month(k.1)).or_default().push((k, v))),
                 None => grouped.extend(self.daily.months().map(|(p, m)| (p, m.iter().collect()))),
             }
-            parts_of(
-                &mut out,
-                Kind::Daily,
-                whole(Kind::Daily, every),
-                grouped,
-                PartRows::Daily,
-            );
+            parts_of(&mut out, Kind::Daily, every, r, grouped, PartRows::Daily);
         }
         kind!(
             seen_activities,
